@@ -1,0 +1,5 @@
+import sys
+
+from omsjax.cli import main
+
+sys.exit(main())

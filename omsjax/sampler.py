@@ -1,0 +1,294 @@
+"""`sample`: a whole schedule as one `lax.scan` over USF steps.
+
+Iteration i of the scan (i = 0..N-1):
+  1. evaluate the model `schedule.model[i]` at (x_i, ts[i]) -- or, at i = 0 under an analytical first step, the
+     guess x0 = 0 / x0 = data mean -- as one `lax.switch` over [zero-x0, mean-x0, zoo[0], ..., zoo[M-1]];
+  2. push (x_i, eps_i, x0_i) into the fixed-size history;
+  3. if step i-1 has a pseudo-corrector, recompute x_i from the same start with the new point (no model call);
+  4. the predictor of step i gives x_{i+1}.
+So N steps make N model calls at ts[0..N-1] (N - 1 with AFS) and no call after the last step.
+
+Invalid decisions found under tracing (model index outside the zoo, order above the history, ...) make the
+output NaN; concrete schedules are checked on the host first and raise ValueError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omsjax import usf
+from omsjax.models import Model, as_zoo, to_eps_x0
+from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, check_schedule
+from omsjax.schedules import NoiseSchedule
+
+__all__ = ["sample", "sample_many"]
+
+
+def _bcast(v, x):
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean):
+    if not isinstance(noise_schedule, NoiseSchedule):
+        raise ValueError(f"noise_schedule must be an omsjax noise schedule, got {type(noise_schedule).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
+    if not hasattr(x_T, "shape") or len(x_T.shape) < 1 or x_T.shape[0] < 1:
+        raise ValueError(f"x_T must be an array [batch, ...] with batch >= 1, got {getattr(x_T, 'shape', x_T)}")
+    if not jnp.issubdtype(x_T.dtype, jnp.floating):
+        raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
+    if data_mean is not None and not _is_traced(data_mean):
+        dm = np.shape(data_mean)
+        try:
+            np.broadcast_shapes(dm, tuple(x_T.shape[1:]))
+        except ValueError:
+            raise ValueError(f"data_mean of shape {dm} does not broadcast to a sample {tuple(x_T.shape[1:])}") from None
+        if len(dm) > len(x_T.shape) - 1:
+            raise ValueError(f"data_mean of shape {dm} has more dimensions than a sample {tuple(x_T.shape[1:])}")
+    if not _is_traced(schedule):
+        check_schedule(schedule, len(zoo), noise_schedule)
+        if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
+            raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")
+
+
+def sample(
+    model_or_zoo: Model | Sequence[Model],
+    noise_schedule: NoiseSchedule,
+    schedule: Schedule,
+    x_T: jax.Array,
+    *,
+    data_mean: jax.Array | None = None,
+) -> jax.Array:
+    """Run `schedule` from x_T (at ts[0]) to ts[N] and return x at ts[N], shape of x_T.
+
+    Args:
+      model_or_zoo: an `omsjax.Model` or a sequence of them (dispatched per step by `schedule.model`).
+      noise_schedule: the forward process, e.g. `omsjax.schedules.vp_linear()`.
+      schedule: an `omsjax.Schedule` (a pytree of arrays: jit/vmap/grad friendly).
+      x_T: [batch, ...] starting noise.
+      data_mean: x0 guess for the analytical first step `afs = 2`, broadcastable to one sample.
+    """
+    zoo = as_zoo(model_or_zoo)
+    _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    return _sample_jit(zoo, noise_schedule, schedule, x_T, data_mean)
+
+
+def _guess(x, la, sigma, x0_guess):
+    """(eps, x0) of the analytical first step: x0 = x0_guess, eps = (x - alpha x0)/sigma."""
+    x0 = jnp.broadcast_to(x0_guess.astype(x.dtype), x.shape)
+    return (x - _bcast(jnp.exp(la), x) * x0) / _bcast(sigma, x), x0
+
+
+def _eval_model(zoo, index, x, t, la, sigma):
+    """(eps, x0) of zoo[index]; one model needs no switch (and nothing to batch under vmap)."""
+    if len(zoo) == 1:
+        return to_eps_x0(zoo[0], zoo[0].params, x, t, la, sigma)
+    params = tuple(m.params for m in zoo)
+    branches = [(lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s)) for k, m in enumerate(zoo)]
+    return jax.lax.switch(index, branches, params, x, t, la, sigma)
+
+
+def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
+    """(eps, x0) at (x_T, ts[0]): the AFS guess or model[0].
+
+    By default a `lax.switch`, so an AFS really skips the model call. With `arithmetic=True` (used under vmap,
+    where a batched `afs` would turn the switch into `select` with the zoo's parameters broadcast over the
+    candidates) the model runs and the guess is chosen arithmetically.
+    """
+    t0 = schedule.ts[0]
+    la, sig = ns.log_alpha(t0), ns.sigma(t0)
+    afs = schedule.afs
+    if not arithmetic:
+        index = jnp.where(afs == AFS_NONE, schedule.model[0] + 2, afs - 1)
+        branches = [
+            lambda x: _guess(x, la, sig, jnp.zeros((), x.dtype)),
+            lambda x: _guess(x, la, sig, mean),
+            *[(lambda x, m=m: _eval_model((m,), 0, x, t0, la, sig)) for m in zoo],
+        ]
+        return jax.lax.switch(index, branches, x_T)
+    # Arithmetic choice: nothing here turns into a batched switch under vmap.
+    g0, g1 = _guess(x_T, la, sig, jnp.zeros((), x_T.dtype)), _guess(x_T, la, sig, mean)
+    pick = [(afs == AFS_ZERO_X0, g0), (afs == AFS_MEAN_X0, g1)]
+    eps, x0 = _eval_model(zoo, schedule.model[0], x_T, t0, la, sig)
+    for cond, (ge, gx) in pick:
+        eps, x0 = jnp.where(cond, ge, eps), jnp.where(cond, gx, x0)
+    return eps, x0
+
+
+def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False):
+    n = schedule.ts.shape[-1] - 1
+    ts = schedule.ts
+    fdtype = ts.dtype
+    lam = ns.lam(ts)
+    log_alpha = ns.log_alpha(ts)
+    sigma = ns.sigma(ts)
+    num_models = len(zoo)
+    has_mean = data_mean is not None
+    mean = jnp.zeros(x_T.shape[1:], x_T.dtype) if data_mean is None else jnp.asarray(data_mean, x_T.dtype)
+
+    afs = schedule.afs
+    corr = schedule.corrector
+    model = schedule.model
+    model_ok = (model >= 0) & (model < num_models)
+    ok0 = (
+        jnp.all(jnp.isfinite(ts))
+        & jnp.all(jnp.diff(ts) < 0)
+        & jnp.all(ts > 0)
+        & jnp.all(jnp.isfinite(schedule.relax))
+        & jnp.all(jnp.isfinite(schedule.d2_scale))
+        & ~corr[-1]
+        & (afs >= AFS_NONE)
+        & (afs <= AFS_MEAN_X0)
+        & ((afs != AFS_MEAN_X0) | has_mean)
+        & jnp.all(model_ok[1:])
+        & ((afs != AFS_NONE) | model_ok[0])
+    )
+
+    def prev(a, fill):
+        return jnp.concatenate([jnp.full((1,), fill, a.dtype), a[:-1]])
+
+    xs = dict(
+        i=jnp.arange(n, dtype=jnp.int32),
+        t=ts[:-1],
+        lam=lam[:-1],
+        la=log_alpha[:-1],
+        sig=sigma[:-1],
+        t_next=ts[1:],
+        lam_next=lam[1:],
+        la_next=log_alpha[1:],
+        sig_next=sigma[1:],
+        model_next=jnp.concatenate([model[1:], jnp.zeros((1,), model.dtype)]),
+        order=schedule.order,
+        prediction=schedule.prediction,
+        start=schedule.start,
+        d1=schedule.d1_points,
+        relax=schedule.relax.astype(fdtype),
+        relax_type=schedule.relax_type,
+        d2_scale=schedule.d2_scale.astype(fdtype),
+        p_corr=prev(corr, False),
+        p_order=prev(schedule.order, 1),
+        p_prediction=prev(schedule.prediction, 0),
+        p_start=prev(schedule.start, 0),
+        p_d1=prev(schedule.d1_points, 0),
+        p_relax=prev(schedule.relax.astype(fdtype), 0.0),
+        p_relax_type=prev(schedule.relax_type, 0),
+    )
+
+    def start_coeffs(hist, q):
+        t_s = jnp.sum(jnp.where(jnp.arange(usf.HISTORY, dtype=jnp.int32) == q, hist.t, 0.0))
+        return ns.log_alpha(t_s), ns.sigma(t_s)
+
+    def body(carry, s):
+        # carry: x_i (predicted), its model outputs (eps_i, x0_i), the history of earlier points, validity.
+        x, eps, x0, hist, ok = carry
+        hist = usf.push(hist, x, eps, x0, s["t"], s["lam"])
+
+        # Pseudo-corrector of the previous step: same start (one further back now), order + 1, the new point in
+        # every stencil, relaxation only where the predictor had no D_1 of its own (order 1).
+        # Without a corrector the (discarded) update is made trivially well-posed (order 1 from the newest point):
+        # a singular stencil would put NaN into gradients even where the forward value is not selected.
+        pc = s["p_corr"]
+        pq = jnp.where(pc, s["p_start"] + 1, 0)
+        p_first = s["p_order"] == 1
+        la_s, sig_s = start_coeffs(hist, pq)
+        cx, wF, okc = usf.step_weights(
+            hist.lam, hist.count, s["lam"], s["la"], s["sig"], la_s, sig_s,
+            order=jnp.where(pc, s["p_order"] + 1, 1),
+            prediction=s["p_prediction"],
+            start=pq,
+            d1_points=jnp.where(s["p_d1"] == 0, 0, s["p_d1"] + 1),
+            relax_type=jnp.where(p_first, s["p_relax_type"], usf.RELAX_LINEAR),
+            relax=jnp.where(p_first, s["p_relax"], 0.0),
+        )  # fmt: skip
+        x_corr = usf.apply_weights(hist, cx, wF, pq, s["p_prediction"])
+        x = jnp.where(pc, x_corr, x)
+        ok = ok & (~pc | okc)
+        hist = hist._replace(x=hist.x.at[0].set(x))
+
+        la_s, sig_s = start_coeffs(hist, s["start"])
+        cx, wF, okp = usf.step_weights(
+            hist.lam, hist.count, s["lam_next"], s["la_next"], s["sig_next"], la_s, sig_s,
+            order=s["order"],
+            prediction=s["prediction"],
+            start=s["start"],
+            d1_points=s["d1"],
+            relax_type=s["relax_type"],
+            relax=s["relax"],
+            d2_scale=s["d2_scale"],
+        )  # fmt: skip
+        x_next = usf.apply_weights(hist, cx, wF, s["start"], s["prediction"])
+        ok = ok & okp & (s["order"] <= usf.MAX_ORDER)
+
+        # The model call at ts[i+1] (none after the last step). `i` is the scan counter, never batched, so this
+        # stays a real conditional under vmap.
+        def evaluate(x):
+            return _eval_model(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"])
+
+        def skip(x):
+            return jnp.zeros_like(x), jnp.zeros_like(x)
+
+        eps, x0 = jax.lax.cond(s["i"] < n - 1, evaluate, skip, x_next)
+        return (x_next, eps, x0, hist, ok), None
+
+    eps0, x00 = _first_eval(zoo, ns, schedule, x_T, mean, arithmetic_first)
+    hist0 = usf.init_history(x_T, ts[0], lam[0])
+    (x, _, _, _, ok), _ = jax.lax.scan(body, (x_T, eps0, x00, hist0, ok0), xs)
+    return jnp.where(ok, x, jnp.nan)
+
+
+# The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes),
+# so eager calls do not retrace the scan (inside a user's jit this simply inlines).
+_sample_jit = jax.jit(_sample, static_argnames=("arithmetic_first",))
+
+
+def sample_many(
+    model_or_zoo: Model | Sequence[Model],
+    noise_schedule: NoiseSchedule,
+    schedules: Schedule,
+    x_T: jax.Array,
+    *,
+    method: str = "map",
+    data_mean: jax.Array | None = None,
+) -> jax.Array:
+    """Run a stacked batch of schedules (leading axis C) on the same x_T; returns [C, *x_T.shape].
+
+    method="vmap": one vectorised program. Fast for *solver* schedules of one model. Fields that choose a
+      `lax.switch` branch (`model`, `afs`) are passed unbatched when every candidate shares them; otherwise the
+      batched index turns the switch into `select` over *every* zoo model, with its parameters broadcast over
+      the candidates (a grouped convolution per layer): correct, but slow.
+    method="map": `lax.map` over candidates; each runs only the models it schedules, so the cost is the sum of
+      the scheduled models' latencies (use it for model schedules).
+    """
+    zoo = as_zoo(model_or_zoo)
+    if method not in ("map", "vmap"):
+        raise ValueError(f"sample_many method must be 'map' or 'vmap', got {method!r}")
+    if not isinstance(schedules, Schedule) or np.ndim(schedules.ts) != 2:
+        raise ValueError("sample_many needs a stacked Schedule (use omsjax.schedule.stack), ts of shape [C, N+1]")
+    if not _is_traced(schedules):
+        for c in range(np.shape(schedules.ts)[0]):
+            one = jax.tree_util.tree_map(lambda a, c=c: a[c], schedules)
+            try:
+                _check_inputs(zoo, noise_schedule, one, x_T, data_mean)
+            except ValueError as e:
+                raise ValueError(f"candidate {c}: {e}") from None
+    else:
+        _check_inputs(zoo, noise_schedule, jax.tree_util.tree_map(lambda a: a[0], schedules), x_T, data_mean)
+
+    def one(s, arithmetic_first=False):
+        return _sample(zoo, noise_schedule, s, x_T, data_mean, arithmetic_first)
+
+    if method == "vmap":
+        shared = {}
+        if not _is_traced(schedules):
+            for name in ("model", "afs"):
+                v = np.asarray(getattr(schedules, name))
+                if np.all(v == v[:1]):
+                    shared[name] = getattr(schedules, name)[0]
+        axes = Schedule(**{f: (None if f in shared else 0) for f in Schedule._fields})
+        return jax.vmap(lambda s: one(s, True), in_axes=(axes,))(schedules._replace(**shared))
+    return jax.lax.map(one, schedules)

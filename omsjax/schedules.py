@@ -1,0 +1,305 @@
+"""Noise schedules and step spacings.
+
+A noise schedule describes the forward process q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) through
+log alpha_t, sigma_t and the half log-SNR lambda_t = log alpha_t - log sigma_t (decreasing in t), together with
+the inverse t(lambda). Every schedule is a pytree (its numbers are leaves, so they can be traced) and every
+method works on numpy input (host side, float64) as well as on jax arrays (inside jit).
+
+Step spacings (`time_steps`) follow DPM-Solver's definitions: 'logSNR', 'time_uniform', 'time_quadratic', plus
+Karras et al.'s sigma spacing ('karras', rho = 7).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+__all__ = [
+    "NoiseSchedule",
+    "VPLinear",
+    "VPCosine",
+    "VPDiscrete",
+    "EDM",
+    "vp_linear",
+    "vp_cosine",
+    "vp_discrete",
+    "edm",
+    "time_steps",
+    "SKIP_TYPES",
+]
+
+SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic", "karras")
+
+
+def _xp(*args):
+    """numpy for host values, jax.numpy as soon as one argument is a jax array or tracer."""
+    return jnp if any(isinstance(a, jax.Array) for a in args) else np
+
+
+class NoiseSchedule:
+    """Interface shared by all noise schedules.
+
+    Subclasses define `log_alpha(t)`, `lam(t)`, `t_of_lambda(lam)` and the attributes `t_max` (the start T),
+    `t_min` (the smallest admissible time) and `default_t_end`.
+    """
+
+    kind: str = "abstract"
+
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def lam(self, t):
+        """Half log-SNR lambda_t = log alpha_t - log sigma_t."""
+        raise NotImplementedError
+
+    def t_of_lambda(self, lam):
+        """Inverse of `lam`."""
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return _xp(t).exp(self.log_alpha(t))
+
+    def log_sigma(self, t):
+        # VP: sigma^2 = 1 - alpha^2, computed as -expm1(2 log alpha) (no cancellation near t = 0).
+        xp = _xp(t)
+        return 0.5 * xp.log(-xp.expm1(2.0 * self.log_alpha(t)))
+
+    def sigma(self, t):
+        return _xp(t).exp(self.log_sigma(t))
+
+    def edm_sigma(self, t):
+        """The equivalent variance-exploding noise level sigma_t / alpha_t = exp(-lambda_t)."""
+        return _xp(t).exp(-self.lam(t))
+
+    def t_of_edm_sigma(self, s):
+        return self.t_of_lambda(-_xp(s).log(s))
+
+
+def _vp_lambda_from_log_alpha(xp, log_alpha):
+    # lambda = log alpha - 0.5 log(1 - alpha^2)
+    return log_alpha - 0.5 * xp.log(-xp.expm1(2.0 * log_alpha))
+
+
+def _log_alpha_from_lambda(xp, lam):
+    # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -0.5 log(1 + exp(-2 lambda))
+    return -0.5 * xp.logaddexp(0.0, -2.0 * lam)
+
+
+@struct.dataclass
+class VPLinear(NoiseSchedule):
+    """Continuous VP with linear beta(t) = beta_min + t (beta_max - beta_min), T = 1.
+
+    log alpha_t = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    kind: str = struct.field(pytree_node=False, default="vp_linear")
+    t_max: float = struct.field(pytree_node=False, default=1.0)
+    t_min: float = struct.field(pytree_node=False, default=1e-5)
+    default_t_end: float = struct.field(pytree_node=False, default=1e-3)
+
+    def log_alpha(self, t):
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def lam(self, t):
+        return _vp_lambda_from_log_alpha(_xp(t, self.beta_min), self.log_alpha(t))
+
+    def t_of_lambda(self, lam):
+        # u = 2 (b1 - b0) logaddexp(-2 lambda, 0), Delta = b0^2 + u, t = u / ((sqrt(Delta) + b0)(b1 - b0)).
+        xp = _xp(lam, self.beta_min)
+        db = self.beta_max - self.beta_min
+        u = 2.0 * db * xp.logaddexp(-2.0 * lam, 0.0)
+        delta = self.beta_min**2 + u
+        return u / ((xp.sqrt(delta) + self.beta_min) * db)
+
+
+@struct.dataclass
+class VPCosine(NoiseSchedule):
+    """Continuous VP cosine schedule (Nichol & Dhariwal), DPM-Solver's continuous version with T = 0.9946.
+
+    log alpha_t = log cos((t + s)/(1 + s) * pi/2) - log cos(s/(1 + s) * pi/2).
+    """
+
+    s: float = 0.008
+    kind: str = struct.field(pytree_node=False, default="vp_cosine")
+    t_max: float = struct.field(pytree_node=False, default=0.9946)
+    t_min: float = struct.field(pytree_node=False, default=1e-5)
+    default_t_end: float = struct.field(pytree_node=False, default=1e-3)
+
+    def log_alpha(self, t):
+        # cos(theta0 + d)/cos(theta0) = 1 - 2 sin(d/2)^2 - tan(theta0) sin(d), with d = t/(1 + s) pi/2: no
+        # cancellation for small t, where log alpha is tiny.
+        xp = _xp(t, self.s)
+        theta0 = self.s / (1.0 + self.s) * (math.pi / 2)
+        d = t / (1.0 + self.s) * (math.pi / 2)
+        return xp.log1p(-2.0 * xp.sin(0.5 * d) ** 2 - xp.tan(theta0) * xp.sin(d))
+
+    def lam(self, t):
+        return _vp_lambda_from_log_alpha(_xp(t, self.s), self.log_alpha(t))
+
+    def t_of_lambda(self, lam):
+        # cos(theta) = alpha c0 and sin(theta)^2 = sin(theta0)^2 + c0^2 sigma^2, with alpha^2 = sigmoid(2 lambda),
+        # sigma^2 = sigmoid(-2 lambda); atan2 is well conditioned everywhere (arccos is not near 1).
+        xp = _xp(lam, self.s)
+        theta0 = self.s / (1.0 + self.s) * (math.pi / 2)
+        c0 = math.cos(theta0) if xp is np else xp.cos(theta0)
+        s0 = math.sin(theta0) if xp is np else xp.sin(theta0)
+        alpha = xp.exp(_log_alpha_from_lambda(xp, lam))
+        sigma2 = xp.exp(-xp.logaddexp(0.0, 2.0 * lam))
+        theta = xp.arctan2(xp.sqrt(s0**2 + c0**2 * sigma2), c0 * alpha)
+        return theta * (2.0 / math.pi) * (1.0 + self.s) - self.s
+
+
+@struct.dataclass
+class VPDiscrete(NoiseSchedule):
+    """DDPM-style discrete VP schedule made continuous: log alpha is piecewise linear in t between the knots
+    t_n = (n + 1)/N, n = 0..N-1, with log alpha(t_n) = 0.5 sum_{i<=n} log(1 - beta_i).
+
+    As in DPM-Solver, trailing knots whose lambda falls below `clip_lambda` are dropped (cosine-type betas).
+    A network trained on the discrete index sees `model_time(t) = N (t - 1/N)`.
+    """
+
+    t_knots: jax.Array
+    log_alpha_knots: jax.Array
+    num_train_steps: int = struct.field(pytree_node=False, default=1000)
+    kind: str = struct.field(pytree_node=False, default="vp_discrete")
+    t_max: float = struct.field(pytree_node=False, default=1.0)
+    t_min: float = struct.field(pytree_node=False, default=1e-3)
+    default_t_end: float = struct.field(pytree_node=False, default=1e-3)
+
+    def log_alpha(self, t):
+        return _xp(t, self.t_knots).interp(t, self.t_knots, self.log_alpha_knots)
+
+    def lam(self, t):
+        return _vp_lambda_from_log_alpha(_xp(t, self.t_knots), self.log_alpha(t))
+
+    def t_of_lambda(self, lam):
+        xp = _xp(lam, self.t_knots)
+        log_alpha = _log_alpha_from_lambda(xp, lam)
+        return xp.interp(log_alpha, self.log_alpha_knots[::-1], self.t_knots[::-1])
+
+    def model_time(self, t):
+        """The discrete training index that a DDPM network expects: N (t - 1/N)."""
+        return self.num_train_steps * (t - 1.0 / self.num_train_steps)
+
+
+@struct.dataclass
+class EDM(NoiseSchedule):
+    """Karras et al. (EDM): alpha = 1, sigma = t, lambda = -log t, t in [sigma_min, sigma_max]."""
+
+    kind: str = struct.field(pytree_node=False, default="edm")
+    t_max: float = struct.field(pytree_node=False, default=80.0)
+    t_min: float = struct.field(pytree_node=False, default=0.002)
+    default_t_end: float = struct.field(pytree_node=False, default=0.002)
+
+    def log_alpha(self, t):
+        return 0.0 * t
+
+    def log_sigma(self, t):
+        return _xp(t).log(t)
+
+    def lam(self, t):
+        return -_xp(t).log(t)
+
+    def t_of_lambda(self, lam):
+        return _xp(lam).exp(-lam)
+
+
+def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0) -> VPLinear:
+    """Continuous linear VP schedule (score SDE / DPM-Solver defaults beta in [0.1, 20], T = 1)."""
+    if not (0.0 <= beta_min < beta_max) or not math.isfinite(beta_max):
+        raise ValueError(f"vp_linear needs 0 <= beta_min < beta_max < inf, got {beta_min=}, {beta_max=}")
+    return VPLinear(beta_min=float(beta_min), beta_max=float(beta_max))
+
+
+def vp_cosine(s: float = 0.008, t_max: float = 0.9946) -> VPCosine:
+    """Continuous cosine VP schedule with offset `s`; `t_max` < 1 keeps log alpha finite."""
+    if not s > 0 or not (0 < t_max < 1):
+        raise ValueError(f"vp_cosine needs s > 0 and 0 < t_max < 1, got {s=}, {t_max=}")
+    return VPCosine(s=float(s), t_max=float(t_max))
+
+
+def vp_discrete(betas=None, *, clip_lambda: float = -5.1) -> VPDiscrete:
+    """Discrete DDPM schedule from `betas` (default: DDPM's linspace(1e-4, 0.02, 1000))."""
+    if betas is None:
+        betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.size < 2:
+        raise ValueError(f"vp_discrete needs a 1-D array of at least 2 betas, got shape {betas.shape}")
+    if not np.all((betas > 0) & (betas < 1)):
+        raise ValueError("vp_discrete needs every beta in (0, 1)")
+    n = betas.size
+    log_alphas = 0.5 * np.cumsum(np.log1p(-betas))
+    lams = _vp_lambda_from_log_alpha(np, log_alphas)
+    if np.any(np.diff(lams) >= 0):
+        raise ValueError("vp_discrete: log-SNR must decrease strictly; check the betas")
+    keep = int(np.sum(lams >= clip_lambda))
+    if keep < 2:
+        raise ValueError(f"vp_discrete: fewer than 2 knots have lambda >= clip_lambda={clip_lambda}")
+    t_knots = np.linspace(0.0, 1.0, n + 1)[1:][:keep]
+    return VPDiscrete(
+        t_knots=t_knots,
+        log_alpha_knots=log_alphas[:keep],
+        num_train_steps=n,
+        t_max=float(t_knots[-1]),
+        t_min=float(t_knots[0]),
+        default_t_end=float(t_knots[0]),
+    )
+
+
+def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> EDM:
+    """EDM / variance-exploding schedule with sigma = t in [sigma_min, sigma_max]."""
+    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+        raise ValueError(f"edm needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")
+    return EDM(t_max=float(sigma_max), t_min=float(sigma_min), default_t_end=float(sigma_min))
+
+
+def time_steps(
+    noise_schedule: NoiseSchedule,
+    n: int,
+    skip: str = "logSNR",
+    *,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    rho: float = 7.0,
+) -> np.ndarray:
+    """The n + 1 times t_0 = t_start > ... > t_n = t_end of a spacing, in float64 on the host.
+
+    logSNR: uniform in lambda; time_uniform: uniform in t; time_quadratic: uniform in sqrt(t) (DDIM);
+    karras: sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in the equivalent
+    EDM noise level sigma = exp(-lambda).
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"time_steps needs an integer number of steps n >= 1, got {n!r}")
+    t_start = float(noise_schedule.t_max if t_start is None else t_start)
+    t_end = float(noise_schedule.default_t_end if t_end is None else t_end)
+    if not (noise_schedule.t_min <= t_end < t_start <= noise_schedule.t_max * (1 + 1e-12)):
+        raise ValueError(
+            f"time_steps needs t_min={noise_schedule.t_min} <= t_end < t_start <= T={noise_schedule.t_max}, "
+            f"got t_start={t_start}, t_end={t_end}"
+        )
+    if skip == "logSNR":
+        lam = np.linspace(noise_schedule.lam(t_start), noise_schedule.lam(t_end), n + 1)
+        ts = np.asarray(noise_schedule.t_of_lambda(lam), dtype=np.float64)
+    elif skip == "time_uniform":
+        ts = np.linspace(t_start, t_end, n + 1)
+    elif skip == "time_quadratic":
+        ts = np.linspace(np.sqrt(t_start), np.sqrt(t_end), n + 1) ** 2
+    elif skip == "karras":
+        if not rho > 0:
+            raise ValueError(f"karras spacing needs rho > 0, got {rho}")
+        s_max = noise_schedule.edm_sigma(t_start)
+        s_min = noise_schedule.edm_sigma(t_end)
+        i = np.arange(n + 1) / n
+        sig = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        ts = np.asarray(noise_schedule.t_of_edm_sigma(sig), dtype=np.float64)
+    else:
+        raise ValueError(f"unknown skip {skip!r}; expected one of {SKIP_TYPES}")
+    # Pin the end points exactly (the inverse maps round-trip to ~1e-15).
+    ts[0], ts[-1] = t_start, t_end
+    return ts

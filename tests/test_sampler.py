@@ -1,0 +1,265 @@
+"""The sampler: one compilation per schedule length, vmap/map/loop agreement, zoo dispatch, AFS, NaN on invalid."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import omsjax
+from omsjax import oracles, presets, schedules
+from omsjax.schedule import stack
+
+
+def _gmm(dim=6, k=3, seed=0):
+    rng = np.random.RandomState(seed)
+    return oracles.GaussianMixture.create(rng.randn(k, dim), 0.2 + 0.3 * rng.rand(k), np.full(k, 1.0 / k))
+
+
+@pytest.fixture(scope="module")
+def env():
+    ns = schedules.vp_linear()
+    gmm = _gmm()
+    x_T = jnp.asarray(np.random.RandomState(1).randn(5, 6))
+    return ns, gmm, x_T
+
+
+def _counting_model(gmm, ns, counter):
+    def apply_fn(params, x, t):
+        counter.append(1)  # runs once per trace
+        return params.eps(ns, x, t)
+
+    return omsjax.Model(apply_fn=apply_fn, params=gmm)
+
+
+def test_three_presets_one_compilation(env):
+    ns, gmm, x_T = env
+    traces = []
+    model = _counting_model(gmm, ns, traces)
+    run = jax.jit(lambda s, x: omsjax.sample(model, ns, s, x))
+    scheds = [
+        presets.ddim(ns, 6),
+        presets.dpm_solver_pp(ns, 6, 3, skip="time_uniform"),
+        presets.unipc(ns, 6, 2, variant="bh1", skip="karras"),
+        presets.dpm_solver(ns, 6, 3, skip="time_quadratic"),
+    ]
+    outs = [run(scheds[0], x_T)]
+    # The model appears twice in the program: the first call (peeled out of the scan) and the scan body.
+    per_compile = len(traces)
+    assert per_compile == 2
+    outs += [run(s, x_T) for s in scheds[1:]]
+    assert len(traces) == per_compile, f"the model was traced {len(traces)} times"
+    assert run._cache_size() == 1
+    # The outputs really differ (the schedule is data, not ignored).
+    for a in range(len(outs)):
+        for b in range(a + 1, len(outs)):
+            assert float(jnp.max(jnp.abs(outs[a] - outs[b]))) > 1e-4
+    # A second call with any of them neither retraces nor recompiles.
+    run(scheds[0], x_T)
+    assert len(traces) == per_compile and run._cache_size() == 1
+    # Same structure and dtypes for every family.
+    structs = {jax.tree_util.tree_structure(s) for s in scheds}
+    dtypes = {tuple(leaf.dtype for leaf in jax.tree_util.tree_leaves(s)) for s in scheds}
+    assert len(structs) == 1 and len(dtypes) == 1
+
+
+def test_vmap_map_loop_and_jit_agree(env):
+    ns, gmm, x_T = env
+    model = gmm.model(ns)
+    scheds = [
+        presets.ddim(ns, 5),
+        presets.dpm_solver_pp(ns, 5, 2),
+        presets.unipc(ns, 5, 3, variant="bh2"),
+        presets.dpm_solver(ns, 5, 2, skip="time_uniform"),
+    ]
+    loop = np.stack([np.asarray(omsjax.sample(model, ns, s, x_T)) for s in scheds])
+    stacked = stack(scheds)
+    vm = jax.vmap(lambda s: omsjax.sample(model, ns, s, x_T))(stacked)
+    np.testing.assert_allclose(np.asarray(vm), loop, rtol=1e-12, atol=1e-12)
+    for method in ("vmap", "map"):
+        out = omsjax.sample_many(model, ns, stacked, x_T, method=method)
+        np.testing.assert_allclose(np.asarray(out), loop, rtol=1e-12, atol=1e-12)
+    jitted = jax.jit(lambda s, x: omsjax.sample(model, ns, s, x))
+    for s, ref in zip(scheds, loop, strict=True):
+        np.testing.assert_allclose(np.asarray(jitted(s, x_T)), ref, rtol=1e-12, atol=1e-12)
+
+
+class _MLP(nn.Module):
+    width: int
+    depth: int
+
+    @nn.compact
+    def __call__(self, x, t):
+        h = jnp.concatenate([x, t[:, None]], axis=-1)
+        for _ in range(self.depth):
+            h = nn.tanh(nn.Dense(self.width, param_dtype=jnp.float64)(h))
+        return nn.Dense(x.shape[-1], param_dtype=jnp.float64)(h)
+
+
+def test_zoo_of_two_flax_models_dispatches_per_step(env):
+    ns, _, x_T = env
+    small, big = _MLP(8, 1), _MLP(32, 3)
+    t0 = jnp.ones((x_T.shape[0],), jnp.float64)
+    p_small = small.init(jax.random.PRNGKey(0), x_T, t0)["params"]
+    p_big = big.init(jax.random.PRNGKey(1), x_T, t0)["params"]
+    n_small = sum(a.size for a in jax.tree_util.tree_leaves(p_small))
+    n_big = sum(a.size for a in jax.tree_util.tree_leaves(p_big))
+    assert n_big > 4 * n_small
+    fns = [lambda p, x, t: small.apply({"params": p}, x, t), lambda p, x, t: big.apply({"params": p}, x, t)]
+    zoo = (omsjax.Model(fns[0], p_small, name="small"), omsjax.Model(fns[1], p_big, name="big"))
+    params = (p_small, p_big)
+    pattern = [0, 1, 1, 0, 1]
+    sched = presets.ddim(ns, 5)._replace(model=jnp.asarray(pattern, jnp.int32))
+    out = np.asarray(jax.jit(lambda z, s, x: omsjax.sample(z, ns, s, x))(zoo, sched, x_T))
+
+    # Independent DDIM loop calling the scheduled model by hand.
+    ts = np.asarray(sched.ts)
+    x = np.asarray(x_T)
+    for i, m in enumerate(pattern):
+        eps = np.asarray(fns[m](params[m], jnp.asarray(x), jnp.full((x.shape[0],), ts[i])))
+        la_s, la_t = ns.log_alpha(ts[i]), ns.log_alpha(ts[i + 1])
+        h = ns.lam(ts[i + 1]) - ns.lam(ts[i])
+        x = np.exp(la_t - la_s) * x - ns.sigma(ts[i + 1]) * np.expm1(h) * eps
+    np.testing.assert_allclose(out, x, rtol=1e-12, atol=1e-12)
+    for only in (0, 1):
+        other = omsjax.sample(zoo, ns, sched._replace(model=jnp.full((5,), only, jnp.int32)), x_T)
+        assert float(jnp.max(jnp.abs(other - out))) > 1e-6
+
+
+def test_params_are_arguments_not_constants(env):
+    ns, gmm, x_T = env
+    traces = []
+    model = _counting_model(gmm, ns, traces)
+    run = jax.jit(lambda m, s, x: omsjax.sample(m, ns, s, x))
+    s = presets.ddim(ns, 4)
+    a = run(model, s, x_T)
+    moved = model.replace(params=gmm.replace(means=gmm.means + 1.0))
+    b = run(moved, s, x_T)
+    assert len(traces) == 2 and float(jnp.max(jnp.abs(a - b))) > 1e-3
+    np.testing.assert_allclose(np.asarray(b), np.asarray(omsjax.sample(moved, ns, s, x_T)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("afs", [1, 2])
+def test_analytical_first_step_equals_guess_model(env, afs):
+    ns, gmm, x_T = env
+    mean = jnp.asarray(np.random.RandomState(3).randn(6) * 0.1)
+    x0_guess = jnp.zeros(6) if afs == 1 else mean
+
+    def guess_fn(params, x, t):
+        return (x - jnp.exp(ns.log_alpha(t))[:, None] * x0_guess) / ns.sigma(t)[:, None]
+
+    zoo = (gmm.model(ns), omsjax.Model(guess_fn, None))
+    base = presets.unipc(ns, 5, 2)
+    with_afs = base._replace(afs=jnp.asarray(afs, jnp.int32))
+    manual = base._replace(model=base.model.at[0].set(1))
+    a = omsjax.sample(zoo, ns, with_afs, x_T, data_mean=mean)
+    b = omsjax.sample(zoo, ns, manual, x_T, data_mean=mean)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+    assert int(with_afs.nfe()) == 4 and int(base.nfe()) == 5
+    assert float(with_afs.cost([2.0, 1.0])) == 8.0
+
+
+def test_afs_preset_adds_a_step_for_the_same_nfe(env):
+    ns, gmm, x_T = env
+    s = presets.dpm_solver_pp(ns, 5, 2, afs="zero_x0")
+    assert s.num_steps == 6 and int(s.nfe()) == 5
+    out = omsjax.sample(gmm.model(ns), ns, s, x_T)
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def _mixed_schedule(ns, n):
+    """A valid schedule that mixes every decision: orders 1-4, start points 0-2, low-order D_1, both
+    predictions, all relaxation types, correctors."""
+    order, start, d1, pred, rtype, relax, corr = [], [], [], [], [], [], []
+    for i in range(n):
+        avail = min(i + 1, 5)
+        k = min(1 + i % 4, avail)
+        q = min((0, 1, 0, 2)[i % 4], avail - 1)
+        order.append(k)
+        start.append(q)
+        d1.append(i % k if k > 1 else 0)
+        pred.append(i % 2)
+        rtype.append(i % 3)
+        relax.append(0.05 * (i % 5 - 2))
+        corr.append(i % 2 == 0 and i < n - 1)
+    return omsjax.schedule.make(
+        ts=schedules.time_steps(ns, n, "logSNR"), model=[0] * n, order=order, prediction=pred, start=start,
+        d1_points=d1, relax=relax, relax_type=rtype, corrector=corr, afs=0,
+    )  # fmt: skip
+
+
+def test_mixed_decisions_converge_to_the_reference(env):
+    ns, gmm, x_T = env
+    ref = oracles.reference_solution(lambda x, t: gmm.eps(ns, x, t), ns, x_T, ns.t_max, ns.default_t_end)
+    errs = []
+    for n in (48, 96):
+        s = _mixed_schedule(ns, n)
+        omsjax.check_schedule(s, 1, ns)
+        errs.append(float(jnp.max(jnp.abs(omsjax.sample(gmm.model(ns), ns, s, x_T) - ref))))
+    assert errs[0] < 1e-2 and errs[1] < errs[0] / 4, errs
+
+
+# --- invalid decisions under tracing become NaN, never a clamped answer -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("model", 2),  # zoo has 1 model: lax.switch would clamp
+        ("model", -1),
+        ("order", 3),  # at step 1 only 2 points exist
+        ("order", 0),
+        ("start", 2),
+        ("d1_points", 2),
+        ("prediction", 2),
+        ("relax_type", 5),
+    ],
+)
+def test_invalid_decision_under_jit_gives_nan(env, field, value):
+    ns, gmm, x_T = env
+    s = presets.dpm_solver_pp(ns, 4, 2)
+    bad = s._replace(**{field: getattr(s, field).at[1].set(value)})
+    run = jax.jit(lambda s, x: omsjax.sample(gmm.model(ns), ns, s, x))
+    assert bool(jnp.all(jnp.isfinite(run(s, x_T))))
+    assert bool(jnp.all(jnp.isnan(run(bad, x_T))))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s._replace(ts=s.ts.at[2].set(s.ts[1] + 0.01)),
+        lambda s: s._replace(ts=s.ts.at[2].set(jnp.nan)),
+        lambda s: s._replace(corrector=s.corrector.at[-1].set(True)),
+        lambda s: s._replace(afs=jnp.asarray(3, jnp.int32)),
+        lambda s: s._replace(afs=jnp.asarray(2, jnp.int32)),  # no data_mean given
+        lambda s: s._replace(relax=s.relax.at[0].set(jnp.inf)),
+    ],
+)
+def test_invalid_schedule_under_jit_gives_nan(env, mutate):
+    ns, gmm, x_T = env
+    s = mutate(presets.dpm_solver_pp(ns, 4, 2))
+    out = jax.jit(lambda s, x: omsjax.sample(gmm.model(ns), ns, s, x))(s, x_T)
+    assert bool(jnp.all(jnp.isnan(out)))
+
+
+def test_gradient_wrt_times_is_finite(env):
+    ns, gmm, x_T = env
+    s = presets.unipc(ns, 5, 2)
+
+    def loss(ts):
+        return jnp.sum(omsjax.sample(gmm.model(ns), ns, s._replace(ts=ts), x_T) ** 2)
+
+    g = jax.grad(loss)(s.ts)
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g[1:-1]))) > 0
+
+
+def test_float32_sampling(env):
+    ns, gmm, x_T = env
+    s = presets.dpm_solver_pp(ns, 8, 2)
+    s32 = s._replace(ts=s.ts.astype(jnp.float32), relax=s.relax.astype(jnp.float32),
+                     d2_scale=s.d2_scale.astype(jnp.float32))  # fmt: skip
+    gmm32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), gmm)
+    out32 = omsjax.sample(gmm32.model(ns), ns, s32, x_T.astype(jnp.float32))
+    out64 = omsjax.sample(gmm.model(ns), ns, s, x_T)
+    assert out32.dtype == jnp.float32 and out64.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(out32), np.asarray(out64), atol=1e-4)
