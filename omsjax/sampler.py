@@ -25,7 +25,7 @@ from omsjax.models import Model, as_zoo, to_eps_x0
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, check_schedule
 from omsjax.schedules import NoiseSchedule
 
-__all__ = ["sample", "sample_many"]
+__all__ = ["sample", "sample_many", "noise", "generate"]
 
 
 def _bcast(v, x):
@@ -292,3 +292,37 @@ def sample_many(
         axes = Schedule(**{f: (None if f in shared else 0) for f in Schedule._fields})
         return jax.vmap(lambda s: one(s, True), in_axes=(axes,))(schedules._replace(**shared))
     return jax.lax.map(one, schedules)
+
+
+def noise(seed: int, n: int, shape: Sequence[int], dtype=jnp.float32, *, offset: int = 0) -> jax.Array:
+    """n starting noises of `shape`; sample i uses the key fold_in(PRNGKey(seed), offset + i), so the same seed
+    gives the same sample whatever the batch size or the batching."""
+    if n < 1:
+        raise ValueError(f"noise needs n >= 1, got {n}")
+    key = jax.random.PRNGKey(seed)
+    idx = jnp.arange(offset, offset + n, dtype=jnp.int32)
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape), dtype))(idx)
+
+
+def generate(
+    model_or_zoo: Model | Sequence[Model],
+    noise_schedule: NoiseSchedule,
+    schedule: Schedule,
+    n: int,
+    shape: Sequence[int],
+    *,
+    seed: int = 0,
+    batch_size: int = 500,
+    data_mean: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> np.ndarray:
+    """`n` samples of one schedule from `noise(seed, ...)`, in batches (one compiled program); numpy [n, *shape]."""
+    zoo = as_zoo(model_or_zoo)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        x_T = noise(seed, m, shape, dtype, offset=start)
+        out.append(np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean)))
+    return np.concatenate(out)

@@ -30,6 +30,8 @@ __all__ = [
     "edm",
     "time_steps",
     "SKIP_TYPES",
+    "to_dict",
+    "from_dict",
 ]
 
 SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic", "karras")
@@ -303,3 +305,32 @@ def time_steps(
     # Pin the end points exactly (the inverse maps round-trip to ~1e-15).
     ts[0], ts[-1] = t_start, t_end
     return ts
+
+
+def to_dict(noise_schedule: NoiseSchedule) -> dict:
+    """A JSON-friendly description of a noise schedule (inverse: `from_dict`)."""
+    ns = noise_schedule
+    if isinstance(ns, VPLinear):
+        return {"kind": "vp_linear", "beta_min": float(ns.beta_min), "beta_max": float(ns.beta_max)}
+    if isinstance(ns, VPCosine):
+        return {"kind": "vp_cosine", "s": float(ns.s), "t_max": ns.t_max}
+    if isinstance(ns, EDM):
+        return {"kind": "edm", "sigma_min": ns.t_min, "sigma_max": ns.t_max}
+    if isinstance(ns, VPDiscrete):
+        raise ValueError("vp_discrete schedules are stored with their betas; save the betas array instead")
+    raise ValueError(f"cannot describe noise schedule {type(ns).__name__}")
+
+
+def from_dict(d: dict) -> NoiseSchedule:
+    """Rebuild a noise schedule from `to_dict`'s description, with a clear error for unknown kinds."""
+    if not isinstance(d, dict) or "kind" not in d:
+        raise ValueError(f"a noise schedule description needs a 'kind', got {d!r}")
+    kind = d["kind"]
+    args = {k: v for k, v in d.items() if k != "kind"}
+    makers = {"vp_linear": vp_linear, "vp_cosine": vp_cosine, "edm": edm}
+    if kind not in makers:
+        raise ValueError(f"unknown noise schedule kind {kind!r}; expected one of {sorted(makers)}")
+    try:
+        return makers[kind](**args)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for noise schedule {kind!r}: {e}") from None

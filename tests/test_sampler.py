@@ -263,3 +263,20 @@ def test_float32_sampling(env):
     out64 = omsjax.sample(gmm.model(ns), ns, s, x_T)
     assert out32.dtype == jnp.float32 and out64.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(out32), np.asarray(out64), atol=1e-4)
+
+
+def test_noise_is_independent_of_batching():
+    a = omsjax.sampler.noise(3, 10, (2, 2))
+    b = jnp.concatenate([omsjax.sampler.noise(3, 4, (2, 2)), omsjax.sampler.noise(3, 6, (2, 2), offset=4)])
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(a), np.asarray(omsjax.sampler.noise(4, 10, (2, 2))))
+
+
+def test_generate_batches_agree(env):
+    ns, gmm, _ = env
+    s = presets.dpm_solver_pp(ns, 5, 2)
+    m = gmm.model(ns)
+    a = omsjax.sampler.generate(m, ns, s, 7, (6,), seed=1, batch_size=7, dtype=jnp.float64)
+    b = omsjax.sampler.generate(m, ns, s, 7, (6,), seed=1, batch_size=3, dtype=jnp.float64)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert a.shape == (7, 6)

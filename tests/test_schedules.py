@@ -105,3 +105,22 @@ def test_bad_arguments():
         schedules.time_steps(schedules.vp_linear(), 4, t_end=0.5, t_start=0.2)
     with pytest.raises(ValueError, match="unknown skip"):
         schedules.time_steps(schedules.vp_linear(), 4, "uniform")
+
+
+@pytest.mark.parametrize("ns", [schedules.vp_linear(0.2, 10.0), schedules.vp_cosine(), schedules.edm(0.01, 50.0)])
+def test_dict_round_trip(ns):
+    back = schedules.from_dict(schedules.to_dict(ns))
+    assert type(back) is type(ns) and schedules.to_dict(back) == schedules.to_dict(ns)
+    t = np.linspace(ns.default_t_end, ns.t_max, 7)
+    np.testing.assert_array_equal(back.lam(t), ns.lam(t))
+
+
+def test_dict_errors():
+    with pytest.raises(ValueError, match="unknown noise schedule kind"):
+        schedules.from_dict({"kind": "ve"})
+    with pytest.raises(ValueError, match="needs a 'kind'"):
+        schedules.from_dict({"beta_min": 0.1})
+    with pytest.raises(ValueError, match="bad arguments"):
+        schedules.from_dict({"kind": "vp_linear", "beta": 3})
+    with pytest.raises(ValueError, match="betas"):
+        schedules.to_dict(schedules.vp_discrete())
