@@ -1,0 +1,46 @@
+"""Pictures: sample grids (PNG)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["image_grid", "save_grid"]
+
+
+def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile images [N, H, W, C] in [-1, 1] into one [rows*(H+pad)+pad, cols*(W+pad)+pad, C] array in [0, 1]."""
+    x = np.asarray(images, np.float64)
+    if x.ndim != 4 or x.shape[0] < 1:
+        raise ValueError(f"image_grid needs images [N, H, W, C], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("image_grid: images contain NaN or inf")
+    n, h, w, c = x.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c))
+    x = (np.clip(x, -1.0, 1.0) + 1.0) / 2.0  # display only
+    for i in range(n):
+        r, k = divmod(i, ncols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = x[i]
+    return grid
+
+
+def save_grid(images, path, ncols: int | None = None, scale: int = 8) -> Path:
+    """Write a PNG grid of images [N, H, W, C] in [-1, 1] (grey for C = 1), each pixel `scale` x `scale`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = image_grid(images, ncols)
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if grid.shape[-1] == 1:
+        plt.imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        plt.imsave(path, grid[..., :3])
+    return path

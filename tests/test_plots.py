@@ -1,0 +1,28 @@
+"""Sample grids."""
+
+import numpy as np
+import pytest
+
+from omsjax import plots
+
+
+def test_grid_layout_and_range():
+    imgs = np.stack([np.full((2, 3, 1), v) for v in (-1.0, 0.0, 1.0, 0.5, -0.5)])
+    g = plots.image_grid(imgs, ncols=3, pad=1)
+    assert g.shape == (2 * 3 + 1, 3 * 4 + 1, 1)
+    np.testing.assert_allclose(g[1:3, 1:4, 0], 0.0)  # -1 -> black
+    np.testing.assert_allclose(g[1:3, 5:8, 0], 0.5)
+    np.testing.assert_allclose(g[4:6, 1:4, 0], 0.75)  # 0.5 -> 0.75
+    np.testing.assert_allclose(g[4:6, 9:12, 0], 1.0)  # empty cell stays white
+
+
+def test_save_grid_png(tmp_path):
+    path = plots.save_grid(np.zeros((4, 8, 8, 1)), tmp_path / "g.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_errors():
+    with pytest.raises(ValueError, match=r"needs images \[N, H, W, C\]"):
+        plots.image_grid(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        plots.image_grid(np.full((1, 2, 2, 1), np.nan))
