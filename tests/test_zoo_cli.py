@@ -1,0 +1,105 @@
+"""Zoo folders (manifest, load_zoo) and the omsjax command on a tiny freshly trained zoo."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import omsjax
+from omsjax import cli, data, presets, train, zoo
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    images = data.load_digits("train")[:256]
+    cfg_a = zoo.named_config("tiny", steps=12)
+    d = cfg_a.to_dict()
+    d["net"]["channels"] = 16
+    cfg_b = train.TrainConfig.from_dict(d)
+    entries = []
+    for name, cfg in (("a", cfg_a), ("b", cfg_b)):
+        state = train.train(cfg, images, root / f"run_{name}", progress=False)
+        entries.append(zoo.add_member(root / "zoo", name, cfg, state.ema_params, train_steps=int(state.step),
+                                      data_mean=data.data_mean(images), latency_batch=32))  # fmt: skip
+    return root / "zoo", entries
+
+
+def test_manifest_and_load(tiny_zoo):
+    path, entries = tiny_zoo
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == ["a", "b"]  # sorted by size
+    assert entries[1]["param_count"] > entries[0]["param_count"]
+    assert all(m["latency_ms"] > 0 and m["latency_machine"] for m in manifest["models"])
+    models, ns, man = zoo.load_zoo(path)
+    assert len(models) == 2 and models[0].latency == manifest["models"][0]["latency_ms"]
+    assert ns.kind == "vp_linear" and man["image_shape"] == [8, 8, 1]
+    # Restored parameters are bit-exact and the zoo samples through omsjax.sample.
+    run_params = train.load_params(path / "a" / "params", models[0].params)
+    for x, y in zip(jax.tree_util.tree_leaves(run_params), jax.tree_util.tree_leaves(models[0].params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    s = presets.ddim(ns, 4)._replace(model=jnp.asarray([0, 1, 1, 0], jnp.int32))
+    out = omsjax.sample(models, ns, s, jnp.zeros((3, 8, 8, 1), jnp.float32))
+    assert out.shape == (3, 8, 8, 1) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_load_zoo_errors(tmp_path, tiny_zoo):
+    with pytest.raises(FileNotFoundError, match="no zoo manifest"):
+        zoo.load_zoo(tmp_path)
+    (tmp_path / "manifest.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        zoo.load_zoo(tmp_path)
+    path, _ = tiny_zoo
+    m = json.loads((path / "manifest.json").read_text())
+    m["models"][0]["params"] = "missing/params"
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FileNotFoundError, match="no parameters at"):
+        zoo.load_zoo(tmp_path)
+    with pytest.raises(ValueError, match="unknown training config"):
+        zoo.named_config("huge")
+
+
+def _run(capsys, argv):
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_evaluate_is_deterministic(tiny_zoo, capsys, tmp_path):
+    path, _ = tiny_zoo
+    argv = ["evaluate", "--zoo", str(path), "--model", "1", "--solver", "dpm_solver_pp", "--order", "2", "--nfe", "3",
+            "--num-samples", "40", "--batch-size", "16", "--seed", "5", "--json"]  # fmt: skip
+    rc, out, _ = _run(capsys, argv)
+    assert rc == 0
+    a = json.loads(out)
+    assert set(a) >= {"fd", "nfe", "cost", "seconds"} and a["nfe"] == 3
+    assert a["cost"] == pytest.approx(3 * zoo.load_zoo(path)[0][1].latency)
+    rc, out, _ = _run(capsys, argv[:-5] + ["--batch-size", "40", "--seed", "5", "--json"])
+    assert json.loads(out)["fd"] == a["fd"]  # same seed, other batching: same samples, same FD
+    # A schedule file reproduces the preset.
+    models, ns, _ = zoo.load_zoo(path)
+    sched_file = tmp_path / "s.json"
+    sched_file.write_text(presets.dpm_solver_pp(ns, 3, 2, model=1).to_json())
+    rc, out, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(sched_file), "--num-samples", "40",
+                               "--batch-size", "16", "--seed", "5", "--json"])  # fmt: skip
+    assert rc == 0 and json.loads(out)["fd"] == a["fd"]
+
+
+def test_cli_errors(tiny_zoo, capsys):
+    path, _ = tiny_zoo
+    rc, _, err = _run(capsys, ["evaluate", "--zoo", str(path), "--model", "7", "--solver", "ddim", "--nfe", "3"])
+    assert rc == 2 and "--model 7 is not in the zoo of 2 models" in err
+    rc, _, err = _run(capsys, ["evaluate", "--zoo", str(path), "--nfe", "3"])
+    assert rc == 2 and "--solver" in err
+    rc, _, err = _run(capsys, ["evaluate", "--zoo", str(path / "nope"), "--solver", "ddim", "--nfe", "3"])
+    assert rc == 2 and "no zoo manifest" in err
+
+
+def test_cli_sample_writes_png(tiny_zoo, capsys, tmp_path):
+    path, _ = tiny_zoo
+    out = tmp_path / "grid.png"
+    rc, text, _ = _run(capsys, ["sample", "--zoo", str(path), "--solver", "unipc", "--nfe", "4", "--num-samples", "9",
+                                "--out", str(out)])  # fmt: skip
+    assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG" and "wrote" in text
