@@ -13,7 +13,6 @@ between the `core` markers of benchmarks/RESULTS.md.  Run: `python benchmarks/be
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import omsjax
-from omsjax import nets, presets, schedules
+from omsjax import nets, presets, schedules, zoo
 from omsjax.schedule import stack
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
@@ -40,18 +39,7 @@ def median_time(fn, *args, repeats=10):
 
 
 def machine() -> str:
-    dev = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{dev.platform.upper()} ({dev.device_kind}), {os.cpu_count()} cores, {cpu}; jax {jax.__version__}"
+    return f"{zoo.machine_name()}; jax {jax.__version__}"
 
 
 def make_model(channels, mults, seed, image=(8, 8, 1)):
