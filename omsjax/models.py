@@ -114,7 +114,8 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma):
 
 
 def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma):
-    """(eps, x0) of zoo[index] at (x, t), dispatched with `lax.switch` (params passed as operands)."""
+    """(eps, x0) of zoo[index] at (x, t): `lax.switch` with params as operands; one model needs no switch (and
+    nothing to batch under vmap)."""
     if len(zoo) == 1:
         return to_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma)
     params = tuple(m.params for m in zoo)

@@ -21,16 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
-from omsjax.models import Model, as_zoo, to_eps_x0
+from omsjax.models import Model, _bcast, as_zoo, eval_zoo
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, check_schedule
 from omsjax.schedules import NoiseSchedule
 
 __all__ = ["sample", "sample_many", "noise", "generate"]
-
-
-def _bcast(v, x):
-    v = jnp.asarray(v, x.dtype)
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
 def _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean):
@@ -84,15 +79,6 @@ def _guess(x, la, sigma, x0_guess):
     return (x - _bcast(jnp.exp(la), x) * x0) / _bcast(sigma, x), x0
 
 
-def _eval_model(zoo, index, x, t, la, sigma):
-    """(eps, x0) of zoo[index]; one model needs no switch (and nothing to batch under vmap)."""
-    if len(zoo) == 1:
-        return to_eps_x0(zoo[0], zoo[0].params, x, t, la, sigma)
-    params = tuple(m.params for m in zoo)
-    branches = [(lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s)) for k, m in enumerate(zoo)]
-    return jax.lax.switch(index, branches, params, x, t, la, sigma)
-
-
 def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
     """(eps, x0) at (x_T, ts[0]): the AFS guess or model[0].
 
@@ -108,13 +94,13 @@ def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
         branches = [
             lambda x: _guess(x, la, sig, jnp.zeros((), x.dtype)),
             lambda x: _guess(x, la, sig, mean),
-            *[(lambda x, m=m: _eval_model((m,), 0, x, t0, la, sig)) for m in zoo],
+            *[(lambda x, m=m: eval_zoo((m,), 0, x, t0, la, sig)) for m in zoo],
         ]
         return jax.lax.switch(index, branches, x_T)
     # Arithmetic choice: nothing here turns into a batched switch under vmap.
     g0, g1 = _guess(x_T, la, sig, jnp.zeros((), x_T.dtype)), _guess(x_T, la, sig, mean)
     pick = [(afs == AFS_ZERO_X0, g0), (afs == AFS_MEAN_X0, g1)]
-    eps, x0 = _eval_model(zoo, schedule.model[0], x_T, t0, la, sig)
+    eps, x0 = eval_zoo(zoo, schedule.model[0], x_T, t0, la, sig)
     for cond, (ge, gx) in pick:
         eps, x0 = jnp.where(cond, ge, eps), jnp.where(cond, gx, x0)
     return eps, x0
@@ -227,7 +213,7 @@ def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False)
         # The model call at ts[i+1] (none after the last step). `i` is the scan counter, never batched, so this
         # stays a real conditional under vmap.
         def evaluate(x):
-            return _eval_model(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"])
+            return eval_zoo(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"])
 
         def skip(x):
             return jnp.zeros_like(x), jnp.zeros_like(x)
