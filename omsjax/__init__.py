@@ -1,8 +1,10 @@
 """omsjax: fast diffusion sampling in JAX with per-step model and solver schedules as data."""
 
+import importlib
+
 from omsjax import nets, oracles, presets, schedules, usf
 from omsjax.models import Model, as_zoo
-from omsjax.sampler import sample, sample_many
+from omsjax.sampler import generate, sample, sample_many
 from omsjax.schedule import Schedule, check_schedule, stack
 
 __version__ = "0.1.0"
@@ -12,6 +14,10 @@ __all__ = [
     "Schedule",
     "as_zoo",
     "check_schedule",
+    "data",
+    "generate",
+    "load_zoo",
+    "metrics",
     "nets",
     "oracles",
     "presets",
@@ -19,5 +25,18 @@ __all__ = [
     "sample_many",
     "schedules",
     "stack",
+    "train",
     "usf",
+    "zoo",
 ]
+
+# Training, data, metric and zoo modules pull in orbax, optax, scikit-learn and scipy: import them on first use.
+_LAZY_MODULES = ("data", "metrics", "train", "zoo")
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"omsjax.{name}")
+    if name == "load_zoo":
+        return importlib.import_module("omsjax.zoo").load_zoo
+    raise AttributeError(f"module 'omsjax' has no attribute {name!r}")

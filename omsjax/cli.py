@@ -1,5 +1,15 @@
 """The `omsjax` command.
 
+omsjax compare [--zoo DIR] [--model K] [--nfe 5 10] [--json]
+    FD of the preset solvers at several NFEs on one model of a zoo (default: the shipped digits zoo).
+omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.json) [--json]
+    FD, NFE, cost and seconds of one schedule, and its trajectory error against the diffrax ODE endpoint.
+omsjax sample ... --out grid.png
+    A PNG grid of samples.
+omsjax train --config NAME --out DIR [--steps N] [--resume] [--add-to-zoo DIR]
+    Train a digits U-Net with resumable orbax checkpoints.
+omsjax zoo [--zoo DIR] [--remeasure-latency]
+    List a zoo's models; measure their latencies again on this machine.
 omsjax gmm [--nfe 4 5 6 8 10] [--skip logSNR] [--json]
     Sample an exact Gaussian-mixture model with every preset and print the error against the diffrax
     reference endpoint (one compiled program per schedule length serves every solver).
@@ -26,19 +36,28 @@ def _default_gmm(dim: int = 16, components: int = 8, seed: int = 0):
     return oracles.GaussianMixture.create(rng.randn(components, dim), 0.05 + 0.3 * rng.rand(components), weights)
 
 
-def _solver_table():
+# name -> (preset, keyword arguments): the solvers of `omsjax gmm` and `omsjax compare`.
+SOLVERS = {
+    "DDIM": ("ddim", {}),
+    "DPM-Solver-2": ("dpm_solver", {"order": 2}),
+    "DPM-Solver-3": ("dpm_solver", {"order": 3}),
+    "DPM-Solver++(2M)": ("dpm_solver_pp", {"order": 2}),
+    "DPM-Solver++(3M)": ("dpm_solver_pp", {"order": 3}),
+    "UniPC-2 (bh1)": ("unipc", {"order": 2, "variant": "bh1"}),
+    "UniPC-2 (bh2)": ("unipc", {"order": 2, "variant": "bh2"}),
+    "UniPC-3 (bh2)": ("unipc", {"order": 3, "variant": "bh2"}),
+}
+
+
+def _solver_schedule(name, ns, nfe, skip, model=0):
+    """The named solver (a key of SOLVERS) as a schedule, or None where it has no schedule at this NFE."""
     from omsjax import presets
 
-    return {
-        "DDIM": lambda ns, n, skip: presets.ddim(ns, n, skip=skip),
-        "DPM-Solver-2": lambda ns, n, skip: presets.dpm_solver(ns, n, 2, skip=skip),
-        "DPM-Solver-3": lambda ns, n, skip: presets.dpm_solver(ns, n, 3, skip=skip),
-        "DPM-Solver++(2M)": lambda ns, n, skip: presets.dpm_solver_pp(ns, n, 2, skip=skip),
-        "DPM-Solver++(3M)": lambda ns, n, skip: presets.dpm_solver_pp(ns, n, 3, skip=skip),
-        "UniPC-2 (bh1)": lambda ns, n, skip: presets.unipc(ns, n, 2, variant="bh1", skip=skip),
-        "UniPC-2 (bh2)": lambda ns, n, skip: presets.unipc(ns, n, 2, variant="bh2", skip=skip),
-        "UniPC-3 (bh2)": lambda ns, n, skip: presets.unipc(ns, n, 3, variant="bh2", skip=skip),
-    }
+    kind, kw = SOLVERS[name]
+    try:
+        return presets.preset(kind, ns, nfe, skip=skip, model=model, **kw)
+    except ValueError:
+        return None
 
 
 def cmd_gmm(args) -> int:
@@ -61,12 +80,11 @@ def cmd_gmm(args) -> int:
     run = jax.jit(lambda s, x: omsjax.sample(model, ns, s, x))
     table = {}
     t0 = time.perf_counter()
-    for name, make in _solver_table().items():
+    for name in SOLVERS:
         row = {}
         for n in args.nfe:
-            try:
-                sched = make(ns, n, args.skip)
-            except ValueError:
+            sched = _solver_schedule(name, ns, n, args.skip)
+            if sched is None:
                 row[n] = None
                 continue
             out = run(sched, x_T)
@@ -120,23 +138,47 @@ def _schedule_from_args(args, ns, num_models):
     return sched, label
 
 
-def _zoo_samples(args):
+def _load_zoo(path):
     import jax.numpy as jnp
     import numpy as np
 
-    from omsjax import sampler, zoo
+    from omsjax import zoo
 
-    models, ns, manifest = zoo.load_zoo(args.zoo)
-    sched, label = _schedule_from_args(args, ns, len(models))
+    models, ns, manifest = zoo.load_zoo(path)
     mean = manifest.get("data_mean")
     mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+    return models, ns, manifest, mean
+
+
+def _zoo_samples(args):
+    from omsjax import sampler
+
+    models, ns, manifest, mean = _load_zoo(args.zoo)
+    sched, label = _schedule_from_args(args, ns, len(models))
     shape = tuple(manifest["image_shape"])
     t0 = time.perf_counter()
     x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed, batch_size=args.batch_size,
                          data_mean=mean)  # fmt: skip
     seconds = time.perf_counter() - t0
-    lat = [m.latency for m in models]
-    return x, sched, label, seconds, lat
+    return x, sched, label, seconds, models, ns
+
+
+def _trajectory_error(args, x, sched, models, ns):
+    """RMSE of the first --ref-samples samples against the diffrax ODE endpoint of --ref-model from the same noise."""
+    import numpy as np
+
+    from omsjax import metrics, sampler
+
+    k = min(args.ref_samples, x.shape[0])
+    ref_model = args.ref_model
+    if ref_model is None:  # a preset: its own model; a schedule file: the largest model of the zoo
+        ref_model = args.model if args.schedule is None else len(models) - 1
+    if not 0 <= ref_model < len(models):
+        raise ValueError(f"--ref-model {ref_model} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
+    ts = np.asarray(sched.ts, np.float64)
+    x_T = sampler.noise(args.seed, k, x.shape[1:])
+    ref = metrics.ode_reference(models[ref_model], ns, x_T, ts[0], ts[-1])
+    return metrics.trajectory_error(x[:k], ref), k, ref_model
 
 
 def cmd_train(args) -> int:
@@ -157,16 +199,19 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from omsjax import metrics
 
-    x, sched, label, seconds, lat = _zoo_samples(args)
+    x, sched, label, seconds, models, ns = _zoo_samples(args)
     result = {
         "fd": float(metrics.fd(x)),
         "nfe": int(sched.nfe()),
-        "cost": float(sched.cost(lat)),
+        "cost": float(sched.cost([m.latency for m in models])),
         "seconds": seconds,
         "schedule": label,
         "num_samples": args.num_samples,
         "seed": args.seed,
     }
+    if args.ref_samples > 0:
+        err, k, ref_model = _trajectory_error(args, x, sched, models, ns)
+        result.update(traj_rmse=err, traj_samples=k, traj_ref_model=ref_model)
     if args.json:
         print(json.dumps(result))
     else:
@@ -178,9 +223,74 @@ def cmd_evaluate(args) -> int:
 def cmd_sample(args) -> int:
     from omsjax import plots
 
-    x, _, label, seconds, _ = _zoo_samples(args)
+    x, _, label, seconds, _, _ = _zoo_samples(args)
     path = plots.save_grid(x, args.out)
     print(f"wrote {path} ({args.num_samples} samples, {label}, {seconds:.1f} s)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from omsjax import metrics, sampler
+
+    models, ns, manifest, mean = _load_zoo(args.zoo)
+    k = len(models) - 1 if args.model is None else args.model
+    if not 0 <= k < len(models):
+        raise ValueError(f"--model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
+    unknown = [n for n in args.solvers if n not in SOLVERS]
+    if unknown:
+        raise ValueError(f"unknown solvers {unknown}; expected some of {list(SOLVERS)}")
+    shape = tuple(manifest["image_shape"])
+    table, t0 = {}, time.perf_counter()
+    for name in args.solvers:
+        row = {}
+        for n in args.nfe:
+            sched = _solver_schedule(name, ns, n, args.skip, model=k)
+            if sched is None:
+                row[n] = None
+                continue
+            x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed,
+                                 batch_size=args.batch_size, data_mean=mean)  # fmt: skip
+            row[n] = float(metrics.fd(x))
+        table[name] = row
+    seconds = time.perf_counter() - t0
+    floor = metrics.fd_floor(n=args.num_samples, repeats=5) if args.num_samples <= 1497 else None
+    m = manifest["models"][k]
+    if args.json:
+        print(json.dumps({"model": k, "name": m["name"], "fd": table, "floor": floor, "seconds": seconds}))
+        return 0
+    print(f"Digits zoo {args.zoo}: model {k} ({m['name']}, {m['param_count']:,} params, "
+          f"{m['latency_ms']:.1f} ms per batch of {m['latency_batch']}), {args.skip} spacing.")  # fmt: skip
+    print(f"FD of {args.num_samples} samples (seed {args.seed}) in the classifier's features; lower is better.\n")
+    head = f"{'solver':<18}" + "".join(f"{'NFE ' + str(n):>10}" for n in args.nfe)
+    print(head)
+    print("-" * len(head))
+    for name, row in table.items():
+        print(f"{name:<18}" + "".join(f"{'-':>10}" if v is None else f"{v:>10.2f}" for v in row.values()))
+    if floor is not None:
+        print(f"\nreal data at the same N: {args.num_samples} train images resampled "
+              f"{floor['train_resample_mean']:.2f} +- {floor['train_resample_std']:.2f}; "
+              f"the {floor['heldout_n']} held-out images {floor['heldout']:.2f}")  # fmt: skip
+    best = {n: min(((r[n], s) for s, r in table.items() if r[n] is not None), default=(np.nan, "-")) for n in args.nfe}
+    print("best per NFE: " + ", ".join(f"{n}: {s} ({v:.2f})" for n, (v, s) in best.items()))
+    print(f"{sum(v is not None for r in table.values() for v in r.values())} evaluations in {seconds:.1f} s")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from omsjax import zoo
+
+    manifest = zoo.remeasure_latency(args.zoo) if args.remeasure_latency else zoo.load_zoo(args.zoo)[2]
+    if args.json:
+        print(json.dumps(manifest["models"]))
+        return 0
+    print(f"zoo {args.zoo}: {manifest.get('dataset', '?')}, images {manifest['image_shape']}, "
+          f"noise schedule {manifest['noise_schedule'].get('kind', '?')}")  # fmt: skip
+    print(f"{'index':>5}  {'name':<12}{'params':>12}{'steps':>8}{'latency (ms)':>14}  machine")
+    for i, m in enumerate(manifest["models"]):
+        print(f"{i:>5}  {m['name']:<12}{m['param_count']:>12,}{m['train_steps']:>8}"
+              f"{m['latency_ms']:>14.2f}  batch {m['latency_batch']}, {m['latency_machine']}")  # fmt: skip
     return 0
 
 
@@ -222,8 +332,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="FD, NFE and cost of a schedule on a zoo")
     _add_schedule_args(e, 1000)
+    e.add_argument(
+        "--ref-samples",
+        type=int,
+        default=64,
+        help="trajectory error (traj_rmse) of this many samples vs. the diffrax ODE endpoint (0: off)",
+    )
+    e.add_argument(
+        "--ref-model",
+        type=int,
+        default=None,
+        help="zoo model whose ODE is the reference (default: the preset's model; for a schedule file, the largest)",
+    )
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="FD of every preset solver at several NFEs on one zoo model (the main job)")
+    c.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    c.add_argument("--model", type=int, default=None, help="zoo index (default: the largest model)")
+    c.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
+    c.add_argument(
+        "--solvers",
+        nargs="+",
+        default=["DDIM", "DPM-Solver-3", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)"],
+    )
+    c.add_argument("--skip", default="logSNR", choices=["logSNR", "time_uniform", "time_quadratic", "karras"])
+    c.add_argument("--num-samples", type=int, default=1000)
+    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    z = sub.add_parser("zoo", help="list a zoo's models (parameters, training steps, latency)")
+    z.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    z.add_argument(
+        "--remeasure-latency",
+        action="store_true",
+        help="measure every model's latency on this machine and rewrite manifest.json",
+    )
+    z.add_argument("--json", action="store_true")
+    z.set_defaults(func=cmd_zoo)
 
     s = sub.add_parser("sample", help="write a PNG grid of samples")
     _add_schedule_args(s, 64)
@@ -244,6 +392,9 @@ def main(argv=None) -> int:
         return 2
     if getattr(args, "num_samples", 2) < 2:
         print("omsjax: error: --num-samples must be >= 2", file=sys.stderr)
+        return 2
+    if getattr(args, "ref_samples", 0) < 0:
+        print("omsjax: error: --ref-samples must be >= 0", file=sys.stderr)
         return 2
     try:
         return args.func(args)

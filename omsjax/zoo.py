@@ -27,7 +27,16 @@ from omsjax import nets, schedules, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
 
-__all__ = ["CONFIGS", "named_config", "measure_latency", "machine_name", "add_member", "load_zoo", "DEFAULT_ZOO"]
+__all__ = [
+    "CONFIGS",
+    "named_config",
+    "measure_latency",
+    "machine_name",
+    "add_member",
+    "load_zoo",
+    "remeasure_latency",
+    "DEFAULT_ZOO",
+]
 
 _VERSION = 1
 DEFAULT_ZOO = checkpoints_dir() / "digits"
@@ -175,3 +184,21 @@ def load_zoo(path=DEFAULT_ZOO):
     if not models:
         raise ValueError(f"{zoo_dir / 'manifest.json'} lists no models")
     return tuple(models), ns, manifest
+
+
+def remeasure_latency(path=DEFAULT_ZOO, *, batch: int | None = None, repeats: int = 20) -> dict:
+    """Measure every model's latency again (e.g. on a quiet machine, or on the machine that will sample) and
+    rewrite `manifest.json`; returns the manifest. `batch` defaults to each entry's `latency_batch`."""
+    zoo_dir = Path(path)
+    models, _, manifest = load_zoo(zoo_dir)
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    shape = tuple(manifest["image_shape"])
+    name = machine_name()
+    for model, entry in zip(models, manifest["models"], strict=True):
+        b = int(batch or entry.get("latency_batch", 256))
+        entry["latency_ms"] = measure_latency(model, shape, b, repeats)
+        entry["latency_batch"] = b
+        entry["latency_machine"] = name
+    (zoo_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

@@ -173,3 +173,40 @@ def test_train_classifier_deterministic_roundtrip(tmp_path, heldout):
     metrics.save_classifier(p1, tmp_path)
     restored = metrics.load_classifier(tmp_path)
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(leaves1, jax.tree.leaves(restored), strict=True))
+
+
+# ---------------------------------------------------------------------------------- trajectory error
+
+
+def test_ode_reference_and_trajectory_error_on_exact_gmm():
+    import jax.numpy as jnp
+
+    import omsjax
+    from omsjax import oracles, presets, schedules
+
+    rng = np.random.RandomState(0)
+    gmm = oracles.GaussianMixture.create(rng.randn(3, 6), 0.1 + 0.2 * rng.rand(3), np.array([0.2, 0.3, 0.5]))
+    ns = schedules.vp_linear()
+    model = gmm.model(ns)
+    x_T = jnp.asarray(rng.randn(5, 6))
+    t_end = ns.default_t_end
+    ref = metrics.ode_reference(model, ns, x_T, 1.0, t_end, rtol=1e-10, atol=1e-10)
+    direct = oracles.reference_solution(lambda x, t: gmm.eps(ns, x, t), ns, x_T, 1.0, t_end)
+    np.testing.assert_allclose(np.asarray(ref), np.asarray(direct), rtol=1e-8, atol=1e-8)
+    errs = [metrics.trajectory_error(omsjax.sample(model, ns, presets.ddim(ns, n), x_T), ref) for n in (5, 10, 20, 40)]
+    assert all(b < a for a, b in zip(errs, errs[1:], strict=False))  # first order: halving h about halves it
+    assert 1.6 < errs[2] / errs[3] < 2.4
+    x = np.asarray(omsjax.sample(model, ns, presets.ddim(ns, 5), x_T))
+    assert metrics.trajectory_error(x, ref) == pytest.approx(float(np.sqrt(np.mean((x - np.asarray(ref)) ** 2))))
+
+
+def test_trajectory_error_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.trajectory_error(np.zeros((2, 3)), np.zeros((3, 2)))
+    bad = np.zeros((2, 3))
+    bad[0, 0] = np.nan
+    assert metrics.trajectory_error(bad, np.zeros((2, 3))) == float("inf")
+    with pytest.raises(ValueError, match="reference has non-finite"):
+        metrics.trajectory_error(np.zeros((2, 3)), bad)
+    with pytest.raises(ValueError, match="one omsjax.Model"):
+        metrics.ode_reference(lambda x, t: x, None, np.zeros((1, 2)), 1.0, 0.01)

@@ -87,6 +87,69 @@ def test_cli_evaluate_is_deterministic(tiny_zoo, capsys, tmp_path):
     assert rc == 0 and json.loads(out)["fd"] == a["fd"]
 
 
+def test_cli_evaluate_trajectory_error(tiny_zoo, capsys):
+    from omsjax import metrics, sampler
+
+    path, _ = tiny_zoo
+    argv = ["evaluate", "--zoo", str(path), "--model", "0", "--solver", "ddim", "--nfe", "3", "--num-samples", "12",
+            "--ref-samples", "5", "--json"]  # fmt: skip
+    rc, out, _ = _run(capsys, argv)
+    a = json.loads(out)
+    assert rc == 0 and a["traj_samples"] == 5 and a["traj_ref_model"] == 0
+    # The same number by hand: the first 5 noises, DDIM-3 on model 0, against model 0's ODE endpoint.
+    models, ns, manifest = zoo.load_zoo(path)
+    s = presets.ddim(ns, 3)
+    x_T = sampler.noise(0, 5, (8, 8, 1))
+    mean = jnp.asarray(np.asarray(manifest["data_mean"], np.float32))
+    x = omsjax.sample(models, ns, s, x_T, data_mean=mean)
+    ref = metrics.ode_reference(models[0], ns, x_T, float(s.ts[0]), float(s.ts[-1]))
+    assert a["traj_rmse"] == pytest.approx(metrics.trajectory_error(x, ref), rel=1e-4)
+    rc, out, _ = _run(capsys, argv[:-3] + ["--ref-samples", "0", "--json"])
+    assert rc == 0 and "traj_rmse" not in json.loads(out)
+    rc, _, err = _run(capsys, argv[:-1] + ["--ref-model", "4"])
+    assert rc == 2 and "--ref-model 4" in err
+
+
+def test_cli_compare_and_zoo(tiny_zoo, capsys):
+    path, _ = tiny_zoo
+    rc, out, _ = _run(capsys, ["compare", "--zoo", str(path), "--nfe", "3", "4", "--solvers", "DDIM", "DPM-Solver-3",
+                               "--num-samples", "20", "--json"])  # fmt: skip
+    a = json.loads(out)
+    assert rc == 0 and a["model"] == 1 and a["name"] == "b"  # default: the largest model
+    assert a["fd"]["DPM-Solver-3"]["3"] > 0 and a["fd"]["DDIM"]["4"] > 0
+    assert a["floor"]["train_resample_n"] == 20
+    # Each cell is what `evaluate` prints for the same preset and seed.
+    rc, out, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--model", "1", "--solver", "ddim", "--nfe", "4",
+                               "--num-samples", "20", "--ref-samples", "0", "--json"])  # fmt: skip
+    assert json.loads(out)["fd"] == pytest.approx(a["fd"]["DDIM"]["4"], rel=1e-9)
+    rc, out, _ = _run(capsys, ["compare", "--zoo", str(path), "--model", "0", "--nfe", "3", "--solvers", "DDIM",
+                               "--num-samples", "20"])  # fmt: skip
+    assert rc == 0 and "model 0 (a," in out and "best per NFE: 3: DDIM" in out
+    rc, _, err = _run(capsys, ["compare", "--zoo", str(path), "--solvers", "Euler"])
+    assert rc == 2 and "unknown solvers ['Euler']" in err
+    rc, out, _ = _run(capsys, ["zoo", "--zoo", str(path)])
+    assert rc == 0 and "digits" in out and out.count("batch 32") == 2
+
+
+def test_remeasure_latency(tiny_zoo, tmp_path):
+    import shutil
+
+    path, _ = tiny_zoo
+    copy = tmp_path / "zoo"
+    shutil.copytree(path, copy)
+    before = json.loads((copy / "manifest.json").read_text())
+    after = zoo.remeasure_latency(copy, batch=8, repeats=3)
+    assert json.loads((copy / "manifest.json").read_text()) == after
+    for b, a in zip(before["models"], after["models"], strict=True):
+        assert a["latency_batch"] == 8 and a["latency_ms"] > 0 and a["latency_machine"] == zoo.machine_name()
+        assert {k: v for k, v in a.items() if not k.startswith("latency")} == {
+            k: v for k, v in b.items() if not k.startswith("latency")
+        }
+    assert zoo.load_zoo(copy)[0][1].latency == after["models"][1]["latency_ms"]
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        zoo.remeasure_latency(copy, batch=0)
+
+
 def test_cli_errors(tiny_zoo, capsys):
     path, _ = tiny_zoo
     rc, _, err = _run(capsys, ["evaluate", "--zoo", str(path), "--model", "7", "--solver", "ddim", "--nfe", "3"])
