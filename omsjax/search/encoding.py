@@ -1,0 +1,435 @@
+"""Genomes: fixed-length arrays that decode to valid sampler schedules with pure JAX ops (so under `vmap`).
+
+A `SearchSpace` (static, hashable) fixes the structure: the number of positions N (the most steps a schedule may
+have), the zoo's latencies (the cost model), and the mode:
+
+- "solver" (S3): one zoo model; every solver decision is searched; the NFE is fixed: N = nfe + 1 positions, of
+  which the first nfe + (afs != none) are active (an analytical first step buys one more step for free).
+- "model" (OMS-DPM): the model of every position is searched, including a "skip" model (index Z = zoo size) that
+  removes the position, so the number of steps varies (an all-skip genome keeps one step of model 0); the solver
+  decisions are those of a fixed multistep solver (`base_solver`) on the active steps, uniform in log-SNR.
+- "joint" (ours): models, skips and every solver decision in one genome.
+
+A `Genome` holds one integer gene per position and decision (model, order, prediction, corrector, D_1 stencil,
+relaxation type, half D_2 term), the AFS gene, and two continuous genes per position: `u`, the log-SNR increment
+logits, and `relax`, the linear relaxation coefficient c. Decoding (`decode`):
+
+1. active positions (not skipped, or within the NFE) are moved to the front, in order (a stable sort);
+2. times: the active steps split [lambda(t_start), lambda(t_end)] in fractions softmax(B tanh(u / B)) (B = 8), so
+   times are strictly decreasing with fixed end points for every genome, and u = 0 is the logSNR spacing;
+3. repair, never rejection: order <= min(max_order, step + 1), D_1 stencil <= order - 1, no corrector on the last
+   step, AFS "mean" only when the space allows it.
+
+The result is a `Schedule` of N steps padded past `length` (the padding repeats t_end and is not a valid
+schedule); `to_schedule` cuts it to `length` on the host, where `check_schedule` accepts it. The cost of a genome is
+the sum of the latencies of the models it calls (AFS skips the first call); its NFE is the number of calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omsjax import presets, usf
+from omsjax.schedule import AFS_NONE, Schedule, check_schedule
+from omsjax.schedules import NoiseSchedule
+
+__all__ = [
+    "MODES",
+    "BASE_SOLVERS",
+    "U_BOUND",
+    "ORDER_PRIOR",
+    "SearchSpace",
+    "Genome",
+    "random_genomes",
+    "active_mask",
+    "decode",
+    "to_schedule",
+    "encode",
+    "cost",
+    "nfe",
+    "preset_seeds",
+]
+
+MODES = ("solver", "model", "joint")
+BASE_SOLVERS = ("unipc", "dpm_solver_pp")
+U_BOUND = 8.0  # log-SNR increments differ by at most a factor e^(2 U_BOUND)
+ORDER_PRIOR = (0.2, 0.4, 0.3, 0.1)  # S3's prior over orders 1..4
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The static structure of a search.
+
+    Attributes:
+      num_positions: N, the most steps a decoded schedule has.
+      latencies: the zoo's per-model latencies (ms per batch): the cost model; the zoo size Z is its length.
+      mode: "solver", "model" or "joint" (module docstring).
+      model: the zoo index of solver mode.
+      nfe: solver mode: the exact NFE (then num_positions must be nfe + 1).
+      max_order: the highest order the search may pick (1..4).
+      mean_afs: whether the AFS "data-set mean" guess is allowed (needs the zoo's data mean).
+      base_solver: model mode's fixed solver: "unipc" (UniPC-2 bh2, corrector on every step but the last, lower
+        order final) or "dpm_solver_pp" (DPM-Solver++(2M), lower order final under 10 steps).
+      t_start, t_end: the fixed end times.
+    """
+
+    num_positions: int
+    latencies: tuple
+    mode: str = "solver"
+    model: int = 0
+    nfe: int | None = None
+    max_order: int = 3
+    mean_afs: bool = False
+    base_solver: str = "unipc"
+    t_start: float = 1.0
+    t_end: float = 1e-3
+
+    def __post_init__(self):
+        object.__setattr__(self, "latencies", tuple(float(v) for v in self.latencies))
+        if not _is_int(self.num_positions) or self.num_positions < 1:
+            raise ValueError(f"num_positions must be an int >= 1, got {self.num_positions!r}")
+        if not self.latencies or not all(math.isfinite(v) and v >= 0 for v in self.latencies):
+            raise ValueError(f"latencies must be a non-empty sequence of finite numbers >= 0, got {self.latencies}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not _is_int(self.model) or not 0 <= self.model < self.num_models:
+            raise ValueError(f"model {self.model!r} is not in the zoo of {self.num_models} model(s)")
+        if self.mode == "solver":
+            if not _is_int(self.nfe) or self.nfe < 1:
+                raise ValueError(f"solver mode needs nfe >= 1, got {self.nfe!r}")
+            if self.num_positions != self.nfe + 1:
+                raise ValueError(
+                    f"solver mode: num_positions must be nfe + 1 = {self.nfe + 1}, got {self.num_positions}"
+                )
+        elif self.nfe is not None:
+            raise ValueError(f"nfe is fixed only in solver mode; {self.mode} mode has a budget instead")
+        if not _is_int(self.max_order) or not 1 <= self.max_order <= usf.MAX_ORDER:
+            raise ValueError(f"max_order must be in 1..{usf.MAX_ORDER}, got {self.max_order!r}")
+        if self.base_solver not in BASE_SOLVERS:
+            raise ValueError(f"base_solver must be one of {BASE_SOLVERS}, got {self.base_solver!r}")
+        if not (math.isfinite(self.t_start) and math.isfinite(self.t_end) and self.t_start > self.t_end > 0):
+            raise ValueError(f"need t_start > t_end > 0, got {self.t_start}, {self.t_end}")
+
+    @property
+    def num_models(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def skip(self) -> int:
+        """The model index that removes a position (model and joint modes)."""
+        return self.num_models
+
+    @property
+    def searches_models(self) -> bool:
+        return self.mode in ("model", "joint")
+
+    @property
+    def searches_solver(self) -> bool:
+        return self.mode in ("solver", "joint")
+
+    @property
+    def num_afs(self) -> int:
+        return 3 if self.mean_afs else 2
+
+    @classmethod
+    def for_nfe(cls, nfe: int, latencies, *, model: int = 0, **kw) -> SearchSpace:
+        """Solver mode at a fixed NFE."""
+        return cls(num_positions=int(nfe) + 1, latencies=latencies, mode="solver", model=model, nfe=int(nfe), **kw)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+class Genome(NamedTuple):
+    """One candidate (or, with a leading axis, a population). Integer genes int32[N], `afs` int32[], `u` and
+    `relax` float[N]. Genes the mode does not search are carried but ignored by `decode`."""
+
+    model: jax.Array  # 0..Z-1, or Z = skip
+    order: jax.Array  # 1..max_order (repaired to the available history)
+    prediction: jax.Array  # 0 noise, 1 data
+    corrector: jax.Array  # 0/1
+    d1: jax.Array  # D_1 stencil size, 0 = full (repaired to <= order - 1)
+    relax_type: jax.Array  # usf.RELAX_*
+    d2_half: jax.Array  # 0/1: D_2 term scaled by 1 or 1/2
+    afs: jax.Array  # 0 none, 1 zero x0, 2 mean x0
+    u: jax.Array  # log-SNR increment logits
+    relax: jax.Array  # linear relaxation coefficient c
+
+
+# Categorical genes and the number of values each takes (a function of the space).
+def gene_cardinalities(space: SearchSpace) -> dict:
+    return {
+        "model": space.num_models + (1 if space.searches_models else 0),
+        "order": space.max_order,  # values 1..max_order
+        "prediction": 2,
+        "corrector": 2,
+        "d1": space.max_order,  # values 0..max_order-1
+        "relax_type": 3,
+        "d2_half": 2,
+        "afs": space.num_afs,
+    }
+
+
+def random_genomes(space: SearchSpace, key: jax.Array, n: int, *, skip_rate=(0.2, 0.8)) -> Genome:
+    """`n` random genomes (leading axis n). Orders follow S3's prior, model mixes a Dirichlet(0.4) over the zoo
+    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the logSNR spacing; c ~ N(0, 0.05^2)."""
+    f = jnp.result_type(float)
+    N = space.num_positions
+    k = jax.random.split(key, 12)
+    prior = jnp.asarray(ORDER_PRIOR[: space.max_order], f)
+    order = 1 + jax.random.categorical(k[0], jnp.log(prior / prior.sum()), shape=(n, N))
+    mix = jax.random.dirichlet(k[1], jnp.full((space.num_models,), 0.4, f), shape=(n,))
+    model = jax.vmap(lambda kk, p: jax.random.categorical(kk, jnp.log(p + 1e-12), shape=(N,)))(
+        jax.random.split(k[2], n), mix
+    )
+    if space.searches_models:
+        rate = jax.random.uniform(k[3], (n, 1), f, skip_rate[0], skip_rate[1])
+        model = jnp.where(jax.random.uniform(k[4], (n, N), f) < rate, space.skip, model)
+    else:
+        model = jnp.full((n, N), space.model)
+    ints = lambda kk, hi: jax.random.randint(kk, (n, N), 0, hi, jnp.int32)  # noqa: E731
+    return Genome(
+        model=model.astype(jnp.int32),
+        order=order.astype(jnp.int32),
+        prediction=ints(k[5], 2),
+        corrector=ints(k[6], 2),
+        d1=ints(k[7], space.max_order),
+        relax_type=ints(k[8], 3),
+        d2_half=(jax.random.uniform(k[9], (n, N), f) < 0.3).astype(jnp.int32),
+        afs=jax.random.randint(k[10], (n,), 0, space.num_afs, jnp.int32),
+        u=0.5 * jax.random.normal(k[11], (n, N), f),
+        relax=0.05 * jax.random.normal(jax.random.fold_in(key, 99), (n, N), f),
+    )
+
+
+def active_mask(space: SearchSpace, g: Genome) -> jax.Array:
+    """bool[N]: the positions that become steps. At least one step is always active (position 0 if all skip)."""
+    pos = jnp.arange(space.num_positions, dtype=jnp.int32)
+    if space.mode == "solver":
+        return pos < space.nfe + (_afs(space, g) != AFS_NONE).astype(jnp.int32)
+    active = g.model != space.skip
+    return active.at[0].set(active[0] | ~jnp.any(active))
+
+
+def _afs(space: SearchSpace, g: Genome) -> jax.Array:
+    if space.mode == "model":
+        return jnp.zeros((), jnp.int32)
+    return jnp.clip(g.afs, 0, space.num_afs - 1).astype(jnp.int32)
+
+
+def _base_solver(space: SearchSpace, pos, length):
+    """Model mode's fixed decisions per step: (order, prediction, relax_type, corrector, d2_scale)."""
+    if space.base_solver == "unipc":
+        order = jnp.minimum(jnp.minimum(2, pos + 1), length - pos)
+        corrector = pos < length - 1
+    else:  # dpm_solver_pp (2M): lower order final only under 10 steps
+        order = jnp.minimum(2, pos + 1)
+        order = jnp.where(length < 10, jnp.minimum(order, length - pos), order)
+        corrector = jnp.zeros_like(pos, bool)
+    order = jnp.maximum(order, 1)
+    relax_type = jnp.full_like(pos, usf.RELAX_DPM2)
+    return order, jnp.full_like(pos, usf.DATA), relax_type, corrector
+
+
+def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tuple[Schedule, jax.Array]:
+    """(padded Schedule of N steps, number of steps `length`) for one genome; pure JAX, vmappable."""
+    f = jnp.result_type(float)
+    N = space.num_positions
+    pos = jnp.arange(N, dtype=jnp.int32)
+    active = active_mask(space, g)
+    length = jnp.sum(active).astype(jnp.int32)
+    perm = jnp.argsort(~active, stable=True)  # active positions first, in order
+    take = lambda a: jnp.take(a, perm, axis=0)  # noqa: E731
+    valid = pos < length
+    last = pos == length - 1
+    # Times: softmax increments in log-SNR over the active steps, fixed end points.
+    ns = noise_schedule
+    lam0 = ns.lam(jnp.asarray(space.t_start, f))
+    lam1 = ns.lam(jnp.asarray(space.t_end, f))
+    u = take(jnp.asarray(g.u, f)) if space.searches_solver else jnp.zeros((N,), f)
+    w = jnp.where(valid, jnp.exp(U_BOUND * jnp.tanh(u / U_BOUND)), 0.0)
+    frac = jnp.cumsum(w) / jnp.sum(w)
+    lam = jnp.concatenate([lam0[None], lam0 + frac * (lam1 - lam0)])
+    ts = ns.t_of_lambda(lam)
+    ts = ts.at[0].set(space.t_start)
+    ts = jnp.where(jnp.concatenate([jnp.zeros((1,), bool), pos >= length - 1]), space.t_end, ts)
+    afs = _afs(space, g)
+    model, _ = decode_models(space, g)
+    if space.searches_solver:
+        hist = jnp.minimum(pos + 1, space.max_order)
+        order = jnp.clip(take(g.order), 1, hist)
+        prediction = jnp.clip(take(g.prediction), 0, 1)
+        relax_type = jnp.clip(take(g.relax_type), 0, 2)
+        corrector = (take(g.corrector) != 0) & ~last
+        d1 = jnp.where(take(g.d1) <= order - 1, jnp.maximum(take(g.d1), 0), 0)
+        d2_scale = jnp.where(take(g.d2_half) != 0, 0.5, 1.0).astype(f)
+        relax = take(jnp.asarray(g.relax, f))
+    else:
+        order, prediction, relax_type, corrector = _base_solver(space, pos, length)
+        d1 = jnp.zeros((N,), jnp.int32)
+        d2_scale = jnp.ones((N,), f)
+        relax = jnp.zeros((N,), f)
+    pad = lambda a, fill: jnp.where(valid, a, fill)  # noqa: E731
+    sched = Schedule(
+        ts=ts.astype(f),
+        model=model,
+        order=pad(order, 1).astype(jnp.int32),
+        prediction=pad(prediction, usf.DATA).astype(jnp.int32),
+        start=jnp.zeros((N,), jnp.int32),
+        d1_points=pad(d1, 0).astype(jnp.int32),
+        relax=pad(relax, 0.0).astype(f),
+        relax_type=pad(relax_type, usf.RELAX_LINEAR).astype(jnp.int32),
+        d2_scale=pad(d2_scale, 1.0).astype(f),
+        corrector=pad(corrector, False).astype(jnp.bool_),
+        afs=afs,
+    )
+    return sched, length
+
+
+def to_schedule(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> Schedule:
+    """The concrete schedule of one genome (host): decoded, cut to its length and checked."""
+    sched, length = decode(space, noise_schedule, g)
+    n = int(length)
+    out = Schedule(*(np.asarray(v)[: n + 1] if name == "ts" else np.asarray(v) if name == "afs" else np.asarray(v)[:n]
+                     for name, v in sched._asdict().items()))  # fmt: skip
+    out = jax.tree_util.tree_map(jnp.asarray, out)
+    check_schedule(out, space.num_models, noise_schedule)
+    return out
+
+
+def cost(space: SearchSpace, g: Genome) -> jax.Array:
+    """Sum of the latencies of the models called (the first step's call is skipped under AFS)."""
+    f = jnp.result_type(float)
+    model, length = decode_models(space, g)
+    lat = jnp.asarray(space.latencies, f)[model]
+    called = (jnp.arange(space.num_positions, dtype=jnp.int32) < length) & ~(
+        (jnp.arange(space.num_positions, dtype=jnp.int32) == 0) & (_afs(space, g) != 0)
+    )
+    return jnp.sum(jnp.where(called, lat, 0.0))
+
+
+def nfe(space: SearchSpace, g: Genome) -> jax.Array:
+    """Model calls: the number of steps, minus one under AFS."""
+    return jnp.sum(active_mask(space, g)).astype(jnp.int32) - (_afs(space, g) != AFS_NONE).astype(jnp.int32)
+
+
+def decode_models(space: SearchSpace, g: Genome) -> tuple[jax.Array, jax.Array]:
+    """(model index per step, compacted and padded with 0; length): the part of `decode` the cost needs."""
+    active = active_mask(space, g)
+    length = jnp.sum(active).astype(jnp.int32)
+    if not space.searches_models:
+        return jnp.full((space.num_positions,), space.model, jnp.int32), length
+    perm = jnp.argsort(~active, stable=True)
+    model = jnp.take(g.model, perm)
+    # Padding, and the forced step of an all-skip genome, run model 0 (the zoo's smallest).
+    ok = (jnp.arange(space.num_positions, dtype=jnp.int32) < length) & (model >= 0) & (model < space.num_models)
+    return jnp.where(ok, model, 0).astype(jnp.int32), length
+
+
+def encode(space: SearchSpace, noise_schedule: NoiseSchedule, schedule: Schedule) -> Genome:
+    """The genome of a concrete schedule with start points 0 (multistep) and the space's end times; decoding it
+    gives the schedule back (up to float rounding of the times). Raises ValueError when it does not fit."""
+    check_schedule(schedule, space.num_models, noise_schedule)
+    s = {k: np.asarray(v) for k, v in schedule._asdict().items()}
+    n = len(s["order"])
+    N = space.num_positions
+    if n > N:
+        raise ValueError(f"the schedule has {n} steps, the space at most {N}")
+    if np.any(s["start"] != 0):
+        raise ValueError("the search space is multistep only (start = 0 at every step)")
+    ts = np.asarray(s["ts"], np.float64)
+    if not (np.isclose(ts[0], space.t_start, rtol=1e-9) and np.isclose(ts[-1], space.t_end, rtol=1e-9)):
+        raise ValueError(f"the schedule runs {ts[0]} -> {ts[-1]}, the space {space.t_start} -> {space.t_end}")
+    afs = int(s["afs"])
+    if afs >= space.num_afs:
+        raise ValueError(f"AFS code {afs} is not allowed in this space (mean_afs={space.mean_afs})")
+    if space.mode == "solver":
+        if n != space.nfe + (afs != AFS_NONE):
+            raise ValueError(f"the schedule has NFE {n - (afs != AFS_NONE)}, the space {space.nfe}")
+        if np.any(s["model"] != space.model):
+            raise ValueError(f"solver mode runs model {space.model} at every step")
+    if np.any(s["order"] > space.max_order):
+        raise ValueError(f"the schedule uses order {int(s['order'].max())} > max_order {space.max_order}")
+    if not np.all(np.isin(s["d2_scale"], (0.5, 1.0))):
+        raise ValueError("d2_scale must be 0.5 or 1 at every step")
+    lam = np.asarray(noise_schedule.lam(ts), np.float64)
+    dl = np.diff(lam)
+    logf = np.log(dl / dl.sum())
+    v = logf - logf.mean()
+    if np.any(np.abs(v) >= U_BOUND * (1 - 1e-9)):
+        raise ValueError(f"the log-SNR increments differ by more than e^(2 * {U_BOUND}): not representable")
+    u = U_BOUND * np.arctanh(v / U_BOUND)
+
+    def full(a, fill, dtype):
+        out = np.full((N,), fill, dtype)
+        out[:n] = a
+        return out
+
+    skip_fill = space.skip if space.searches_models else space.model
+    return Genome(
+        model=jnp.asarray(full(s["model"], skip_fill, np.int32)),
+        order=jnp.asarray(full(s["order"], 1, np.int32)),
+        prediction=jnp.asarray(full(s["prediction"], usf.DATA, np.int32)),
+        corrector=jnp.asarray(full(s["corrector"].astype(np.int32), 0, np.int32)),
+        d1=jnp.asarray(full(s["d1_points"], 0, np.int32)),
+        relax_type=jnp.asarray(full(s["relax_type"], usf.RELAX_LINEAR, np.int32)),
+        d2_half=jnp.asarray(full((s["d2_scale"] == 0.5).astype(np.int32), 0, np.int32)),
+        afs=jnp.asarray(afs, jnp.int32),
+        u=jnp.asarray(full(u, 0.0, np.float64), jnp.result_type(float)),
+        relax=jnp.asarray(full(s["relax"], 0.0, np.float64), jnp.result_type(float)),
+    )
+
+
+def _stack(genomes) -> Genome:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *genomes)
+
+
+def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: float | None = None) -> Genome:
+    """The classic solvers as genomes (a population with a leading axis): S3's seeding.
+
+    Solver and joint modes: DDIM, DPM-Solver++(2M/3M) and UniPC-2/3 (bh1, bh2) over the four step spacings,
+    with and without AFS (zero x0) -- every one the space can represent at its NFE. Joint and model modes: the
+    base solver with a single model at every NFE that fits `budget` (and N positions), logSNR spacing.
+    """
+    from omsjax.schedules import SKIP_TYPES
+
+    out = []
+    if space.mode == "solver":
+        makers = [("ddim", {})] + [
+            (name, kw) for name in ("dpm_solver_pp", "unipc") for kw in ({"order": 2}, {"order": 3})
+        ]
+        makers += [("unipc", {"order": 2, "variant": "bh1"}), ("unipc", {"order": 3, "variant": "bh1"})]
+        for name, kw in makers:
+            for skip in SKIP_TYPES:
+                for afs in ("none", "zero_x0"):
+                    try:
+                        s = presets.preset(name, noise_schedule, space.nfe, skip=skip, model=space.model, afs=afs,
+                                           t_start=space.t_start, t_end=space.t_end, **kw)  # fmt: skip
+                        out.append(encode(space, noise_schedule, s))
+                    except ValueError:
+                        continue
+    else:
+        base = {"unipc": ("unipc", {"order": 2, "variant": "bh2"}), "dpm_solver_pp": ("dpm_solver_pp", {"order": 2})}
+        name, kw = base[space.base_solver]
+        for m, lat in enumerate(space.latencies):
+            for k in range(1, space.num_positions + 1):
+                if budget is not None and k * lat > budget:
+                    break
+                try:
+                    s = presets.preset(name, noise_schedule, k, model=m, t_start=space.t_start, t_end=space.t_end, **kw)
+                    g = encode(space, noise_schedule, s)
+                except ValueError:
+                    continue
+                if space.mode == "model":  # model mode ignores the solver genes; keep them neutral
+                    g = g._replace(u=jnp.zeros_like(g.u))
+                out.append(g)
+    if not out:
+        raise ValueError("no preset fits this search space")
+    return _stack(out)

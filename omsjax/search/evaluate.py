@@ -1,0 +1,270 @@
+"""True evaluation of candidate schedules: FD (and cost, NFE) on fixed noise, batched, archived on disk.
+
+- `sample_candidates`: the samples of C schedules of one length from the same x_T. Solver schedules of one model
+  run as one `vmap` program; model schedules (`method="map"`) run with `lax.map`, so each costs the models it
+  schedules. With several devices, candidates are split over them with `jax.shard_map` (a 1-D mesh "cand").
+- `Archive`: a JSONL file; one line per evaluated schedule, keyed by the schedule's canonical JSON and the
+  evaluation settings (noise seed, sample count). It is appended to as results arrive, so an interrupted search
+  that reopens it re-evaluates nothing.
+- `Evaluator`: decodes genomes (or takes schedules), skips what the archive holds, groups the rest by length,
+  samples them in chunks and scores each by `omsjax.metrics.fd`. Diverged schedules (non-finite samples) get
+  FD = inf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from omsjax import metrics, sampler
+from omsjax.models import Model, as_zoo
+from omsjax.schedule import Schedule, check_schedule, stack
+from omsjax.search import encoding
+from omsjax.search.encoding import Genome, SearchSpace
+
+__all__ = ["Record", "Archive", "Evaluator", "sample_candidates", "schedule_key", "genome_to_dict", "genome_from_dict"]
+
+
+def schedule_key(schedule: Schedule) -> str:
+    """A stable id of a concrete schedule: sha1 of its canonical JSON."""
+    return hashlib.sha1(schedule.to_json(indent=None).encode()).hexdigest()[:16]
+
+
+def genome_to_dict(g: Genome) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in g._asdict().items()}
+
+
+def genome_from_dict(d: dict) -> Genome:
+    f = jnp.result_type(float)
+    return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields})
+
+
+@dataclasses.dataclass
+class Record:
+    key: str
+    eval_key: str
+    fd: float
+    cost: float
+    nfe: int
+    schedule: dict
+    genome: dict | None = None
+    stage: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["fd"] = None if not np.isfinite(self.fd) else self.fd  # JSON has no inf
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, line: str) -> Record:
+        d = json.loads(line)
+        d["fd"] = float("inf") if d["fd"] is None else float(d["fd"])
+        return cls(**d)
+
+    def to_schedule(self) -> Schedule:
+        return Schedule.from_json(self.schedule)
+
+
+class Archive:
+    """Append-only JSONL of `Record`s (a partial last line, from a killed run, is ignored)."""
+
+    def __init__(self, path=None):
+        self.path = None if path is None else Path(path)
+        self.records: list[Record] = []
+        self._index: dict[tuple[str, str], Record] = {}
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    self._add(Record.from_json(line))
+                except (json.JSONDecodeError, TypeError, KeyError):
+                    continue
+
+    def _add(self, r: Record) -> None:
+        if (r.key, r.eval_key) not in self._index:
+            self.records.append(r)
+        self._index[(r.key, r.eval_key)] = r
+
+    def get(self, key: str, eval_key: str) -> Record | None:
+        return self._index.get((key, eval_key))
+
+    def append(self, r: Record) -> None:
+        self._add(r)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(r.to_json() + "\n")
+
+    def select(self, eval_key: str) -> list[Record]:
+        return [r for r in self.records if r.eval_key == eval_key]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@functools.cache
+def _mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("cand",))
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def _sample_jit(zoo, ns, stacked, x_T, data_mean, method):
+    def run(s):
+        return sampler.sample_many(zoo, ns, s, x_T, method=method, data_mean=data_mean)
+
+    ndev = len(jax.devices())
+    if ndev == 1:
+        return run(stacked)
+    spec = jax.tree.map(lambda _: P("cand"), stacked)
+    return jax.shard_map(run, mesh=_mesh(), in_specs=(spec,), out_specs=P("cand"), check_vma=False)(stacked)
+
+
+def sample_candidates(
+    model_or_zoo: Model | Sequence[Model],
+    noise_schedule,
+    schedules: Sequence[Schedule],
+    x_T: jax.Array,
+    *,
+    method: str = "vmap",
+    data_mean=None,
+    chunk: int = 8,
+) -> np.ndarray:
+    """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T`, `chunk` candidates per
+    compiled call (the last chunk is padded by repeating a candidate, so every call has one shape). With D
+    devices, each chunk (rounded up to a multiple of D) is split over them."""
+    zoo = as_zoo(model_or_zoo)
+    schedules = list(schedules)
+    if not schedules:
+        raise ValueError("no schedules to sample")
+    if method not in ("vmap", "map"):
+        raise ValueError(f"method must be 'vmap' or 'map', got {method!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    for i, s in enumerate(schedules):
+        try:
+            check_schedule(s, len(zoo))
+        except ValueError as e:
+            raise ValueError(f"candidate {i}: {e}") from None
+    ndev = len(jax.devices())
+    chunk = -(-min(chunk, len(schedules)) // ndev) * ndev
+    out = []
+    for start in range(0, len(schedules), chunk):
+        part = schedules[start : start + chunk]
+        padded = part + [part[-1]] * (chunk - len(part))
+        res = _sample_jit(zoo, noise_schedule, stack(padded), x_T, data_mean, method)
+        out.append(np.asarray(res)[: len(part)])
+    return np.concatenate(out)
+
+
+class Evaluator:
+    """FD of candidate schedules on fixed noise (`num_samples` from `noise_seed`), with an archive.
+
+    `zoo`: the models; `space`: decodes genomes (optional when only schedules are passed). Solver-mode spaces
+    sample with `vmap`, model and joint spaces with `map`.
+    """
+
+    def __init__(
+        self,
+        zoo,
+        noise_schedule,
+        space: SearchSpace | None = None,
+        *,
+        num_samples: int = 500,
+        noise_seed: int = 0,
+        image_shape=(8, 8, 1),
+        data_mean=None,
+        archive: Archive | str | Path | None = None,
+        chunk: int = 8,
+        classifier=None,
+        ref=None,
+    ):
+        if num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2 for an FD, got {num_samples}")
+        self.zoo = as_zoo(zoo)
+        self.ns = noise_schedule
+        self.space = space
+        self.num_samples = int(num_samples)
+        self.noise_seed = int(noise_seed)
+        self.data_mean = data_mean
+        self.archive = archive if isinstance(archive, Archive) else Archive(archive)
+        self.chunk = chunk
+        self.classifier, self.ref = classifier, ref
+        self.eval_key = f"seed{self.noise_seed}-n{self.num_samples}"
+        self.x_T = sampler.noise(self.noise_seed, self.num_samples, tuple(image_shape))
+        self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
+
+    def _method(self, schedules: Sequence[Schedule]) -> str:
+        models = {int(m) for s in schedules for m in np.asarray(s.model).ravel()}
+        return "vmap" if len(models) == 1 else "map"
+
+    def fd_of_samples(self, x: np.ndarray) -> float:
+        if not np.all(np.isfinite(x)):
+            return float("inf")
+        return float(metrics.fd(x, ref=self.ref, classifier=self.classifier))
+
+    def evaluate_schedules(self, schedules: Sequence[Schedule], *, genomes: Genome | None = None, stage: int = 0):
+        """A `Record` per schedule (from the archive where it has one); new results are appended as they come."""
+        latencies = [m.latency for m in self.zoo]
+        keys = [schedule_key(s) for s in schedules]
+        out: list[Record | None] = [self.archive.get(k, self.eval_key) for k in keys]
+        todo: dict[int, list[int]] = {}
+        seen: dict[str, int] = {}
+        for i, (k, r) in enumerate(zip(keys, out, strict=True)):
+            if r is None and k not in seen:
+                seen[k] = i
+                todo.setdefault(schedules[i].num_steps, []).append(i)
+        for _, idx in sorted(todo.items()):
+            group = [schedules[i] for i in idx]
+            for start in range(0, len(group), self.chunk):
+                part_idx = idx[start : start + self.chunk]
+                part = group[start : start + self.chunk]
+                t0 = time.perf_counter()
+                xs = sample_candidates(self.zoo, self.ns, part, self.x_T, method=self._method(part),
+                                       data_mean=self.data_mean, chunk=self.chunk)  # fmt: skip
+                dt = (time.perf_counter() - t0) / len(part)
+                for i, s, x in zip(part_idx, part, xs, strict=True):
+                    g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
+                    rec = Record(
+                        key=keys[i],
+                        eval_key=self.eval_key,
+                        fd=self.fd_of_samples(x),
+                        cost=float(s.cost(latencies)),
+                        nfe=int(s.nfe()),
+                        schedule=json.loads(s.to_json(indent=None)),
+                        genome=g,
+                        stage=stage,
+                        seconds=dt,
+                    )
+                    self.archive.append(rec)
+                    self.evaluated += 1
+                    out[i] = rec
+        for i, k in enumerate(keys):  # duplicates within the call
+            if out[i] is None:
+                out[i] = self.archive.get(k, self.eval_key)
+        return out
+
+    def evaluate(self, genomes: Genome, *, stage: int = 0) -> list[Record]:
+        """Decode a population (leading axis C) with the evaluator's space and evaluate every member."""
+        if self.space is None:
+            raise ValueError("Evaluator.evaluate needs a SearchSpace to decode genomes")
+        n = int(jax.tree_util.tree_leaves(genomes)[0].shape[0])
+        scheds = [
+            encoding.to_schedule(self.space, self.ns, jax.tree.map(lambda a, i=i: a[i], genomes)) for i in range(n)
+        ]
+        return self.evaluate_schedules(scheds, genomes=genomes, stage=stage)
+
+    def samples(self, schedule: Schedule) -> np.ndarray:
+        """The evaluator's samples of one schedule (its fixed noise)."""
+        return sample_candidates(self.zoo, self.ns, [schedule], self.x_T, method=self._method([schedule]),
+                                 data_mean=self.data_mean, chunk=1)[0]  # fmt: skip

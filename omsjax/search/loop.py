@@ -1,0 +1,208 @@
+"""The S3 multi-stage search: GA sampling -> true evaluation -> predictor training -> predictor-guided GA -> ...
+
+`search(evaluator, space, ...)`:
+  stage 0: the presets (`encoding.preset_seeds`) and random genomes (repaired to the budget) are evaluated;
+  stage s = 1..K: the predictor is (re)trained on every schedule evaluated so far; a GA seeded with the best
+    evaluated genomes runs `generations` generations on the predictor's scores (one jitted `lax.scan`); the best
+    `per_stage` genomes of its final population that the archive does not hold yet are evaluated;
+  final: the `final_top` best schedules by search FD are evaluated again by `final_evaluator` (other noise, more
+    samples), and the best of them is returned.
+Model and joint modes take a budget (`budget_kind` "cost": the sum of latencies, or "nfe"); solver mode fixes the
+NFE in the space. Everything evaluated goes to the evaluator's archive, so a rerun resumes without evaluating a
+schedule twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from omsjax.schedule import Schedule
+from omsjax.search import encoding, ga, predictor
+from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search.evaluate import Evaluator, Record, genome_from_dict, schedule_key
+
+__all__ = ["LoopConfig", "SearchResult", "search"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    stages: int = 4
+    initial_random: int = 40
+    per_stage: int = 40
+    generations: int = 300
+    ga: ga.GAConfig = ga.GAConfig()
+    predictor_epochs: int = 300
+    predictor_loss: str = "hinge"
+    predictor_threshold: float = 0.25
+    final_top: int = 5
+
+    def __post_init__(self):
+        for name in ("initial_random", "per_stage", "generations", "predictor_epochs", "final_top"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"LoopConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.stages, int) or self.stages < 0:
+            raise ValueError(f"LoopConfig.stages must be an int >= 0, got {self.stages!r}")
+
+
+@dataclasses.dataclass
+class SearchResult:
+    schedule: Schedule  # the best schedule after the final re-evaluation
+    final: list[Record]  # the final re-evaluation of the top candidates, best first
+    records: list[Record]  # everything evaluated during the search (search noise)
+    stages: list[dict]  # per stage: evaluated, best FD so far, predictor taus, seconds
+    heldout_tau: float  # predictor trained on half the evaluated schedules, Kendall tau on the other half
+
+
+def _stack(gs: list[Genome]) -> Genome:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *gs)
+
+
+def _take(pop: Genome, idx) -> Genome:
+    return jax.tree.map(lambda a: a[np.asarray(idx)], pop)
+
+
+def _size(pop: Genome) -> int:
+    return int(jax.tree_util.tree_leaves(pop)[0].shape[0])
+
+
+def _feasible(space, gcfg, pop, budget):
+    if budget is None:
+        return np.ones(_size(pop), bool)
+    return np.asarray(jax.vmap(lambda g: ga.within_budget(space, gcfg, g, budget))(pop))
+
+
+def _training_set(records: list[Record]) -> tuple[Genome, np.ndarray]:
+    rs = [r for r in records if r.genome is not None]
+    return _stack([genome_from_dict(r.genome) for r in rs]), np.asarray([r.fd for r in rs], np.float64)
+
+
+def _heldout_tau(space, ns, genomes, fds, key, cfg: LoopConfig) -> float:
+    """Kendall tau of a predictor trained on a random half, measured on the other half."""
+    n = len(fds)
+    if n < 8:
+        return float("nan")
+    perm = np.asarray(jax.random.permutation(key, n))
+    tr, ho = perm[: n // 2], perm[n // 2 :]
+    res = predictor.fit(space, ns, _take(genomes, tr), fds[tr], key, epochs=cfg.predictor_epochs,
+                        loss=cfg.predictor_loss, threshold=cfg.predictor_threshold,
+                        heldout=(_take(genomes, ho), fds[ho]))  # fmt: skip
+    return res.heldout_tau
+
+
+def search(
+    evaluator: Evaluator,
+    space: SearchSpace,
+    *,
+    key: jax.Array,
+    config: LoopConfig = LoopConfig(),
+    budget: float | None = None,
+    final_evaluator: Evaluator | None = None,
+    progress: bool = True,
+    log: Callable[[str], Any] | None = None,
+) -> SearchResult:
+    """Run the multi-stage search (module docstring). `budget` is in the units of `config.ga.budget_kind`
+    (required in model and joint modes, ignored in solver mode)."""
+    ns = evaluator.ns
+    gcfg = config.ga
+    if space.searches_models:
+        if budget is None or not (math.isfinite(budget) and budget > 0):
+            raise ValueError(f"{space.mode} mode needs a finite budget > 0, got {budget!r}")
+    else:
+        budget = None
+    b = jnp.asarray(jnp.inf if budget is None else budget, jnp.result_type(float))
+    k_rand, k_rep, k_pred, k_ga, k_tau = jax.random.split(key, 5)
+
+    # Stage 0: presets and random genomes.
+    seeds = encoding.preset_seeds(space, ns, budget=budget if gcfg.budget_kind == "cost" else None)
+    rand = encoding.random_genomes(space, k_rand, config.initial_random)
+    rand = jax.vmap(lambda g, k: ga.repair(space, gcfg, g, k, b))(rand, jax.random.split(k_rep, config.initial_random))
+    pop0 = jax.tree.map(lambda a, c: jnp.concatenate([a, c.astype(a.dtype)]), seeds, rand)
+    pop0 = _take(pop0, np.flatnonzero(_feasible(space, gcfg, pop0, budget)))
+    if _size(pop0) == 0:
+        raise ValueError(f"no schedule fits the budget {budget} ({gcfg.budget_kind})")
+
+    stages = []
+    bar = tqdm(total=config.stages + 1, desc="search", unit="stage", disable=not progress)
+    start = time.perf_counter()
+    recs = evaluator.evaluate(pop0, stage=0)
+    stages.append({"stage": 0, "evaluated": len(recs), "best_fd": min(r.fd for r in recs),
+                   "seconds": time.perf_counter() - start})  # fmt: skip
+    bar.update(1)
+
+    @jax.jit
+    def run_ga(params, state):
+        fitness = lambda pop: predictor.score(space, ns, params, pop)  # noqa: E731
+        return ga.run(space, gcfg, fitness, state, config.generations, b)
+
+    @jax.jit
+    def init_ga(params, seeds, k):
+        fitness = lambda pop: predictor.score(space, ns, params, pop)  # noqa: E731
+        return ga.init(space, gcfg, fitness, k, seeds, b)
+
+    params = None
+    for s in range(1, config.stages + 1):
+        t_stage = time.perf_counter()
+        # Only what earlier stages evaluated: a resumed search retraces the interrupted one exactly.
+        records = [r for r in evaluator.archive.select(evaluator.eval_key) if r.genome is not None and r.stage < s]
+        known = {r.key for r in records}
+        genomes, fds = _training_set(records)
+        fit = predictor.fit(space, ns, genomes, fds, jax.random.fold_in(k_pred, s), epochs=config.predictor_epochs,
+                            loss=config.predictor_loss, threshold=config.predictor_threshold,
+                            params=params)  # fmt: skip
+        params = fit.params
+        order = np.argsort(fds, kind="stable")[: gcfg.pop_size]
+        state = init_ga(params, _take(genomes, order), jax.random.fold_in(k_ga, s))
+        state, best_curve = run_ga(params, state)
+        pop = state.population
+        ok = np.isfinite(np.asarray(state.fitness))
+        chosen, keys = [], set()
+        for i in np.flatnonzero(ok):
+            g = jax.tree.map(lambda a, i=i: a[i], pop)
+            k = schedule_key(encoding.to_schedule(space, ns, g))
+            if k in keys or k in known:
+                continue
+            keys.add(k)
+            chosen.append(int(i))
+            if len(chosen) == config.per_stage:
+                break
+        new = evaluator.evaluate(_take(pop, chosen), stage=s) if chosen else []
+        tau_new = float("nan")
+        if len(new) >= 3:
+            pred_new = np.asarray(predictor.score(space, ns, params, _take(pop, chosen)))
+            fd_new = np.asarray([r.fd for r in new])
+            tau_new = predictor.kendall_tau(pred_new, fd_new) if np.ptp(pred_new) > 0 else float("nan")
+        best = min([r.fd for r in records] + [r.fd for r in new])
+        stages.append({"stage": s, "evaluated": len(new), "best_fd": best, "train_tau": fit.train_tau,
+                       "tau_on_new": tau_new, "predicted_best": float(best_curve[-1]),
+                       "seconds": time.perf_counter() - t_stage})  # fmt: skip
+        if log is not None:
+            log(f"stage {s}: {len(new)} evaluated, best FD {best:.3f}, train tau {fit.train_tau:.2f}")
+        bar.update(1)
+    bar.close()
+
+    records = [r for r in evaluator.archive.select(evaluator.eval_key) if r.stage <= config.stages]
+    pool = [r for r in records if budget is None or _record_fits(r, gcfg, budget)]
+    if not pool:
+        raise ValueError("no evaluated schedule fits the budget")
+    top = sorted(pool, key=lambda r: r.fd)[: config.final_top]
+    final_eval = final_evaluator or evaluator
+    final = final_eval.evaluate_schedules([r.to_schedule() for r in top], stage=config.stages + 1)
+    final = sorted(final, key=lambda r: r.fd)
+    genomes, fds = _training_set(records)
+    tau = _heldout_tau(space, ns, genomes, fds, k_tau, config)
+    return SearchResult(final[0].to_schedule(), final, records, stages, tau)
+
+
+def _record_fits(r: Record, gcfg: ga.GAConfig, budget: float) -> bool:
+    v = r.nfe if gcfg.budget_kind == "nfe" else r.cost
+    return v <= budget * (1 + 1e-9)

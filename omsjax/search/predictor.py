@@ -1,0 +1,271 @@
+"""The schedule predictor (OMS-DPM / S3): a Flax network that scores decoded schedules, lower = better.
+
+Architecture (OMS-DPM's, with USF's decisions added): per step, embeddings of the model (dim 32), order (16),
+prediction, corrector, D_1 stencil, relaxation type and the AFS decision (8 each), the relaxation coefficient and
+D_2 scale as numbers, and sinusoidal embeddings of the step's two log-SNRs (32 each) -> MLP (64) -> a one-layer
+LSTM (128) over the steps (padding masked) -> masked mean -> L2 normalisation -> MLP [200, 200, 200] -> score.
+
+Training (`fit`): optax Adam on OMS-DPM's pairwise hinge ranking loss (`hinge_loss`: for every pair whose true
+FDs differ by more than `threshold`, max(0, margin - (s_worse - s_better)), margin 1) or MSE on log FD
+(`mse_loss`). `kendall_tau` (tau-b) measures ranking quality on held-out schedules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from omsjax.search import encoding
+from omsjax.search.encoding import Genome, SearchSpace
+
+__all__ = [
+    "PredictorConfig",
+    "Features",
+    "Predictor",
+    "features",
+    "init_params",
+    "score",
+    "hinge_loss",
+    "mse_loss",
+    "kendall_tau",
+    "fit",
+    "FitResult",
+]
+
+LOSSES = ("hinge", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorConfig:
+    model_dim: int = 32
+    order_dim: int = 16
+    small_dim: int = 8
+    time_dim: int = 32
+    step_dim: int = 64
+    hidden: int = 128
+    mlp: tuple = (200, 200, 200)
+
+
+class Features(NamedTuple):
+    """Per-step inputs of the predictor, [..., N] each (the decoded, compacted schedule), and the step mask."""
+
+    model: jax.Array
+    order: jax.Array
+    prediction: jax.Array
+    corrector: jax.Array
+    d1: jax.Array
+    relax_type: jax.Array
+    afs: jax.Array  # broadcast over the steps
+    relax: jax.Array
+    d2_scale: jax.Array
+    lam_s: jax.Array  # log-SNR of the step's start and end, scaled to [0, 1] over the space's range
+    lam_t: jax.Array
+    mask: jax.Array
+
+
+def features(space: SearchSpace, noise_schedule, g: Genome) -> Features:
+    """The predictor's inputs for one genome (pure JAX; vmap over a population)."""
+    f = jnp.result_type(float)
+    sched, length = encoding.decode(space, noise_schedule, g)
+    ns = noise_schedule
+    lam = ns.lam(sched.ts)
+    lam0, lam1 = ns.lam(jnp.asarray(space.t_start, f)), ns.lam(jnp.asarray(space.t_end, f))
+    lam = (lam - lam0) / (lam1 - lam0)
+    n = space.num_positions
+    return Features(
+        model=sched.model,
+        order=sched.order,
+        prediction=sched.prediction,
+        corrector=sched.corrector.astype(jnp.int32),
+        d1=sched.d1_points,
+        relax_type=sched.relax_type,
+        afs=jnp.broadcast_to(sched.afs, (n,)),
+        relax=sched.relax,
+        d2_scale=sched.d2_scale,
+        lam_s=lam[:-1],
+        lam_t=lam[1:],
+        mask=jnp.arange(n, dtype=jnp.int32) < length,
+    )
+
+
+def _sinusoidal(x, dim):
+    half = dim // 2
+    freqs = jnp.exp(-math.log(1000.0) * jnp.arange(half, dtype=x.dtype) / half)
+    a = 100.0 * x[..., None] * freqs
+    return jnp.concatenate([jnp.sin(a), jnp.cos(a)], axis=-1)
+
+
+class Predictor(nn.Module):
+    """Scores a batch of `Features` [B, N] -> [B] (lower = better)."""
+
+    num_models: int
+    max_order: int
+    config: PredictorConfig = PredictorConfig()
+
+    @nn.compact
+    def __call__(self, x: Features) -> jax.Array:
+        c = self.config
+        dt = x.relax.dtype
+        parts = [
+            nn.Embed(self.num_models, c.model_dim, name="model", param_dtype=dt)(x.model),
+            nn.Embed(self.max_order + 2, c.order_dim, name="order", param_dtype=dt)(x.order),
+            nn.Embed(2, c.small_dim, name="prediction", param_dtype=dt)(x.prediction),
+            nn.Embed(2, c.small_dim, name="corrector", param_dtype=dt)(x.corrector),
+            nn.Embed(self.max_order + 1, c.small_dim, name="d1", param_dtype=dt)(x.d1),
+            nn.Embed(3, c.small_dim, name="relax_type", param_dtype=dt)(x.relax_type),
+            nn.Embed(3, c.small_dim, name="afs", param_dtype=dt)(x.afs),
+            jnp.stack([10.0 * x.relax, x.d2_scale, x.lam_t - x.lam_s], axis=-1),
+            _sinusoidal(x.lam_s, c.time_dim),
+            _sinusoidal(x.lam_t, c.time_dim),
+        ]
+        h = jnp.concatenate([p.astype(dt) for p in parts], axis=-1)
+        h = nn.Dense(c.step_dim, param_dtype=dt)(h)
+        h = nn.Dense(c.step_dim, param_dtype=dt)(nn.relu(h))
+        lengths = jnp.sum(x.mask, axis=-1)
+        h = nn.RNN(nn.OptimizedLSTMCell(c.hidden, param_dtype=dt), name="lstm")(h, seq_lengths=lengths)
+        m = x.mask[..., None].astype(dt)
+        pooled = jnp.sum(h * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+        pooled = pooled / (jnp.linalg.norm(pooled, axis=-1, keepdims=True) + 1e-6)
+        for w in c.mlp:
+            pooled = nn.relu(nn.Dense(w, param_dtype=dt)(pooled))
+        return nn.Dense(1, param_dtype=dt)(pooled)[..., 0]
+
+
+def _module(space: SearchSpace, config: PredictorConfig) -> Predictor:
+    return Predictor(num_models=space.num_models, max_order=space.max_order, config=config)
+
+
+def init_params(space: SearchSpace, noise_schedule, key: jax.Array, config: PredictorConfig = PredictorConfig()):
+    g = encoding.random_genomes(space, key, 1)
+    x = jax.vmap(lambda g: features(space, noise_schedule, g))(g)
+    return _module(space, config).init(key, x)
+
+
+def score(space: SearchSpace, noise_schedule, params, pop: Genome, config: PredictorConfig = PredictorConfig()):
+    """Predicted scores of a population [P] (lower = better): decode, featurise, run the network."""
+    x = jax.vmap(lambda g: features(space, noise_schedule, g))(pop)
+    return _module(space, config).apply(params, x)
+
+
+def hinge_loss(scores, targets, *, margin: float = 1.0, threshold: float = 0.0):
+    """Mean pairwise hinge ranking loss over the pairs (i, j) with targets[j] - targets[i] > threshold:
+    max(0, margin - (scores[j] - scores[i])) (the worse schedule j should score at least `margin` higher).
+    Pairs with a non-finite difference (inf - inf) are left out; 0 when no pair qualifies."""
+    d_t = targets[None, :] - targets[:, None]
+    d_s = scores[None, :] - scores[:, None]
+    pair = jnp.where(jnp.isnan(d_t), False, d_t > threshold)
+    loss = jnp.where(pair, jnp.maximum(0.0, margin - d_s), 0.0)
+    return jnp.sum(loss) / jnp.maximum(jnp.sum(pair).astype(loss.dtype), 1.0)
+
+
+def mse_loss(scores, targets, *, cap: float = 1e3):
+    """Mean squared error between scores and log(1 + FD) (FD capped at `cap`; inf counts as the cap)."""
+    t = jnp.log1p(jnp.minimum(jnp.where(jnp.isnan(targets), cap, targets), cap))
+    return jnp.mean((scores - t) ** 2)
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b between two score vectors (ties counted as in scipy.stats.kendalltau); NaN if either is
+    constant. Infinite values rank last."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"kendall_tau needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if np.any(np.isnan(x)) or np.any(np.isnan(y)):
+        raise ValueError("kendall_tau: NaN in the inputs")
+    with np.errstate(invalid="ignore"):  # inf - inf: a tie
+        dx = np.nan_to_num(np.sign(x[None, :] - x[:, None]), nan=0.0)
+        dy = np.nan_to_num(np.sign(y[None, :] - y[:, None]), nan=0.0)
+    iu = np.triu_indices(len(x), 1)
+    s = np.sum(dx[iu] * dy[iu])
+    nx, ny = np.sum(dx[iu] != 0), np.sum(dy[iu] != 0)
+    if nx == 0 or ny == 0:
+        return float("nan")
+    return float(s / np.sqrt(nx * ny))
+
+
+class FitResult(NamedTuple):
+    params: Any
+    losses: np.ndarray  # per epoch
+    train_tau: float
+    heldout_tau: float  # NaN without held-out data
+
+
+def fit(
+    space: SearchSpace,
+    noise_schedule,
+    genomes: Genome,
+    targets,
+    key: jax.Array,
+    *,
+    epochs: int = 300,
+    batch: int = 512,
+    lr: float = 1e-3,
+    loss: str = "hinge",
+    threshold: float = 0.25,
+    margin: float = 1.0,
+    heldout: tuple[Genome, Any] | None = None,
+    config: PredictorConfig = PredictorConfig(),
+    params=None,
+) -> FitResult:
+    """Train a predictor on evaluated genomes (targets: their true FDs, inf for diverged ones).
+
+    Each epoch shuffles the data into minibatches of `batch`; the whole run is one jitted `lax.scan`. Pass
+    `params` to continue from earlier ones (the S3 loop retrains after each stage).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    targets = jnp.asarray(targets, jnp.result_type(float))
+    n = int(targets.shape[0])
+    if n < 2:
+        raise ValueError(f"need at least 2 evaluated schedules to train a predictor, got {n}")
+    if int(jax.tree_util.tree_leaves(genomes)[0].shape[0]) != n:
+        raise ValueError("genomes and targets differ in length")
+    k_init, k_shuf = jax.random.split(key)
+    if params is None:
+        params = init_params(space, noise_schedule, k_init, config)
+    x_all = jax.vmap(lambda g: features(space, noise_schedule, g))(genomes)
+    module = _module(space, config)
+    tx = optax.adam(lr)
+    bsz = min(batch, n)
+    nb = n // bsz
+
+    def loss_fn(p, xb, tb):
+        s = module.apply(p, xb)
+        if loss == "hinge":
+            return hinge_loss(s, tb, margin=margin, threshold=threshold)
+        return mse_loss(s, tb)
+
+    @jax.jit
+    def train(params, key):
+        def epoch(carry, k):
+            p, o = carry
+            perm = jax.random.permutation(k, n)[: nb * bsz].reshape(nb, bsz)
+
+            def mb(carry, idx):
+                p, o = carry
+                xb = jax.tree.map(lambda a: a[idx], x_all)
+                val, grads = jax.value_and_grad(loss_fn)(p, xb, targets[idx])
+                with jax.numpy_dtype_promotion("standard"):
+                    upd, o = tx.update(grads, o, p)
+                return (optax.apply_updates(p, upd), o), val
+
+            (p, o), vals = jax.lax.scan(mb, (p, o), perm)
+            return (p, o), jnp.mean(vals)
+
+        (p, _), losses = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
+        return p, losses
+
+    params, losses = train(params, k_shuf)
+    train_tau = kendall_tau(np.asarray(module.apply(params, x_all)), np.asarray(targets))
+    ho_tau = float("nan")
+    if heldout is not None:
+        g_ho, t_ho = heldout
+        ho_tau = kendall_tau(np.asarray(score(space, noise_schedule, params, g_ho, config)), np.asarray(t_ho))
+    return FitResult(params, np.asarray(losses), train_tau, ho_tau)

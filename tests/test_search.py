@@ -1,0 +1,348 @@
+"""Schedule search: genome decoding, the GA, the predictor's loss and tau, evaluation with an archive, the loop."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+import omsjax
+from omsjax import nets, presets, schedules
+from omsjax.schedule import check_schedule
+from omsjax.search import encoding as E
+from omsjax.search import evaluate as EV
+from omsjax.search import ga, loop, predictor
+
+NS = schedules.vp_linear()
+REPO = Path(__file__).resolve().parent.parent
+LAT = (1.0, 3.0, 9.0)
+
+
+def _one(pop, i):
+    return jax.tree.map(lambda a: a[i], pop)
+
+
+SPACES = {
+    "solver": E.SearchSpace.for_nfe(5, LAT, model=2, mean_afs=True, max_order=4),
+    "model": E.SearchSpace(num_positions=10, latencies=LAT, mode="model"),
+    "model_dpmpp": E.SearchSpace(num_positions=10, latencies=LAT, mode="model", base_solver="dpm_solver_pp"),
+    "joint": E.SearchSpace(num_positions=10, latencies=LAT, mode="joint", mean_afs=True),
+}
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_random_genome_decodes_to_a_valid_schedule(name):
+    space = SPACES[name]
+    pop = E.random_genomes(space, jax.random.PRNGKey(1), 120)
+    # Wild continuous genes and out-of-range categorical genes are repaired, never rejected.
+    pop = pop._replace(u=pop.u * 40.0, order=pop.order + 3 * (jnp.arange(120, dtype=jnp.int32)[:, None] % 2))
+    scheds, lengths = jax.vmap(lambda g: E.decode(space, NS, g))(pop)
+    costs = jax.vmap(lambda g: E.cost(space, g))(pop)
+    nfes = jax.vmap(lambda g: E.nfe(space, g))(pop)
+    for i in range(120):
+        g = _one(pop, i)
+        s = E.to_schedule(space, NS, g)  # runs check_schedule
+        check_schedule(s, space.num_models, NS)
+        assert s.num_steps == int(lengths[i])
+        np.testing.assert_array_equal(np.asarray(s.order), np.asarray(scheds.order[i][: s.num_steps]))
+        assert float(s.ts[0]) == space.t_start and float(s.ts[-1]) == pytest.approx(space.t_end, rel=1e-12)
+        assert float(s.cost(LAT)) == pytest.approx(float(costs[i]), rel=1e-12)
+        assert int(s.nfe()) == int(nfes[i])
+        if space.mode == "solver":
+            assert int(s.nfe()) == space.nfe and np.all(np.asarray(s.model) == space.model)
+
+
+def test_all_skip_genome_keeps_one_step_of_the_smallest_model():
+    space = SPACES["model"]
+    g = _one(E.random_genomes(space, jax.random.PRNGKey(0), 1), 0)
+    g = g._replace(model=jnp.full_like(g.model, space.skip))
+    s = E.to_schedule(space, NS, g)
+    assert s.num_steps == 1 and int(s.model[0]) == 0 and float(E.cost(space, g)) == LAT[0]
+
+
+@pytest.mark.parametrize("mode", ["solver", "model", "joint"])
+def test_presets_encode_and_decode_back_exactly(mode):
+    space = SPACES[mode]
+    seeds = E.preset_seeds(space, NS, budget=40.0)
+    assert E.U_BOUND > 0 and int(seeds.order.shape[0]) >= (40 if mode == "solver" else 8)
+    # Spot-check against the presets themselves.
+    if mode == "solver":
+        want = presets.unipc(NS, 5, 3, variant="bh1", skip="karras", model=2, afs="zero_x0")
+    else:
+        want = presets.unipc(NS, 4, 2, model=1) if mode == "model" else presets.unipc(NS, 4, 2, model=1)
+    got = E.to_schedule(space, NS, E.encode(space, NS, want))
+    for name, a, b in zip(want._fields, want, got, strict=True):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_encode_rejects_what_does_not_fit():
+    space = SPACES["solver"]
+    with pytest.raises(ValueError, match="NFE 6, the space 5"):
+        E.encode(space, NS, presets.ddim(NS, 6, model=2))
+    with pytest.raises(ValueError, match="multistep only"):
+        E.encode(space, NS, presets.dpm_solver(NS, 5, 2, model=2))
+    with pytest.raises(ValueError, match="runs model 2"):
+        E.encode(space, NS, presets.ddim(NS, 5, model=0))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        E.SearchSpace(num_positions=3, latencies=LAT, mode="both")
+    with pytest.raises(ValueError, match="num_positions must be nfe \\+ 1"):
+        E.SearchSpace(num_positions=3, latencies=LAT, mode="solver", nfe=5)
+    with pytest.raises(ValueError, match="budget instead"):
+        E.SearchSpace(num_positions=3, latencies=LAT, mode="model", nfe=2)
+
+
+def test_log_snr_parameterisation():
+    space = SPACES["solver"]
+    g = _one(E.random_genomes(space, jax.random.PRNGKey(3), 1), 0)
+    g = g._replace(u=jnp.zeros_like(g.u), afs=jnp.asarray(0, jnp.int32))
+    s = E.to_schedule(space, NS, g)
+    np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, 5, "logSNR"), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------- GA
+
+
+def _synthetic_fitness(pop):
+    return jnp.sum((pop.u - jnp.linspace(-1.0, 1.0, pop.u.shape[-1])) ** 2, -1) + jnp.sum(
+        (pop.order.astype(pop.u.dtype) - 2.0) ** 2, -1
+    )
+
+
+def test_ga_improves_a_synthetic_objective_in_one_compiled_scan():
+    space = E.SearchSpace.for_nfe(4, LAT, model=0)
+    cfg = ga.GAConfig(pop_size=32, num_children=32)
+    state = ga.init(space, cfg, _synthetic_fitness, jax.random.PRNGKey(0))
+    run = jax.jit(lambda s: ga.run(space, cfg, _synthetic_fitness, s, 150))
+    final, curve = run(state)
+    assert float(curve[-1]) < 0.01 * float(state.fitness[0]) and float(curve[-1]) < 0.05
+    assert np.all(np.diff(np.asarray(curve)) <= 0)  # (mu + lambda) never loses its best
+    assert np.all(np.asarray(final.population.order[0]) == 2)
+    assert int(final.generation) == 150
+    run(final)  # a second call with another state does not recompile
+    assert run._cache_size() == 1
+
+
+def test_ga_respects_the_budget_and_nan_is_worst():
+    space = SPACES["model"]
+    cfg = ga.GAConfig(pop_size=24, num_children=24)
+
+    def fitness(pop):  # prefer expensive models early; NaN for schedules of exactly 3 steps
+        m, n = jax.vmap(lambda g: E.decode_models(space, g))(pop)
+        w = jnp.where(jnp.arange(10, dtype=jnp.int32) < n[:, None], jnp.asarray(LAT)[m], 0.0)
+        f = -jnp.sum(w * jnp.linspace(1.0, 0.0, 10), -1)
+        return jnp.where(n == 3, jnp.nan, f)
+
+    run = jax.jit(lambda s, b: ga.run(space, cfg, fitness, s, 60, b))
+    for budget in (12.0, 30.0):
+        state = ga.init(space, cfg, fitness, jax.random.PRNGKey(1), budget=budget)
+        final, _ = run(state, budget)
+        costs = np.asarray(jax.vmap(lambda g: E.cost(space, g))(final.population))
+        fit = np.asarray(final.fitness)
+        assert np.all(costs[np.isfinite(fit)] <= budget + 1e-9)
+        assert np.mean(costs >= 0.9 * budget - 1e-9) > 0.8  # repaired toward [0.9 budget, budget]
+        n = np.asarray(jax.vmap(lambda g: E.decode_models(space, g)[1])(final.population))
+        assert not np.any((n == 3) & np.isfinite(fit))
+    assert run._cache_size() == 1  # the budget is traced
+
+
+def test_repair_moves_cost_into_the_band():
+    space = SPACES["joint"]
+    cfg = ga.GAConfig(repair_iters=64)
+    pop = E.random_genomes(space, jax.random.PRNGKey(2), 64)
+    rep = jax.vmap(lambda g, k: ga.repair(space, cfg, g, k, 20.0))(pop, jax.random.split(jax.random.PRNGKey(3), 64))
+    c = np.asarray(jax.vmap(lambda g: E.cost(space, g))(rep))
+    assert np.all(c <= 20.0 + 1e-9) and np.all(c >= 18.0 - 1e-9)
+    cfg_n = ga.GAConfig(budget_kind="nfe", repair_iters=64)
+    rep = jax.vmap(lambda g, k: ga.repair(space, cfg_n, g, k, 6.0))(pop, jax.random.split(jax.random.PRNGKey(4), 64))
+    n = np.asarray(jax.vmap(lambda g: E.nfe(space, g))(rep))
+    assert np.all((n >= 5) & (n <= 6))
+
+
+def test_ga_config_errors():
+    with pytest.raises(ValueError, match="p_mutate must be a probability"):
+        ga.GAConfig(p_mutate=1.5)
+    with pytest.raises(ValueError, match="budget_kind"):
+        ga.GAConfig(budget_kind="seconds")
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+
+
+def test_hinge_loss_on_hand_made_cases():
+    s = jnp.asarray([0.0, 2.0, 0.5])
+    t = jnp.asarray([1.0, 3.0, 1.1])
+    # Pairs with t_j - t_i > 0.25: (0, 1) and (2, 1). Losses: max(0, 1 - 2) = 0, max(0, 1 - 1.5) = 0.
+    assert float(predictor.hinge_loss(s, t, threshold=0.25)) == 0.0
+    # Threshold 0: pair (0, 2) too, with loss max(0, 1 - 0.5) = 0.5; mean over 3 pairs.
+    assert float(predictor.hinge_loss(s, t, threshold=0.0)) == pytest.approx(0.5 / 3)
+    # Reversed scores: (0, 1): 1 + 2 = 3, (2, 1): 1 + 1.5 = 2.5.
+    assert float(predictor.hinge_loss(-s, t, threshold=0.25)) == pytest.approx((3.0 + 2.5) / 2)
+    # inf targets rank last; inf - inf pairs are left out.
+    t_inf = jnp.asarray([1.0, jnp.inf, jnp.inf])
+    assert float(predictor.hinge_loss(jnp.asarray([0.0, 0.0, 0.0]), t_inf)) == pytest.approx(1.0)
+    assert float(predictor.hinge_loss(s, jnp.asarray([1.0, 1.0, 1.0]))) == 0.0  # no pair
+
+
+def test_kendall_tau_matches_scipy_with_ties():
+    assert predictor.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert predictor.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # One discordant pair of 6: tau = (5 - 1) / 6.
+    assert predictor.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.integers(0, 5, 30).astype(float), rng.integers(0, 4, 30).astype(float)
+        assert predictor.kendall_tau(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, rel=1e-12)
+    assert predictor.kendall_tau([1.0, np.inf, 2.0], [1.0, 3.0, 2.0]) == pytest.approx(1.0)
+    assert np.isnan(predictor.kendall_tau([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="one length"):
+        predictor.kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_mse_loss():
+    s, t = jnp.asarray([0.0, 1.0]), jnp.asarray([0.0, jnp.inf])
+    assert float(predictor.mse_loss(s, t, cap=10.0)) == pytest.approx(0.5 * (1.0 - np.log1p(10.0)) ** 2)
+
+
+def test_predictor_learns_a_synthetic_ranking():
+    space = E.SearchSpace.for_nfe(4, LAT, model=0)
+    pop = E.random_genomes(space, jax.random.PRNGKey(5), 160)
+    y = _synthetic_fitness(pop) + 2.0 * pop.afs.astype(pop.u.dtype)
+    tr, ho = jax.tree.map(lambda a: a[:100], pop), jax.tree.map(lambda a: a[100:], pop)
+    cfg = predictor.PredictorConfig(hidden=32, mlp=(64, 64))
+    res = predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(6), epochs=150, batch=50, threshold=0.1,
+                        heldout=(ho, y[100:]), config=cfg)  # fmt: skip
+    assert res.losses[-1] < 0.3 * res.losses[0]
+    assert res.train_tau > 0.8 and res.heldout_tau > 0.4
+    s = predictor.score(space, NS, res.params, ho, cfg)
+    assert res.heldout_tau == pytest.approx(scipy.stats.kendalltau(np.asarray(s), np.asarray(y[100:])).statistic)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(0), loss="l1")
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def _tiny_zoo():
+    models = []
+    for k, ch in enumerate((8, 16)):
+        cfg = nets.UNetConfig(channels=ch, channel_mults=(1,))
+        p = nets.init_unet(cfg, jax.random.PRNGKey(k), (8, 8, 1))
+        p = jax.tree.map(lambda a, k=k: a + 0.05 * jax.random.normal(jax.random.PRNGKey(10 + k), a.shape, a.dtype), p)
+        models.append(omsjax.Model(nets.unet_apply_fn(cfg), p, latency=float(1 + 3 * k), name=f"n{ch}"))
+    return tuple(models)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_zoo()
+
+
+def test_sample_candidates_matches_sample(tiny):
+    x_T = omsjax.sampler.noise(0, 6, (8, 8, 1), jnp.float64)
+    scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1, skip="time_uniform"),
+              presets.dpm_solver_pp(NS, 2, 2, model=1, afs="zero_x0")]  # fmt: skip
+    mixed = [s._replace(model=jnp.asarray([0, 1, 0], jnp.int32)) for s in scheds]
+    for group, method in ((scheds, "vmap"), (mixed, "map")):
+        out = EV.sample_candidates(tiny, NS, group, x_T, method=method, chunk=2)
+        for s, x in zip(group, out, strict=True):
+            np.testing.assert_allclose(x, np.asarray(omsjax.sample(tiny, NS, s, x_T)), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="candidate 1: Schedule.model"):
+        EV.sample_candidates(tiny, NS, [scheds[0], scheds[0]._replace(model=jnp.asarray([0, 5, 0]))], x_T)
+
+
+def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
+    space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
+    pop = E.random_genomes(space, jax.random.PRNGKey(7), 6)
+    path = tmp_path / "archive.jsonl"
+    ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4)
+    recs = ev.evaluate(pop)
+    n_unique = len({r.key for r in recs})
+    assert ev.evaluated == n_unique and len(path.read_text().splitlines()) == n_unique
+    for i, r in enumerate(recs):
+        s = E.to_schedule(space, NS, _one(pop, i))
+        assert r.key == EV.schedule_key(s) and r.nfe == int(s.nfe())
+        assert r.cost == pytest.approx(float(s.cost(space.latencies)))
+        g = EV.genome_from_dict(r.genome)
+        assert EV.schedule_key(E.to_schedule(space, NS, g)) == r.key
+    # Interrupted mid-write: a partial last line is ignored; a new evaluator on the same file evaluates nothing.
+    with open(path, "a") as fh:
+        fh.write('{"key": "abc", "eval_')
+    ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4)
+    recs2 = ev2.evaluate(pop)
+    assert ev2.evaluated == 0 and [r.fd for r in recs2] == [r.fd for r in recs]
+    # Other noise is another evaluation.
+    ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4)
+    ev3.evaluate(jax.tree.map(lambda a: a[:1], pop))
+    assert ev3.evaluated == 1
+    # A recorded FD equals metrics.fd of the evaluator's samples.
+    s0 = recs[0].to_schedule()
+    x = ev.samples(s0)
+    assert recs[0].fd == pytest.approx(omsjax.metrics.fd(x), rel=1e-9) or not np.all(np.isfinite(x))
+
+
+def test_evaluation_shards_candidates_over_devices(tmp_path):
+    script = f"""
+    import jax, numpy as np, jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    import sys; sys.path.insert(0, {str(REPO / "tests")!r})
+    from test_search import _tiny_zoo, NS
+    import omsjax
+    from omsjax import presets
+    from omsjax.search import evaluate as EV
+    assert len(jax.devices()) == 4
+    zoo = _tiny_zoo()
+    x_T = omsjax.sampler.noise(0, 5, (8, 8, 1), jnp.float64)
+    scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1), presets.dpm_solver_pp(NS, 3, 2, model=1)]
+    lowered = EV._sample_jit.lower(zoo, NS, omsjax.stack(scheds + [scheds[0]]), x_T, None, "vmap")
+    hlo = lowered.compile().as_text()
+    out = EV.sample_candidates(zoo, NS, scheds, x_T, chunk=3)  # 3 -> padded to 4, one per device
+    mixed = [s._replace(model=jnp.asarray([0, 1, 1], jnp.int32)) for s in scheds]
+    out_m = EV.sample_candidates(zoo, NS, mixed, x_T, method="map", chunk=3)
+    for s, x in zip(scheds + mixed, list(out) + list(out_m)):
+        np.testing.assert_allclose(x, np.asarray(omsjax.sample(zoo, NS, s, x_T)), rtol=1e-10, atol=1e-10)
+    print("OK", hlo.count("sharding"))
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=REPO)  # fmt: skip
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-4000:]
+
+
+# ------------------------------------------------------------------------------------------------------ loop
+
+
+def test_search_loop_end_to_end_and_resume(tiny, tmp_path):
+    space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
+    path = tmp_path / "a.jsonl"
+    cfg = loop.LoopConfig(stages=1, initial_random=6, per_stage=4, generations=5, predictor_epochs=5, final_top=2,
+                          ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
+
+    def go():
+        ev = EV.Evaluator(tiny, NS, space, num_samples=10, archive=path, chunk=8)
+        fev = EV.Evaluator(tiny, NS, space, num_samples=14, noise_seed=9, archive=path, chunk=8)
+        return ev, fev, loop.search(ev, space, key=jax.random.PRNGKey(0), config=cfg, budget=8.0,
+                                    final_evaluator=fev, progress=False)  # fmt: skip
+
+    ev, fev, res = go()
+    check_schedule(res.schedule, 2, NS)
+    assert float(res.schedule.cost(space.latencies)) <= 8.0
+    assert res.final[0].fd == min(r.fd for r in res.final) and res.final[0].eval_key == "seed9-n14"
+    assert [s["stage"] for s in res.stages] == [0, 1] and ev.evaluated == len(res.records)
+    assert all(r.cost <= 8.0 for r in res.records)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == ev.evaluated + fev.evaluated
+    ev2, fev2, res2 = go()  # the same search again: everything comes from the archive
+    assert ev2.evaluated == 0 and fev2.evaluated == 0
+    assert res2.schedule.to_json() == res.schedule.to_json()
+    with pytest.raises(ValueError, match="needs a finite budget"):
+        loop.search(ev, space, key=jax.random.PRNGKey(0), config=cfg, progress=False)
