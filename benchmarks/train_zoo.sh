@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Train the shipped digits zoo (four U-Nets, 160k..1.4M parameters) and add each to checkpoints/digits.
+# Train the shipped digits zoo (four U-Nets, 63k..634k parameters) and add each to checkpoints/digits.
 # Resumable: rerun after an interruption and every run continues from its last orbax checkpoint.
-# Latencies recorded while other work runs are noisy: afterwards run `omsjax zoo-latency --zoo checkpoints/digits`
+# Latencies recorded while other work runs are noisy: afterwards run `omsjax zoo --remeasure-latency`
 # on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${OMSJAX_RUNS:-runs}
-for cfg in digits-xs digits-s digits-m digits-l; do
+for cfg in digits-xxs digits-xs digits-s digits-m; do
   omsjax train --config "$cfg" --out "$runs/$cfg" --resume --add-to-zoo checkpoints/digits --quiet
 done

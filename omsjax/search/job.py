@@ -1,0 +1,216 @@
+"""`omsjax search` as a function: search a zoo under an NFE or a time budget and report against the baselines.
+
+`run(zoo_dir, out_dir, mode=..., nfe=... | budget_seconds=...)` writes
+  out/schedule.json   the searched schedule (metadata: its held-out FD, NFE, cost)
+  out/report.json     the searched schedule's FD and every baseline's FD at the same NFE or budget, all measured
+                      on held-out noise (a seed the search never saw), with more samples than the search used
+  out/pareto.png      cost vs. FD of everything evaluated during the search, the preset baselines marked
+  out/samples.png     samples of the searched schedule
+  out/archive.jsonl   every evaluation (rerunning the same command resumes from it)
+
+Budgets: `nfe` (model calls) or `budget_seconds`, the time to sample one batch of the zoo's `latency_batch`
+images by the zoo's measured latencies (cost in ms = 1000 x seconds). In solver mode a time budget becomes the
+largest NFE of the chosen model that fits. Baselines: solver mode, DDIM, DPM-Solver++(2M, 3M) and UniPC-2/3 (bh1,
+bh2) over the four spacings; model and joint modes, the same solvers with each single zoo model at the largest
+NFE that fits the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omsjax import presets, schedules
+from omsjax.search import encoding, loop
+from omsjax.search.evaluate import Evaluator
+
+__all__ = ["BASELINES", "baselines", "run"]
+
+# name -> (preset, keyword arguments)
+BASELINES = {
+    "DDIM": ("ddim", {}),
+    "DPM-Solver++(2M)": ("dpm_solver_pp", {"order": 2}),
+    "DPM-Solver++(3M)": ("dpm_solver_pp", {"order": 3}),
+    "UniPC-2 (bh1)": ("unipc", {"order": 2, "variant": "bh1"}),
+    "UniPC-2 (bh2)": ("unipc", {"order": 2, "variant": "bh2"}),
+    "UniPC-3 (bh1)": ("unipc", {"order": 3, "variant": "bh1"}),
+    "UniPC-3 (bh2)": ("unipc", {"order": 3, "variant": "bh2"}),
+}
+
+
+def baselines(noise_schedule, nfe: int, model: int = 0) -> dict:
+    """{"solver, spacing": Schedule} of every baseline at `nfe` with one zoo model (those that exist at it)."""
+    out = {}
+    for name, (kind, kw) in BASELINES.items():
+        for skip in schedules.SKIP_TYPES:
+            try:
+                out[f"{name}, {skip}"] = presets.preset(kind, noise_schedule, nfe, skip=skip, model=model, **kw)
+            except ValueError:
+                continue
+    return out
+
+
+def _largest_nfe(latency: float, budget_ms: float, cap: int) -> int:
+    return min(int(math.floor(budget_ms / latency + 1e-9)), cap) if latency > 0 else cap
+
+
+def run(
+    zoo_dir,
+    out_dir,
+    *,
+    mode: str = "solver",
+    nfe: int | None = None,
+    budget_seconds: float | None = None,
+    model: int | None = None,
+    config: loop.LoopConfig | None = None,
+    num_samples: int = 500,
+    final_samples: int = 1000,
+    seed: int = 0,
+    max_steps: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Search and report (module docstring); returns the report dict."""
+    from omsjax import plots, sampler, zoo
+
+    if (nfe is None) == (budget_seconds is None):
+        raise ValueError("give exactly one of nfe and budget_seconds")
+    if nfe is not None and nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    if budget_seconds is not None and not (math.isfinite(budget_seconds) and budget_seconds > 0):
+        raise ValueError(f"the budget must be a number of seconds > 0, got {budget_seconds}")
+    if mode not in encoding.MODES:
+        raise ValueError(f"mode must be one of {encoding.MODES}, got {mode!r}")
+    models, ns, manifest = zoo.load_zoo(zoo_dir)
+    lat = [m.latency for m in models]
+    mean = manifest.get("data_mean")
+    mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+    shape = tuple(manifest["image_shape"])
+    k = len(models) - 1 if model is None else model
+    if not 0 <= k < len(models):
+        raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_end = ns.default_t_end
+    budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
+    common = dict(mean_afs=mean is not None, t_start=float(ns.t_max), t_end=float(t_end))
+
+    if mode == "solver":
+        n = nfe if nfe is not None else _largest_nfe(lat[k], budget_ms, 10**6)
+        if n < 1:
+            raise ValueError(f"the budget {budget_seconds} s does not pay for one call of model {k} ({lat[k]} ms)")
+        space = encoding.SearchSpace.for_nfe(n, lat, model=k, **common)
+        budget, kind = None, "cost"
+    else:
+        if nfe is not None:
+            positions, budget, kind = nfe + 1, float(nfe), "nfe"
+        else:
+            positions = min(_largest_nfe(min(lat), budget_ms, max_steps - 1) + 1, max_steps)
+            budget, kind = budget_ms, "cost"
+        space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
+    config = config or loop.LoopConfig()
+    cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
+
+    archive = out / "archive.jsonl"
+    ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
+                   archive=archive)  # fmt: skip
+    held = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + 1000, image_shape=shape,
+                     data_mean=mean, archive=archive)  # fmt: skip
+    t0 = time.perf_counter()
+    res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, final_evaluator=held,
+                      progress=progress)  # fmt: skip
+    search_seconds = time.perf_counter() - t0
+
+    # Baselines on the held-out noise, at the same NFE or budget.
+    base = {}
+    if mode == "solver":
+        base = baselines(ns, space.nfe, k)
+    else:
+        for m in range(len(models)):
+            n_m = int(budget) if kind == "nfe" else _largest_nfe(lat[m], budget_ms, positions)
+            if n_m >= 1:
+                base.update({f"{name}, model {m}": s for name, s in baselines(ns, n_m, m).items()})
+    names = list(base)
+    recs = held.evaluate_schedules([base[n] for n in names], stage=cfg.stages + 2)
+    base_rows = {n: {"fd": r.fd, "nfe": r.nfe, "cost": r.cost} for n, r in zip(names, recs, strict=True)}
+    best_base = min(base_rows, key=lambda n: base_rows[n]["fd"]) if base_rows else None
+    best = res.final[0]
+    report = {
+        "mode": mode,
+        "zoo": str(zoo_dir),
+        "nfe": nfe,
+        "budget_seconds": budget_seconds,
+        "budget_ms": budget_ms,
+        "model": k if mode == "solver" else None,
+        "searched": {"fd": best.fd, "nfe": best.nfe, "cost": best.cost},
+        "best_baseline": None if best_base is None else {"name": best_base, **base_rows[best_base]},
+        "fd_ratio_to_best_baseline": None if best_base is None else best.fd / base_rows[best_base]["fd"],
+        "baselines": base_rows,
+        "heldout_noise_seed": held.noise_seed,
+        "heldout_samples": final_samples,
+        "search_noise_seed": seed,
+        "search_samples": num_samples,
+        "evaluated": len(res.records),
+        "new_evaluations": ev.evaluated,
+        "stages": res.stages,
+        "predictor_heldout_tau": res.heldout_tau,
+        "search_seconds": search_seconds,
+        "final_candidates": [{"fd": r.fd, "nfe": r.nfe, "cost": r.cost} for r in res.final],
+        "machine": zoo.machine_name(),
+    }
+    (out / "schedule.json").write_text(
+        res.schedule.to_json(
+            mode=mode,
+            fd=best.fd,
+            nfe=best.nfe,
+            cost=best.cost,
+            heldout_samples=final_samples,
+            heldout_noise_seed=held.noise_seed,
+        )  # fmt: skip
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+    # The plot compares like with like: everything on the search noise (the baselines' search-noise FDs; most are
+    # stage-0 seeds already in the archive).
+    base_search = ev.evaluate_schedules([base[n] for n in names], stage=cfg.stages + 2)
+    best_search = ev.evaluate_schedules([res.schedule], stage=cfg.stages + 2)[0]
+    _pareto(out / "pareto.png", res.records, base_search, best_search, mode)
+    x = sampler.generate(models, ns, res.schedule, 64, shape, seed=seed + 1000, data_mean=mean)
+    plots.save_grid(x, out / "samples.png")
+    return report
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _pareto(path, records, base_records, best, mode):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    xs = np.asarray([r.nfe if mode == "solver" else r.cost for r in records], float)
+    ys = np.asarray([r.fd for r in records], float)
+    ok = np.isfinite(ys)
+    ax.scatter(xs[ok], ys[ok], s=8, alpha=0.5, label="evaluated during the search")
+    bx = [r.nfe if mode == "solver" else r.cost for r in base_records]
+    ax.scatter(bx, [r.fd for r in base_records], marker="x", color="k", label="baselines")
+    ax.scatter([best.nfe if mode == "solver" else best.cost], [best.fd], marker="*", s=160, color="r",
+               label="searched")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE" if mode == "solver" else "cost: sum of model latencies (ms per batch)")
+    ax.set_ylabel("FD (digits classifier features)")
+    ax.set_title(f"omsjax search, {mode} mode (FD of the search noise)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
