@@ -15,31 +15,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import machine, median_time, write_section
 
 import omsjax
-from omsjax import nets, presets, schedules, zoo
+from omsjax import nets, presets, schedules
 from omsjax.schedule import stack
-
-RESULTS = Path(__file__).parent / "RESULTS.md"
-
-
-def median_time(fn, *args, repeats=10):
-    jax.block_until_ready(fn(*args))  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def machine() -> str:
-    return f"{zoo.machine_name()}; jax {jax.__version__}"
 
 
 def make_model(channels, mults, seed, image=(8, 8, 1)):
@@ -179,17 +163,6 @@ def bench_compile(quick):
     return first, statistics.median(later), max(later), n_distinct, programs, other_len
 
 
-def write_section(text: str, marker: str = "core"):
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    old = RESULTS.read_text() if RESULTS.exists() else "# omsjax benchmark results\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke run)")
@@ -252,7 +225,7 @@ def main():
         f"- a new length (N = 12) compiles again: {other:.2f} s",
     ]
     print("\n".join(lines[-5:]))
-    write_section("\n".join(lines))
+    write_section("\n".join(lines), "core")
 
 
 if __name__ == "__main__":

@@ -306,7 +306,7 @@ def cmd_search(args) -> int:
     if args.nfe is not None and args.budget is not None:
         raise ValueError("give either --nfe or --budget, not both")
     cfg = loop.LoopConfig(stages=args.stages, initial_random=args.initial_random, per_stage=args.per_stage,
-                          generations=args.generations, predictor_epochs=args.predictor_epochs,
+                          explore_fraction=args.explore_fraction, generations=args.generations, predictor_epochs=args.predictor_epochs,
                           ga=ga.GAConfig(pop_size=args.population, num_children=args.population))  # fmt: skip
     if args.quick:
         cfg = dataclasses.replace(cfg, stages=1, initial_random=8, per_stage=8, generations=20, predictor_epochs=20)
@@ -413,7 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", type=int, default=4)
     r.add_argument("--initial-random", type=int, default=40)
     r.add_argument("--per-stage", type=int, default=40, help="schedules evaluated per stage")
-    r.add_argument("--generations", type=int, default=300, help="GA generations per stage (on the predictor)")
+    r.add_argument("--generations", type=int, default=30, help="GA generations per stage (on the predictor)")
+    r.add_argument(
+        "--explore-fraction",
+        type=float,
+        default=0.5,
+        help="share of each stage's evaluations given to children of the best evaluated schedules",
+    )
     r.add_argument("--population", type=int, default=64)
     r.add_argument("--predictor-epochs", type=int, default=300)
     r.add_argument("--num-samples", type=int, default=500, help="samples per evaluation during the search")

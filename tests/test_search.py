@@ -325,7 +325,7 @@ def test_search_loop_end_to_end_and_resume(tiny, tmp_path):
     space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     path = tmp_path / "a.jsonl"
     cfg = loop.LoopConfig(stages=1, initial_random=6, per_stage=4, generations=5, predictor_epochs=5, final_top=2,
-                          ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
+                          ga=ga.GAConfig(pop_size=8, num_children=8), heldout_tau=False)  # fmt: skip
 
     def go():
         ev = EV.Evaluator(tiny, NS, space, num_samples=10, archive=path, chunk=8)

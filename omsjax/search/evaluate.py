@@ -170,8 +170,10 @@ def sample_candidates(
 class Evaluator:
     """FD of candidate schedules on fixed noise (`num_samples` from `noise_seed`), with an archive.
 
-    `zoo`: the models; `space`: decodes genomes (optional when only schedules are passed). Solver-mode spaces
-    sample with `vmap`, model and joint spaces with `map`.
+    `zoo`: the models; `space`: decodes genomes (optional when only schedules are passed). `method=None` picks
+    `map` for model schedules, and for solver schedules of one model `vmap` on an accelerator but `map` on the CPU:
+    there, 8 candidates x 500 samples of the 634k digits U-Net took 47 s with `vmap` and 6.4 s with `map` (the
+    same as a loop of jitted calls; the batched activations no longer fit the caches).
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class Evaluator:
         data_mean=None,
         archive: Archive | str | Path | None = None,
         chunk: int = 8,
+        method: str | None = None,
         classifier=None,
         ref=None,
     ):
@@ -199,14 +202,19 @@ class Evaluator:
         self.data_mean = data_mean
         self.archive = archive if isinstance(archive, Archive) else Archive(archive)
         self.chunk = chunk
+        if method not in (None, "vmap", "map"):
+            raise ValueError(f"method must be None (automatic), 'vmap' or 'map', got {method!r}")
+        self.method = method
         self.classifier, self.ref = classifier, ref
         self.eval_key = f"seed{self.noise_seed}-n{self.num_samples}"
         self.x_T = sampler.noise(self.noise_seed, self.num_samples, tuple(image_shape))
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
 
     def _method(self, schedules: Sequence[Schedule]) -> str:
+        if self.method is not None:
+            return self.method
         models = {int(m) for s in schedules for m in np.asarray(s.model).ravel()}
-        return "vmap" if len(models) == 1 else "map"
+        return "vmap" if len(models) == 1 and jax.default_backend() != "cpu" else "map"
 
     def fd_of_samples(self, x: np.ndarray) -> float:
         if not np.all(np.isfinite(x)):

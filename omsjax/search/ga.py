@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
 
-__all__ = ["GAConfig", "GAState", "repair", "within_budget", "mutate", "crossover", "init", "step", "run"]
+__all__ = ["GAConfig", "GAState", "repair", "within_budget", "mutate", "crossover", "children", "init", "step", "run"]
 
 BUDGET_KINDS = ("cost", "nfe")
 
@@ -206,19 +206,29 @@ def init(
     return GAState(_take(pop, order), fit[order], key, jnp.zeros((), jnp.int32))
 
 
+def children(space: SearchSpace, config: GAConfig, population: Genome, fitness, key: jax.Array, budget=jnp.inf):
+    """`num_children` children of a population with the given fitness (lower is better): tournament selection,
+    crossover, mutation and budget repair (steps 1-4 of a generation)."""
+    k_sel, k_x, k_m, k_rep = jax.random.split(key, 4)
+    lam = config.num_children
+    mu = jnp.shape(fitness)[0]
+    budget = jnp.asarray(budget, jnp.result_type(float))
+    cand = jax.random.randint(k_sel, (2, lam, config.tournament), 0, mu)
+    winners = jnp.take_along_axis(cand, jnp.argmin(fitness[cand], axis=-1)[..., None], axis=-1)[..., 0]
+    pa, pb = _take(population, winners[0]), _take(population, winners[1])
+    kids = jax.vmap(lambda a, b, k: crossover(config, a, b, k))(pa, pb, jax.random.split(k_x, lam))
+    kids = jax.vmap(lambda g, k: mutate(space, config, g, k))(kids, jax.random.split(k_m, lam))
+    return jax.vmap(lambda g, k: repair(space, config, g, k, budget))(kids, jax.random.split(k_rep, lam))
+
+
 def step(
     space: SearchSpace, config: GAConfig, fitness_fn: Callable[[Genome], jax.Array], state: GAState, budget=jnp.inf
 ) -> GAState:
     """One generation (pure; see the module docstring)."""
-    key, k_sel, k_x, k_m, k_rep = jax.random.split(state.key, 5)
-    lam, mu = config.num_children, config.pop_size
+    key, k_kids = jax.random.split(state.key)
+    mu = config.pop_size
     budget = jnp.asarray(budget, jnp.result_type(float))
-    cand = jax.random.randint(k_sel, (2, lam, config.tournament), 0, mu)
-    winners = jnp.take_along_axis(cand, jnp.argmin(state.fitness[cand], axis=-1)[..., None], axis=-1)[..., 0]
-    pa, pb = _take(state.population, winners[0]), _take(state.population, winners[1])
-    kids = jax.vmap(lambda a, b, k: crossover(config, a, b, k))(pa, pb, jax.random.split(k_x, lam))
-    kids = jax.vmap(lambda g, k: mutate(space, config, g, k))(kids, jax.random.split(k_m, lam))
-    kids = jax.vmap(lambda g, k: repair(space, config, g, k, budget))(kids, jax.random.split(k_rep, lam))
+    kids = children(space, config, state.population, state.fitness, k_kids, budget)
     fit_kids = _score(space, config, fitness_fn, kids, budget)
     allpop = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), state.population, kids)
     allfit = jnp.concatenate([state.fitness, fit_kids])

@@ -3,8 +3,11 @@
 `search(evaluator, space, ...)`:
   stage 0: the presets (`encoding.preset_seeds`) and random genomes (repaired to the budget) are evaluated;
   stage s = 1..K: the predictor is (re)trained on every schedule evaluated so far; a GA seeded with the best
-    evaluated genomes runs `generations` generations on the predictor's scores (one jitted `lax.scan`); the best
-    `per_stage` genomes of its final population that the archive does not hold yet are evaluated;
+    evaluated genomes runs `generations` generations on the predictor's scores (one jitted `lax.scan`), and its
+    best genomes not yet evaluated are evaluated (exploitation); a share `explore_fraction` of the stage's
+    `per_stage` evaluations instead goes to children of the best evaluated genomes selected by their true FD
+    (exploration: S3's released GA on true evaluations, which keeps improving where the predictor, trained on a
+    few hundred schedules, ranks the GA's novel genomes poorly);
   final: the `final_top` best schedules by search FD are evaluated again by `final_evaluator` (other noise, more
     samples), and the best of them is returned.
 Model and joint modes take a budget (`budget_kind` "cost": the sum of latencies, or "nfe"); solver mode fixes the
@@ -38,18 +41,22 @@ class LoopConfig:
     stages: int = 4
     initial_random: int = 40
     per_stage: int = 40
-    generations: int = 300
+    explore_fraction: float = 0.5
+    generations: int = 30
     ga: ga.GAConfig = ga.GAConfig()
     predictor_epochs: int = 300
     predictor_loss: str = "hinge"
     predictor_threshold: float = 0.25
     final_top: int = 5
+    heldout_tau: bool = True  # also train a predictor on half the archive and report tau on the other half
 
     def __post_init__(self):
         for name in ("initial_random", "per_stage", "generations", "predictor_epochs", "final_top"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"LoopConfig.{name} must be a positive int, got {v!r}")
+        if not 0.0 <= self.explore_fraction <= 1.0:
+            raise ValueError(f"LoopConfig.explore_fraction must be in [0, 1], got {self.explore_fraction!r}")
         if not isinstance(self.stages, int) or self.stages < 0:
             raise ValueError(f"LoopConfig.stages must be an int >= 0, got {self.stages!r}")
 
@@ -145,6 +152,10 @@ def search(
         return ga.run(space, gcfg, fitness, state, config.generations, b)
 
     @jax.jit
+    def explore(pop, fit, k):
+        return ga.children(space, gcfg, pop, fit, k, b)
+
+    @jax.jit
     def init_ga(params, seeds, k):
         fitness = lambda pop: predictor.score(space, ns, params, pop)  # noqa: E731
         return ga.init(space, gcfg, fitness, k, seeds, b)
@@ -163,27 +174,28 @@ def search(
         order = np.argsort(fds, kind="stable")[: gcfg.pop_size]
         state = init_ga(params, _take(genomes, order), jax.random.fold_in(k_ga, s))
         state, best_curve = run_ga(params, state)
-        pop = state.population
-        ok = np.isfinite(np.asarray(state.fitness))
-        chosen, keys = [], set()
-        for i in np.flatnonzero(ok):
-            g = jax.tree.map(lambda a, i=i: a[i], pop)
-            k = schedule_key(encoding.to_schedule(space, ns, g))
-            if k in keys or k in known:
-                continue
-            keys.add(k)
-            chosen.append(int(i))
-            if len(chosen) == config.per_stage:
-                break
-        new = evaluator.evaluate(_take(pop, chosen), stage=s) if chosen else []
+        n_explore = int(round(config.per_stage * config.explore_fraction))
+        keys = set(known)
+        exploit = _fresh(space, ns, state.population, np.asarray(state.fitness), keys, config.per_stage - n_explore)
+        fit_true = jnp.asarray(np.where(np.isfinite(fds[order]), fds[order], np.inf))
+        kids = explore(_take(genomes, order), fit_true, jax.random.fold_in(k_ga, 1000 + s))
+        kid_ok = np.where(_feasible(space, gcfg, kids, budget), 0.0, np.inf)
+        explore_idx = _fresh(space, ns, kids, kid_ok, keys, n_explore)
+        picked = [_take(g, idx) for g, idx in ((state.population, exploit), (kids, explore_idx)) if idx]
+        cand = jax.tree.map(lambda *xs: jnp.concatenate(xs), *picked) if picked else None
+        new = evaluator.evaluate(cand, stage=s) if picked else []
         tau_new = float("nan")
         if len(new) >= 3:
-            pred_new = np.asarray(predictor.score(space, ns, params, _take(pop, chosen)))
+            pred_new = np.asarray(predictor.score(space, ns, params, cand))
             fd_new = np.asarray([r.fd for r in new])
             tau_new = predictor.kendall_tau(pred_new, fd_new) if np.ptp(pred_new) > 0 else float("nan")
+        fd_exploit = [r.fd for r in new[: len(exploit)]]
+        fd_explore = [r.fd for r in new[len(exploit) :]]
         best = min([r.fd for r in records] + [r.fd for r in new])
         stages.append({"stage": s, "evaluated": len(new), "best_fd": best, "train_tau": fit.train_tau,
                        "tau_on_new": tau_new, "predicted_best": float(best_curve[-1]),
+                       "best_exploit_fd": min(fd_exploit, default=float("nan")),
+                       "best_explore_fd": min(fd_explore, default=float("nan")),
                        "seconds": time.perf_counter() - t_stage})  # fmt: skip
         if log is not None:
             log(f"stage {s}: {len(new)} evaluated, best FD {best:.3f}, train tau {fit.train_tau:.2f}")
@@ -198,9 +210,25 @@ def search(
     final_eval = final_evaluator or evaluator
     final = final_eval.evaluate_schedules([r.to_schedule() for r in top], stage=config.stages + 1)
     final = sorted(final, key=lambda r: r.fd)
-    genomes, fds = _training_set(records)
-    tau = _heldout_tau(space, ns, genomes, fds, k_tau, config)
+    tau = float("nan")
+    if config.heldout_tau:
+        genomes, fds = _training_set(records)
+        tau = _heldout_tau(space, ns, genomes, fds, k_tau, config)
     return SearchResult(final[0].to_schedule(), final, records, stages, tau)
+
+
+def _fresh(space, ns, pop: Genome, fitness: np.ndarray, keys: set, n: int) -> list[int]:
+    """Indices of up to n members of `pop` (in order of `fitness`, finite only) whose schedules are not in
+    `keys` and differ from each other; their keys are added to `keys`."""
+    chosen = []
+    for i in np.argsort(fitness, kind="stable"):
+        if len(chosen) >= n or not np.isfinite(fitness[i]):
+            break
+        k = schedule_key(encoding.to_schedule(space, ns, jax.tree.map(lambda a, i=i: a[i], pop)))
+        if k not in keys:
+            keys.add(k)
+            chosen.append(int(i))
+    return chosen
 
 
 def _record_fits(r: Record, gcfg: ga.GAConfig, budget: float) -> bool:
