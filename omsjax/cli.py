@@ -306,7 +306,8 @@ def cmd_search(args) -> int:
     if args.nfe is not None and args.budget is not None:
         raise ValueError("give either --nfe or --budget, not both")
     cfg = loop.LoopConfig(stages=args.stages, initial_random=args.initial_random, per_stage=args.per_stage,
-                          explore_fraction=args.explore_fraction, generations=args.generations, predictor_epochs=args.predictor_epochs,
+                          explore_fraction=args.explore_fraction, generations=args.generations,
+                          predictor_epochs=args.predictor_epochs,
                           ga=ga.GAConfig(pop_size=args.population, num_children=args.population))  # fmt: skip
     if args.quick:
         cfg = dataclasses.replace(cfg, stages=1, initial_random=8, per_stage=8, generations=20, predictor_epochs=20)
