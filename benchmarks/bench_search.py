@@ -110,6 +110,12 @@ def bench_table(run_dir: Path, seeds=(1000, 1001, 1002), n=1000):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", nargs="*", default=[], help="omsjax search output folders")
+    ap.add_argument(
+        "--tau-runs",
+        nargs="*",
+        default=None,
+        help="the folders whose archives train predictors for the tau table (default: all of --runs)",
+    )
     ap.add_argument("--generations", type=int, default=1000)
     args = ap.parse_args()
     models, _, _ = zoo.load_zoo()
@@ -128,7 +134,7 @@ def main():
               "Kendall tau on held-out evaluated schedules: predictor trained on a random half of a search's archive "
               "(search noise), tested on the other half; mean +- std over 3 splits.", "",
               "| search | schedules | tau, hinge loss | tau, MSE loss |", "|---|---|---|---|"]  # fmt: skip
-        for d in runs:
+        for d in runs if args.tau_runs is None else [Path(t) for t in args.tau_runs]:
             n, taus = bench_tau(d)
             L.append(f"| {d.name} | {n} | {taus['hinge'][0]:.2f} +- {taus['hinge'][1]:.2f} | "
                      f"{taus['mse'][0]:.2f} +- {taus['mse'][1]:.2f} |")  # fmt: skip

@@ -208,24 +208,35 @@ def _jsonable(v):
 
 
 def _pareto(path, records, base_records, best, mode):
+    """Model and joint modes: cost vs. FD. Solver mode (one cost): FD against the evaluation order, by stage."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    xs = np.asarray([r.nfe if mode == "solver" else r.cost for r in records], float)
     ys = np.asarray([r.fd for r in records], float)
-    ok = np.isfinite(ys)
-    ax.scatter(xs[ok], ys[ok], s=8, alpha=0.5, label="evaluated during the search")
-    bx = [r.nfe if mode == "solver" else r.cost for r in base_records]
-    ax.scatter(bx, [r.fd for r in base_records], marker="x", color="k", label="baselines")
-    ax.scatter([best.nfe if mode == "solver" else best.cost], [best.fd], marker="*", s=160, color="r",
-               label="searched")  # fmt: skip
+    if mode == "solver":
+        xs = np.arange(len(records), dtype=float)
+        stage = np.asarray([r.stage for r in records])
+        for st in np.unique(stage):
+            m = (stage == st) & np.isfinite(ys)
+            ax.scatter(xs[m], ys[m], s=8, alpha=0.6, label=f"stage {st}")
+        fb = min(r.fd for r in base_records)
+        ax.axhline(fb, color="k", ls="--", lw=1, label=f"best baseline ({fb:.2f})")
+        ax.axhline(best.fd, color="r", ls=":", lw=1, label=f"searched ({best.fd:.2f})")
+        ax.set_xlabel(f"evaluation (NFE {best.nfe})")
+    else:
+        xs = np.asarray([r.cost for r in records], float)
+        ok = np.isfinite(ys)
+        ax.scatter(xs[ok], ys[ok], s=8, alpha=0.5, label="evaluated during the search")
+        ax.scatter([r.cost for r in base_records], [r.fd for r in base_records], marker="x", color="k",
+                   label="baselines")  # fmt: skip
+        ax.scatter([best.cost], [best.fd], marker="*", s=160, color="r", label="searched")
+        ax.set_xlabel("cost: sum of model latencies (ms per batch)")
     ax.set_yscale("log")
-    ax.set_xlabel("NFE" if mode == "solver" else "cost: sum of model latencies (ms per batch)")
     ax.set_ylabel("FD (digits classifier features)")
-    ax.set_title(f"omsjax search, {mode} mode (FD of the search noise)")
+    ax.set_title(f"omsjax search, {mode} mode (FD on the search noise)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
