@@ -166,3 +166,37 @@ def test_cli_sample_writes_png(tiny_zoo, capsys, tmp_path):
     rc, text, _ = _run(capsys, ["sample", "--zoo", str(path), "--solver", "unipc", "--nfe", "4", "--num-samples", "9",
                                 "--out", str(out)])  # fmt: skip
     assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG" and "wrote" in text
+
+
+def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
+    from omsjax.schedule import Schedule
+
+    path, _ = tiny_zoo
+    out = tmp_path / "search"
+    argv = ["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--quick", "--num-samples", "10",
+            "--final-samples", "12", "--quiet", "--json"]  # fmt: skip
+    rc, text, _ = _run(capsys, argv)
+    rep = json.loads(text)
+    assert rc == 0 and {p.name for p in out.iterdir()} >= {"schedule.json", "report.json", "pareto.png",
+                                                          "samples.png", "archive.jsonl"}  # fmt: skip
+    sched = Schedule.from_json((out / "schedule.json").read_text(), num_models=2)
+    assert int(sched.nfe()) == 3 and np.all(np.asarray(sched.model) == 1)  # solver mode: the largest model
+    assert rep["searched"]["nfe"] == 3 and rep["best_baseline"]["fd"] == min(b["fd"] for b in rep["baselines"].values())
+    assert len(rep["baselines"]) == 28 == len(rep["baselines_with_afs"])  # 7 solvers x 4 spacings
+    assert json.loads((out / "report.json").read_text()) == rep
+    # The held-out re-evaluation: the report's FD is that of the schedule on the held-out noise.
+    rc, text, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"),
+                                "--num-samples", "12", "--seed", "1000", "--ref-samples", "0", "--json"])  # fmt: skip
+    assert json.loads(text)["fd"] == pytest.approx(rep["searched"]["fd"], rel=1e-4)
+    rc, text, _ = _run(capsys, argv)  # rerun: everything comes from the archive
+    assert rc == 0 and json.loads(text)["new_evaluations"] == 0
+    # Model mode under a time budget: three calls of the larger model.
+    budget = 3 * zoo.load_zoo(path)[0][1].latency / 1000
+    rc, text, _ = _run(capsys, ["search", "--zoo", str(path), "--budget", f"{budget}", "--mode", "model", "--out",
+                                str(tmp_path / "m"), "--quick", "--num-samples", "10", "--final-samples", "12",
+                                "--quiet", "--json"])  # fmt: skip
+    rep = json.loads(text)
+    assert rc == 0 and rep["searched"]["cost"] <= 1000 * budget + 1e-6
+    assert all(b["cost"] <= 1000 * budget + 1e-6 for b in rep["baselines"].values())
+    rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--budget", "1", "--out", str(out)])
+    assert rc == 2 and "not both" in err
