@@ -168,11 +168,17 @@ def test_repair_moves_cost_into_the_band():
     assert np.all((n >= 5) & (n <= 6))
 
 
-def test_ga_config_errors():
+def test_ga_and_loop_config_errors():
     with pytest.raises(ValueError, match="p_mutate must be a probability"):
         ga.GAConfig(p_mutate=1.5)
     with pytest.raises(ValueError, match="budget_kind"):
         ga.GAConfig(budget_kind="seconds")
+    with pytest.raises(ValueError, match="GAConfig.pop_size must be a positive int, got 0"):
+        ga.GAConfig(pop_size=0)
+    with pytest.raises(ValueError, match="LoopConfig.per_stage must be a positive int, got True"):
+        loop.LoopConfig(per_stage=True)
+    with pytest.raises(ValueError, match="explore_fraction must be in"):
+        loop.LoopConfig(explore_fraction=1.2)
 
 
 # ------------------------------------------------------------------------------------------------ predictor

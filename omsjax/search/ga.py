@@ -45,10 +45,7 @@ class GAConfig:
     repair_iters: int = 32
 
     def __post_init__(self):
-        for name in ("pop_size", "num_children", "tournament", "repair_iters"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"GAConfig.{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("pop_size", "num_children", "tournament", "repair_iters"))
         for name in ("p_crossover", "p_mutate", "p_mutate_continuous"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -58,6 +55,14 @@ class GAConfig:
                 raise ValueError(f"GAConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.budget_kind not in BUDGET_KINDS:
             raise ValueError(f"GAConfig.budget_kind must be one of {BUDGET_KINDS}, got {self.budget_kind!r}")
+
+
+def check_positive_ints(config, names) -> None:
+    """Raise ValueError naming the first field of `config` in `names` that is not an int >= 1."""
+    for name in names:
+        v = getattr(config, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {v!r}")
 
 
 class GAState(NamedTuple):

@@ -51,10 +51,7 @@ class LoopConfig:
     heldout_tau: bool = True  # also train a predictor on half the archive and report tau on the other half
 
     def __post_init__(self):
-        for name in ("initial_random", "per_stage", "generations", "predictor_epochs", "final_top"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"LoopConfig.{name} must be a positive int, got {v!r}")
+        ga.check_positive_ints(self, ("initial_random", "per_stage", "generations", "predictor_epochs", "final_top"))
         if not 0.0 <= self.explore_fraction <= 1.0:
             raise ValueError(f"LoopConfig.explore_fraction must be in [0, 1], got {self.explore_fraction!r}")
         if not isinstance(self.stages, int) or self.stages < 0:
