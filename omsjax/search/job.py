@@ -11,8 +11,9 @@
 Budgets: `nfe` (model calls) or `budget_seconds`, the time to sample one batch of the zoo's `latency_batch`
 images by the zoo's measured latencies (cost in ms = 1000 x seconds). In solver mode a time budget becomes the
 largest NFE of the chosen model that fits. Baselines: solver mode, DDIM, DPM-Solver++(2M, 3M) and UniPC-2/3 (bh1,
-bh2) over the four spacings; model and joint modes, the same solvers with each single zoo model at the largest
-NFE that fits the budget.
+bh2) over the four spacings (and, reported apart, the same with an analytical first step); model and joint modes,
+DPM-Solver++(2M) and UniPC-2/3 (bh2) with logSNR and time-quadratic spacing, with each single zoo model at the
+largest NFE that fits the budget.
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ BASELINES = {
 }
 
 
-def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none") -> dict:
-    """{"solver, spacing": Schedule} of every baseline at `nfe` with one zoo model (those that exist at it);
-    `afs="zero_x0"` gives the same solvers with an analytical first step (one more step, same NFE)."""
+# Model and joint modes compare with every zoo model, so they use a smaller grid of the strongest solvers.
+MODEL_MODE_BASELINES = ("DPM-Solver++(2M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)")
+MODEL_MODE_SPACINGS = ("logSNR", "time_quadratic")
+
+
+def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", solvers=None, spacings=None) -> dict:
+    """{"solver, spacing": Schedule} of the baselines at `nfe` with one zoo model (those that exist at it): every
+    solver of BASELINES (or `solvers`) over every spacing (or `spacings`); `afs="zero_x0"` gives the same solvers
+    with an analytical first step (one more step, same NFE)."""
     out = {}
     tag = "" if afs == "none" else " +AFS"
-    for name, (kind, kw) in BASELINES.items():
-        for skip in schedules.SKIP_TYPES:
+    for name in solvers or BASELINES:
+        kind, kw = BASELINES[name]
+        for skip in spacings or schedules.SKIP_TYPES:
             try:
                 s = presets.preset(kind, noise_schedule, nfe, skip=skip, model=model, afs=afs, **kw)
             except ValueError:
@@ -143,9 +151,12 @@ def run(
         n_m = space.nfe if mode == "solver" else _baseline_nfe(lat[m], kind, budget, positions)
         if n_m < 1:
             continue
-        suffix = "" if mode == "solver" else f", model {m}"
-        base.update({f"{name}{suffix}": s for name, s in baselines(ns, n_m, m).items()})
-        base_afs.update({f"{name}{suffix}": s for name, s in baselines(ns, n_m, m, afs="zero_x0").items()})
+        if mode == "solver":
+            base.update(baselines(ns, n_m, m))
+            base_afs.update(baselines(ns, n_m, m, afs="zero_x0"))
+        else:
+            grid = baselines(ns, n_m, m, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS)
+            base.update({f"{name}, model {m}": s for name, s in grid.items()})
     both = {**base, **base_afs}
     names = list(both)
     recs = held.evaluate_schedules(list(both.values()), stage=cfg.stages + 2)
