@@ -38,24 +38,24 @@ def _default_gmm(dim: int = 16, components: int = 8, seed: int = 0):
     return oracles.GaussianMixture.create(rng.randn(components, dim), 0.05 + 0.3 * rng.rand(components), weights)
 
 
-# name -> (preset, keyword arguments): the solvers of `omsjax gmm` and `omsjax compare`.
-SOLVERS = {
-    "DDIM": ("ddim", {}),
-    "DPM-Solver-2": ("dpm_solver", {"order": 2}),
-    "DPM-Solver-3": ("dpm_solver", {"order": 3}),
-    "DPM-Solver++(2M)": ("dpm_solver_pp", {"order": 2}),
-    "DPM-Solver++(3M)": ("dpm_solver_pp", {"order": 3}),
-    "UniPC-2 (bh1)": ("unipc", {"order": 2, "variant": "bh1"}),
-    "UniPC-2 (bh2)": ("unipc", {"order": 2, "variant": "bh2"}),
-    "UniPC-3 (bh2)": ("unipc", {"order": 3, "variant": "bh2"}),
-}
+# The solvers of `omsjax gmm` and `omsjax compare` (names of `omsjax.presets.NAMED`).
+SOLVERS = (
+    "DDIM",
+    "DPM-Solver-2",
+    "DPM-Solver-3",
+    "DPM-Solver++(2M)",
+    "DPM-Solver++(3M)",
+    "UniPC-2 (bh1)",
+    "UniPC-2 (bh2)",
+    "UniPC-3 (bh2)",
+)
 
 
 def _solver_schedule(name, ns, nfe, skip, model=0):
-    """The named solver (a key of SOLVERS) as a schedule, or None where it has no schedule at this NFE."""
+    """The named solver (a key of presets.NAMED) as a schedule, or None where it has no schedule at this NFE."""
     from omsjax import presets
 
-    kind, kw = SOLVERS[name]
+    kind, kw = presets.NAMED[name]
     try:
         return presets.preset(kind, ns, nfe, skip=skip, model=model, **kw)
     except ValueError:

@@ -17,7 +17,7 @@ from omsjax import usf
 from omsjax.schedule import AFS_NAMES, Schedule, make
 from omsjax.schedules import NoiseSchedule, time_steps
 
-__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset"]
+__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset", "NAMED"]
 
 _PRED = {"noise": usf.NOISE, "data": usf.DATA}
 
@@ -239,3 +239,17 @@ def preset(name: str, noise_schedule: NoiseSchedule, nfe: int, **kwargs) -> Sche
     if name not in PRESETS:
         raise ValueError(f"unknown solver {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name](noise_schedule, nfe, **kwargs)
+
+
+# Named solver settings, as the command line and the search's baselines spell them: name -> (preset, kwargs).
+NAMED = {
+    "DDIM": ("ddim", {}),
+    "DPM-Solver-2": ("dpm_solver", {"order": 2}),
+    "DPM-Solver-3": ("dpm_solver", {"order": 3}),
+    "DPM-Solver++(2M)": ("dpm_solver_pp", {"order": 2}),
+    "DPM-Solver++(3M)": ("dpm_solver_pp", {"order": 3}),
+    "UniPC-2 (bh1)": ("unipc", {"order": 2, "variant": "bh1"}),
+    "UniPC-2 (bh2)": ("unipc", {"order": 2, "variant": "bh2"}),
+    "UniPC-3 (bh1)": ("unipc", {"order": 3, "variant": "bh1"}),
+    "UniPC-3 (bh2)": ("unipc", {"order": 3, "variant": "bh2"}),
+}

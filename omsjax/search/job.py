@@ -34,16 +34,16 @@ from omsjax.search.evaluate import Evaluator
 
 __all__ = ["BASELINES", "baselines", "run"]
 
-# name -> (preset, keyword arguments)
-BASELINES = {
-    "DDIM": ("ddim", {}),
-    "DPM-Solver++(2M)": ("dpm_solver_pp", {"order": 2}),
-    "DPM-Solver++(3M)": ("dpm_solver_pp", {"order": 3}),
-    "UniPC-2 (bh1)": ("unipc", {"order": 2, "variant": "bh1"}),
-    "UniPC-2 (bh2)": ("unipc", {"order": 2, "variant": "bh2"}),
-    "UniPC-3 (bh1)": ("unipc", {"order": 3, "variant": "bh1"}),
-    "UniPC-3 (bh2)": ("unipc", {"order": 3, "variant": "bh2"}),
-}
+# The published solvers searched schedules are compared with (names of `omsjax.presets.NAMED`).
+BASELINES = (
+    "DDIM",
+    "DPM-Solver++(2M)",
+    "DPM-Solver++(3M)",
+    "UniPC-2 (bh1)",
+    "UniPC-2 (bh2)",
+    "UniPC-3 (bh1)",
+    "UniPC-3 (bh2)",
+)
 
 
 # Model and joint modes compare with every zoo model, so they use a smaller grid of the strongest solvers.
@@ -58,7 +58,7 @@ def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", so
     out = {}
     tag = "" if afs == "none" else " +AFS"
     for name in solvers or BASELINES:
-        kind, kw = BASELINES[name]
+        kind, kw = presets.NAMED[name]
         for skip in spacings or schedules.SKIP_TYPES:
             try:
                 s = presets.preset(kind, noise_schedule, nfe, skip=skip, model=model, afs=afs, **kw)
