@@ -313,7 +313,7 @@ def cmd_search(args) -> int:
         cfg = dataclasses.replace(cfg, stages=1, initial_random=8, per_stage=8, generations=20, predictor_epochs=20)
     report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
                      config=cfg, num_samples=args.num_samples, final_samples=args.final_samples, seed=args.seed,
-                     progress=not args.quiet)  # fmt: skip
+                     spacing=args.spacing, progress=not args.quiet)  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0
@@ -411,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", default="solver", choices=["solver", "model", "joint"])
     r.add_argument("--model", type=int, default=None, help="solver mode: the zoo model (default: the largest)")
     r.add_argument("--out", required=True, help="output folder (schedule.json, report.json, pareto.png, ...)")
+    r.add_argument(
+        "--spacing",
+        default=None,
+        choices=["logSNR", "time_uniform", "time_quadratic", "karras"],
+        help="base step spacing the time genes vary around (model mode follows it); default: logSNR in solver "
+        "mode, time_quadratic in model and joint modes",
+    )
     r.add_argument("--stages", type=int, default=4)
     r.add_argument("--initial-random", type=int, default=40)
     r.add_argument("--per-stage", type=int, default=40, help="schedules evaluated per stage")

@@ -34,6 +34,8 @@ SPACES = {
     "model": E.SearchSpace(num_positions=10, latencies=LAT, mode="model"),
     "model_dpmpp": E.SearchSpace(num_positions=10, latencies=LAT, mode="model", base_solver="dpm_solver_pp"),
     "joint": E.SearchSpace(num_positions=10, latencies=LAT, mode="joint", mean_afs=True),
+    "joint_karras": E.SearchSpace(num_positions=10, latencies=LAT, mode="joint", spacing="karras"),
+    "model_quadratic": E.SearchSpace(num_positions=10, latencies=LAT, mode="model", spacing="time_quadratic"),
 }
 
 
@@ -99,6 +101,8 @@ def test_encode_rejects_what_does_not_fit():
         E.SearchSpace(num_positions=3, latencies=LAT, mode="solver", nfe=5)
     with pytest.raises(ValueError, match="budget instead"):
         E.SearchSpace(num_positions=3, latencies=LAT, mode="model", nfe=2)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        E.SearchSpace(num_positions=3, latencies=LAT, mode="model", spacing="cosine")
 
 
 def test_log_snr_parameterisation():
@@ -107,6 +111,26 @@ def test_log_snr_parameterisation():
     g = g._replace(u=jnp.zeros_like(g.u), afs=jnp.asarray(0, jnp.int32))
     s = E.to_schedule(space, NS, g)
     np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, 5, "logSNR"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spacing", E.SPACINGS)
+def test_base_spacing_at_every_length_and_presets_round_trip(spacing):
+    """u = 0 is the base spacing itself at whatever length the skips leave (model mode follows it exactly), and a
+    preset in another spacing still encodes and decodes back."""
+    space = E.SearchSpace(num_positions=8, latencies=LAT, mode="model", spacing=spacing)
+    g = _one(E.random_genomes(space, jax.random.PRNGKey(5), 1), 0)
+    for n in (1, 3, 8):
+        keep = jnp.arange(8, dtype=jnp.int32) < n
+        s = E.to_schedule(space, NS, g._replace(model=jnp.where(keep, 1, space.skip).astype(jnp.int32)))
+        np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, n, spacing), rtol=1e-10)
+    joint = E.SearchSpace(num_positions=8, latencies=LAT, mode="joint", spacing=spacing)
+    other = E.SPACINGS[(E.SPACINGS.index(spacing) + 1) % len(E.SPACINGS)]
+    want = presets.dpm_solver_pp(NS, 6, 3, skip=other, model=1)
+    got = E.to_schedule(joint, NS, E.encode(joint, NS, want))
+    np.testing.assert_allclose(np.asarray(got.ts), np.asarray(want.ts), rtol=1e-10)
+    seeds = E.preset_seeds(space, NS, budget=9.0)  # model-mode seeds are single-model presets in the base spacing
+    s = E.to_schedule(space, NS, _one(seeds, int(seeds.order.shape[0]) - 1))
+    np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, s.num_steps, spacing), rtol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------------- GA

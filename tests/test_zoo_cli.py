@@ -183,6 +183,7 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     assert int(sched.nfe()) == 3 and np.all(np.asarray(sched.model) == 1)  # solver mode: the largest model
     assert rep["searched"]["nfe"] == 3 and rep["best_baseline"]["fd"] == min(b["fd"] for b in rep["baselines"].values())
     assert len(rep["baselines"]) == 28 == len(rep["baselines_with_afs"])  # 7 solvers x 4 spacings
+    assert rep["spacing"] == "logSNR"  # solver mode's default base spacing
     assert json.loads((out / "report.json").read_text()) == rep
     # The held-out re-evaluation: the report's FD is that of the schedule on the held-out noise.
     rc, text, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"),
@@ -196,7 +197,9 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
                                 str(tmp_path / "m"), "--quick", "--num-samples", "10", "--final-samples", "12",
                                 "--quiet", "--json"])  # fmt: skip
     rep = json.loads(text)
-    assert rc == 0 and rep["searched"]["cost"] <= 1000 * budget + 1e-6
+    assert rc == 0 and rep["searched"]["cost"] <= 1000 * budget + 1e-6 and rep["spacing"] == "time_quadratic"
     assert all(b["cost"] <= 1000 * budget + 1e-6 for b in rep["baselines"].values())
     rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--budget", "1", "--out", str(out)])
     assert rc == 2 and "not both" in err
+    with pytest.raises(SystemExit):  # argparse rejects an unknown spacing
+        cli.main(["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--spacing", "cosine"])

@@ -7,16 +7,19 @@ have), the zoo's latencies (the cost model), and the mode:
   which the first nfe + (afs != none) are active (an analytical first step buys one more step for free).
 - "model" (OMS-DPM): the model of every position is searched, including a "skip" model (index Z = zoo size) that
   removes the position, so the number of steps varies (an all-skip genome keeps one step of model 0); the solver
-  decisions are those of a fixed multistep solver (`base_solver`) on the active steps, uniform in log-SNR.
+  decisions are those of a fixed multistep solver (`base_solver`) on the active steps, which follow the space's
+  base `spacing` (logSNR, time-uniform, time-quadratic or Karras) at whatever length the genome has.
 - "joint" (ours): models, skips and every solver decision in one genome.
 
 A `Genome` holds one integer gene per position and decision (model, order, prediction, corrector, D_1 stencil,
-relaxation type, half D_2 term), the AFS gene, and two continuous genes per position: `u`, the log-SNR increment
-logits, and `relax`, the linear relaxation coefficient c. Decoding (`decode`):
+relaxation type, half D_2 term), the AFS gene, and two continuous genes per position: `u`, the increment logits of
+the time coordinate, and `relax`, the linear relaxation coefficient c. Decoding (`decode`):
 
 1. active positions (not skipped, or within the NFE) are moved to the front, in order (a stable sort);
-2. times: the active steps split [lambda(t_start), lambda(t_end)] in fractions softmax(B tanh(u / B)) (B = 8), so
-   times are strictly decreasing with fixed end points for every genome, and u = 0 is the logSNR spacing;
+2. times: the active steps split [c(t_start), c(t_end)] in fractions softmax(B tanh(u / B)) (B = 8), where c is
+   the coordinate of the base `spacing` (lambda for logSNR, t, sqrt(t), or sigma^(1/7) with sigma = e^-lambda for
+   Karras); c is monotone in t, so times are strictly decreasing with fixed end points for every genome, and u = 0
+   is the base spacing itself at any number of steps;
 3. repair, never rejection: order <= min(max_order, step + 1), D_1 stencil <= order - 1, no corrector on the last
    step, AFS "mean" only when the space allows it.
 
@@ -42,6 +45,7 @@ from omsjax.schedules import NoiseSchedule
 __all__ = [
     "MODES",
     "BASE_SOLVERS",
+    "SPACINGS",
     "U_BOUND",
     "ORDER_PRIOR",
     "SearchSpace",
@@ -57,6 +61,8 @@ __all__ = [
 ]
 
 MODES = ("solver", "model", "joint")
+SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
+KARRAS_RHO = 7.0
 BASE_SOLVERS = ("unipc", "dpm_solver_pp")
 U_BOUND = 8.0  # log-SNR increments differ by at most a factor e^(2 U_BOUND)
 ORDER_PRIOR = (0.2, 0.4, 0.3, 0.1)  # S3's prior over orders 1..4
@@ -76,6 +82,8 @@ class SearchSpace:
       mean_afs: whether the AFS "data-set mean" guess is allowed (needs the zoo's data mean).
       base_solver: model mode's fixed solver: "unipc" (UniPC-2 bh2, corrector on every step but the last, lower
         order final) or "dpm_solver_pp" (DPM-Solver++(2M), lower order final under 10 steps).
+      spacing: the base step spacing, one of SPACINGS: the time coordinate the `u` genes split (module docstring).
+        Model mode's steps follow it exactly; solver and joint modes search around it.
       t_start, t_end: the fixed end times.
     """
 
@@ -87,6 +95,7 @@ class SearchSpace:
     max_order: int = 3
     mean_afs: bool = False
     base_solver: str = "unipc"
+    spacing: str = "logSNR"
     t_start: float = 1.0
     t_end: float = 1e-3
 
@@ -113,6 +122,8 @@ class SearchSpace:
             raise ValueError(f"max_order must be in 1..{usf.MAX_ORDER}, got {self.max_order!r}")
         if self.base_solver not in BASE_SOLVERS:
             raise ValueError(f"base_solver must be one of {BASE_SOLVERS}, got {self.base_solver!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if not (math.isfinite(self.t_start) and math.isfinite(self.t_end) and self.t_start > self.t_end > 0):
             raise ValueError(f"need t_start > t_end > 0, got {self.t_start}, {self.t_end}")
 
@@ -218,6 +229,28 @@ def active_mask(space: SearchSpace, g: Genome) -> jax.Array:
     return active.at[0].set(active[0] | ~jnp.any(active))
 
 
+def _coord(space: SearchSpace, ns: NoiseSchedule, t):
+    """The base spacing's coordinate of time t (monotone in t); numpy in, numpy out; jax in, jax out."""
+    if space.spacing == "logSNR":
+        return ns.lam(t)
+    if space.spacing == "time_uniform":
+        return t
+    if space.spacing == "time_quadratic":
+        return t**0.5
+    return np.exp(-ns.lam(t) / KARRAS_RHO) if isinstance(t, np.ndarray) else jnp.exp(-ns.lam(t) / KARRAS_RHO)
+
+
+def _time(space: SearchSpace, ns: NoiseSchedule, c):
+    """The inverse of `_coord`."""
+    if space.spacing == "logSNR":
+        return ns.t_of_lambda(c)
+    if space.spacing == "time_uniform":
+        return c
+    if space.spacing == "time_quadratic":
+        return c**2
+    return ns.t_of_lambda(-KARRAS_RHO * jnp.log(c))
+
+
 def _afs(space: SearchSpace, g: Genome) -> jax.Array:
     if space.mode == "model":
         return jnp.zeros((), jnp.int32)
@@ -249,15 +282,14 @@ def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tupl
     take = lambda a: jnp.take(a, perm, axis=0)  # noqa: E731
     valid = pos < length
     last = pos == length - 1
-    # Times: softmax increments in log-SNR over the active steps, fixed end points.
+    # Times: softmax increments of the spacing's coordinate over the active steps, fixed end points.
     ns = noise_schedule
-    lam0 = ns.lam(jnp.asarray(space.t_start, f))
-    lam1 = ns.lam(jnp.asarray(space.t_end, f))
+    c0 = _coord(space, ns, jnp.asarray(space.t_start, f))
+    c1 = _coord(space, ns, jnp.asarray(space.t_end, f))
     u = take(jnp.asarray(g.u, f)) if space.searches_solver else jnp.zeros((N,), f)
     w = jnp.where(valid, jnp.exp(U_BOUND * jnp.tanh(u / U_BOUND)), 0.0)
     frac = jnp.cumsum(w) / jnp.sum(w)
-    lam = jnp.concatenate([lam0[None], lam0 + frac * (lam1 - lam0)])
-    ts = ns.t_of_lambda(lam)
+    ts = _time(space, ns, jnp.concatenate([c0[None], c0 + frac * (c1 - c0)]))
     ts = ts.at[0].set(space.t_start)
     ts = jnp.where(jnp.concatenate([jnp.zeros((1,), bool), pos >= length - 1]), space.t_end, ts)
     afs = _afs(space, g)
@@ -359,12 +391,11 @@ def encode(space: SearchSpace, noise_schedule: NoiseSchedule, schedule: Schedule
         raise ValueError(f"the schedule uses order {int(s['order'].max())} > max_order {space.max_order}")
     if not np.all(np.isin(s["d2_scale"], (0.5, 1.0))):
         raise ValueError("d2_scale must be 0.5 or 1 at every step")
-    lam = np.asarray(noise_schedule.lam(ts), np.float64)
-    dl = np.diff(lam)
-    logf = np.log(dl / dl.sum())
+    dc = np.diff(np.asarray(_coord(space, noise_schedule, ts), np.float64))
+    logf = np.log(dc / dc.sum())
     v = logf - logf.mean()
     if np.any(np.abs(v) >= U_BOUND * (1 - 1e-9)):
-        raise ValueError(f"the log-SNR increments differ by more than e^(2 * {U_BOUND}): not representable")
+        raise ValueError(f"the {space.spacing} increments differ by more than e^(2 * {U_BOUND}): not representable")
     u = U_BOUND * np.arctanh(v / U_BOUND)
 
     def full(a, fill, dtype):
@@ -396,7 +427,7 @@ def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: f
 
     Solver and joint modes: DDIM, DPM-Solver++(2M/3M) and UniPC-2/3 (bh1, bh2) over the four step spacings,
     with and without AFS (zero x0) -- every one the space can represent at its NFE. Joint and model modes: the
-    base solver with a single model at every NFE that fits `budget` (and N positions), logSNR spacing.
+    base solver with a single model at every NFE that fits `budget` (and N positions), in the space's spacing.
     """
     from omsjax.schedules import SKIP_TYPES
 
@@ -423,7 +454,8 @@ def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: f
                 if budget is not None and k * lat > budget:
                     break
                 try:
-                    s = presets.preset(name, noise_schedule, k, model=m, t_start=space.t_start, t_end=space.t_end, **kw)
+                    s = presets.preset(name, noise_schedule, k, model=m, skip=space.spacing, t_start=space.t_start,
+                                       t_end=space.t_end, **kw)  # fmt: skip
                     g = encode(space, noise_schedule, s)
                 except ValueError:
                     continue

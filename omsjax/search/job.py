@@ -90,9 +90,14 @@ def run(
     final_samples: int = 1000,
     seed: int = 0,
     max_steps: int = 16,
+    spacing: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Search and report (module docstring); returns the report dict."""
+    """Search and report (module docstring); returns the report dict.
+
+    `spacing` is the search space's base step spacing (`encoding.SPACINGS`); by default logSNR in solver mode (S3's
+    choice) and time-quadratic in model and joint modes, whose steps follow it at every length: on the digits zoo
+    time-quadratic is the best spacing for the multistep solvers from NFE 5 up (see `report["baselines"]`)."""
     from omsjax import plots, sampler, zoo
 
     if (nfe is None) == (budget_seconds is None):
@@ -103,6 +108,10 @@ def run(
         raise ValueError(f"the budget must be a number of seconds > 0, got {budget_seconds}")
     if mode not in encoding.MODES:
         raise ValueError(f"mode must be one of {encoding.MODES}, got {mode!r}")
+    if spacing is None:
+        spacing = "logSNR" if mode == "solver" else "time_quadratic"
+    if spacing not in encoding.SPACINGS:
+        raise ValueError(f"spacing must be one of {encoding.SPACINGS}, got {spacing!r}")
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     lat = [m.latency for m in models]
     mean = manifest.get("data_mean")
@@ -115,7 +124,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     t_end = ns.default_t_end
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    common = dict(mean_afs=mean is not None, t_start=float(ns.t_max), t_end=float(t_end))
+    common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(t_end))
 
     if mode == "solver":
         n = nfe if nfe is not None else _largest_nfe(lat[k], budget_ms, 10**6)
@@ -173,6 +182,7 @@ def run(
         "budget_seconds": budget_seconds,
         "budget_ms": budget_ms,
         "model": k if mode == "solver" else None,
+        "spacing": spacing,
         "searched": {"fd": best.fd, "nfe": best.nfe, "cost": best.cost},
         "best_baseline": None if best_base is None else {"name": best_base, **base_rows[best_base]},
         "fd_ratio_to_best_baseline": None if best_base is None else best.fd / base_rows[best_base]["fd"],
