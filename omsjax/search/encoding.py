@@ -41,6 +41,7 @@ import numpy as np
 from omsjax import presets, usf
 from omsjax.schedule import AFS_NONE, Schedule, check_schedule
 from omsjax.schedules import NoiseSchedule
+from omsjax.timesteps import SPACINGS, U_BOUND, coordinate, times
 
 __all__ = [
     "MODES",
@@ -61,10 +62,7 @@ __all__ = [
 ]
 
 MODES = ("solver", "model", "joint")
-SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
-KARRAS_RHO = 7.0
 BASE_SOLVERS = ("unipc", "dpm_solver_pp")
-U_BOUND = 8.0  # log-SNR increments differ by at most a factor e^(2 U_BOUND)
 ORDER_PRIOR = (0.2, 0.4, 0.3, 0.1)  # S3's prior over orders 1..4
 
 
@@ -229,28 +227,6 @@ def active_mask(space: SearchSpace, g: Genome) -> jax.Array:
     return active.at[0].set(active[0] | ~jnp.any(active))
 
 
-def _coord(space: SearchSpace, ns: NoiseSchedule, t):
-    """The base spacing's coordinate of time t (monotone in t); numpy in, numpy out; jax in, jax out."""
-    if space.spacing == "logSNR":
-        return ns.lam(t)
-    if space.spacing == "time_uniform":
-        return t
-    if space.spacing == "time_quadratic":
-        return t**0.5
-    return np.exp(-ns.lam(t) / KARRAS_RHO) if isinstance(t, np.ndarray) else jnp.exp(-ns.lam(t) / KARRAS_RHO)
-
-
-def _time(space: SearchSpace, ns: NoiseSchedule, c):
-    """The inverse of `_coord`."""
-    if space.spacing == "logSNR":
-        return ns.t_of_lambda(c)
-    if space.spacing == "time_uniform":
-        return c
-    if space.spacing == "time_quadratic":
-        return c**2
-    return ns.t_of_lambda(-KARRAS_RHO * jnp.log(c))
-
-
 def _afs(space: SearchSpace, g: Genome) -> jax.Array:
     if space.mode == "model":
         return jnp.zeros((), jnp.int32)
@@ -283,15 +259,8 @@ def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tupl
     valid = pos < length
     last = pos == length - 1
     # Times: softmax increments of the spacing's coordinate over the active steps, fixed end points.
-    ns = noise_schedule
-    c0 = _coord(space, ns, jnp.asarray(space.t_start, f))
-    c1 = _coord(space, ns, jnp.asarray(space.t_end, f))
     u = take(jnp.asarray(g.u, f)) if space.searches_solver else jnp.zeros((N,), f)
-    w = jnp.where(valid, jnp.exp(U_BOUND * jnp.tanh(u / U_BOUND)), 0.0)
-    frac = jnp.cumsum(w) / jnp.sum(w)
-    ts = _time(space, ns, jnp.concatenate([c0[None], c0 + frac * (c1 - c0)]))
-    ts = ts.at[0].set(space.t_start)
-    ts = jnp.where(jnp.concatenate([jnp.zeros((1,), bool), pos >= length - 1]), space.t_end, ts)
+    ts = times(noise_schedule, u, space.t_start, space.t_end, space.spacing, valid=valid)
     afs = _afs(space, g)
     model, _ = decode_models(space, g)
     if space.searches_solver:
@@ -391,7 +360,7 @@ def encode(space: SearchSpace, noise_schedule: NoiseSchedule, schedule: Schedule
         raise ValueError(f"the schedule uses order {int(s['order'].max())} > max_order {space.max_order}")
     if not np.all(np.isin(s["d2_scale"], (0.5, 1.0))):
         raise ValueError("d2_scale must be 0.5 or 1 at every step")
-    dc = np.diff(np.asarray(_coord(space, noise_schedule, ts), np.float64))
+    dc = np.diff(np.asarray(coordinate(noise_schedule, ts, space.spacing), np.float64))
     logf = np.log(dc / dc.sum())
     v = logf - logf.mean()
     if np.any(np.abs(v) >= U_BOUND * (1 - 1e-9)):

@@ -1,0 +1,188 @@
+"""Timestep optimisation: the parameterisation, the error bound against a closed form on Gaussian data, the
+gradient through `omsjax.sample` against finite differences, and the optimisers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.special
+
+from omsjax import oracles, presets, schedules
+from omsjax import timesteps as T
+
+VP = schedules.vp_linear()
+EDM = schedules.edm()
+D, M, S = 4, 0.3, 0.5  # Gaussian data N(M, S^2 I) in D dimensions
+
+
+def _gaussian():
+    return oracles.GaussianMixture.create(np.full((1, D), M), [S], [1.0])
+
+
+# ------------------------------------------------------------------------------------------ parameterisation
+
+
+@pytest.mark.parametrize("ns", [VP, EDM], ids=["vp", "edm"])
+@pytest.mark.parametrize("spacing", T.SPACINGS)
+def test_times_strictly_decrease_with_fixed_end_points(ns, spacing):
+    t0, t1 = (1.0, 1e-3) if ns is VP else (80.0, 0.002)
+    u = 30.0 * jax.random.normal(jax.random.PRNGKey(0), (50, 7), jnp.float64)  # wild logits
+    ts = np.asarray(jax.vmap(lambda v: T.times(ns, v, t0, t1, spacing))(u))
+    assert ts.shape == (50, 8)
+    assert np.all(ts[:, 0] == t0) and np.all(ts[:, -1] == t1)
+    assert np.all(np.diff(ts, axis=1) < 0)
+    # u = 0 is the base spacing; logits invert times.
+    np.testing.assert_allclose(np.asarray(T.times(ns, jnp.zeros(5), t0, t1, spacing)),
+                               schedules.time_steps(ns, 5, spacing, t_start=t0, t_end=t1), rtol=1e-10)  # fmt: skip
+    want = schedules.time_steps(ns, 6, "karras" if spacing != "karras" else "logSNR", t_start=t0, t_end=t1)
+    back = np.asarray(T.times(ns, jnp.asarray(T.logits(ns, want, spacing)), t0, t1, spacing))
+    np.testing.assert_allclose(back, want, rtol=1e-10)
+
+
+def test_valid_mask_and_errors():
+    ts = np.asarray(T.times(VP, jnp.zeros(6), 1.0, 1e-3, valid=jnp.arange(6, dtype=jnp.int32) < 3))
+    np.testing.assert_allclose(ts[:4], schedules.time_steps(VP, 3, "logSNR"), rtol=1e-12)
+    assert np.all(ts[4:] == 1e-3)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        T.times(VP, jnp.zeros(3), 1.0, 1e-3, "cosine")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        T.logits(VP, [1.0, 0.5, 0.5, 1e-3])
+    with pytest.raises(ValueError, match="not representable"):
+        T.logits(VP, [1.0, 1.0 - 1e-12, 1e-3])
+
+
+# ---------------------------------------------------------------------------------- the bound, closed form
+
+
+def _g_closed(lam):
+    """E ||dD/dlambda||_RMS on the ODE for N(M, S^2 I) data under the linear VP schedule (float64)."""
+    a = 1.0 / (1.0 + np.exp(-2.0 * lam))  # alpha^2
+    f = S**2 * np.sqrt(a) / np.sqrt(a * S**2 + 1.0 - a)  # D = M + f(lambda) z along the ODE
+    df = f * (1.0 - a) / (1.0 + a * (S**2 - 1.0))
+    e_rms = math.sqrt(2.0 / D) * math.exp(scipy.special.gammaln((D + 1) / 2) - scipy.special.gammaln(D / 2))
+    return e_rms * np.abs(df)
+
+
+def _bound_closed(ts):
+    lam = np.asarray(VP.lam(np.asarray(ts, np.float64)))
+    tot = 0.0
+    for lo, hi in zip(lam[:-1], lam[1:], strict=True):
+        tot += scipy.integrate.quad(lambda mu, hi=hi: _g_closed(mu) * (np.exp(hi) - np.exp(mu)), lo, hi,
+                                    epsabs=0, epsrel=1e-11, limit=200)[0]  # fmt: skip
+    return float(VP.sigma(np.float64(ts[-1]))) * tot
+
+
+def test_bound_estimators_are_unbiased_on_gaussian_data():
+    gm = _gaussian()
+    model = gm.model(VP)
+    data = gm.sample(jax.random.PRNGKey(0), 100_000)
+    ts = schedules.time_steps(VP, 5, "time_uniform")
+    want = _bound_closed(ts)
+    mean, se = T.bound_mc(model, VP, ts, data, jax.random.PRNGKey(1), num_samples=4000)
+    assert abs(float(mean) - want) < 4 * float(se) and float(se) < 0.05 * want
+    # The tabulated g: unbiased at every grid point, and `bound` of the exact table is the closed form.
+    grid = np.linspace(float(VP.lam(1.0)), float(VP.lam(1e-3)), 7)
+    g, g_se = T.estimate_g(model, VP, data, grid, jax.random.PRNGKey(2), num_samples=2000)
+    assert np.all(np.abs(np.asarray(g) - _g_closed(grid)) < 4 * np.asarray(g_se))
+    fine = np.linspace(grid[0], grid[-1], 20_001)
+    got = float(T.bound(VP, jnp.asarray(ts), fine, _g_closed(fine), nodes=32))
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_bound_dominates_the_on_trajectory_error():
+    """Along the exact ODE of Gaussian data D = M + f(lambda) z, so DDIM's combination evaluated on the trajectory
+    errs by sigma_N z sum_i int e^lambda (f(lambda) - f(lambda_{i-1})) dlambda. f is monotone here, so the
+    triangle inequality behind B is an equality: the bound is tight for Gaussian data."""
+    ts = schedules.time_steps(VP, 4, "logSNR")
+    lam = np.asarray(VP.lam(ts))
+
+    def f(x):
+        a = 1.0 / (1.0 + np.exp(-2.0 * x))
+        return S**2 * np.sqrt(a) / np.sqrt(a * S**2 + 1.0 - a)
+
+    local = sum(scipy.integrate.quad(lambda x, lo=lo: np.exp(x) * (f(x) - f(lo)), lo, hi)[0]
+                for lo, hi in zip(lam[:-1], lam[1:], strict=True))  # fmt: skip
+    e_rms = math.sqrt(2.0 / D) * math.exp(scipy.special.gammaln((D + 1) / 2) - scipy.special.gammaln(D / 2))
+    err = float(VP.sigma(np.float64(ts[-1]))) * abs(local) * e_rms
+    assert err > 0 and err == pytest.approx(_bound_closed(ts), rel=1e-8)
+
+
+def test_optimize_bound_lowers_the_bound():
+    fine = np.linspace(float(VP.lam(1.0)), float(VP.lam(1e-3)), 4001)
+    g = _g_closed(fine)
+    init = schedules.time_steps(VP, 5, "time_uniform")
+    res = T.optimize_bound(VP, init, fine, g, steps=300, lr=0.05)
+    assert res.ts[0] == 1.0 and res.ts[-1] == 1e-3 and np.all(np.diff(res.ts) < 0)
+    assert res.history[-1] < 0.7 * res.history[0]
+    assert res.history[-1] == pytest.approx(_bound_closed(res.ts), rel=1e-4)
+    # The minimiser is a stationary point: no spacing of the same length does better.
+    for spacing in T.SPACINGS:
+        assert _bound_closed(res.ts) <= _bound_closed(schedules.time_steps(VP, 5, spacing)) * (1 + 1e-6)
+
+
+# ---------------------------------------------------------------------------- the trajectory objective
+
+
+def _gmm():
+    return oracles.GaussianMixture.create([[1.0, -0.5], [-1.0, 0.5]], [0.3, 0.2], [0.4, 0.6])
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm_solver_pp", "unipc"])
+def test_gradient_through_sample_matches_finite_differences(name):
+    model = _gmm().model(VP)
+    sched = presets.preset(name, VP, 4)
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (8, 2), jnp.float64)
+    x_ref = jax.random.normal(jax.random.PRNGKey(1), (8, 2), jnp.float64)
+    u0 = jnp.asarray(T.logits(VP, np.asarray(sched.ts)))
+
+    def loss(u):
+        return T.trajectory_loss(model, VP, sched._replace(ts=T.times(VP, u, 1.0, 1e-3)), x_T, x_ref)
+
+    grad = np.asarray(jax.grad(loss)(u0))
+    h = 1e-6
+    fd = [(float(loss(u0.at[i].add(h))) - float(loss(u0.at[i].add(-h)))) / (2 * h) for i in range(u0.shape[0])]
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-9)
+    assert np.max(np.abs(grad)) > 1e-4
+
+
+def test_optimize_trajectory_generalises_to_held_out_noise():
+    gm = _gmm()
+    model = gm.model(VP)
+    sched = presets.dpm_solver_pp(VP, 3, 2)
+    eps_fn = lambda x, t: gm.eps(VP, x, t)  # noqa: E731
+
+    def ref(key, n):
+        x = jax.random.normal(key, (n, 2), jnp.float64)
+        return x, oracles.reference_solution(eps_fn, VP, x, 1.0, 1e-3, rtol=1e-9, atol=1e-9)
+
+    x_T, x_ref = ref(jax.random.PRNGKey(0), 64)
+    held = ref(jax.random.PRNGKey(1), 64)
+    res = T.optimize_trajectory(model, VP, sched, x_T, x_ref, heldout=held, steps=150, lr=0.05, batch=32)
+    assert res.ts[0] == 1.0 and res.ts[-1] == 1e-3 and np.all(np.diff(res.ts) < 0)
+    assert res.history[-1] < 0.5 * res.history[0]
+    assert res.heldout["after"] < 0.5 * res.heldout["before"]
+    with pytest.raises(ValueError, match="same shape"):
+        T.optimize_trajectory(model, VP, sched, x_T, x_ref[:3])
+    with pytest.raises(ValueError, match="steps must be"):
+        T.optimize_trajectory(model, VP, sched, x_T, x_ref, steps=0)
+
+
+# ----------------------------------------------------------------------------------------------- AYS-style
+
+
+def test_ays_schedule_lowers_its_bound():
+    gm = _gmm()
+    model = gm.model(VP)
+    data = gm.sample(jax.random.PRNGKey(0), 5000)
+    grid = np.linspace(float(VP.lam(1.0)), float(VP.lam(1e-3)), 96)
+    table = T.ays_table(model, VP, data, grid, jax.random.PRNGKey(1), num_samples=128)
+    assert table.shape == (96, 128, 2)
+    ts = T.ays_schedule(VP, 5, grid, table, t_start=1.0, t_end=1e-3)
+    assert ts[0] == 1.0 and ts[-1] == 1e-3 and np.all(np.diff(ts) < 0) and len(ts) == 6
+    start = schedules.time_steps(VP, 5, "logSNR")
+    assert T.ays_bound(VP, ts, grid, table) < T.ays_bound(VP, start, grid, table)
+    with pytest.raises(ValueError, match="nfe must be"):
+        T.ays_schedule(VP, 96, grid, table, t_start=1.0, t_end=1e-3)
