@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["image_grid", "save_grid"]
+__all__ = ["image_grid", "save_grid", "timesteps_plot"]
 
 
 def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -43,4 +43,30 @@ def save_grid(images, path, ncols: int | None = None, scale: int = 8) -> Path:
         plt.imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
     else:
         plt.imsave(path, grid[..., :3])
+    return path
+
+
+def timesteps_plot(noise_schedule, schedules: dict, path, title: str = "") -> Path:
+    """Plot each named schedule's times (log-SNR lambda against the step index) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not schedules:
+        raise ValueError("timesteps_plot needs at least one schedule")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ts in schedules.items():
+        ts = np.asarray(ts, np.float64)
+        ax.plot(np.arange(len(ts)), np.asarray(noise_schedule.lam(ts)), marker="o", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("log-SNR lambda")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

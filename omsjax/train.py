@@ -101,6 +101,10 @@ class TrainConfig:
       seed: seeds the initialisation and every step's randomness.
       checkpoint_every: `train` saves a checkpoint every this many steps (and at the end).
       image_shape: (H, W, C) of the training images.
+      focus_times: noise levels to weight the loss toward (VP times t; EDM sigmas): fine-tuning on a sampler's
+        steps (`omsjax.timesteps.finetune`). Empty: none.
+      focus_prob: the share of each batch whose noise level is drawn uniformly from `focus_times` (the rest from the
+        base distribution).
     """
 
     net: nets.UNetConfig
@@ -115,6 +119,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     image_shape: tuple = (8, 8, 1)
+    focus_times: tuple = ()
+    focus_prob: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.net, nets.UNetConfig):
@@ -147,8 +153,18 @@ class TrainConfig:
             raise ValueError(
                 f"image_shape {shape}: H and W must be divisible by {d} for channel_mults={self.net.channel_mults}"
             )
+        focus = self.focus_times
+        if not isinstance(focus, (tuple, list)) or not all(_is_real(v) and v > 0 for v in focus):
+            raise ValueError(f"focus_times must be a sequence of finite noise levels > 0, got {focus!r}")
+        object.__setattr__(self, "focus_times", tuple(float(v) for v in focus))
+        if not _is_real(self.focus_prob) or not 0 <= self.focus_prob <= 1:
+            raise ValueError(f"focus_prob must be in [0, 1], got {self.focus_prob!r}")
+        if self.focus_prob > 0 and not self.focus_times:
+            raise ValueError("focus_prob > 0 needs focus_times")
+        if self.precond == "vp" and any(v > 1 for v in self.focus_times):
+            raise ValueError(f"vp focus_times are times in (0, 1], got {self.focus_times}")
         # Normalise numeric types so that equal configs hash equally (and JSON round trips are exact).
-        for name in ("lr", "grad_clip", "weight_decay", "ema_decay"):
+        for name in ("lr", "grad_clip", "weight_decay", "ema_decay", "focus_prob"):
             object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every"):
             object.__setattr__(self, name, int(getattr(self, name)))
@@ -174,8 +190,9 @@ class TrainConfig:
                 raise ValueError(f"unknown UNetConfig fields {sorted(set(net) - net_names)}")
             net = nets.UNetConfig(**net)
         kw = dict(d, net=net)
-        if "image_shape" in kw:
-            kw["image_shape"] = tuple(kw["image_shape"])
+        for name in ("image_shape", "focus_times"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
 
 
@@ -264,14 +281,23 @@ def loss_fn(config: TrainConfig, params: Any, batch: jax.Array, key: jax.Array) 
     def bc(v):
         return v.reshape((b,) + (1,) * (batch.ndim - 1))
 
+    k_focus = jax.random.fold_in(key, 7)  # leaves the base levels' stream unchanged
+
+    def focus(level):  # a share focus_prob of the batch takes its level from focus_times
+        if not config.focus_times:
+            return level
+        kf, kp = jax.random.split(k_focus)
+        pick = jnp.asarray(config.focus_times, _DTYPE)[jax.random.randint(kf, (b,), 0, len(config.focus_times))]
+        return jnp.where(jax.random.uniform(kp, (b,), _DTYPE) < config.focus_prob, pick, level)
+
     if config.precond == "vp":
-        t = jax.random.uniform(k_level, (b,), _DTYPE, minval=T_EPS, maxval=1.0)
+        t = focus(jax.random.uniform(k_level, (b,), _DTYPE, minval=T_EPS, maxval=1.0))
         ns = schedules.vp_linear()
         alpha, sigma = jnp.exp(ns.log_alpha(t)), ns.sigma(t)
         x = bc(alpha) * batch + bc(sigma) * eps
         level, target, weight = t, eps, jnp.ones_like(t)
     else:  # edm
-        sigma = jnp.exp(P_MEAN + P_STD * jax.random.normal(k_level, (b,), _DTYPE))
+        sigma = focus(jnp.exp(P_MEAN + P_STD * jax.random.normal(k_level, (b,), _DTYPE)))
         x = batch + bc(sigma) * eps
         level, target = sigma, batch
         weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
@@ -391,6 +417,7 @@ def train(
     progress: bool = True,
     log_every: int = 50,
     stop_at: int | None = None,
+    init_params: Any = None,
 ) -> TrainState:
     """Train to `config.steps` (or stop after step `stop_at`, as if interrupted there); returns the final state.
 
@@ -399,7 +426,9 @@ def train(
     kept); `out_dir/config.json` records the config; `out_dir/log.jsonl` gets one line
     {"step", "loss", "images_per_s"} every `log_every` steps (loss averaged over those steps).
     `resume=True` restores the latest checkpoint (a fresh start if there is none) and continues; the result
-    equals an uninterrupted run's. `resume=False` refuses a non-empty checkpoint directory.
+    equals an uninterrupted run's. `resume=False` refuses a non-empty checkpoint directory. `init_params`
+    (fine-tuning) starts from those parameters (EMA too, fresh optimiser state) instead of a fresh initialisation;
+    they must have the network's structure and shapes.
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -440,7 +469,18 @@ def train(
         if latest is not None:
             state = mngr.restore(latest, args=ocp.args.StandardRestore(_abstract_state(config)))
         else:
-            state = jax.device_put(init_state(config), rep)
+            state = init_state(config)
+            if init_params is not None:
+                same = jax.tree.structure(state.params) == jax.tree.structure(init_params) and all(
+                    tuple(a.shape) == tuple(np.shape(b))
+                    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(init_params), strict=True)
+                )
+                if not same:
+                    raise ValueError("init_params do not match the network of config.net (structure or shapes)")
+                params = jax.tree.map(lambda a: jnp.asarray(a, _DTYPE), init_params)
+                state = TrainState(step=state.step, params=params, ema_params=jax.tree.map(jnp.copy, params),
+                                   opt_state=make_optimizer(config).init(params))  # fmt: skip
+            state = jax.device_put(state, rep)
         start = int(state.step)
         _truncate_log(log_path, start)
 

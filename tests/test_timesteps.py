@@ -1,6 +1,8 @@
 """Timestep optimisation: the parameterisation, the error bound against a closed form on Gaussian data, the
 gradient through `omsjax.sample` against finite differences, and the optimisers."""
 
+import dataclasses
+import json
 import math
 
 import jax
@@ -186,3 +188,95 @@ def test_ays_schedule_lowers_its_bound():
     assert T.ays_bound(VP, ts, grid, table) < T.ays_bound(VP, start, grid, table)
     with pytest.raises(ValueError, match="nfe must be"):
         T.ays_schedule(VP, 96, grid, table, t_start=1.0, t_end=1e-3)
+
+
+# ------------------------------------------------------------------------------------ phase 2 and the command
+
+
+def _tree_files(path):
+    import hashlib
+
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_focus_loss_matches_the_vp_formula_at_the_focus_level():
+    from omsjax import data, nets, train, zoo
+
+    cfg = dataclasses.replace(zoo.named_config("tiny", steps=1), focus_times=(0.37,), focus_prob=1.0)
+    params = nets.init_unet(cfg.net, jax.random.PRNGKey(0), cfg.image_shape, jnp.float32)
+    batch = jnp.asarray(data.load_digits("train")[:16])
+    key = jax.random.PRNGKey(3)
+    got = float(train.loss_fn(cfg, params, batch, key))
+    _, k_eps = jax.random.split(key)
+    eps = jax.random.normal(k_eps, batch.shape, jnp.float32)
+    t = np.float64(0.37)
+    a, s = float(np.exp(VP.log_alpha(t))), float(VP.sigma(t))
+    x = a * batch + s * eps
+    f = nets.unet_apply_fn(cfg.net)(params, x, jnp.full((16,), 0.37, jnp.float32))
+    assert got == pytest.approx(float(jnp.mean(jnp.square(f - eps))), rel=1e-5)
+    # focus_prob 0 leaves the loss of the base config unchanged (same random stream).
+    base = zoo.named_config("tiny", steps=1)
+    off = dataclasses.replace(base, focus_times=(0.37,), focus_prob=0.0)
+    assert float(train.loss_fn(off, params, batch, key)) == float(train.loss_fn(base, params, batch, key))
+    with pytest.raises(ValueError, match="focus_prob"):
+        dataclasses.replace(base, focus_prob=0.5)
+    with pytest.raises(ValueError, match="times in"):
+        dataclasses.replace(base, focus_times=(2.0,), focus_prob=0.5)
+
+
+def test_finetune_touches_only_its_own_checkpoint(tiny_zoo, tmp_path):
+    from omsjax import zoo
+
+    path, _ = tiny_zoo
+    before = _tree_files(path)
+    models, ns, _ = zoo.load_zoo(path)
+    ts = schedules.time_steps(ns, 3, "time_quadratic")
+    ft, ft_dir = T.finetune(path, 1, ts[:-1], tmp_path / "ft", steps=3, progress=False)
+    assert _tree_files(path) == before  # the source zoo: bit-identical
+    ft_models, _, manifest = zoo.load_zoo(ft_dir)
+    assert len(ft_models) == 1 and manifest["models"][0]["name"] == "b-ft"
+    assert manifest["models"][0]["config"]["focus_times"] == pytest.approx(list(ts[:-1]))
+    changed = [not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(ft.params), jax.tree.leaves(models[1].params), strict=True)]  # fmt: skip
+    assert any(changed)
+    with pytest.raises(ValueError, match="not in the zoo"):
+        T.finetune(path, 5, ts[:-1], tmp_path / "bad", steps=1, progress=False)
+
+
+def test_cli_optimize_steps(tiny_zoo, tmp_path, capsys):
+    from omsjax import cli, zoo
+    from omsjax.schedule import Schedule
+
+    path, _ = tiny_zoo
+    before = _tree_files(path)
+    out = tmp_path / "opt"
+    argv = ["optimize-steps", "--zoo", str(path), "--solver", "DPM-Solver++(2M)", "--nfe", "3", "--method",
+            "trajectory", "--distance", "pixels", "--steps", "4", "--train-samples", "8", "--heldout-samples", "4",
+            "--num-samples", "24", "--out", str(out), "--quiet", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {p.name for p in out.iterdir()} >= {"schedule.json", "report.json", "timesteps.png"}
+    sched = Schedule.from_json((out / "schedule.json").read_text(), num_models=2)
+    assert np.all(np.diff(np.asarray(sched.ts)) < 0) and int(sched.nfe()) == 3
+    np.testing.assert_allclose(np.asarray(sched.ts), rep["optimized"]["ts"], rtol=1e-12)
+    assert set(rep["spacings"]) == set(T.SPACINGS) and rep["best_spacing"] in T.SPACINGS
+    assert rep["phase1"][0]["train_mse_after"] <= rep["phase1"][0]["train_mse_before"]
+    # `omsjax evaluate --schedule` reproduces the reported held-out FD.
+    assert cli.main(["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"), "--num-samples",
+                     "24", "--seed", "1000", "--ref-samples", "0", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["fd"] == pytest.approx(rep["optimized"]["fd"], rel=1e-4)
+    # The bound and AYS methods, and one round of fine-tuning: the schedule then runs the fine-tuned model.
+    for method in ("bound", "ays"):
+        assert cli.main(argv[:7] + ["--method", method, "--num-samples", "24", "--heldout-samples", "4", "--out",
+                                    str(tmp_path / method), "--quiet", "--json"]) == 0  # fmt: skip
+        r = json.loads(capsys.readouterr().out)
+        assert r["method"] == method and np.all(np.diff(r["optimized"]["ts"]) < 0)
+    ft_out = tmp_path / "ft"
+    assert cli.main(argv[:-4] + ["--out", str(ft_out), "--finetune", "--finetune-steps", "2", "--quiet",
+                                 "--json"]) == 0  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    assert r["rounds"] == 1 and len(r["phase1"]) == 2 and r["finetuned_zoo"] == str(ft_out / "finetune0" / "zoo")
+    assert len(zoo.load_zoo(r["finetuned_zoo"])[0]) == 1
+    assert _tree_files(path) == before
+    assert cli.main(argv[:-4] + ["--out", str(ft_out), "--rounds", "0", "--finetune"]) == 2

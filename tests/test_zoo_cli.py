@@ -8,23 +8,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import cli, data, presets, train, zoo
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    images = data.load_digits("train")[:256]
-    cfg_a = zoo.named_config("tiny", steps=12)
-    d = cfg_a.to_dict()
-    d["net"]["channels"] = 16
-    cfg_b = train.TrainConfig.from_dict(d)
-    entries = []
-    for name, cfg in (("a", cfg_a), ("b", cfg_b)):
-        state = train.train(cfg, images, root / f"run_{name}", progress=False)
-        entries.append(zoo.add_member(root / "zoo", name, cfg, state.ema_params, train_steps=int(state.step),
-                                      data_mean=data.data_mean(images), latency_batch=32))  # fmt: skip
-    return root / "zoo", entries
+from omsjax import cli, presets, train, zoo
 
 
 def test_manifest_and_load(tiny_zoo):
