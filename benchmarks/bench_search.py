@@ -87,7 +87,7 @@ def bench_tau(run_dir: Path):
     return len(fd), out
 
 
-def bench_table(run_dir: Path, seeds=(1000, 1001, 1002), n=1000):
+def bench_table(run_dir: Path, seeds=(2000, 2001, 2002), n=1000):
     report = json.loads((run_dir / "report.json").read_text())
     models, ns, manifest = zoo.load_zoo(report["zoo"])
     mean = jnp.asarray(np.asarray(manifest["data_mean"], np.float32))
@@ -151,7 +151,8 @@ def main():
         L += ["", "### Searched schedules vs. the best baseline", "",
               "Baselines: " + ", ".join(BASELINES) + ", each over the four spacings (logSNR, time-uniform, "
               "time-quadratic, Karras); the best one by its held-out FD in the search's report. FD mean +- std over "
-              "held-out noise seeds 1000, 1001, 1002 (1,000 samples each; the search used seed 0, 500 samples).", "",
+              "held-out noise seeds 2000, 2001, 2002 (1,000 samples each; the search used seed 0 with 500 samples, "
+              "and picked its final schedule and the best baseline on seed 1000).", "",
               "| search | mode | NFE / cost (ms) | best baseline | baseline FD | searched FD | ratio | search time |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for d in runs:
