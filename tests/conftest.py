@@ -24,3 +24,11 @@ def tiny_zoo(tmp_path_factory):
         entries.append(zoo.add_member(root / "zoo", name, cfg, state.ema_params, train_steps=int(state.step),
                                       data_mean=data.data_mean(images), latency_batch=32))  # fmt: skip
     return root / "zoo", entries
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after every test module: one process runs the whole suite, and thousands of
+    live CPU executables (each with its own memory mappings) can exhaust the kernel's map limit and abort XLA."""
+    yield
+    jax.clear_caches()
