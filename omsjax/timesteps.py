@@ -83,7 +83,7 @@ import optax
 from omsjax.models import Model, as_zoo, to_eps_x0
 from omsjax.sampler import _check_inputs, sample
 from omsjax.schedule import Schedule
-from omsjax.schedules import NoiseSchedule
+from omsjax.schedules import SKIP_TYPES, NoiseSchedule
 
 __all__ = [
     "SPACINGS",
@@ -107,7 +107,7 @@ __all__ = [
     "run",
 ]
 
-SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
+SPACINGS = SKIP_TYPES  # the step spacings of `omsjax.schedules.time_steps`
 U_BOUND = 8.0
 KARRAS_RHO = 7.0
 
@@ -608,9 +608,10 @@ def _phase1(method, zoo, k, ns, template, x0, keys, cfg):
     # trajectory: start from the standard spacing with the lowest training loss
     x_T, x_ref, held = cfg["traj_data"](m)
     best, best_loss = None, math.inf
+    init_loss = jax.jit(lambda s: trajectory_loss(zoo, ns, s, x_T, x_ref, embed=cfg["embed"]))  # one compile
     for sp in SPACINGS:
         cand = template._replace(ts=jnp.asarray(_spacing_ts(ns, template, sp), jnp.asarray(template.ts).dtype))
-        loss = float(jax.jit(lambda s, a=x_T, b=x_ref: trajectory_loss(zoo, ns, s, a, b, embed=cfg["embed"]))(cand))
+        loss = float(init_loss(cand))
         if loss < best_loss:
             best, best_loss = cand, loss
     res = optimize_trajectory(zoo, ns, best, x_T, x_ref, heldout=held, steps=cfg["traj_steps"], lr=cfg["traj_lr"],
