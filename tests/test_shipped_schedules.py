@@ -40,3 +40,41 @@ def test_shipped_schedule_reproduces_its_fd(path, capsys):
     else:  # model schedules stay within the budget, as do their baselines
         assert meta["cost"] <= report["budget_ms"] + 1e-6
         assert all(b["cost"] <= report["budget_ms"] + 1e-6 for b in report["baselines"].values())
+
+
+# ------------------------------------------------------------------ learned timesteps (benchmarks/bench_timesteps.py)
+
+STEPS_DIR = SCHED_DIR / "timesteps"
+STEPS = sorted(p for p in STEPS_DIR.glob("*.json") if not p.name.endswith(".report.json"))
+
+
+def test_learned_timesteps_are_shipped_for_nfe_3_to_10():
+    names = {p.stem for p in STEPS}
+    assert {f"{s}-nfe{n}" for s in ("ddim", "dpmpp2m") for n in range(3, 11)} <= names
+    for p in STEPS:
+        assert (STEPS_DIR / f"{p.stem}.report.json").exists()
+
+
+@pytest.mark.parametrize("path", STEPS, ids=[p.stem for p in STEPS])
+def test_learned_timesteps_keep_the_solver_and_reproduce_their_fd(path, capsys):
+    import numpy as np
+
+    from omsjax import presets, schedules
+
+    text = path.read_text()
+    meta = json.loads(text)["metadata"]
+    report = json.loads((STEPS_DIR / f"{path.stem}.report.json").read_text())
+    sched = Schedule.from_json(text, num_models=4)
+    kind, kw = presets.NAMED[meta["solver"]]
+    base = presets.preset(kind, schedules.vp_linear(), meta["nfe"], model=report["model"], **kw)
+    for field in ("model", "order", "prediction", "start", "d1_points", "relax_type", "corrector", "afs"):
+        np.testing.assert_array_equal(np.asarray(getattr(sched, field)), np.asarray(getattr(base, field)))
+    ts = np.asarray(sched.ts, np.float64)
+    assert ts[0] == pytest.approx(float(base.ts[0])) and ts[-1] == pytest.approx(float(base.ts[-1]))
+    assert np.all(np.diff(ts) < 0)
+    assert report["selected_fd"] == meta["fd"] == report["phase1"][meta["method"]]["select"]
+    rc = cli.main(["evaluate", "--schedule", str(path), "--num-samples", str(meta["heldout_samples"]), "--seed",
+                   str(meta["heldout_noise_seed"]), "--ref-samples", "0", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["nfe"] == meta["nfe"]
+    assert out["fd"] == pytest.approx(meta["fd"], rel=0.02)
