@@ -236,8 +236,9 @@ def report(bench: Bench, nfes, ship: bool):
         "Settings of this run (2-core CPU, about 2.5 hours in three processes): trajectory fit 60 Adam steps at "
         "NFE 3-4 and 40 at NFE 5-10 (batch 64 of 128 training trajectories, lr 0.05, the FD classifier's "
         "features); FD objective 40 steps of 256 fresh samples, run at NFE 3-5 only; phase 2 fine-tunes digits-m "
-        "200 steps (lr 2e-4, half of each batch at the schedule's times, EMA 0.995) at NFE 3-8 and was not run at "
-        "NFE 9-10 (CPU time; at every NFE where it ran it raised the FD). `–`: not run.",
+        "200 steps (lr 2e-4, half of each batch at the schedule's times, EMA 0.995) from the phase-1 schedule with "
+        "the lowest FD on seed 1000 (named in brackets), at NFE 3-9 for DDIM and 3-8 for DPM-Solver++(2M), not at "
+        "the others (CPU time; at every NFE where it ran it raised the FD). `–`: not run.",
         "",
     ]
     methods = ["bound", "ays", "trajectory", "fd"]
