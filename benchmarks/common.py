@@ -1,12 +1,16 @@
-"""Helpers shared by the benchmark scripts: timing, the machine's name, and RESULTS.md sections."""
+"""Helpers shared by the benchmark scripts: timing, the machine's name, RESULTS.md sections, and resumable training
+runs evaluated at checkpoints."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from omsjax import zoo
 
@@ -39,3 +43,95 @@ def write_section(text: str, marker: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(new)
+
+
+# ---- resumable training runs evaluated at checkpoints (bench_fdm.py, bench_stages.py)
+
+
+def load_json(path: Path, default):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def save_json(path: Path, obj) -> None:
+    """Write JSON atomically (a killed run leaves the previous file, never a partial one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def checkpoint_steps(steps: int, fractions) -> list[int]:
+    """The distinct optimiser steps round(f * steps) >= 1 of a step budget, increasing."""
+    return sorted({max(1, round(f * steps)) for f in fractions})
+
+
+def unet_params_at(config, images, run_dir: Path, progress: bool):
+    """`params_at(step)` for a U-Net `train.train` run in `run_dir`: train on to `step` (resuming from the latest
+    orbax checkpoint; legs give the uninterrupted run bit for bit) and return the EMA parameters there."""
+    from omsjax import train
+
+    def params_at(step: int):
+        state = train.train(config, images, run_dir, resume=True, stop_at=step, progress=progress)
+        if int(state.step) != step:
+            raise RuntimeError(f"{run_dir}: the latest checkpoint is past step {step}; delete the run to redo it")
+        return state.ema_params
+
+    return params_at
+
+
+def stages_params_at(config, images, run_dir: Path, progress: bool):
+    """`params_at(step)` for a multi-stage `stages.train` run in `run_dir`: the full state in run_dir/state after
+    every leg (resumable), the EMA checkpoint (`stages.save_checkpoint`: config.json + params) and log.jsonl."""
+    from omsjax import stages
+
+    run_dir = Path(run_dir)
+    cache = {}
+
+    def params_at(step: int):
+        state = cache.get("state")
+        if state is None and (run_dir / "state").exists():
+            state = stages.restore_state(run_dir / "state", config)
+        if state is None or int(state.step) < step:
+            state, log = stages.train(config, images, state=state, stop_at=step, progress=progress)
+            stages.save_state(run_dir / "state", state)
+            stages.save_checkpoint(run_dir, config, state.ema_params)
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in log))
+        if int(state.step) != step:
+            raise RuntimeError(f"{run_dir}: the saved state is past step {step}; delete the run to redo it")
+        cache["state"] = state
+        return state.ema_params
+
+    return params_at
+
+
+def run_checkpoints(run_dir: Path, steps, params_at, evaluate) -> dict[int, dict]:
+    """{step: evaluate(params, step) + {"train_seconds", "train_cpu_seconds"}} at each step (the wall-clock and
+    process CPU time of training since the previous checkpoint, compilation included), cached in
+    run_dir/results.json: finished checkpoints are skipped, so an interrupted benchmark resumes where it stopped."""
+    path = Path(run_dir) / "results.json"
+    results = load_json(path, {})
+    for s in steps:
+        if str(s) in results:
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        params = jax.block_until_ready(params_at(s))
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        results[str(s)] = {**evaluate(params, s), "train_seconds": seconds, "train_cpu_seconds": cpu}
+        save_json(path, results)
+        print(f"{run_dir.name} step {s}: {results[str(s)]}", flush=True)
+    return {int(k): v for k, v in results.items() if int(k) in set(steps)}
+
+
+def fd_at(model, ns, sched, n: int, seed: int = 0) -> float:
+    """FD (`metrics.fd`) of n samples of one schedule from the noise seed `seed`."""
+    from omsjax import metrics, sampler
+
+    return float(metrics.fd(sampler.generate(model, ns, sched, n, (8, 8, 1), seed=seed)))
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std())

@@ -25,13 +25,16 @@ __all__ = [
     "sample_many",
     "schedules",
     "stack",
+    "stages",
+    "timesteps",
     "train",
     "usf",
     "zoo",
 ]
 
-# Training, data, metric and zoo modules pull in orbax, optax, scikit-learn and scipy: import them on first use.
-_LAZY_MODULES = ("data", "metrics", "train", "zoo")
+# Training, data, metric, zoo, stage and timestep modules pull in orbax, optax, scikit-learn and scipy:
+# import them on first use.
+_LAZY_MODULES = ("data", "metrics", "stages", "timesteps", "train", "zoo")
 
 
 def __getattr__(name):

@@ -6,13 +6,23 @@ omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.jso
     FD, NFE, cost and seconds of one schedule, and its trajectory error against the diffrax ODE endpoint.
 omsjax sample ... --out grid.png
     A PNG grid of samples.
-omsjax train --config NAME --out DIR [--steps N] [--resume] [--add-to-zoo DIR]
-    Train a digits U-Net with resumable orbax checkpoints.
+omsjax train --config NAME|FILE.json --out DIR [--steps N] [--precond P] [--fdm-m M] [--weight-clamp-warmup W]
+        [--resume] [--add-to-zoo DIR]
+    Train a digits U-Net with resumable orbax checkpoints (FILE.json: a TrainConfig.to_dict(), e.g. a run's
+    config.json, so that `omsjax train --config DIR/config.json` reproduces that run), or a multi-stage network
+    when FILE.json holds a StageTrainConfig (from `omsjax stages config`, or a multi-stage run's config.json).
+omsjax stages cluster [--grid G] [--samples S] [--alpha A] [--prediction eps|x0] [--partition K] [--seed N]
+        [--json] [--out FILE.json]
+    Timestep clustering of the digits train split with its empirical optimal denoiser (continuous linear VP): the
+    threshold-rule boundaries (t1, t2) at alpha, the DP partition into K stages and the uniform-in-t and
+    uniform-in-logSNR boundaries, as t, lambda and EDM sigma.
+omsjax stages config --boundaries T1 T2 [--decoders 48 32 8] [--encoder 32] [--steps N] [--out FILE.json]
+    A multi-stage training config (StageTrainConfig JSON) for `omsjax train --config FILE.json`.
 omsjax search --zoo DIR (--nfe N | --budget SECONDS) [--mode solver|model|joint] --out DIR
     Search a per-step schedule with the S3 loop (GA, true evaluation, predictor) and report the baselines.
-omsjax optimize-steps --zoo DIR [--model K] --solver NAME --nfe N [--method trajectory|bound|ays] [--finetune]
+omsjax optimize-steps --zoo DIR [--model K] --solver NAME --nfe N [--method trajectory|bound|ays|fd] [--finetune]
         --out DIR
-    Learn the timesteps of a solver (error bound, trajectory fit through the sampler, or AYS-style search),
+    Learn the timesteps of a solver (error bound, trajectory fit through the sampler, AYS-style search, or the FD),
     optionally alternated with fine-tuning on the chosen steps; compare with the standard spacings.
 omsjax zoo [--zoo DIR] [--remeasure-latency]
     List a zoo's models; measure their latencies again on this machine.
@@ -187,18 +197,185 @@ def _trajectory_error(args, x, sched, models, ns):
     return metrics.trajectory_error(x[:k], ref), k, ref_model
 
 
-def cmd_train(args) -> int:
-    from omsjax import data, train, zoo
+# The `--precond` choices (omsjax.train.PRECONDS; kept here so that building the parser does not import orbax).
+_PRECONDS = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
 
-    cfg = zoo.named_config(args.config, args.steps)
+
+def _is_multistage(d) -> bool:
+    """Whether a config dict is a `stages.StageTrainConfig.to_dict()` (its "stage_probs" field, or a net with
+    "decoder_channels") rather than a `train.TrainConfig.to_dict()`."""
+    return isinstance(d, dict) and (
+        "stage_probs" in d or (isinstance(d.get("net"), dict) and "decoder_channels" in d["net"])
+    )
+
+
+def train_config(args) -> tuple:
+    """(config, member name) of `omsjax train`: the named config or JSON file `--config`, with the fields given on
+    the command line (--steps, --precond, --fdm-m, --weight-clamp-warmup) replaced; ValueError names the bad field.
+
+    The config is a `train.TrainConfig`, or a `stages.StageTrainConfig` for a JSON file holding one (e.g. from
+    `omsjax stages config`, or a multi-stage run's config.json, whose {"omsjax_multistage", "config"} wrapper is
+    unwrapped); a multi-stage config takes --steps only.
+    """
+    from omsjax import stages, train, zoo
+
+    src = args.config
+    if src in zoo.CONFIGS:
+        cfg, name = zoo.named_config(src), src
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise ValueError(f"--config {src!r} is neither a named config ({', '.join(sorted(zoo.CONFIGS))}) "
+                             f"nor a JSON file")  # fmt: skip
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {src}: not valid JSON: {e}") from None
+        if isinstance(d, dict) and "omsjax_multistage" in d:  # a multi-stage run's config.json
+            d = d.get("config")
+        kind = stages.StageTrainConfig if _is_multistage(d) else train.TrainConfig
+        try:
+            cfg = kind.from_dict(d)
+        except TypeError as e:
+            raise ValueError(f"--config {src}: {e}") from None
+        name = path.stem if path.name != "config.json" else path.resolve().parent.name
+    given = {"steps": args.steps, "precond": args.precond, "fdm_m": args.fdm_m,
+             "weight_clamp_warmup": args.weight_clamp_warmup}  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    if isinstance(cfg, stages.StageTrainConfig):
+        bad = [f"--{k.replace('_', '-')}" for k in given if k != "steps"]
+        if bad:
+            verb = "does" if len(bad) == 1 else "do"
+            raise ValueError(f"{', '.join(bad)} {verb} not apply to the multi-stage config {src} (continuous linear "
+                             f"VP, noise prediction); only --steps does")  # fmt: skip
+    if given:
+        cfg = type(cfg).from_dict({**cfg.to_dict(), **given})
+    return cfg, name
+
+
+# `omsjax train` on a multi-stage config saves the full training state every this many steps.
+STAGES_CHECKPOINT_EVERY = 1000
+
+
+def _train_stages(args, cfg, images):
+    """Train a multi-stage network into --out (resumable): OUT/config.json and OUT/params (`stages.save_checkpoint`
+    of the EMA parameters, rewritten at every checkpoint), OUT/state (the full `TrainState`), OUT/log.jsonl."""
+    from omsjax import stages
+
+    out = Path(args.out)
+    state_dir, log_path, meta_path = out / "state", out / "log.jsonl", out / "config.json"
+    if state_dir.exists() and not args.resume:
+        raise ValueError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
+    state = None
+    if args.resume and state_dir.exists():
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text()).get("config", {})
+            new = cfg.to_dict()
+            diff = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
+            if diff:
+                raise ValueError(f"--resume: {out} was trained with a different config (fields {diff} differ)")
+        state = stages.restore_state(state_dir, cfg)
+    start = 0 if state is None else int(state.step)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in _read_jsonl(log_path) if r["step"] <= start]
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stops = [s for s in range(STAGES_CHECKPOINT_EVERY, cfg.steps, STAGES_CHECKPOINT_EVERY) if s > start]
+    for stop in [*stops, cfg.steps]:
+        state, log = stages.train(cfg, images, state=state, stop_at=stop, progress=not args.quiet)
+        stages.save_state(state_dir, state)
+        stages.save_checkpoint(out, cfg, state.ema_params)
+        with open(log_path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in log))
+    return state
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def cmd_train(args) -> int:
+    from omsjax import data, stages, train, zoo
+
+    cfg, name = train_config(args)
     images = data.load_digits("train")
-    state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
-    train.save_params(Path(args.out) / "params", state.ema_params)
-    (Path(args.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if isinstance(cfg, stages.StageTrainConfig):
+        state = _train_stages(args, cfg, images)
+    else:
+        state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
+        train.save_params(Path(args.out) / "params", state.ema_params)
+        (Path(args.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if args.add_to_zoo:
-        entry = zoo.add_member(args.add_to_zoo, args.config, cfg, state.ema_params, train_steps=int(state.step),
+        entry = zoo.add_member(args.add_to_zoo, name, cfg, state.ema_params, train_steps=int(state.step),
                                data_mean=data.data_mean(images))  # fmt: skip
         print(json.dumps({"added": entry["name"], "zoo": str(args.add_to_zoo), "latency_ms": entry["latency_ms"]}))
+    return 0
+
+
+def cmd_stages_cluster(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # the similarity in float64 (a few seconds on a CPU)
+    import numpy as np
+
+    from omsjax import data, stages
+
+    images = data.load_digits("train", dtype=np.float64)
+    report = stages.clustering_report(images, grid_size=args.grid, num_samples=args.samples, alpha=args.alpha,
+                                      num_stages=args.partition, prediction=args.prediction, eta=args.eta,
+                                      seed=args.seed)  # fmt: skip
+    report["data"] = "digits train split"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    short = {k: v for k, v in report.items() if k != "similarity"}
+    if args.json:
+        print(json.dumps(short))
+        return 0
+    k = report["num_stages"]
+    print(f"Timestep clustering of the digits train split ({report['num_data']} images) with its empirical optimal "
+          f"denoiser,\ncontinuous linear VP, {args.grid} times in [{report['grid'][0]:g}, 1], {args.samples} "
+          f"Monte-Carlo samples, eta = {report['eta']:.4g}, {args.prediction} prediction, seed {args.seed} "
+          f"({report['seconds']:.1f} s).\nscore: mean similarity of each grid time to the others of its stage "
+          f"(stages.partition_score).\n")  # fmt: skip
+    rows = [(f"threshold rule (alpha {args.alpha:g})", report["threshold"]),
+            (f"DP partition ({k} stages)", report["partition"]), (f"uniform in t ({k})", report["uniform_t"]),
+            (f"uniform in logSNR ({k})", report["uniform_logsnr"])]  # fmt: skip
+
+    def cells(v):
+        return ", ".join(f"{x:.4g}" for x in v) or "-"
+
+    print(f"{'boundaries':<28}{'t':<22}{'lambda':<22}{'EDM sigma':<22}{'score':>6}")
+    for label, r in rows:
+        if r is None:
+            print(f"{label:<28}none: {report['threshold_error']}")
+            continue
+        score = "-" if r["score"] is None else f"{r['score']:.3f}"
+        print(f"{label:<28}{cells(r['t']):<22}{cells(r['lambda']):<22}{cells(r['sigma']):<22}{score:>6}")
+    if args.out:
+        print(f"\nwrote {args.out} (with the similarity matrix)")
+    return 0
+
+
+def cmd_stages_config(args) -> int:
+    from omsjax import stages
+
+    net = stages.MultiStageConfig(boundaries=tuple(args.boundaries), decoder_channels=tuple(args.decoders),
+                                  encoder_channels=args.encoder, channel_mults=tuple(args.channel_mults))  # fmt: skip
+    cfg = stages.StageTrainConfig(net=net, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                  warmup=args.warmup, seed=args.seed)  # fmt: skip
+    text = json.dumps(cfg.to_dict(), indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
     return 0
 
 
@@ -385,14 +562,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     g.set_defaults(func=cmd_gmm)
 
-    t = sub.add_parser("train", help="train a digits U-Net (resumable orbax checkpoints)")
-    t.add_argument("--config", required=True, help="a named config, e.g. digits-m (omsjax.zoo.CONFIGS)")
+    t = sub.add_parser("train", help="train a digits U-Net or multi-stage network (resumable checkpoints)")
+    t.add_argument("--config", required=True,
+                   help="a named config (omsjax.zoo.CONFIGS, e.g. digits-m), or a TrainConfig or StageTrainConfig "
+                   "JSON file")  # fmt: skip
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, final EMA params)")
     t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--precond", choices=_PRECONDS, default=None, help="replace the config's preconditioning")
+    t.add_argument("--fdm-m", type=float, default=None, help="FDM damping m (fdm_* preconds; default 2)")
+    t.add_argument("--weight-clamp-warmup", type=int, default=None,
+                   help="loss-weight cap 5*100^(step/W) for the first W steps (0: off)")  # fmt: skip
     t.add_argument("--resume", action="store_true")
     t.add_argument("--add-to-zoo", default=None, help="zoo folder to add the trained model to")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    st = sub.add_parser("stages", help="multi-stage networks: timestep clustering, training configs")
+    st_sub = st.add_subparsers(dest="stages_command", required=True)
+    sc = st_sub.add_parser("cluster", help="timestep clustering of the digits train split (optimal denoiser)")
+    sc.add_argument("--grid", type=int, default=100, help="number of times, linspace(1e-3, 1, G)")
+    sc.add_argument("--samples", type=int, default=1000, help="Monte-Carlo samples (x0, eps)")
+    sc.add_argument("--alpha", type=float, default=0.6, help="threshold of the boundary rule")
+    sc.add_argument("--eta", type=float, default=2 / 255, help="agreement tolerance per pixel")
+    sc.add_argument("--prediction", default="eps", choices=["eps", "x0"], help="compare noise or data predictions")
+    sc.add_argument("--partition", type=int, default=3, help="stages of the DP partition and the uniform baselines")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--json", action="store_true", help="print one JSON object (without the matrix)")
+    sc.add_argument("--out", default=None, help="write the full report (with the similarity matrix) to FILE.json")
+    sc.set_defaults(func=cmd_stages_cluster)
+    sg = st_sub.add_parser("config", help="print a StageTrainConfig JSON for `omsjax train --config FILE`")
+    sg.add_argument("--boundaries", type=float, nargs="*", required=True,
+                    help="K-1 increasing VP times in (0, 1), e.g. from `omsjax stages cluster`")  # fmt: skip
+    sg.add_argument("--decoders", type=int, nargs="+", default=[48, 32, 8], help="K decoder widths, near data first")
+    sg.add_argument("--encoder", type=int, default=32, help="encoder width")
+    sg.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2])
+    sg.add_argument("--steps", type=int, default=6000)
+    sg.add_argument("--batch-size", type=int, default=128)
+    sg.add_argument("--lr", type=float, default=2e-3)
+    sg.add_argument("--warmup", type=int, default=200)
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--out", default=None, help="write to FILE.json instead of printing")
+    sg.set_defaults(func=cmd_stages_config)
 
     e = sub.add_parser("evaluate", help="FD, NFE and cost of a schedule on a zoo")
     _add_schedule_args(e, 1000)
@@ -481,13 +691,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--model", type=int, default=None, help="zoo index (default: the largest)")
     o.add_argument("--solver", default="DDIM", choices=list(SOLVERS))
     o.add_argument("--nfe", type=int, required=True)
-    o.add_argument("--method", default="trajectory", choices=["trajectory", "bound", "ays"])
+    o.add_argument("--method", default="trajectory", choices=["trajectory", "bound", "ays", "fd"],
+                   help="bound: the error bound; trajectory: fit to the ODE endpoint; ays: AYS-style search; "
+                   "fd: the FD itself through the sampler")  # fmt: skip
     o.add_argument("--distance", default="features", choices=["features", "pixels"],
                    help="trajectory fit: distance between the sampler's output and the ODE endpoint")  # fmt: skip
     o.add_argument("--finetune", action="store_true", help="alternate with fine-tuning (phase 2), --rounds times")
     o.add_argument("--rounds", type=int, default=1, help="rounds of phase 1 + phase 2 with --finetune")
     o.add_argument("--finetune-steps", type=int, default=600)
-    o.add_argument("--steps", type=int, default=300, help="optimiser steps of the trajectory fit")
+    o.add_argument("--steps", type=int, default=300, help="optimiser steps of the trajectory or FD fit")
     o.add_argument("--train-samples", type=int, default=256, help="x_T whose ODE endpoints the fit matches")
     o.add_argument("--heldout-samples", type=int, default=128, help="held-out x_T for the trajectory error")
     o.add_argument("--num-samples", type=int, default=1000, help="samples of the held-out FD")

@@ -12,11 +12,19 @@
   state are replicated; with one device this is the same program.
 - `save_params` / `load_params` (orbax), `model_from_params` (an `omsjax.Model` for the sampler).
 
-Losses (see REFERENCE.md sections 2 and 6), both written as `pred = c_skip x + c_out F(c_in x; c_noise)`:
+Losses (see REFERENCE.md sections 2 and 6), all written as `pred = c_skip x + c_out F(c_in x; c_noise)`:
 - "vp": continuous linear VP, noise prediction; t ~ U(1e-5, 1), x = alpha_t x0 + sigma_t eps, F sees (x, t),
   loss = mean (eps_hat - eps)^2.
 - "edm": EDM preconditioning; ln sigma ~ N(-1.2, 1.2^2), x = x0 + sigma eps, sigma_data = 0.5,
   loss = mean lambda(sigma) (D - x0)^2 with lambda = (sigma^2 + sd^2) / (sigma sd)^2.
+- "ve": EDM's VE column (Karras et al. 2022, Table 1); ln sigma ~ U(ln 0.02, ln 100), x = x0 + sigma eps,
+  c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2), lambda = 1 / sigma^2.
+- "fdm_edm", "fdm_vp", "fdm_ve" (Fast Diffusion Model, REFERENCE.md section 6): the base method with only c_in
+  replaced by the critically damped mean scale s(sigma) = `fdm_scale` (sigma: EDM's noise level sigma/alpha; for
+  VP, whose x is alpha-scaled, c_in = s(sigma) / alpha_t, so that F sees s(sigma) (x0 + sigma eps) as in FDM).
+  Up to sigma ~ 5, s ~ 1: the network sees the un-normalised input, as in the authors' code.
+- Loss-weight warm-up (`weight_clamp_warmup` W > 0): lambda -> min(lambda, `clamp_cap(step, W)`), a pure function
+  of the optimiser step, so a resumed run is the uninterrupted one.
 Training runs in float32 whatever `jax_enable_x64` says.
 """
 
@@ -46,9 +54,14 @@ from omsjax.models import Model
 
 __all__ = [
     "PRECONDS",
+    "FDM_SIGMA_RANGES",
     "TrainConfig",
     "TrainState",
     "precondition",
+    "fdm_scale",
+    "loss_weight",
+    "clamp_cap",
+    "noise_schedule",
     "lr_schedule",
     "make_optimizer",
     "init_state",
@@ -64,13 +77,25 @@ __all__ = [
     "model_from_params",
 ]
 
-PRECONDS = ("vp", "edm")
+PRECONDS = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
 
 # Continuous VP: t ~ U(T_EPS, 1). EDM: ln sigma ~ N(P_MEAN, P_STD^2), sigma_data = SIGMA_DATA.
+# VE: ln sigma ~ U(ln VE_SIGMA_MIN, ln VE_SIGMA_MAX) (EDM's VE column, also its sampling range).
 T_EPS = 1e-5
 P_MEAN = -1.2
 P_STD = 1.2
 SIGMA_DATA = 0.5
+VE_SIGMA_MIN = 0.02
+VE_SIGMA_MAX = 100.0
+
+# FDM: the sigma range normalising t' in `fdm_scale`, per base method (REFERENCE.md section 6). For VP it is the
+# EDM sigma (sigma/alpha) of the continuous linear VP schedule at t = T_EPS and t = 1 (about 0.001 and 152.17).
+_VP = schedules.vp_linear()
+FDM_SIGMA_RANGES = {
+    "edm": (0.002, 80.0),
+    "vp": (float(_VP.edm_sigma(np.float64(T_EPS))), float(_VP.edm_sigma(np.float64(1.0)))),
+    "ve": (VE_SIGMA_MIN, VE_SIGMA_MAX),
+}
 
 _DTYPE = jnp.float32
 
@@ -90,7 +115,8 @@ class TrainConfig:
     Attributes:
       net: the `UNetConfig` of the network.
       steps: total optimiser steps.
-      precond: "vp" (continuous linear VP, noise prediction) or "edm" (EDM preconditioning).
+      precond: "vp" (continuous linear VP, noise prediction), "edm" (EDM preconditioning), "ve" (EDM's VE
+        preconditioning) or "fdm_edm" / "fdm_vp" / "fdm_ve" (Fast Diffusion Model: the base with c_in = s(sigma)).
       batch_size: global batch size (divisible by the number of devices).
       lr: peak learning rate: linear warm-up from 0 over `warmup` steps, then cosine decay to 0.1 lr at `steps`
         (if warmup >= steps the run ends during the warm-up).
@@ -101,10 +127,14 @@ class TrainConfig:
       seed: seeds the initialisation and every step's randomness.
       checkpoint_every: `train` saves a checkpoint every this many steps (and at the end).
       image_shape: (H, W, C) of the training images.
-      focus_times: noise levels to weight the loss toward (VP times t; EDM sigmas): fine-tuning on a sampler's
+      focus_times: noise levels to weight the loss toward (VP times t; EDM / VE sigmas): fine-tuning on a sampler's
         steps (`omsjax.timesteps.finetune`). Empty: none.
       focus_prob: the share of each batch whose noise level is drawn uniformly from `focus_times` (the rest from the
         base distribution).
+      fdm_m: FDM's damping m in s(sigma) = exp(-m B)(1 + m B) (2 by default, 1 in some of the paper's FFHQ runs);
+        used by the fdm_* preconditionings only.
+      weight_clamp_warmup: W: for optimiser steps < W the per-sample loss weight is min(weight, 5 * 100^(step / W));
+        0 turns the clamp off.
     """
 
     net: nets.UNetConfig
@@ -121,6 +151,8 @@ class TrainConfig:
     image_shape: tuple = (8, 8, 1)
     focus_times: tuple = ()
     focus_prob: float = 0.0
+    fdm_m: float = 2.0
+    weight_clamp_warmup: int = 0
 
     def __post_init__(self):
         if not isinstance(self.net, nets.UNetConfig):
@@ -161,12 +193,16 @@ class TrainConfig:
             raise ValueError(f"focus_prob must be in [0, 1], got {self.focus_prob!r}")
         if self.focus_prob > 0 and not self.focus_times:
             raise ValueError("focus_prob > 0 needs focus_times")
-        if self.precond == "vp" and any(v > 1 for v in self.focus_times):
-            raise ValueError(f"vp focus_times are times in (0, 1], got {self.focus_times}")
+        if _base(self.precond) == "vp" and any(v > 1 for v in self.focus_times):
+            raise ValueError(f"{self.precond} focus_times are times in (0, 1], got {self.focus_times}")
+        if not _is_real(self.fdm_m) or self.fdm_m <= 0:
+            raise ValueError(f"fdm_m must be a finite number > 0, got {self.fdm_m!r}")
+        if not _is_int(self.weight_clamp_warmup) or self.weight_clamp_warmup < 0:
+            raise ValueError(f"weight_clamp_warmup must be an int >= 0, got {self.weight_clamp_warmup!r}")
         # Normalise numeric types so that equal configs hash equally (and JSON round trips are exact).
-        for name in ("lr", "grad_clip", "weight_decay", "ema_decay", "focus_prob"):
+        for name in ("lr", "grad_clip", "weight_decay", "ema_decay", "focus_prob", "fdm_m"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every"):
+        for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every", "weight_clamp_warmup"):
             object.__setattr__(self, name, int(getattr(self, name)))
 
     def to_dict(self) -> dict:
@@ -206,24 +242,116 @@ class TrainState:
     opt_state: Any
 
 
-def precondition(precond: str, sigma, sigma_data: float = SIGMA_DATA):
-    """(c_skip, c_out, c_in, c_noise) with pred = c_skip x + c_out F(c_in x; c_noise).
+def _base(precond: str) -> str:
+    """The base method of a preconditioning: "fdm_vp" -> "vp"; "vp", "edm", "ve" are their own."""
+    return precond[4:] if precond.startswith("fdm_") else precond
+
+
+def _check_precond(precond: str) -> None:
+    if precond not in PRECONDS:
+        raise ValueError(f"precond must be one of {PRECONDS}, got {precond!r}")
+
+
+def fdm_scale(sigma, *, m, sigma_min, sigma_max):
+    """FDM's critically damped mean scale, the c_in of the fdm_* preconditionings (REFERENCE.md section 6):
+
+        t' = (sigma - sigma_min) / (sigma_max - sigma_min),   B(t') = 0.1 t' + 0.5 * 19.9 t'^2,
+        s(sigma) = exp(-m B(t')) (1 + m B(t')).
+
+    s(sigma_min) = 1, s decreases to exp(-10.05 m)(1 + 10.05 m) at sigma_max; no clipping outside the range.
+    Elementwise in the dtype of `sigma`.
+    """
+    sigma = jnp.asarray(sigma)
+    tp = (sigma - sigma_min) / (sigma_max - sigma_min)
+    mb = m * (0.1 * tp + 0.5 * 19.9 * tp * tp)
+    return jnp.exp(-mb) * (1.0 + mb)
+
+
+def precondition(precond: str, sigma, sigma_data: float = SIGMA_DATA, *, fdm_m: float = 2.0):
+    """(c_skip, c_out, c_in, c_noise) with pred = c_skip x + c_out F(c_in x; c_noise), x the base's noised input.
 
     "edm": `sigma` is EDM's noise level; c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2),
       c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4; pred is the denoised x0.
+    "ve": `sigma` is the noise level; (1, sigma, 1, ln(sigma/2)) (Karras et al. 2022, Table 1); pred is x0.
     "vp": `sigma` is the VP time t; the network is a plain noise predictor: (0, 1, 1, t), pred is eps.
+    "fdm_<base>": the base's coefficients with c_in = s(sigma) = `fdm_scale` (m = fdm_m, sigma range
+      FDM_SIGMA_RANGES[base]) acting on the EDM-scaled input x0 + sigma eps; for "fdm_vp" sigma = sigma_VP(t) =
+      sigma_t / alpha_t and, since the VP x is alpha_t (x0 + sigma eps), c_in = s(sigma) / alpha_t.
     """
-    if precond == "edm":
+    _check_precond(precond)
+    base = _base(precond)
+    level = jnp.asarray(sigma)
+    if base == "edm":
         sd2 = sigma_data**2
-        s2 = sigma * sigma
+        s2 = level * level
         c_skip = sd2 / (s2 + sd2)
-        c_out = sigma * sigma_data * jax.lax.rsqrt(s2 + sd2)
+        c_out = level * sigma_data * jax.lax.rsqrt(s2 + sd2)
         c_in = jax.lax.rsqrt(s2 + sd2)
-        c_noise = 0.25 * jnp.log(sigma)
-        return c_skip, c_out, c_in, c_noise
-    if precond == "vp":
-        return jnp.zeros_like(sigma), jnp.ones_like(sigma), jnp.ones_like(sigma), sigma
-    raise ValueError(f"precond must be one of {PRECONDS}, got {precond!r}")
+        c_noise = 0.25 * jnp.log(level)
+    elif base == "ve":
+        c_skip, c_out, c_in, c_noise = jnp.ones_like(level), level, jnp.ones_like(level), jnp.log(0.5 * level)
+    else:  # vp
+        c_skip, c_out, c_in, c_noise = jnp.zeros_like(level), jnp.ones_like(level), jnp.ones_like(level), level
+    if precond != base:
+        lo, hi = FDM_SIGMA_RANGES[base]
+        if base == "vp":
+            c_in = fdm_scale(_VP.edm_sigma(level), m=fdm_m, sigma_min=lo, sigma_max=hi) * jnp.exp(-_VP.log_alpha(level))
+        else:
+            c_in = fdm_scale(level, m=fdm_m, sigma_min=lo, sigma_max=hi)
+    return c_skip, c_out, c_in, c_noise
+
+
+def loss_weight(precond: str, sigma, sigma_data: float = SIGMA_DATA):
+    """Per-sample loss weight lambda of the base method (before `clamp_cap`): vp 1 (on eps), edm
+    (sigma^2 + sd^2) / (sigma sd)^2, ve 1 / sigma^2 (on x0); the fdm_* variants use their base's."""
+    _check_precond(precond)
+    base = _base(precond)
+    level = jnp.asarray(sigma)
+    if base == "edm":
+        return (level**2 + sigma_data**2) / (level * sigma_data) ** 2
+    if base == "ve":
+        return 1.0 / (level * level)
+    return jnp.ones_like(level)
+
+
+def clamp_cap(step, warmup: int) -> jax.Array:
+    """Cap of the loss weight at optimiser step `step` (>= 0, may be traced) of a warm-up of `warmup` steps:
+
+        cap = 5 * 100^(step / W) for step < W;   +inf for step >= W, and always when W = 0 (off).
+
+    float32 (the training dtype), shape of `step`.
+    """
+    if not _is_int(warmup) or warmup < 0:
+        raise ValueError(f"weight_clamp_warmup must be an int >= 0, got {warmup!r}")
+    step = jnp.asarray(step)
+    if warmup == 0:
+        return jnp.full(step.shape, jnp.inf, _DTYPE)
+    frac = step.astype(_DTYPE) / warmup
+    return jnp.where(step < warmup, 5.0 * jnp.exp(frac * math.log(100.0)), jnp.inf).astype(_DTYPE)
+
+
+def noise_schedule(precond: str) -> schedules.NoiseSchedule:
+    """The noise schedule a model trained with `precond` is sampled on (the times its `model_from_params`
+    expects): vp, fdm_vp `vp_linear()`; edm, fdm_edm `edm()` (sigma in [0.002, 80]); ve, fdm_ve `edm(0.02, 100)`."""
+    _check_precond(precond)
+    base = _base(precond)
+    if base == "vp":
+        return schedules.vp_linear()
+    if base == "ve":
+        return schedules.edm(VE_SIGMA_MIN, VE_SIGMA_MAX)
+    return schedules.edm()
+
+
+def _denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: jax.Array, level: jax.Array):
+    """pred = c_skip x + c_out F(c_in x; c_noise) for x [B, ...], level [B] (coefficients in x's dtype)."""
+
+    def bc(v):
+        v = jnp.asarray(v).astype(x.dtype)
+        return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+    c_skip, c_out, c_in, c_noise = precondition(precond, level, SIGMA_DATA, fdm_m=fdm_m)
+    f = nets.unet_apply_fn(net)(params, bc(c_in) * x, jnp.asarray(c_noise).astype(x.dtype))
+    return bc(c_skip) * x + bc(c_out) * f
 
 
 def lr_schedule(config: TrainConfig):
@@ -271,8 +399,16 @@ def init_state(config: TrainConfig) -> TrainState:
     )
 
 
-def loss_fn(config: TrainConfig, params: Any, batch: jax.Array, key: jax.Array) -> jax.Array:
-    """Mean diffusion loss of `params` on `batch` [B, H, W, C] (float32), noise levels and noise from `key`."""
+def loss_fn(
+    config: TrainConfig, params: Any, batch: jax.Array, key: jax.Array, step: jax.Array | int | None = None
+) -> jax.Array:
+    """Mean diffusion loss of `params` on `batch` [B, H, W, C] (float32), noise levels and noise from `key`.
+
+    `step` (the optimiser step, may be traced) sets the loss-weight cap `clamp_cap(step, W)`; it is required when
+    `config.weight_clamp_warmup` W > 0 and ignored otherwise.
+    """
+    if config.weight_clamp_warmup > 0 and step is None:
+        raise ValueError(f"loss_fn: weight_clamp_warmup={config.weight_clamp_warmup} needs the optimiser step")
     batch = jnp.asarray(batch, _DTYPE)
     b = batch.shape[0]
     k_level, k_eps = jax.random.split(key)
@@ -290,20 +426,26 @@ def loss_fn(config: TrainConfig, params: Any, batch: jax.Array, key: jax.Array) 
         pick = jnp.asarray(config.focus_times, _DTYPE)[jax.random.randint(kf, (b,), 0, len(config.focus_times))]
         return jnp.where(jax.random.uniform(kp, (b,), _DTYPE) < config.focus_prob, pick, level)
 
-    if config.precond == "vp":
+    # The fdm_* variants draw exactly their base's levels and noise (same keys); only c_in differs.
+    base = _base(config.precond)
+    if base == "vp":
         t = focus(jax.random.uniform(k_level, (b,), _DTYPE, minval=T_EPS, maxval=1.0))
-        ns = schedules.vp_linear()
-        alpha, sigma = jnp.exp(ns.log_alpha(t)), ns.sigma(t)
+        alpha, sigma = jnp.exp(_VP.log_alpha(t)), _VP.sigma(t)
         x = bc(alpha) * batch + bc(sigma) * eps
-        level, target, weight = t, eps, jnp.ones_like(t)
-    else:  # edm
-        sigma = focus(jnp.exp(P_MEAN + P_STD * jax.random.normal(k_level, (b,), _DTYPE)))
+        level, target = t, eps
+    else:
+        if base == "edm":
+            sigma = jnp.exp(P_MEAN + P_STD * jax.random.normal(k_level, (b,), _DTYPE))
+        else:  # ve: ln sigma uniform on [ln VE_SIGMA_MIN, ln VE_SIGMA_MAX]
+            u = jax.random.uniform(k_level, (b,), _DTYPE)
+            sigma = jnp.exp(math.log(VE_SIGMA_MIN) + u * (math.log(VE_SIGMA_MAX) - math.log(VE_SIGMA_MIN)))
+        sigma = focus(sigma)
         x = batch + bc(sigma) * eps
         level, target = sigma, batch
-        weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
-    c_skip, c_out, c_in, c_noise = precondition(config.precond, level, SIGMA_DATA)
-    f = nets.unet_apply_fn(config.net)(params, bc(c_in) * x, c_noise)
-    pred = bc(c_skip) * x + bc(c_out) * f
+    weight = loss_weight(config.precond, level, SIGMA_DATA)
+    if config.weight_clamp_warmup > 0:
+        weight = jnp.minimum(weight, clamp_cap(step, config.weight_clamp_warmup))
+    pred = _denoise(config.precond, config.net, config.fdm_m, params, x, level)
     per_sample = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, batch.ndim)))
     return jnp.mean(weight * per_sample)
 
@@ -341,7 +483,7 @@ def train_step(config: TrainConfig, state: TrainState, data: jax.Array, key: jax
     k_idx, k_loss = jax.random.split(step_key)
     idx = jax.random.randint(k_idx, (config.batch_size,), 0, data.shape[0], dtype=jnp.int32)
     batch = jax.lax.with_sharding_constraint(jnp.asarray(data, _DTYPE)[idx], data_sharding())
-    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(config, state.params, batch, k_loss)
+    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(config, state.params, batch, k_loss, state.step)
     tx = make_optimizer(config)
     # optax mixes Python floats with its int32 step count (e.g. Adam's bias correction b1**count), which strict
     # dtype promotion rejects; the results are float32 either way.
@@ -453,6 +595,10 @@ def train(
         )
     if resume and config_path.exists():
         old = json.loads(config_path.read_text())
+        try:  # a run recorded before a field existed has that field's default
+            old = TrainConfig.from_dict(old).to_dict()
+        except (ValueError, TypeError):
+            pass
         new = config.to_dict()
         diff = sorted(k for k in new if k not in ("steps", "checkpoint_every") and old.get(k) != new[k])
         if diff:
@@ -538,11 +684,37 @@ def load_params(path, like: Any) -> Any:
         return ckptr.restore(path, _abstract(like))
 
 
+@functools.cache
+def _preconditioned_apply_fn(precond: str, net: nets.UNetConfig, fdm_m: float):
+    """apply_fn(params, x, t) = the trained network with its preconditioning, at time t of `noise_schedule(precond)`
+    (cached: equal arguments give the same function, so samplers do not recompile)."""
+
+    def apply_fn(params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        t = jnp.broadcast_to(jnp.asarray(t).astype(x.dtype), x.shape[:1])
+        return _denoise(precond, net, fdm_m, params, x, t)
+
+    return apply_fn
+
+
 def model_from_params(config: TrainConfig, params: Any, latency: float = 1.0, name: str = "") -> Model:
-    """An `omsjax.Model` for trained parameters: parameterisation "noise" (vp) or "edm" (sigma_data 0.5)."""
-    parameterization = {"vp": "noise", "edm": "edm"}[config.precond]
+    """An `omsjax.Model` for trained parameters, to be sampled on `noise_schedule(config.precond)`.
+
+    "vp": the raw network, parameterisation "noise"; "edm": the raw network, parameterisation "edm" (sigma_data
+    0.5, the preconditioning applied by `Model`); "fdm_vp": the network with its c_in = s(sigma_VP(t)) / alpha_t,
+    "noise"; "ve", "fdm_edm", "fdm_ve": the denoiser D(x; sigma = t) with the training preconditioning, "data"
+    (t is the noise level sigma of an EDM-type schedule, alpha = 1).
+    """
+    precond = config.precond
+    if precond == "vp":
+        apply_fn, parameterization = nets.unet_apply_fn(config.net), "noise"
+    elif precond == "edm":
+        apply_fn, parameterization = nets.unet_apply_fn(config.net), "edm"
+    else:
+        apply_fn = _preconditioned_apply_fn(precond, config.net, config.fdm_m)
+        parameterization = "noise" if _base(precond) == "vp" else "data"
     return Model(
-        apply_fn=nets.unet_apply_fn(config.net),
+        apply_fn=apply_fn,
         params=params,
         parameterization=parameterization,
         latency=latency,

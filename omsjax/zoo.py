@@ -8,10 +8,16 @@ A zoo folder holds one sub-folder of orbax parameters per model and a manifest:
 
 `latency_ms` (median jitted forward per batch of `latency_batch` on the named machine) is the cost model of
 model-schedule search. The zoo index of a model is its position in `models`.
+
+A multi-stage network (`omsjax.stages`) joins a continuous-VP zoo like any U-Net: its entry has "kind":
+"multistage", "config" a `StageTrainConfig.to_dict()`, "active_params" (encoder + decoder k, per stage) and
+"latency_ms_per_stage" (measured at the middle of each stage's interval); its "latency_ms" is the mean over the
+stages. Entries without "kind" are U-Nets (`TrainConfig`), as in every older manifest.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -23,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import nets, schedules, train
+from omsjax import nets, schedules, stages, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
 
@@ -36,6 +42,7 @@ __all__ = [
     "load_zoo",
     "remeasure_latency",
     "DEFAULT_ZOO",
+    "MULTISTAGE",
 ]
 
 _VERSION = 1
@@ -85,10 +92,10 @@ def machine_name() -> str:
     return f"{dev.platform}: {cpu}, {os.cpu_count()} cores"
 
 
-def measure_latency(model: Model, image_shape, batch: int = 256, repeats: int = 20) -> float:
-    """Median wall time (ms) of one jitted forward of `model` on a batch, after compilation."""
+def measure_latency(model: Model, image_shape, batch: int = 256, repeats: int = 20, t: float = 0.5) -> float:
+    """Median wall time (ms) of one jitted forward of `model` on a batch at time `t`, after compilation."""
     x = jnp.zeros((batch, *image_shape), jnp.float32)
-    t = jnp.full((batch,), 0.5, jnp.float32)
+    t = jnp.full((batch,), t, jnp.float32)
     f = jax.jit(model.apply_fn)
     jax.block_until_ready(f(model.params, x, t))
     times = []
@@ -115,10 +122,44 @@ def _read_manifest(zoo_dir: Path) -> dict:
     return m
 
 
+MULTISTAGE = "multistage"  # the "kind" of a multi-stage entry
+
+
+def _stage_times(config: stages.StageTrainConfig) -> list[float]:
+    """The middle of each stage's time interval, where its latency is measured."""
+    e = config.edges
+    return [0.5 * (a + b) for a, b in zip(e[:-1], e[1:], strict=True)]
+
+
+def _latency(model: Model, config, image_shape, batch: int, repeats: int = 20) -> dict:
+    """The latency fields of a manifest entry: "latency_ms" (a multi-stage network: the mean over its stages, and
+    "latency_ms_per_stage")."""
+    if isinstance(config, stages.StageTrainConfig):
+        per = [measure_latency(model, image_shape, batch, repeats, t=t) for t in _stage_times(config)]
+        return {"latency_ms": float(np.mean(per)), "latency_ms_per_stage": per}
+    return {"latency_ms": measure_latency(model, image_shape, batch, repeats)}
+
+
+def _entry_config(entry: dict, where: str):
+    """The config of a manifest entry: a `StageTrainConfig` ("kind": "multistage") or a `TrainConfig` (no kind)."""
+    kind = entry.get("kind")
+    if kind == MULTISTAGE:
+        return stages.StageTrainConfig.from_dict(entry["config"])
+    if kind is not None:
+        raise ValueError(f"{where}: model {entry.get('name')!r} has unknown kind {kind!r}; expected {MULTISTAGE!r}")
+    return train.TrainConfig.from_dict(entry["config"])
+
+
+def _member_model(config, params, latency: float, name: str) -> Model:
+    if isinstance(config, stages.StageTrainConfig):
+        return stages.to_model(config, params, latency=latency, name=name)
+    return train.model_from_params(config, params, latency=latency, name=name)
+
+
 def add_member(
     zoo_dir,
     name: str,
-    config: train.TrainConfig,
+    config: train.TrainConfig | stages.StageTrainConfig,
     params,
     *,
     train_steps: int,
@@ -126,10 +167,18 @@ def add_member(
     data_mean=None,
     latency_batch: int = 256,
 ) -> dict:
-    """Save `params` (EMA weights) as zoo member `name` and add/replace its manifest entry (latency measured)."""
+    """Save `params` (EMA weights) as zoo member `name` and add/replace its manifest entry (latency measured).
+
+    `config`: a `train.TrainConfig` (a U-Net, sampled on `train.noise_schedule(config.precond)`) or a
+    `stages.StageTrainConfig` (a multi-stage network, continuous linear VP); the zoo's noise schedule must match.
+    """
+    if not isinstance(config, (train.TrainConfig, stages.StageTrainConfig)):
+        raise ValueError(f"config must be a train.TrainConfig or stages.StageTrainConfig, got {type(config).__name__}")
     zoo_dir = Path(zoo_dir)
     zoo_dir.mkdir(parents=True, exist_ok=True)
     path = zoo_dir / "manifest.json"
+    multistage = isinstance(config, stages.StageTrainConfig)
+    ns = schedules.to_dict(schedules.vp_linear() if multistage else train.noise_schedule(config.precond))
     if path.exists():
         manifest = _read_manifest(zoo_dir)
     else:
@@ -137,27 +186,35 @@ def add_member(
             "omsjax_zoo": _VERSION,
             "dataset": dataset,
             "image_shape": list(config.image_shape),
-            "noise_schedule": schedules.to_dict(schedules.vp_linear()) if config.precond == "vp" else
-            schedules.to_dict(schedules.edm()),
+            "noise_schedule": ns,
             "models": [],
-        }  # fmt: skip
+        }
     if list(config.image_shape) != manifest["image_shape"]:
         raise ValueError(f"member {name!r} has image shape {config.image_shape}, the zoo {manifest['image_shape']}")
+    if manifest["noise_schedule"] != ns:
+        what = "a multi-stage network" if multistage else f"precond {config.precond!r}"
+        raise ValueError(
+            f"member {name!r} ({what}) is sampled on the noise schedule {ns}, the zoo on {manifest['noise_schedule']}"
+        )
     if data_mean is not None:
         manifest["data_mean"] = np.asarray(data_mean, np.float64).tolist()
     params_dir = zoo_dir / name / "params"
     train.save_params(params_dir, params)
-    model = train.model_from_params(config, params, name=name)
-    entry = {
-        "name": name,
+    model = _member_model(config, params, 1.0, name)
+    entry = {"name": name}
+    if multistage:
+        entry["kind"] = MULTISTAGE
+    entry.update({
         "config": config.to_dict(),
         "params": f"{name}/params",
         "param_count": nets.param_count(params),
         "train_steps": int(train_steps),
-        "latency_ms": measure_latency(model, config.image_shape, latency_batch),
+        **_latency(model, config, config.image_shape, latency_batch),
         "latency_batch": latency_batch,
         "latency_machine": machine_name(),
-    }
+    })  # fmt: skip
+    if multistage:
+        entry["active_params"] = [stages.active_params(params, k) for k in range(config.net.num_stages)]
     manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
     manifest["models"].sort(key=lambda m: m["param_count"])
     path.write_text(json.dumps(manifest, indent=2))
@@ -176,13 +233,16 @@ def load_zoo(path=DEFAULT_ZOO):
         for key in ("name", "config", "params", "latency_ms"):
             if key not in entry:
                 raise ValueError(f"{zoo_dir / 'manifest.json'}: model {i} lacks {key!r}")
-        cfg = train.TrainConfig.from_dict(entry["config"])
-        like = jax.eval_shape(lambda cfg=cfg: nets.init_unet(cfg.net, jax.random.PRNGKey(0), image_shape))
+        cfg = _entry_config(entry, str(zoo_dir / "manifest.json"))
+        if isinstance(cfg, stages.StageTrainConfig):
+            init = functools.partial(stages.init_params, cfg.net, jax.random.PRNGKey(0), image_shape)
+        else:
+            init = functools.partial(nets.init_unet, cfg.net, jax.random.PRNGKey(0), image_shape)
         params_dir = zoo_dir / entry["params"]
         if not params_dir.exists():
             raise FileNotFoundError(f"zoo model {entry['name']!r}: no parameters at {params_dir}")
-        params = train.load_params(params_dir, like)
-        models.append(train.model_from_params(cfg, params, latency=float(entry["latency_ms"]), name=entry["name"]))
+        params = train.load_params(params_dir, jax.eval_shape(init))
+        models.append(_member_model(cfg, params, float(entry["latency_ms"]), entry["name"]))
     if not models:
         raise ValueError(f"{zoo_dir / 'manifest.json'} lists no models")
     return tuple(models), ns, manifest
@@ -199,7 +259,7 @@ def remeasure_latency(path=DEFAULT_ZOO, *, batch: int | None = None, repeats: in
     name = machine_name()
     for model, entry in zip(models, manifest["models"], strict=True):
         b = int(batch or entry.get("latency_batch", 256))
-        entry["latency_ms"] = measure_latency(model, shape, b, repeats)
+        entry.update(_latency(model, _entry_config(entry, str(zoo_dir)), shape, b, repeats))
         entry["latency_batch"] = b
         entry["latency_machine"] = name
     (zoo_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

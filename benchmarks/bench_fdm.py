@@ -1,0 +1,244 @@
+"""The Fast Diffusion Model (issue 5): EDM vs. EDM-FDM and VP vs. VP-FDM on the digits train split.
+
+Same network (the digits-xs U-Net of `omsjax.zoo`, 160k parameters), batch (128), learning-rate schedule, data
+and training seeds (0, 1, 2) for the four methods: precond "edm", "fdm_edm", "vp", "fdm_vp" (FDM: m = 2 and the
+loss-weight clamp warm-up over --clamp-warmup steps; the VP weight is 1, below every cap, so there it changes
+nothing). Each run is trained in legs (`train.train(..., resume=True, stop_at=s)`, which gives the uninterrupted
+run bit for bit) and its EMA parameters are evaluated at 12.5/25/50/75/100% of the step budget:
+
+- FD vs. steps: `omsjax.metrics.fd` of 1,000 samples (noise seed 0, the same for every model) with
+  DPM-Solver++(3M), NFE 50, logSNR spacing (the model's quality with little solver error);
+- the fraction of the budget FDM needs to reach its base method's final FD (means over the seeds);
+- FD vs. NFE at the final checkpoint with DPM-Solver++(2M) (logSNR) and with a Heun-like sampler: omsjax has no
+  EDM Heun sampler, so we use singlestep DPM-Solver-2 (noise prediction) on Karras (rho = 7) steps. On the EDM
+  schedule (alpha = 1) DPM-Solver-1 with noise prediction is exactly Euler in sigma, and DPM-Solver-2 adds an
+  intermediate evaluation: an explicit second-order Runge-Kutta step in sigma (the midpoint rule in log sigma,
+  where EDM's Heun uses the trapezoidal rule), with the same NFE accounting (2 per step).
+
+Runs live in OUT/runs/METHOD-seedK/ (orbax checkpoints, log.jsonl, config.json, results.json); finished
+checkpoints are skipped, so the script resumes where it stopped. Each run's TrainConfig JSON goes to
+OUT/configs/ and, with the results, to benchmarks/configs/fdm/ (`omsjax train --config FILE --out DIR` reproduces
+the run). Writes the `fdm` section of benchmarks/RESULTS.md and benchmarks/figures/fdm-fd-vs-steps.png.
+
+Run: `python benchmarks/bench_fdm.py --out runs/bench-fdm [--steps 6000] [--seeds 0 1 2]`.
+Cost at the defaults (4 methods x 3 seeds x 6,000 steps of digits-xs at batch 128, 9.2M training images): measured
+~255 img/s per process on this 2-core machine while another benchmark held both cores (the smoke run), and the
+digits-xs forward pass costs ~1/4 of digits-m's, which trains at ~800 img/s on the idle machine, so ~3,000 img/s
+idle: about 1 h of training on the idle 2-core CPU (up to ~10 h if the cores are shared), plus ~5 min of sampling
+(60 checkpoint FDs at NFE 50, 4 x 3 x 2 x 6 final-checkpoint FDs at NFE <= 20).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    FIGURES,
+    checkpoint_steps,
+    fd_at,
+    machine,
+    mean_std,
+    run_checkpoints,
+    save_json,
+    unet_params_at,
+    write_section,
+)
+
+from omsjax import data, nets, presets, train, zoo
+
+METHODS = {  # name: (precond, uses FDM's loss-weight clamp warm-up)
+    "edm": ("edm", False),
+    "edm-fdm": ("fdm_edm", True),
+    "vp": ("vp", False),
+    "vp-fdm": ("fdm_vp", True),
+}
+PAIRS = (("edm", "edm-fdm"), ("vp", "vp-fdm"))
+FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
+CURVE = ("DPM-Solver++(3M)", 50)  # the FD-vs-steps sampler: (name in presets.NAMED, NFE), logSNR
+NFE_SAMPLERS = {  # FD vs. NFE at the final checkpoint: label -> (preset kind, kwargs)
+    "DPM-Solver++(2M), logSNR": ("dpm_solver_pp", {"order": 2, "skip": "logSNR"}),
+    "DPM-Solver-2 (Heun-like), Karras": ("dpm_solver", {"order": 2, "skip": "karras"}),
+}
+NFES = (4, 6, 8, 10, 14, 20)
+CONFIG_DIR = Path(__file__).parent / "configs" / "fdm"
+
+
+def run_config(args, method: str, seed: int) -> train.TrainConfig:
+    precond, clamp = METHODS[method]
+    base = zoo.named_config(args.net, steps=args.steps).to_dict()
+    return train.TrainConfig.from_dict({**base, "precond": precond, "seed": seed, "fdm_m": args.fdm_m,
+                                        "weight_clamp_warmup": args.clamp_warmup if clamp else 0,
+                                        "checkpoint_every": max(1, args.steps // 8)})  # fmt: skip
+
+
+def evaluator(cfg: train.TrainConfig, n: int, final_step: int, nfes):
+    ns = train.noise_schedule(cfg.precond)
+    kind, kw = presets.NAMED[CURVE[0]]
+    curve = presets.preset(kind, ns, CURVE[1], **kw)
+
+    def evaluate(params, step):
+        model = train.model_from_params(cfg, params, name="m")
+        out = {"fd": fd_at(model, ns, curve, n)}
+        if step == final_step:
+            out["fd_nfe"] = {label: {str(k): fd_at(model, ns, presets.preset(kind, ns, k, **kw), n) for k in nfes}
+                             for label, (kind, kw) in NFE_SAMPLERS.items()}  # fmt: skip
+        return out
+
+    return evaluate
+
+
+def steps_to_reach(steps, fds, target) -> tuple[float | None, str]:
+    """The first step where the FD curve reaches `target`, with FD interpolated linearly in log(step) between the
+    two checkpoints that bracket it; (None, "<= s0") if the first checkpoint is already there, (None, "> S") if
+    no checkpoint is."""
+    steps, fds = np.asarray(steps, np.float64), np.asarray(fds, np.float64)
+    hit = np.nonzero(fds <= target)[0]
+    if hit.size == 0:
+        return None, f"> {int(steps[-1])}"
+    i = int(hit[0])
+    if i == 0:
+        return None, f"<= {int(steps[0])}"
+    w = (target - fds[i - 1]) / (fds[i] - fds[i - 1])
+    s = math.exp(math.log(steps[i - 1]) + w * (math.log(steps[i]) - math.log(steps[i - 1])))
+    return s, f"{s:.0f}"
+
+
+def plot(path: Path, steps, curves: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, pair in zip(axes, PAIRS, strict=True):
+        for method in pair:
+            m, s = curves[method]
+            ax.errorbar(steps, m, yerr=s, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("FD (lower is better)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="folder of the runs (resumable)")
+    ap.add_argument("--steps", type=int, default=6000, help="step budget of every run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--net", default="digits-xs", help="named U-Net config of omsjax.zoo")
+    ap.add_argument("--fdm-m", type=float, default=2.0)
+    ap.add_argument("--clamp-warmup", type=int, default=400, help="FDM loss-weight clamp warm-up W (steps)")
+    ap.add_argument("--fd-samples", type=int, default=1000)
+    ap.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md, figures/ and configs/")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args()
+    images = data.load_digits("train")
+    ckpts = checkpoint_steps(args.steps, FRACTIONS)
+    t_start = time.perf_counter()
+    results = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            name = f"{method}-seed{seed}"
+            cfg = run_config(args, method, seed)
+            save_json(args.out / "configs" / f"{name}.json", cfg.to_dict())
+            evaluate = evaluator(cfg, args.fd_samples, ckpts[-1], args.nfes)
+            run_dir = args.out / "runs" / name
+            params_at = unet_params_at(cfg, images, run_dir, not args.quiet)
+            results[name] = run_checkpoints(run_dir, ckpts, params_at, evaluate)
+    seconds = time.perf_counter() - t_start
+    text = report(args, ckpts, results, seconds)
+    print(text)
+    if not args.no_results:
+        CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+        for f in sorted((args.out / "configs").glob("*.json")):
+            shutil.copy(f, CONFIG_DIR / f.name)
+        shutil.copy(args.out / "fdm-fd-vs-steps.png", FIGURES / "fdm-fd-vs-steps.png")
+        write_section(text, "fdm")
+
+
+def report(args, ckpts, results, seconds) -> str:
+    seeds, methods = args.seeds, args.methods
+    final = ckpts[-1]
+    curves = {m: [mean_std([results[f"{m}-seed{k}"][s]["fd"] for k in seeds]) for s in ckpts] for m in methods}
+    curves = {m: (np.array([c[0] for c in v]), np.array([c[1] for c in v])) for m, v in curves.items()}
+    if all(m in methods for p in PAIRS for m in p):
+        title = f"digits, {args.net}: FD ({CURVE[0]}, NFE {CURVE[1]}) vs. steps, mean +- std over seeds {seeds}"
+        plot(args.out / "fdm-fd-vs-steps.png", ckpts, curves, title)
+    batch = run_config(args, methods[0], seeds[0]).batch_size
+    train_s = sum(r[s]["train_seconds"] for r in results.values() for s in r)
+    train_cpu = sum(r[s].get("train_cpu_seconds", np.nan) for r in results.values() for s in r)
+    images = len(results) * args.steps * batch
+    L = ["## Fast Diffusion Model (`benchmarks/bench_fdm.py`)", "",
+         f"Machine: {machine()}. {seconds:.0f} s in this invocation; training in all: {train_s:.0f} s wall-clock "
+         f"({images / max(train_s, 1e-9):.0f} img/s), {train_cpu:.0f} s of process CPU time (compilation "
+         f"included).", "",
+         f"{args.net} U-Net ({nets.param_count(_abstract_params(args)):,} parameters), digits train split, batch "
+         f"{batch}, lr 2e-3 with 200 warm-up steps and cosine decay, EMA 0.999, {args.steps} steps, training seeds "
+         f"{seeds}. FDM: m = {args.fdm_m}, loss-weight clamp warm-up W = {args.clamp_warmup} (a no-op for VP, whose "
+         f"weight is 1). FD: {args.fd_samples} samples, noise seed 0 for every model, {CURVE[0]} NFE {CURVE[1]} "
+         f"logSNR; mean +- std over the training seeds.", "",
+         "| method | " + " | ".join(f"{s} steps" for s in ckpts) + " |", "|---|" + "---|" * len(ckpts)]  # fmt: skip
+    for m in methods:
+        mu, sd = curves[m]
+        L.append(f"| {m} | " + " | ".join(f"{a:.2f} +- {b:.2f}" for a, b in zip(mu, sd, strict=True)) + " |")
+    L += ["", "Steps FDM needs to reach its base method's final FD (FD interpolated linearly in log(steps) between "
+          "the two checkpoints that bracket the target; '<=' / '>' when the first checkpoint already reaches it / "
+          "no checkpoint does). 'Mean curves' compares the seed means; 'per seed' pairs the runs of equal seed.", "",
+          "| pair | target (base, final) | FDM steps (mean curves) | fraction | per seed |",
+          "|---|---|---|---|---|"]  # fmt: skip
+    for base, fdm in PAIRS:
+        if base not in methods or fdm not in methods:
+            continue
+        target = curves[base][0][-1]
+        s, label = steps_to_reach(ckpts, curves[fdm][0], target)
+        frac = "-" if s is None else f"{s / final:.0%}"
+        per = []
+        for k in seeds:
+            fk = [results[f"{fdm}-seed{k}"][c]["fd"] for c in ckpts]
+            sk, lk = steps_to_reach(ckpts, fk, results[f"{base}-seed{k}"][final]["fd"])
+            per.append(lk if sk is None else f"{sk / final:.0%}")
+        L.append(f"| {fdm} vs. {base} | {target:.2f} | {label} | {frac} | {', '.join(per)} |")
+    L += ["", f"FD vs. NFE at {final} steps (mean +- std over seeds {seeds}). The Heun-like sampler: omsjax has no EDM "
+          "Heun sampler; singlestep DPM-Solver-2 with noise prediction on Karras (rho = 7) steps is an explicit "
+          "second-order Runge-Kutta step in sigma on the EDM schedule (midpoint in log sigma where Heun uses the "
+          "trapezoidal rule), 2 NFE per step like Heun.", "",
+          "| method | sampler | " + " | ".join(f"NFE {k}" for k in args.nfes) + " |",
+          "|---|---|" + "---|" * len(args.nfes)]  # fmt: skip
+    for m in methods:
+        for label in NFE_SAMPLERS:
+            cells = []
+            for k in args.nfes:
+                mu, sd = mean_std([results[f"{m}-seed{s}"][final]["fd_nfe"][label][str(k)] for s in seeds])
+                cells.append(f"{mu:.2f} +- {sd:.2f}")
+            L.append(f"| {m} | {label} | " + " | ".join(cells) + " |")
+    L += ["", "![FD vs. steps](figures/fdm-fd-vs-steps.png)", "",
+          "Reproduce a run: `omsjax train --config benchmarks/configs/fdm/METHOD-seedK.json --out DIR` (the FDs come "
+          "from `python benchmarks/bench_fdm.py --out DIR`, which resumes finished runs)."]  # fmt: skip
+    save_json(args.out / "summary.json", {"checkpoints": ckpts, "curves": {m: [c.tolist() for c in v]
+                                          for m, v in curves.items()}})  # fmt: skip
+    return "\n".join(L)
+
+
+def _abstract_params(args):
+    import jax
+
+    cfg = zoo.named_config(args.net)
+    return jax.eval_shape(lambda: nets.init_unet(cfg.net, jax.random.PRNGKey(0), cfg.image_shape))
+
+
+if __name__ == "__main__":
+    main()
