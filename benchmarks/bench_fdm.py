@@ -21,11 +21,12 @@ OUT/configs/ and, with the results, to benchmarks/configs/fdm/ (`omsjax train --
 the run). Writes the `fdm` section of benchmarks/RESULTS.md and benchmarks/figures/fdm-fd-vs-steps.png.
 
 Run: `python benchmarks/bench_fdm.py --out runs/bench-fdm [--steps 6000] [--seeds 0 1 2]`.
-Cost at the defaults (4 methods x 3 seeds x 6,000 steps of digits-xs at batch 128, 9.2M training images): measured
-~255 img/s per process on this 2-core machine while another benchmark held both cores (the smoke run), and the
-digits-xs forward pass costs ~1/4 of digits-m's, which trains at ~800 img/s on the idle machine, so ~3,000 img/s
-idle: about 1 h of training on the idle 2-core CPU (up to ~10 h if the cores are shared), plus ~5 min of sampling
-(60 checkpoint FDs at NFE 50, 4 x 3 x 2 x 6 final-checkpoint FDs at NFE <= 20).
+Cost at the defaults (4 methods x 3 seeds x 6,000 steps of digits-xs at batch 128, 72k steps): measured here
+(2-core CPU shared with another benchmark) 85-135 ms per digits-xs step (vp and fdm_edm alike) against 234 ms for
+digits-m, which trains at ~800 img/s (160 ms/step) on the idle machine, so ~60 ms/step idle: ~70 min of training,
+plus ~20 min of sampling (4 models x 13 schedule lengths to compile; 60 FDs at NFE 50 and 144 at NFE 4-20, 1,000
+samples each): about 1.5 h on the idle 2-core CPU, roughly twice that while another job shares it. The smoke run
+(`--steps 24 --seeds 0 --fd-samples 200 --nfes 4 6`) took 4.5 min on the loaded machine, mostly compilation.
 """
 
 from __future__ import annotations
@@ -114,8 +115,10 @@ def plot(path: Path, steps, curves: dict, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, pair in zip(axes, PAIRS, strict=True):
+    pairs = [[m for m in pair if m in curves] for pair in PAIRS]
+    pairs = [p for p in pairs if p]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs, strict=True):
         for method in pair:
             m, s = curves[method]
             ax.errorbar(steps, m, yerr=s, marker="o", capsize=3, label=method)
@@ -175,9 +178,8 @@ def report(args, ckpts, results, seconds) -> str:
     final = ckpts[-1]
     curves = {m: [mean_std([results[f"{m}-seed{k}"][s]["fd"] for k in seeds]) for s in ckpts] for m in methods}
     curves = {m: (np.array([c[0] for c in v]), np.array([c[1] for c in v])) for m, v in curves.items()}
-    if all(m in methods for p in PAIRS for m in p):
-        title = f"digits, {args.net}: FD ({CURVE[0]}, NFE {CURVE[1]}) vs. steps, mean +- std over seeds {seeds}"
-        plot(args.out / "fdm-fd-vs-steps.png", ckpts, curves, title)
+    title = f"digits, {args.net}: FD ({CURVE[0]}, NFE {CURVE[1]}) vs. steps, mean +- std over seeds {seeds}"
+    plot(args.out / "fdm-fd-vs-steps.png", ckpts, curves, title)
     batch = run_config(args, methods[0], seeds[0]).batch_size
     train_s = sum(r[s]["train_seconds"] for r in results.values() for s in r)
     train_cpu = sum(r[s].get("train_cpu_seconds", np.nan) for r in results.values() for s in r)

@@ -24,10 +24,13 @@ benchmarks/figures/stages-fd-vs-flops.png.
 
 Run: `python benchmarks/bench_stages.py --out runs/bench-stages [--steps 6000] [--seeds 0 1 2] [--alpha 0.6]`.
 Cost at the defaults: 3 seeds x (the unified digits-xs for 6,000 steps + 3 multi-stage networks of the same total
-FLOPs), i.e. 4 x 3 x 6,000 digits-xs-equivalent steps at batch 128 (9.2M images): at the ~3,000 img/s that
-digits-xs reaches on the idle 2-core CPU (digits-m: ~800 img/s, 4x the FLOPs) ~50 min for the unified runs, and
-more for the multi-stage ones, whose CPU step is slower than its FLOPs say (`lax.switch` and the per-group Adam:
-SEE_SMOKE), plus ~10 min of clustering and sampling.
+FLOPs: about 5,300 / 5,500 / 6,900 steps for the clustered / uniform-t / uniform-logSNR boundaries). Measured here
+(2-core CPU shared with another benchmark): 85 ms per digits-xs step, 103 ms per multi-stage step (encoder 16,
+decoders 24/16/8), 234 ms per digits-m step; digits-m trains at ~800 img/s (160 ms/step) on the idle machine, so
+~60 and ~70 ms/step idle: ~18 min for the unified runs and ~60 min for the multi-stage ones, plus ~15 min of
+clustering, compilation and sampling: about 1.5 h on the idle 2-core CPU, roughly twice that while another job
+shares it. The smoke run (`--steps 40 --seeds 0 --fd-samples 200 --grid 20 --cluster-samples 64`) took 4 min on the
+loaded machine, mostly compilation.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def plot(path: Path, flops_axis: dict, curves: dict, title: str) -> None:
             ax.errorbar(flops_axis[name], m, yerr=s, marker="o", capsize=3, label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("training compute (PFLOP, 3 x forward x batch x steps)")
+        ax.set_xlabel("training compute (TFLOP, 3 x forward x batch x steps)")
         ax.set_ylabel(f"FD, {label}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -221,7 +224,7 @@ def write_report(args, report, bounds, cost, results, seconds) -> str:
     curves, axis, final = {}, {}, {}
     for name in names:
         steps = sorted(results[f"{name}-seed{seeds[0]}"])
-        axis[name] = [3 * cost[name]["flops"] * batch * s / 1e15 for s in steps]
+        axis[name] = [3 * cost[name]["flops"] * batch * s / 1e12 for s in steps]
         curves[name] = {}
         for label in CURVES:
             ms = [mean_std([results[f"{name}-seed{k}"][s][label] for k in seeds]) for s in steps]

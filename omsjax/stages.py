@@ -35,7 +35,9 @@ own step count for the bias correction), and a decoder's parameters, Adam state 
 unless it is the step's stage, as PyTorch's Adam skips parameters without gradients (plain optax would keep moving
 them on stale momentum, and its EMA would keep drifting toward them). So a decoder's EMA averages over its own
 updates: with decay d and stage probability p_k it spans ~1/((1 - d) p_k) steps. The gradient is clipped to the
-global norm over all groups and the learning rate `train.lr_schedule` follows the global step.
+global norm over all groups and the learning rate `train.lr_schedule` follows the global step. The step is compiled
+once per stage and the stages of a run are drawn first: XLA's CPU backend runs a backward pass inside a conditional
+(`lax.switch` on a traced stage) 10-30x slower than the same convolutions outside one.
 `train(..., stop_at=s)` with `save_state` / `restore_state` makes a run resumable (legs give the uninterrupted
 run bit for bit).
 """
@@ -954,9 +956,25 @@ def init_state(config: StageTrainConfig) -> _train.TrainState:
     )
 
 
-def loss_fn(config: StageTrainConfig, params: Any, batch: jax.Array, key: jax.Array, stage: jax.Array) -> jax.Array:
-    """Mean noise-prediction loss of stage `stage` (int32 scalar) on `batch` [B, H, W, C]:
-    t ~ U(edges[stage], edges[stage + 1]), x = alpha_t x0 + sigma_t eps, mean (eps_hat(x, t) - eps)^2."""
+def _stage_forward(net: MultiStageConfig, stage: int) -> Callable:
+    """`f(params, x, t)`: the encoder, then decoder `stage` (a Python int) called directly; `params` needs only
+    "encoder" and "decoder_{stage}"."""
+
+    def f(params, x, t):
+        x, t = _check_input(net, x, t)
+        h, skips, emb = encode(net, params, x, t)
+        return decode(net, params, stage, h, skips, emb, net.out_channels or x.shape[-1])
+
+    return f
+
+
+def loss_fn(config: StageTrainConfig, params: Any, batch: jax.Array, key: jax.Array, stage: int | jax.Array
+            ) -> jax.Array:  # fmt: skip
+    """Mean noise-prediction loss of stage `stage` on `batch` [B, H, W, C]:
+    t ~ U(edges[stage], edges[stage + 1]), x = alpha_t x0 + sigma_t eps, mean (eps_hat(x, t) - eps)^2.
+
+    A Python int `stage` calls its decoder directly (`params` needs only "encoder" and "decoder_{stage}"); an int32
+    array (possibly traced) goes through `stage_apply_fn`'s `lax.switch`."""
     batch = jnp.asarray(batch, _DTYPE)
     b = batch.shape[0]
     k_t, k_eps = jax.random.split(key)
@@ -966,63 +984,82 @@ def loss_fn(config: StageTrainConfig, params: Any, batch: jax.Array, key: jax.Ar
     ns = schedules.vp_linear()
     shape = (b,) + (1,) * (batch.ndim - 1)
     x = jnp.exp(ns.log_alpha(t)).reshape(shape) * batch + ns.sigma(t).reshape(shape) * eps
-    pred = stage_apply_fn(config.net)(params, x, t, stage)
+    if _is_int(stage):
+        pred = _stage_forward(config.net, int(stage))(params, x, t)
+    else:
+        pred = stage_apply_fn(config.net)(params, x, t, stage)
     return jnp.mean(jnp.square(pred - eps))
 
 
-def _keep_unless(active: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where `active` (a boolean scalar), else `old`, leaf by leaf (bit-exact either way)."""
-    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+def _stage_key(key: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of step `step`'s stage draw (the first of the three keys of `fold_in(key, step)`)."""
+    return jax.random.split(jax.random.fold_in(key, step), 3)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def _draw_stages(config: StageTrainConfig, key: jax.Array, steps: jax.Array) -> jax.Array:
+    """int32 [S]: the stage drawn from `config.probs` at each optimiser step of `steps` [S]."""
+    logp = jnp.log(jnp.asarray(config.probs, _DTYPE))
+    return jax.vmap(lambda s: jax.random.categorical(_stage_key(key, s), logp))(steps).astype(jnp.int32)
+
+
+# The stage is static: one compiled program per stage. On the CPU, XLA runs the backward pass of a conditional
+# (`lax.switch` on a traced stage, or `value_and_grad` inside its branches) 10-30x slower than the same
+# convolutions outside one, so the step never differentiates through a switch; the stage sequence is drawn first.
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def _train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Array, key: jax.Array,
-                stage: jax.Array) -> tuple[_train.TrainState, dict]:  # fmt: skip
+                stage: int) -> tuple[_train.TrainState, dict]:  # fmt: skip
     step_key = jax.random.fold_in(key, state.step)
-    k_stage, k_idx, k_loss = jax.random.split(step_key, 3)
-    drawn = jax.random.categorical(k_stage, jnp.log(jnp.asarray(config.probs, _DTYPE))).astype(jnp.int32)
-    stage = jnp.where(stage < 0, drawn, stage)
+    _, k_idx, k_loss = jax.random.split(step_key, 3)  # the first key draws the stage (`_draw_stages`)
     idx = jax.random.randint(k_idx, (config.batch_size,), 0, data.shape[0], dtype=jnp.int32)
     batch = jnp.asarray(data, _DTYPE)[idx]
-    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(config, state.params, batch, k_loss, stage)
+    active = ("encoder", f"decoder_{stage}")
+    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(
+        config, {name: state.params[name] for name in active}, batch, k_loss, stage
+    )
     tx = _group_tx(config)
     d = config.ema_decay
     # One flat vector per parameter group: a few large element-wise ops instead of a few per leaf (the step
-    # compiles much faster). Clipping to the global norm over all groups (absent decoders have zero gradients).
+    # compiles much faster). Clipping to the global norm of the gradient (absent decoders have none).
     flat_grads = {name: ravel_pytree(g)[0] for name, g in grads.items()}
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in flat_grads.values()))
     clip = jnp.where(grad_norm < config.grad_clip, 1.0, config.grad_clip / grad_norm)
+    # A decoder absent from this step keeps its parameters, Adam state and EMA: the same arrays.
+    params, ema, opt_state = dict(state.params), dict(state.ema_params), dict(state.opt_state)
     # optax mixes Python floats with int32 counts (strict promotion rejects that); the results are float32.
     with jax.numpy_dtype_promotion("standard"):
         lr = _train.lr_schedule(config)(state.step)
-        params, ema, opt_state = {}, {}, {}
-        for name, tree in state.params.items():
-            p, unravel = ravel_pytree(tree)
+        for name in active:
+            p, unravel = ravel_pytree(state.params[name])
             e = ravel_pytree(state.ema_params[name])[0]
-            updates, s = tx.update(clip * flat_grads[name], state.opt_state[name], p)
+            updates, opt_state[name] = tx.update(clip * flat_grads[name], state.opt_state[name], p)
             new_p = p - lr * updates
-            new_e = d * e + (1.0 - d) * new_p
-            if name != "encoder":  # a decoder absent from this step keeps its parameters, Adam state and EMA
-                keep = functools.partial(_keep_unless, stage == int(name.rsplit("_", 1)[1]))
-                new_p, s, new_e = keep(new_p, p), keep(s, state.opt_state[name]), keep(new_e, e)
-            params[name], opt_state[name], ema[name] = unravel(new_p), s, unravel(new_e)
+            params[name], ema[name] = unravel(new_p), unravel(d * e + (1.0 - d) * new_p)
     new = _train.TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    return new, {"loss": loss, "grad_norm": grad_norm, "lr": lr, "stage": stage}
+    return new, {"loss": loss, "grad_norm": grad_norm, "lr": lr, "stage": jnp.int32(stage)}
 
 
 def train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Array, key: jax.Array,
                stage: int | jax.Array | None = None) -> tuple[_train.TrainState, dict]:  # fmt: skip
-    """One optimiser step of one stage on a batch drawn from `data` [N, H, W, C] (pure; compiled once per config).
+    """One optimiser step of one stage on a batch drawn from `data` [N, H, W, C] (pure; one compiled program per
+    config and stage).
 
     The step's randomness (stage, batch indices, times, noise) comes from `fold_in(key, state.step)`. `stage`
-    None draws the stage from `config.probs`; an int trains that stage. Only the encoder and the step's decoder
-    change: every other decoder's parameters, Adam state (moments and count) and EMA stay bit-identical. The
-    learning rate follows the global step. Returns the new state and {"loss", "grad_norm", "lr", "stage"}.
+    None draws the stage from `config.probs` (`_draw_stages`: a host round trip; `train` draws a whole run's stages
+    at once); an int (or a concrete int array) trains that stage. Only the encoder and the step's decoder change:
+    every other decoder's parameters, Adam state (moments and count) and EMA stay bit-identical. The learning
+    rate follows the global step. Returns the new state and {"loss", "grad_norm", "lr", "stage"}.
     """
-    if stage is not None and not isinstance(stage, jax.Array):
-        if not _is_int(stage) or not 0 <= stage < config.net.num_stages:
-            raise ValueError(f"stage must be an int in [0, {config.net.num_stages}), got {stage!r}")
-    return _train_step(config, state, data, key, jnp.asarray(-1 if stage is None else stage, jnp.int32))
+    if stage is None:
+        stage = _draw_stages(config, key, jnp.reshape(state.step, (1,)))[0]
+    if isinstance(stage, (jax.Array, np.ndarray, np.integer)) and jnp.issubdtype(jnp.result_type(stage), jnp.integer):
+        try:
+            stage = int(stage)
+        except (jax.errors.ConcretizationTypeError, TypeError):
+            raise ValueError(f"stage must be a concrete int (the step is compiled per stage), got {stage!r}") from None
+    if not _is_int(stage) or not 0 <= stage < config.net.num_stages:
+        raise ValueError(f"stage must be an int in [0, {config.net.num_stages}), got {stage!r}")
+    return _train_step(config, state, data, key, int(stage))
 
 
 def train(
@@ -1057,8 +1094,9 @@ def train(
     key = _keys(config)[1]
     start = int(state.step)
     log, window, t0 = [], [], time.perf_counter()
+    drawn = np.asarray(_draw_stages(config, key, jnp.arange(start, max(end, start), dtype=jnp.int32)))
     for step in tqdm(range(start + 1, end + 1), disable=not progress, desc="train stages", unit="step"):
-        state, metrics = train_step(config, state, data_dev, key)
+        state, metrics = _train_step(config, state, data_dev, key, int(drawn[step - 1 - start]))
         window.append((metrics["loss"], metrics["stage"]))
         if step % log_every == 0 or step == end:
             losses, stage_ids = (np.asarray(v) for v in zip(*jax.device_get(window), strict=True))
