@@ -73,6 +73,7 @@ def run_config(args, method: str, seed: int) -> train.TrainConfig:
     precond, clamp = METHODS[method]
     base = zoo.named_config(args.net, steps=args.steps).to_dict()
     return train.TrainConfig.from_dict({**base, "precond": precond, "seed": seed, "fdm_m": args.fdm_m,
+                                        "ema_warmup": True,
                                         "weight_clamp_warmup": args.clamp_warmup if clamp else 0,
                                         "checkpoint_every": max(1, args.steps // 8)})  # fmt: skip
 
@@ -189,7 +190,8 @@ def report(args, ckpts, results, seconds) -> str:
          f"({images / max(train_s, 1e-9):.0f} img/s), {train_cpu:.0f} s of process CPU time (compilation "
          f"included).", "",
          f"{args.net} U-Net ({nets.param_count(_abstract_params(args)):,} parameters), digits train split, batch "
-         f"{batch}, lr 2e-3 with 200 warm-up steps and cosine decay, EMA 0.999, {args.steps} steps, training seeds "
+         f"{batch}, lr 2e-3 with 200 warm-up steps and cosine decay, EMA 0.999 with "
+         f"warm-up (decay min(0.999, (1 + n) / (10 + n)) at update n), {args.steps} steps, training seeds "
          f"{seeds}. FDM: m = {args.fdm_m}, loss-weight clamp warm-up W = {args.clamp_warmup} (a no-op for VP, whose "
          f"weight is 1). FD: {args.fd_samples} samples, noise seed 0 for every model, {CURVE[0]} NFE {CURVE[1]} "
          f"logSNR; mean +- std over the training seeds.", "",

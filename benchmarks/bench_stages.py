@@ -90,7 +90,7 @@ def variant_boundaries(report: dict) -> dict[str, tuple[float, ...]]:
 
 def unified_config(args, seed: int) -> train.TrainConfig:
     base = zoo.named_config(args.unified, steps=args.steps).to_dict()
-    return train.TrainConfig.from_dict({**base, "precond": "vp", "seed": seed,
+    return train.TrainConfig.from_dict({**base, "precond": "vp", "seed": seed, "ema_warmup": True,
                                         "checkpoint_every": max(1, args.steps // 8)})  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def stage_config(args, bounds, steps: int, seed: int) -> stages.StageTrainConfig
                                   num_res_blocks=u.net.num_res_blocks, groups=u.net.groups)  # fmt: skip
     return stages.StageTrainConfig(net=net, steps=steps, batch_size=u.batch_size, lr=u.lr, warmup=u.warmup,
                                    grad_clip=u.grad_clip, weight_decay=u.weight_decay, ema_decay=u.ema_decay,
-                                   seed=seed, image_shape=u.image_shape)  # fmt: skip
+                                   ema_warmup=True, seed=seed, image_shape=u.image_shape)  # fmt: skip
 
 
 def costs(args, bounds: dict) -> dict:
@@ -266,7 +266,8 @@ def write_report(args, report, bounds, cost, results, seconds) -> str:
           f"forward), {args.steps} steps. Multi-stage: encoder {args.encoder}, decoders {tuple(args.decoders)} "
           f"(near data first), stage k trained with probability p_k = its interval length; steps set so that steps x "
           f"sum_k p_k F_k = {args.steps} x F_unified (F: XLA forward FLOPs). Batch {batch}, same learning-rate "
-          f"schedule, EMA and seeds {seeds}. FD of {args.fd_samples} samples (noise seed 0), logSNR spacing, at the "
+          f"schedule, EMA (0.999 with warm-up: decay min(0.999, (1 + n) / (10 + n)) at a parameter group's n-th "
+          f"update) and seeds {seeds}. FD of {args.fd_samples} samples (noise seed 0), logSNR spacing, at the "
           "end of each run; mean +- std over the seeds.", "",
           "| network | boundaries t | params (active per stage; mean) | MFLOP / image (mean) | steps | train s "
           "(CPU s) | "

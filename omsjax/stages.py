@@ -834,8 +834,9 @@ class StageTrainConfig:
 
     Attributes:
       net: the `MultiStageConfig`.
-      steps, batch_size, lr, warmup, grad_clip, weight_decay, ema_decay, seed, image_shape: as in
-        `train.TrainConfig` (same learning-rate schedule `train.lr_schedule`, as a function of the global step).
+      steps, batch_size, lr, warmup, grad_clip, weight_decay, ema_decay, ema_warmup, seed, image_shape: as in
+        `train.TrainConfig` (same learning-rate schedule `train.lr_schedule`, as a function of the global step;
+        the EMA warm-up counts each group's own updates, the encoder's every step, a decoder's its stage's).
       stage_probs: probability of training each stage in a step; empty: proportional to the length of its time
         interval within (train.T_EPS, 1], so that t is marginally U(T_EPS, 1) as for a unified network.
     """
@@ -848,6 +849,7 @@ class StageTrainConfig:
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     ema_decay: float = 0.999
+    ema_warmup: bool = False
     seed: int = 0
     image_shape: tuple = (8, 8, 1)
     stage_probs: tuple = ()
@@ -874,6 +876,9 @@ class StageTrainConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not _is_real(self.ema_decay) or not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not isinstance(self.ema_warmup, (bool, np.bool_)):
+            raise ValueError(f"ema_warmup must be a bool, got {self.ema_warmup!r}")
+        object.__setattr__(self, "ema_warmup", bool(self.ema_warmup))
         shape = self.image_shape
         if not isinstance(shape, (tuple, list)) or len(shape) != 3 or not all(_is_int(s) and s > 0 for s in shape):
             raise ValueError(f"image_shape must be (H, W, C) with positive ints, got {shape!r}")
@@ -1018,7 +1023,6 @@ def _train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Ar
         config, {name: state.params[name] for name in active}, batch, k_loss, stage
     )
     tx = _group_tx(config)
-    d = config.ema_decay
     # One flat vector per parameter group: a few large element-wise ops instead of a few per leaf (the step
     # compiles much faster). Clipping to the global norm of the gradient (absent decoders have none).
     flat_grads = {name: ravel_pytree(g)[0] for name, g in grads.items()}
@@ -1032,6 +1036,8 @@ def _train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Ar
         for name in active:
             p, unravel = ravel_pytree(state.params[name])
             e = ravel_pytree(state.ema_params[name])[0]
+            count = optax.tree_utils.tree_get(state.opt_state[name], "count")  # this group's updates so far
+            d = _train.ema_decay_at(config.ema_decay, config.ema_warmup, count)
             updates, opt_state[name] = tx.update(clip * flat_grads[name], state.opt_state[name], p)
             new_p = p - lr * updates
             params[name], ema[name] = unravel(new_p), unravel(d * e + (1.0 - d) * new_p)

@@ -369,6 +369,28 @@ def test_train_step_moves_only_the_active_decoder():
         stages.train_step(CFG, state, data, key, 3)
 
 
+def test_ema_warmup_counts_each_groups_own_updates():
+    cfg = stages.StageTrainConfig(net=NET, steps=3, batch_size=8, warmup=0, image_shape=IMAGE, ema_warmup=True)
+    assert stages.StageTrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="ema_warmup"):
+        stages.StageTrainConfig(net=NET, steps=3, ema_warmup=1)
+    data = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (16, *IMAGE)), jnp.float32)
+    state, key = stages.init_state(cfg), jax.random.PRNGKey(5)
+    ema = {name: [np.asarray(x, np.float64) for x in leaves(p)] for name, p in state.params.items()}
+    updates = {name: 0 for name in state.params}
+    for k in (0, 1, 0):
+        state, _ = stages.train_step(cfg, state, data, key, k)
+        for name in ("encoder", f"decoder_{k}"):
+            d = min(0.999, (1 + updates[name]) / (10 + updates[name]))  # the group's own update count
+            new = [np.asarray(x, np.float64) for x in leaves(state.params[name])]
+            ema[name] = [d * e + (1 - d) * p for e, p in zip(ema[name], new, strict=True)]
+            updates[name] += 1
+    assert updates == {"encoder": 3, "decoder_0": 2, "decoder_1": 1, "decoder_2": 0}
+    for name, want in ema.items():
+        for got, w in zip(leaves(state.ema_params[name]), want, strict=True):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7)
+
+
 def test_train_loop_reduces_loss():
     rng = np.random.default_rng(1)
     patterns = np.sign(rng.standard_normal((2, *IMAGE)))

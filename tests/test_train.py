@@ -183,6 +183,29 @@ def test_train_step_is_pure_and_keyed_by_step():
     assert float(m3["loss"]) != float(m1["loss"])
 
 
+def test_ema_warmup_follows_its_closed_form():
+    n = np.arange(5)
+    np.testing.assert_allclose(train.ema_decay_at(0.999, True, n), np.minimum(0.999, (1 + n) / (10 + n)), rtol=1e-6)
+    np.testing.assert_array_equal(train.ema_decay_at(0.999, False, n), np.float32(0.999))
+    assert float(train.ema_decay_at(0.9, True, 1000)) == np.float32(0.9)  # capped by ema_decay
+    with pytest.raises(ValueError, match="ema_warmup"):
+        train.TrainConfig(net=NET, steps=10, ema_warmup="yes")
+    # Three steps: the EMA is the float64 recurrence e_n = d_n e_(n-1) + (1 - d_n) p_n over the parameters.
+    cfg = train.TrainConfig(net=NET, steps=3, batch_size=8, warmup=0, ema_warmup=True)
+    assert train.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    state, data, key = train.init_state(cfg), random_data(16), jax.random.PRNGKey(0)
+    ema = [np.asarray(x, np.float64) for x in leaves(state.params)]
+    for step in range(3):
+        state, _ = train.train_step(cfg, state, data, key)
+        d = min(0.999, (1 + step) / (10 + step))
+        ema = [d * e + (1 - d) * np.asarray(p, np.float64) for e, p in zip(ema, leaves(state.params), strict=True)]
+    for got, want in zip(leaves(state.ema_params), ema, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # Without the warm-up the EMA barely leaves the initialisation (0.999^3).
+    plain = train.TrainConfig(net=NET, steps=3, batch_size=8, warmup=0)
+    assert abs(float(train.ema_decay_at(plain.ema_decay, plain.ema_warmup, 2)) - 0.999) < 1e-7
+
+
 def test_train_rejects_bad_data(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         train.train(CFG, np.zeros((4, 8, 8, 3), np.float32), tmp_path, progress=False)
