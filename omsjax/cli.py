@@ -7,7 +7,7 @@ omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.jso
 omsjax sample ... --out grid.png
     A PNG grid of samples.
 omsjax train --config NAME|FILE.json --out DIR [--steps N] [--precond P] [--fdm-m M] [--weight-clamp-warmup W]
-        [--resume] [--add-to-zoo DIR]
+        [--ema-warmup] [--resume] [--add-to-zoo DIR]
     Train a digits U-Net with resumable orbax checkpoints (FILE.json: a TrainConfig.to_dict(), e.g. a run's
     config.json, so that `omsjax train --config DIR/config.json` reproduces that run), or a multi-stage network
     when FILE.json holds a StageTrainConfig (from `omsjax stages config`, or a multi-stage run's config.json).
@@ -16,7 +16,8 @@ omsjax stages cluster [--grid G] [--samples S] [--alpha A] [--prediction eps|x0]
     Timestep clustering of the digits train split with its empirical optimal denoiser (continuous linear VP): the
     threshold-rule boundaries (t1, t2) at alpha, the DP partition into K stages and the uniform-in-t and
     uniform-in-logSNR boundaries, as t, lambda and EDM sigma.
-omsjax stages config --boundaries T1 T2 [--decoders 48 32 8] [--encoder 32] [--steps N] [--out FILE.json]
+omsjax stages config --boundaries T1 T2 [--decoders 48 32 8] [--encoder 32] [--steps N] [--ema-warmup]
+        [--out FILE.json]
     A multi-stage training config (StageTrainConfig JSON) for `omsjax train --config FILE.json`.
 omsjax search --zoo DIR (--nfe N | --budget SECONDS) [--mode solver|model|joint] --out DIR
     Search a per-step schedule with the S3 loop (GA, true evaluation, predictor) and report the baselines.
@@ -211,11 +212,12 @@ def _is_multistage(d) -> bool:
 
 def train_config(args) -> tuple:
     """(config, member name) of `omsjax train`: the named config or JSON file `--config`, with the fields given on
-    the command line (--steps, --precond, --fdm-m, --weight-clamp-warmup) replaced; ValueError names the bad field.
+    the command line (--steps, --precond, --fdm-m, --weight-clamp-warmup, --ema-warmup) replaced; ValueError names
+    the bad field.
 
     The config is a `train.TrainConfig`, or a `stages.StageTrainConfig` for a JSON file holding one (e.g. from
     `omsjax stages config`, or a multi-stage run's config.json, whose {"omsjax_multistage", "config"} wrapper is
-    unwrapped); a multi-stage config takes --steps only.
+    unwrapped); a multi-stage config takes --steps and --ema-warmup only.
     """
     from omsjax import stages, train, zoo
 
@@ -240,14 +242,14 @@ def train_config(args) -> tuple:
             raise ValueError(f"--config {src}: {e}") from None
         name = path.stem if path.name != "config.json" else path.resolve().parent.name
     given = {"steps": args.steps, "precond": args.precond, "fdm_m": args.fdm_m,
-             "weight_clamp_warmup": args.weight_clamp_warmup}  # fmt: skip
+             "weight_clamp_warmup": args.weight_clamp_warmup, "ema_warmup": args.ema_warmup}  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(cfg, stages.StageTrainConfig):
-        bad = [f"--{k.replace('_', '-')}" for k in given if k != "steps"]
+        bad = [f"--{k.replace('_', '-')}" for k in given if k not in ("steps", "ema_warmup")]
         if bad:
             verb = "does" if len(bad) == 1 else "do"
             raise ValueError(f"{', '.join(bad)} {verb} not apply to the multi-stage config {src} (continuous linear "
-                             f"VP, noise prediction); only --steps does")  # fmt: skip
+                             f"VP, noise prediction); only --steps and --ema-warmup do")  # fmt: skip
     if given:
         cfg = type(cfg).from_dict({**cfg.to_dict(), **given})
     return cfg, name
@@ -369,7 +371,7 @@ def cmd_stages_config(args) -> int:
     net = stages.MultiStageConfig(boundaries=tuple(args.boundaries), decoder_channels=tuple(args.decoders),
                                   encoder_channels=args.encoder, channel_mults=tuple(args.channel_mults))  # fmt: skip
     cfg = stages.StageTrainConfig(net=net, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                  warmup=args.warmup, seed=args.seed)  # fmt: skip
+                                  warmup=args.warmup, seed=args.seed, ema_warmup=args.ema_warmup)  # fmt: skip
     text = json.dumps(cfg.to_dict(), indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -572,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fdm-m", type=float, default=None, help="FDM damping m (fdm_* preconds; default 2)")
     t.add_argument("--weight-clamp-warmup", type=int, default=None,
                    help="loss-weight cap 5*100^(step/W) for the first W steps (0: off)")  # fmt: skip
+    t.add_argument("--ema-warmup", action="store_const", const=True, default=None,
+                   help="ramp the EMA decay up: min(ema_decay, (1+n)/(10+n)) at update n")  # fmt: skip
     t.add_argument("--resume", action="store_true")
     t.add_argument("--add-to-zoo", default=None, help="zoo folder to add the trained model to")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -601,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--lr", type=float, default=2e-3)
     sg.add_argument("--warmup", type=int, default=200)
     sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--ema-warmup", action="store_true", help="ramp the EMA decay up (StageTrainConfig.ema_warmup)")
     sg.add_argument("--out", default=None, help="write to FILE.json instead of printing")
     sg.set_defaults(func=cmd_stages_config)
 

@@ -401,7 +401,9 @@ def test_cli_train_config(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     assert cli.train_config(_args("--config", str(run / "config.json"))) == (config, "run")
     again, _ = cli.train_config(_args("--config", str(run / "config.json"), "--precond", "fdm_ve"))
-    assert again.precond == "fdm_ve" and again.fdm_m == 1.0
+    assert again.precond == "fdm_ve" and again.fdm_m == 1.0 and not again.ema_warmup
+    warm, _ = cli.train_config(_args("--config", str(run / "config.json"), "--ema-warmup"))
+    assert warm.ema_warmup and warm.precond == "fdm_vp"
     for argv, field in [
         (("--config", "tiny", "--fdm-m", "-1"), "fdm_m"),
         (("--config", "tiny", "--weight-clamp-warmup", "-2"), "weight_clamp_warmup"),

@@ -2,6 +2,7 @@
 (resumable legs), and a multi-stage member of a zoo (manifest, `load_zoo`, `omsjax evaluate`)."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -103,6 +104,9 @@ def test_stages_config_json(tmp_path):
     cfg = stages.StageTrainConfig.from_dict(json.loads(out))
     assert rc == 0 and cfg.net.boundaries == (0.41, 0.64) and cfg.net.decoder_channels == (16, 8, 8)
     assert (cfg.net.encoder_channels, cfg.net.channel_mults, cfg.steps, cfg.batch_size) == (8, (1,), 4, 16)
+    assert not cfg.ema_warmup
+    rc, out, _ = run(["stages", "config", *CONFIG_ARGV, "--ema-warmup"])
+    assert rc == 0 and stages.StageTrainConfig.from_dict(json.loads(out)) == dataclasses.replace(cfg, ema_warmup=True)
     for argv, msg in [(["--boundaries", "0.64", "0.41"], "boundaries"), (["--boundaries", "0.5"], "decoder_channels"),
                       (["--boundaries", "0.3", "0.6", "--steps", "0"], "steps")]:  # fmt: skip
         rc, _, err = run(["stages", "config", *argv])
@@ -120,6 +124,9 @@ def test_train_config_detects_multistage(tmp_path, trained):
     assert cli.train_config(args("--config", str(run_dir / "config.json"))) == (cfg, "run")
     more, _ = cli.train_config(args("--config", str(cfg_path), "--steps", "9"))
     assert isinstance(more, stages.StageTrainConfig) and more.steps == 9 and more.net == cfg.net
+    assert not more.ema_warmup
+    warm, _ = cli.train_config(args("--config", str(cfg_path), "--ema-warmup"))
+    assert warm.ema_warmup and warm.steps == cfg.steps
     with pytest.raises(ValueError, match="--precond does not apply to the multi-stage config"):
         cli.train_config(args("--config", str(cfg_path), "--precond", "edm"))
     with pytest.raises(ValueError, match="--fdm-m, --weight-clamp-warmup do not apply"):
