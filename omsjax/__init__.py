@@ -4,7 +4,7 @@ import importlib
 
 from omsjax import nets, oracles, presets, schedules, usf
 from omsjax.models import Model, as_zoo
-from omsjax.sampler import generate, sample, sample_many
+from omsjax.sampler import generate, sample, sample_heun, sample_many
 from omsjax.schedule import Schedule, check_schedule, stack
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "oracles",
     "presets",
     "sample",
+    "sample_heun",
     "sample_many",
     "schedules",
     "stack",
