@@ -199,7 +199,7 @@ def _trajectory_error(args, x, sched, models, ns):
     if not 0 <= ref_model < len(models):
         raise ValueError(f"--ref-model {ref_model} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
     ts = np.asarray(sched.ts, np.float64)
-    x_T = sampler.noise(args.seed, k, x.shape[1:])
+    x_T = float(ns.prior_std(ts[0])) * sampler.noise(args.seed, k, x.shape[1:])  # the noise of `generate`
     ref = metrics.ode_reference(models[ref_model], ns, x_T, ts[0], ts[-1])
     return metrics.trajectory_error(x[:k], ref), k, ref_model
 

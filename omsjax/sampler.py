@@ -353,13 +353,15 @@ def generate(
     data_mean: jax.Array | None = None,
     dtype=jnp.float32,
 ) -> np.ndarray:
-    """`n` samples of one schedule from `noise(seed, ...)`, in batches (one compiled program); numpy [n, *shape]."""
+    """`n` samples of one schedule from `noise(seed, ...)` scaled by `noise_schedule.prior_std(ts[0])` (1 for VP,
+    sigma_max for EDM), in batches (one compiled program); numpy [n, *shape]."""
     zoo = as_zoo(model_or_zoo)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    scale = jnp.asarray(noise_schedule.prior_std(np.asarray(schedule.ts, np.float64)[0]), dtype)
     out = []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        x_T = noise(seed, m, shape, dtype, offset=start)
+        x_T = scale * noise(seed, m, shape, dtype, offset=start)
         out.append(np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean)))
     return np.concatenate(out)

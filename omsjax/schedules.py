@@ -58,6 +58,12 @@ class NoiseSchedule:
         """Half log-SNR lambda_t = log alpha_t - log sigma_t."""
         raise NotImplementedError
 
+    def prior_std(self, t):
+        """Standard deviation of the starting noise x_T ~ N(0, prior_std(T)^2 I) of a sampler started at time t:
+        1 for the variance-preserving schedules (their convention: the marginal as alpha_t -> 0), sigma_t = t for
+        EDM (Karras et al.: x_0 ~ N(0, sigma_max^2 I))."""
+        return 1.0 + 0.0 * t
+
     def t_of_lambda(self, lam):
         """Inverse of `lam`."""
         raise NotImplementedError
@@ -207,6 +213,9 @@ class EDM(NoiseSchedule):
 
     def lam(self, t):
         return -_xp(t).log(t)
+
+    def prior_std(self, t):
+        return t
 
     def t_of_lambda(self, lam):
         return _xp(lam).exp(-lam)

@@ -777,8 +777,8 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0, t1 = float(np.asarray(template.ts)[0]), float(np.asarray(template.ts)[-1])
-    x_T = sampler.noise(seed + 500, train_samples, shape)
-    x_H = sampler.noise(seed + 600, heldout_samples, shape)
+    x_T = float(ns.prior_std(t0)) * sampler.noise(seed + 500, train_samples, shape)
+    x_H = float(ns.prior_std(t0)) * sampler.noise(seed + 600, heldout_samples, shape)
 
     def traj_data(m):
         if m is None:  # the FD objective needs no ODE reference

@@ -280,3 +280,19 @@ def test_generate_batches_agree(env):
     b = omsjax.sampler.generate(m, ns, s, 7, (6,), seed=1, batch_size=3, dtype=jnp.float64)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert a.shape == (7, 6)
+
+
+def test_generate_draws_the_prior_of_the_schedule():
+    # VP: x_T ~ N(0, I); EDM: x_T ~ N(0, sigma_max^2 I). Unscaled noise at sigma_max = 80 would collapse every
+    # sample onto the data mean.
+    gmm = _gmm()
+    for ns, std in ((schedules.vp_linear(), 1.0), (schedules.edm(), 80.0)):
+        assert float(ns.prior_std(ns.t_max)) == std
+        model = gmm.model(ns)
+        sched = presets.preset("dpm_solver_pp", ns, 20, order=2)
+        got = omsjax.generate(model, ns, sched, 600, (6,), seed=3, batch_size=300, dtype=jnp.float64)
+        want = omsjax.sample(model, ns, sched, std * omsjax.sampler.noise(3, 600, (6,), jnp.float64))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        # The samples spread like the mixture: its per-coordinate variance.
+        data = np.asarray(gmm.sample(jax.random.PRNGKey(0), 20000))
+        np.testing.assert_allclose(got.var(0).mean(), data.var(0).mean(), rtol=0.15)

@@ -207,7 +207,9 @@ class Evaluator:
         self.method = method
         self.classifier, self.ref = classifier, ref
         self.eval_key = f"seed{self.noise_seed}-n{self.num_samples}"
-        self.x_T = sampler.noise(self.noise_seed, self.num_samples, tuple(image_shape))
+        # The search's schedules start at T (`presets`): the prior of the schedule at T.
+        scale = float(noise_schedule.prior_std(float(noise_schedule.t_max)))
+        self.x_T = scale * sampler.noise(self.noise_seed, self.num_samples, tuple(image_shape))
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
 
     def _method(self, schedules: Sequence[Schedule]) -> str:
