@@ -44,6 +44,15 @@ SHORT = {"DDIM": "ddim", "DPM-Solver++(2M)": "dpmpp2m"}
 SHIP_DIR = zoo.DEFAULT_ZOO / "schedules" / "timesteps"
 
 
+def merge_rows(a: dict, b: dict) -> dict:
+    """One row from two processes' copies of it: the union of their phase-1 methods (a's where both have one)
+    and every other field from whichever copy has it (a's first)."""
+    out = {**b, **a}
+    if "phase1" in a or "phase1" in b:
+        out["phase1"] = {**b.get("phase1", {}), **a.get("phase1", {})}
+    return out
+
+
 class Bench:
     def __init__(self, out: Path, k: int, fd_samples: int, solvers=SOLVERS, tag: str = ""):
         self.out = out
@@ -61,7 +70,8 @@ class Bench:
         self.rows_path = out / f"rows-{'-'.join(SHORT[s] for s in solvers)}{tag}.json"
         self.rows = {}
         for path in sorted(out.glob("rows-*.json")):
-            self.rows.update(json.loads(path.read_text()))
+            for key, row in json.loads(path.read_text()).items():
+                self.rows[key] = merge_rows(self.rows.get(key, {}), row)
         tpl = presets.preset("ddim", self.ns, 3, model=0)
         self.t0, self.t1 = float(np.asarray(tpl.ts)[0]), float(np.asarray(tpl.ts)[-1])
         self.lam_grid = np.linspace(float(self.ns.lam(self.t0)), float(self.ns.lam(self.t1)), 256)
