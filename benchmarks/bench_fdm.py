@@ -144,6 +144,8 @@ def main():
     ap.add_argument("--out", type=Path, required=True, help="folder of the runs (resumable)")
     ap.add_argument("--steps", type=int, default=6000, help="step budget of every run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--vp-seeds", type=int, nargs="+", default=None,
+                    help="training seeds of the vp / vp-fdm runs (default: --seeds)")  # fmt: skip
     ap.add_argument("--net", default="digits-xs", help="named U-Net config of omsjax.zoo")
     ap.add_argument("--fdm-m", type=float, default=2.0)
     ap.add_argument("--clamp-warmup", type=int, default=400, help="FDM loss-weight clamp warm-up W (steps)")
@@ -153,6 +155,8 @@ def main():
     ap.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md, figures/ and configs/")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
+    if args.vp_seeds is None:
+        args.vp_seeds = list(args.seeds)
     if any(k < 2 or k % 2 for k in args.nfes):
         ap.error(f"--nfes must be even (EDM's Heun sampler makes 2 model calls per step), got {args.nfes}")
     images = data.load_digits("train")
@@ -160,7 +164,7 @@ def main():
     t_start = time.perf_counter()
     results = {}
     for method in args.methods:
-        for seed in args.seeds:
+        for seed in method_seeds(args, method):
             name = f"{method}-seed{seed}"
             cfg = run_config(args, method, seed)
             save_json(args.out / "configs" / f"{name}.json", cfg.to_dict())
@@ -179,12 +183,18 @@ def main():
         write_section(text, "fdm")
 
 
+def method_seeds(args, method: str) -> list[int]:
+    """The training seeds of a method's runs (the VP pair may have fewer)."""
+    return list(args.vp_seeds if method in ("vp", "vp-fdm") else args.seeds)
+
+
 def report(args, ckpts, results, seconds) -> str:
     seeds, methods = args.seeds, args.methods
     final = ckpts[-1]
-    curves = {m: [mean_std([results[f"{m}-seed{k}"][s]["fd"] for k in seeds]) for s in ckpts] for m in methods}
+    curves = {m: [mean_std([results[f"{m}-seed{k}"][s]["fd"] for k in method_seeds(args, m)]) for s in ckpts]
+              for m in methods}  # fmt: skip
     curves = {m: (np.array([c[0] for c in v]), np.array([c[1] for c in v])) for m, v in curves.items()}
-    title = f"digits, {args.net}: FD ({CURVE[0]}, NFE {CURVE[1]}) vs. steps, mean +- std over seeds {seeds}"
+    title = f"digits, {args.net}: FD ({CURVE[0]}, NFE {CURVE[1]}) vs. steps, mean +- std over the seeds"
     plot(args.out / "fdm-fd-vs-steps.png", ckpts, curves, title)
     batch = run_config(args, methods[0], seeds[0]).batch_size
     train_s = sum(r[s]["train_seconds"] for r in results.values() for s in r)
@@ -197,7 +207,8 @@ def report(args, ckpts, results, seconds) -> str:
          f"{args.net} U-Net ({nets.param_count(_abstract_params(args)):,} parameters), digits train split, batch "
          f"{batch}, lr 2e-3 with 200 warm-up steps and cosine decay, EMA 0.999 with "
          f"warm-up (decay min(0.999, (1 + n) / (10 + n)) at update n), {args.steps} steps, training seeds "
-         f"{seeds}. FDM: m = {args.fdm_m}, loss-weight clamp warm-up W = {args.clamp_warmup} (a no-op for VP, whose "
+         f"{seeds}" + ("" if args.vp_seeds == seeds else f" (vp and vp-fdm: {args.vp_seeds})")
+         + f". FDM: m = {args.fdm_m}, loss-weight clamp warm-up W = {args.clamp_warmup} (a no-op for VP, whose "
          f"weight is 1). FD: {args.fd_samples} samples, noise seed 0 for every model, {CURVE[0]} NFE {CURVE[1]} "
          f"logSNR; mean +- std over the training seeds.", "",
          "| method | " + " | ".join(f"{s} steps" for s in ckpts) + " |", "|---|" + "---|" * len(ckpts)]  # fmt: skip
@@ -216,12 +227,12 @@ def report(args, ckpts, results, seconds) -> str:
         s, label = steps_to_reach(ckpts, curves[fdm][0], target)
         frac = "-" if s is None else f"{s / final:.0%}"
         per = []
-        for k in seeds:
+        for k in method_seeds(args, base):
             fk = [results[f"{fdm}-seed{k}"][c]["fd"] for c in ckpts]
             sk, lk = steps_to_reach(ckpts, fk, results[f"{base}-seed{k}"][final]["fd"])
             per.append(lk if sk is None else f"{sk / final:.0%}")
         L.append(f"| {fdm} vs. {base} | {target:.2f} | {label} | {frac} | {', '.join(per)} |")
-    L += ["", f"FD vs. NFE at {final} steps (mean +- std over seeds {seeds}). EDM Heun: `omsjax.sample_heun` "
+    L += ["", f"FD vs. NFE at {final} steps (mean +- std over the seeds). EDM Heun: `omsjax.sample_heun` "
           "(Karras et al.'s Algorithm 1 without churn, NFE / 2 second-order steps on the Karras grid, rho = 7, no "
           "final Euler step since the grid ends at sigma_min); DPM-Solver-2: singlestep, noise prediction, the same "
           "grid.", "",
@@ -231,7 +242,8 @@ def report(args, ckpts, results, seconds) -> str:
         for label in NFE_SAMPLERS:
             cells = []
             for k in args.nfes:
-                mu, sd = mean_std([results[f"{m}-seed{s}"][final]["fd_nfe"][label][str(k)] for s in seeds])
+                runs = [results[f"{m}-seed{s}"] for s in method_seeds(args, m)]
+                mu, sd = mean_std([r[final]["fd_nfe"][label][str(k)] for r in runs])
                 cells.append(f"{mu:.2f} +- {sd:.2f}")
             L.append(f"| {m} | {label} | " + " | ".join(cells) + " |")
     L += ["", "![FD vs. steps](figures/fdm-fd-vs-steps.png)", "",

@@ -172,9 +172,15 @@ def main():
     ap.add_argument("--cluster-samples", type=int, default=1000)
     ap.add_argument("--fd-samples", type=int, default=1000)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
+                    help="seeds of the uniform-t / uniform-logSNR ablation runs (default: --seeds)")  # fmt: skip
     ap.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md, figures/ and configs/")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
+    if args.ablation_seeds is None:
+        args.ablation_seeds = list(args.seeds)
+    if not set(args.ablation_seeds) <= set(args.seeds):
+        ap.error(f"--ablation-seeds {args.ablation_seeds} must be among --seeds {args.seeds}")
     if len(args.decoders) != 3:
         ap.error("--decoders needs 3 widths (3 stages)")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +193,8 @@ def main():
     results = {}
     for seed in args.seeds:
         runs = [("unified", unified_config(args, seed))]
-        runs += [(v, stage_config(args, b, cost[v]["steps"], seed)) for v, b in bounds.items()]
+        runs += [(v, stage_config(args, b, cost[v]["steps"], seed)) for v, b in bounds.items()
+                 if seed in run_seeds(args, v)]  # fmt: skip
         for name, cfg in runs:
             run = f"{name}-seed{seed}"
             save_json(args.out / "configs" / f"{run}.json", cfg.to_dict())
@@ -217,12 +224,17 @@ def main():
         write_section(text, "stages")
 
 
+def run_seeds(args, name: str) -> list[int]:
+    """The training seeds of the unified or a multi-stage variant's runs (the ablation may have fewer)."""
+    return list(args.ablation_seeds if name in ("uniform-t", "uniform-logsnr") else args.seeds)
+
+
 def write_report(args, report, bounds, cost, results, seconds) -> str:
     names = ["unified", *bounds]
-    seeds = args.seeds
     batch = unified_config(args, 0).batch_size
     curves, axis, final = {}, {}, {}
     for name in names:
+        seeds = run_seeds(args, name)
         steps = sorted(results[f"{name}-seed{seeds[0]}"])
         axis[name] = [3 * cost[name]["flops"] * batch * s / 1e12 for s in steps]
         curves[name] = {}
@@ -232,10 +244,10 @@ def write_report(args, report, bounds, cost, results, seconds) -> str:
         final[name] = {label: mean_std([results[f"{name}-seed{k}"][steps[-1]][label] for k in seeds])
                        for label in [*CURVES, *FINAL]}  # fmt: skip
     plot(args.out / "stages-fd-vs-flops.png", axis, curves,
-         f"digits: unified {args.unified} vs. multi-stage at equal training FLOPs, seeds {seeds}")  # fmt: skip
+         f"digits: unified {args.unified} vs. multi-stage at equal training FLOPs, seeds {args.seeds}")  # fmt: skip
 
     def total(n, field):
-        return sum(r[s].get(field, np.nan) for k in seeds for r in [results[f"{n}-seed{k}"]] for s in r)
+        return sum(r[s].get(field, np.nan) for k in run_seeds(args, n) for r in [results[f"{n}-seed{k}"]] for s in r)
 
     train_s = {n: (total(n, "train_seconds"), total(n, "train_cpu_seconds")) for n in names}
 
@@ -267,7 +279,9 @@ def write_report(args, report, bounds, cost, results, seconds) -> str:
           f"(near data first), stage k trained with probability p_k = its interval length; steps set so that steps x "
           f"sum_k p_k F_k = {args.steps} x F_unified (F: XLA forward FLOPs). Batch {batch}, same learning-rate "
           f"schedule, EMA (0.999 with warm-up: decay min(0.999, (1 + n) / (10 + n)) at a parameter group's n-th "
-          f"update) and seeds {seeds}. FD of {args.fd_samples} samples (noise seed 0), logSNR spacing, at the "
+          f"update) and seeds {args.seeds}"
+          + ("" if args.ablation_seeds == args.seeds else f" (the uniform-t / uniform-logSNR ablation rows: seeds "
+             f"{args.ablation_seeds})") + f". FD of {args.fd_samples} samples (noise seed 0), logSNR spacing, at the "
           "end of each run; mean +- std over the seeds.", "",
           "| network | boundaries t | params (active per stage; mean) | MFLOP / image (mean) | steps | train s "
           "(CPU s) | "
