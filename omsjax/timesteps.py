@@ -487,10 +487,11 @@ def optimize_fd(
     ts0 = np.asarray(schedule.ts, np.float64)
     u0 = jnp.asarray(logits(ns, ts0, spacing), f)
     t0, t1 = float(ts0[0]), float(ts0[-1])
+    prior = float(ns.prior_std(t0))  # 1 for VP, sigma_max for EDM
 
     def loss(u, k):
         s = schedule._replace(ts=times(ns, u, t0, t1, spacing).astype(f))
-        x_T = jax.random.normal(k, (batch, *image_shape), f)
+        x_T = prior * jax.random.normal(k, (batch, *image_shape), f)
         out = sample(zoo, ns, s, x_T, data_mean=data_mean)
         feats = embed(jnp.clip(out, -1.0, 1.0)).astype(jnp.float32)
         return frechet_loss(feats, mu_r, sqrt_r, tr_r)
