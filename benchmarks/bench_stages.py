@@ -289,7 +289,9 @@ def write_report(args, report, bounds, cost, results, seconds) -> str:
           "|---|---|---|---|---|---|" + "---|" * (len(CURVES) + len(FINAL))]  # fmt: skip
     for n in names:
         c = cost[n]
-        fds = " | ".join(f"{final[n][k][0]:.2f} +- {final[n][k][1]:.2f}" for k in [*CURVES, *FINAL])
+        one = len(run_seeds(args, n)) == 1
+        fds = " | ".join(f"{final[n][k][0]:.2f}" + ("" if one else f" +- {final[n][k][1]:.2f}")
+                         for k in [*CURVES, *FINAL])  # fmt: skip
         if n == "unified":
             L.append(f"| unified {args.unified} | - | {c['params']:,} | {c['flops'] / 1e6:.2f} | {c['steps']} | "
                      f"{train_s[n][0]:.0f} ({train_s[n][1]:.0f}) | {fds} |")  # fmt: skip
@@ -301,13 +303,27 @@ def write_report(args, report, bounds, cost, results, seconds) -> str:
                      f"{fds} |")  # fmt: skip
     L += ["", "'train s (CPU s)': wall-clock (and process CPU) seconds of training summed over the seeds, "
           "compilation included (this machine, possibly shared: the comparison is at equal FLOPs). The ablation "
-          "is the three multi-stage rows (same decoders, other boundaries).", "",
+          "is the three multi-stage rows (same decoders, other boundaries); a row without +- ran one seed.", "",
           "FD during training (first sampler, mean over seeds) at 12.5/25/50/75/100% of each budget (equal-FLOPs "
           "points):", "", "| network | " + " | ".join(f"{f:.1%}" for f in FRACTIONS) + " |",
           "|---|" + "---|" * len(FRACTIONS)]  # fmt: skip
     first = next(iter(CURVES))
     for n in names:
         L.append(f"| {n} | " + " | ".join(f"{v:.2f}" for v in curves[n][first][0]) + " |")
+    common = sorted(set.intersection(*(set(run_seeds(args, n)) for n in names)))
+    if common != sorted(args.seeds):
+        L += [
+            "",
+            f"Final FD on the seeds every network ran ({common}), mean over them:",
+            "",
+            "| network | " + " | ".join([*CURVES, *FINAL]) + " |",
+            "|---|" + "---|" * (len(CURVES) + len(FINAL)),
+        ]
+        for n in names:
+            last = max(results[f"{n}-seed{common[0]}"])
+            L.append(f"| {n} | " + " | ".join(
+                f"{np.mean([results[f'{n}-seed{k}'][last][label] for k in common]):.2f}"
+                for label in [*CURVES, *FINAL]) + " |")  # fmt: skip
     L += ["", "![FD vs. training FLOPs](figures/stages-fd-vs-flops.png)", "",
           "Reproduce a run: `omsjax train --config benchmarks/configs/stages/NAME-seedK.json --out DIR` (a "
           "StageTrainConfig or TrainConfig JSON; the FDs come from `python benchmarks/bench_stages.py --out DIR`, "
