@@ -43,6 +43,7 @@ from common import (
     checkpoint_steps,
     fd_at,
     fd_heun_at,
+    load_json,
     machine,
     mean_std,
     run_checkpoints,
@@ -172,8 +173,9 @@ def main():
             run_dir = args.out / "runs" / name
             params_at = unet_params_at(cfg, images, run_dir, not args.quiet)
             results[name] = run_checkpoints(run_dir, ckpts, params_at, evaluate)
+    start_fds = late_start(args, images, ckpts[-1])
     seconds = time.perf_counter() - t_start
-    text = report(args, ckpts, results, seconds)
+    text = report(args, ckpts, results, seconds, start_fds)
     print(text)
     if not args.no_results:
         CONFIG_DIR.mkdir(parents=True, exist_ok=True)
@@ -183,13 +185,42 @@ def main():
         write_section(text, "fdm")
 
 
+T_STARTS = (1.0, 0.95, 0.9, 0.8)  # VP start times of the late-start check
+
+
+def late_start(args, images, final: int) -> dict:
+    """{method: {t_start: [FD per seed]}}: the final vp / vp-fdm models sampled with DPM-Solver++(2M) NFE 20
+    (logSNR) started at t_start < 1, which skips the highest noise levels, where FDM's c_in = s(sigma) hides the
+    input from the network (s(152) ~ 4e-8). Cached in OUT/late-start.json."""
+    path = args.out / "late-start.json"
+    out = load_json(path, {})
+    for method in ("vp", "vp-fdm"):
+        if method not in args.methods:
+            continue
+        for seed in method_seeds(args, method):
+            key = f"{method}-seed{seed}"
+            if key in out:
+                continue
+            cfg = run_config(args, method, seed)
+            params = unet_params_at(cfg, images, args.out / "runs" / key, False)(final)
+            model, ns = train.model_from_params(cfg, params, name="m"), train.noise_schedule(cfg.precond)
+            out[key] = {str(t): fd_at(model, ns, presets.preset("dpm_solver_pp", ns, 20, order=2, t_start=t),
+                                      args.fd_samples) for t in T_STARTS}  # fmt: skip
+            save_json(path, out)
+    return out
+
+
 def method_seeds(args, method: str) -> list[int]:
     """The training seeds of a method's runs (the VP pair may have fewer)."""
     return list(args.vp_seeds if method in ("vp", "vp-fdm") else args.seeds)
 
 
-def report(args, ckpts, results, seconds) -> str:
+def report(args, ckpts, results, seconds, start_fds) -> str:
     seeds, methods = args.seeds, args.methods
+
+    def pm(mu, sd, method):  # mean +- std, or the value of a method that ran one seed
+        return f"{mu:.2f}" if len(method_seeds(args, method)) == 1 else f"{mu:.2f} +- {sd:.2f}"
+
     final = ckpts[-1]
     curves = {m: [mean_std([results[f"{m}-seed{k}"][s]["fd"] for k in method_seeds(args, m)]) for s in ckpts]
               for m in methods}  # fmt: skip
@@ -210,11 +241,11 @@ def report(args, ckpts, results, seconds) -> str:
          f"{seeds}" + ("" if args.vp_seeds == seeds else f" (vp and vp-fdm: {args.vp_seeds})")
          + f". FDM: m = {args.fdm_m}, loss-weight clamp warm-up W = {args.clamp_warmup} (a no-op for VP, whose "
          f"weight is 1). FD: {args.fd_samples} samples, noise seed 0 for every model, {CURVE[0]} NFE {CURVE[1]} "
-         f"logSNR; mean +- std over the training seeds.", "",
+         f"logSNR; mean +- std over the training seeds (a single value: one seed).", "",
          "| method | " + " | ".join(f"{s} steps" for s in ckpts) + " |", "|---|" + "---|" * len(ckpts)]  # fmt: skip
     for m in methods:
         mu, sd = curves[m]
-        L.append(f"| {m} | " + " | ".join(f"{a:.2f} +- {b:.2f}" for a, b in zip(mu, sd, strict=True)) + " |")
+        L.append(f"| {m} | " + " | ".join(pm(a, b, m) for a, b in zip(mu, sd, strict=True)) + " |")
     L += ["", "Steps FDM needs to reach its base method's final FD (FD interpolated linearly in log(steps) between "
           "the two checkpoints that bracket the target; '<=' / '>' when the first checkpoint already reaches it / "
           "no checkpoint does). 'Mean curves' compares the seed means; 'per seed' pairs the runs of equal seed.", "",
@@ -244,8 +275,21 @@ def report(args, ckpts, results, seconds) -> str:
             for k in args.nfes:
                 runs = [results[f"{m}-seed{s}"] for s in method_seeds(args, m)]
                 mu, sd = mean_std([r[final]["fd_nfe"][label][str(k)] for r in runs])
-                cells.append(f"{mu:.2f} +- {sd:.2f}")
+                cells.append(pm(mu, sd, m))
             L.append(f"| {m} | {label} | " + " | ".join(cells) + " |")
+    if all(f"{m}-seed{k}" in start_fds for m in ("vp", "vp-fdm") for k in method_seeds(args, m)):
+        L += [
+            "",
+            "Where VP-FDM fails: the final VP models sampled with DPM-Solver++(2M) NFE 20 (logSNR) started at "
+            "t_start < 1 instead of T = 1, skipping the highest noise levels, where c_in = s(sigma) all but hides "
+            "the input from the noise-predicting network (s(sigma_VP(1) = 152) ~ 4e-8).",
+            "",
+            "| method | " + " | ".join(f"t_start {t}" for t in T_STARTS) + " |",
+            "|---|" + "---|" * len(T_STARTS),
+        ]
+        for m in ("vp", "vp-fdm"):
+            runs = [start_fds[f"{m}-seed{k}"] for k in method_seeds(args, m)]
+            L.append(f"| {m} | " + " | ".join(pm(*mean_std([r[str(t)] for r in runs]), m) for t in T_STARTS) + " |")
     L += ["", "![FD vs. steps](figures/fdm-fd-vs-steps.png)", "",
           "Reproduce a run: `omsjax train --config benchmarks/configs/fdm/METHOD-seedK.json --out DIR` (the FDs come "
           "from `python benchmarks/bench_fdm.py --out DIR`, which resumes finished runs)."]  # fmt: skip

@@ -228,3 +228,23 @@ def test_stop_at_validates():
     cfg = stages.StageTrainConfig.from_dict(json.loads(run(["stages", "config", *CONFIG_ARGV])[1]))
     with pytest.raises(ValueError, match="stop_at"):
         stages.train(cfg, data.load_digits("train"), stop_at=-1, progress=False)
+
+
+def test_benchmark_configs_reproduce_through_omsjax_train():
+    # The configs that benchmarks/bench_fdm.py and bench_stages.py ship for `omsjax train --config FILE`.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
+    for sub in ("fdm", "stages"):
+        files = sorted((root / sub).glob("*.json"))
+        assert files, f"no configs in {root / sub}"
+        for f in files:
+            cfg, name = cli.train_config(cli.build_parser().parse_args(["train", "--config", str(f), "--out", "x"]))
+            assert name == f.stem and cfg.to_dict() == json.loads(f.read_text()), f
+            assert cfg.ema_warmup  # both benchmarks train with the EMA warm-up
+            if sub == "fdm":
+                assert isinstance(cfg, train.TrainConfig) and cfg.precond == f.stem.split("-seed")[0].replace(
+                    "edm-fdm", "fdm_edm").replace("vp-fdm", "fdm_vp")  # fmt: skip
+            else:
+                want = train.TrainConfig if f.stem.startswith("unified") else stages.StageTrainConfig
+                assert isinstance(cfg, want), f
