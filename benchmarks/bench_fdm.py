@@ -20,7 +20,9 @@ checkpoints are skipped, so the script resumes where it stopped. Each run's Trai
 OUT/configs/ and, with the results, to benchmarks/configs/fdm/ (`omsjax train --config FILE --out DIR` reproduces
 the run). Writes the `fdm` section of benchmarks/RESULTS.md and benchmarks/figures/fdm-fd-vs-steps.png.
 
-Run: `python benchmarks/bench_fdm.py --out runs/bench-fdm [--steps 6000] [--seeds 0 1 2]`.
+Run: `python benchmarks/bench_fdm.py --out runs/bench-fdm [--steps 6000] [--seeds 0 1 2] [--vp-seeds 0]`.
+The RESULTS section comes from `--steps 3000 --nfes 4 6 10 20 --vp-seeds 0`: 8 runs, 58 min of training and ~80 min
+in all on the 2-core CPU shared with bench_stages.
 Cost at the defaults (4 methods x 3 seeds x 6,000 steps of digits-xs at batch 128, 72k steps): measured here
 (2-core CPU shared with another benchmark) 85-135 ms per digits-xs step (vp and fdm_edm alike) against 234 ms for
 digits-m, which trains at ~800 img/s (160 ms/step) on the idle machine, so ~60 ms/step idle: ~70 min of training,

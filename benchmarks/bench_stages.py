@@ -22,7 +22,9 @@ resumes. Configs go to OUT/configs/ and, with the results, to benchmarks/configs
 FILE --out DIR` reproduces a run). Writes the `stages` section of benchmarks/RESULTS.md and
 benchmarks/figures/stages-fd-vs-flops.png.
 
-Run: `python benchmarks/bench_stages.py --out runs/bench-stages [--steps 6000] [--seeds 0 1 2] [--alpha 0.6]`.
+Run: `python benchmarks/bench_stages.py --out runs/bench-stages [--steps 6000] [--seeds 0 1 2] [--alpha 0.6]
+[--ablation-seeds 0]`. The RESULTS section comes from `--steps 3000 --ablation-seeds 0`: 8 runs, 66 min in all on the
+2-core CPU shared with bench_fdm.
 Cost at the defaults: 3 seeds x (the unified digits-xs for 6,000 steps + 3 multi-stage networks of the same total
 FLOPs: about 5,300 / 5,500 / 6,900 steps for the clustered / uniform-t / uniform-logSNR boundaries). Measured here
 (2-core CPU shared with another benchmark): 85 ms per digits-xs step, 103 ms per multi-stage step (encoder 16,
