@@ -59,7 +59,7 @@ class NoiseSchedule:
         raise NotImplementedError
 
     def prior_std(self, t):
-        """Standard deviation of the starting noise x_T ~ N(0, prior_std(T)^2 I) of a sampler started at time t:
+        """Standard deviation of the starting noise of a sampler started at time t, x_T ~ N(0, prior_std(t)^2 I):
         1 for the variance-preserving schedules (their convention: the marginal as alpha_t -> 0), sigma_t = t for
         EDM (Karras et al.: x_0 ~ N(0, sigma_max^2 I))."""
         return 1.0 + 0.0 * t

@@ -361,14 +361,14 @@ def _denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: j
     return bc(c_skip) * x + bc(c_out) * f
 
 
-def ema_decay_at(decay: float, warmup: bool, count: jax.Array) -> jax.Array:
-    """The EMA decay of update number `count` (0-based, int array): `decay`, or min(decay, (1 + n) / (10 + n))
-    with `warmup` (float32)."""
-    d = jnp.asarray(decay, _DTYPE)
+def ema_decay_at(decay: float, warmup: bool, count: jax.Array) -> float | jax.Array:
+    """The EMA decay of update number `count` (0-based, int array): the Python float `decay` without `warmup` (so
+    that 1 - decay is formed in float64, as in runs without the option), else min(decay, (1 + n) / (10 + n)) in
+    float32."""
     if not warmup:
-        return d
+        return float(decay)
     n = jnp.asarray(count).astype(_DTYPE)
-    return jnp.minimum(d, (1.0 + n) / (10.0 + n))
+    return jnp.minimum(jnp.asarray(decay, _DTYPE), (1.0 + n) / (10.0 + n))
 
 
 def lr_schedule(config: TrainConfig):
