@@ -28,15 +28,23 @@ from omsjax.schedules import NoiseSchedule
 __all__ = ["sample", "sample_many", "sample_heun", "noise", "generate"]
 
 
-def _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean):
+def _check_noise_schedule(noise_schedule):
     if not isinstance(noise_schedule, NoiseSchedule):
         raise ValueError(f"noise_schedule must be an omsjax noise schedule, got {type(noise_schedule).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
+
+
+def _check_x_T(x_T):
     if not hasattr(x_T, "shape") or len(x_T.shape) < 1 or x_T.shape[0] < 1:
         raise ValueError(f"x_T must be an array [batch, ...] with batch >= 1, got {getattr(x_T, 'shape', x_T)}")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
+
+
+def _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean):
+    _check_noise_schedule(noise_schedule)
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
+    _check_x_T(x_T)
     if data_mean is not None and not _is_traced(data_mean):
         dm = np.shape(data_mean)
         try:
@@ -293,12 +301,8 @@ def sample_heun(model: Model, noise_schedule: NoiseSchedule, ts, x_T: jax.Array)
     """
     if not isinstance(model, Model):
         raise ValueError(f"sample_heun needs one omsjax.Model, got {type(model).__name__}")
-    if not isinstance(noise_schedule, NoiseSchedule):
-        raise ValueError(f"noise_schedule must be an omsjax noise schedule, got {type(noise_schedule).__name__}")
-    if not hasattr(x_T, "shape") or len(x_T.shape) < 1 or x_T.shape[0] < 1:
-        raise ValueError(f"x_T must be an array [batch, ...] with batch >= 1, got {getattr(x_T, 'shape', x_T)}")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
+    _check_noise_schedule(noise_schedule)
+    _check_x_T(x_T)
     if np.ndim(ts) != 1 or np.shape(ts)[0] < 2:
         raise ValueError(f"ts must be a 1-D array of N + 1 >= 2 times, got shape {np.shape(ts)}")
     if not _is_traced(ts):
