@@ -43,6 +43,7 @@ import numpy as np
 from common import (
     FIGURES,
     checkpoint_steps,
+    errorbar_panels,
     fd_at,
     fd_heun_at,
     load_json,
@@ -117,29 +118,9 @@ def steps_to_reach(steps, fds, target) -> tuple[float | None, str]:
 
 
 def plot(path: Path, steps, curves: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pairs = [[m for m in pair if m in curves] for pair in PAIRS]
-    pairs = [p for p in pairs if p]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
-    for ax, pair in zip(axes[0], pairs, strict=True):
-        for method in pair:
-            m, s = curves[method]
-            ax.errorbar(steps, m, yerr=s, marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training steps")
-        ax.set_ylabel("FD (lower is better)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    panels = [("FD (lower is better)", {m: (steps, *curves[m]) for m in pair}) for pair in pairs if pair]
+    errorbar_panels(path, panels, "training steps", title)
 
 
 def main():

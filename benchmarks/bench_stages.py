@@ -49,6 +49,7 @@ import numpy as np
 from common import (
     FIGURES,
     checkpoint_steps,
+    errorbar_panels,
     fd_at,
     load_json,
     machine,
@@ -138,27 +139,8 @@ def evaluator(n: int, final_step: int):
 
 
 def plot(path: Path, flops_axis: dict, curves: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
-    for ax, label in zip(np.atleast_1d(axes), CURVES, strict=True):
-        for name, c in curves.items():
-            m, s = c[label]
-            ax.errorbar(flops_axis[name], m, yerr=s, marker="o", capsize=3, label=name)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training compute (TFLOP, 3 x forward x batch x steps)")
-        ax.set_ylabel(f"FD, {label}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    panels = [(f"FD, {label}", {name: (flops_axis[name], *c[label]) for name, c in curves.items()}) for label in CURVES]
+    errorbar_panels(path, panels, "training compute (TFLOP, 3 x forward x batch x steps)", title)
 
 
 def main():

@@ -147,6 +147,31 @@ def fd_heun_at(model, ns, nfe: int, n: int, seed: int = 0, batch_size: int = 500
     return float(metrics.fd(np.concatenate(out)))
 
 
+def errorbar_panels(path: Path, panels, xlabel: str, title: str) -> None:
+    """A PNG of log-log panels side by side: `panels` is a list of (ylabel, {name: (x, mean, std)}), one curve with
+    error bars per name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], panels, strict=True):
+        for name, (x, m, s) in lines.items():
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def mean_std(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     return float(v.mean()), float(v.std())
