@@ -33,6 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 import scipy.linalg
 
+from omsjax import optim
 from omsjax.paths import checkpoints_dir
 
 __all__ = [
@@ -196,10 +197,7 @@ def train_classifier(
         k_idx, k_shift = jax.random.split(key)
         idx = jax.random.randint(k_idx, (batch,), 0, n)
         xb = _shift(x[idx], k_shift)
-        loss, grads = jax.value_and_grad(loss_fn)(p, xb, y[idx])
-        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes Python floats and int counts
-            updates, s = opt.update(grads, s, p)
-            return optax.apply_updates(p, updates), s, loss
+        return optim.step(loss_fn, opt, p, s, xb, y[idx])
 
     key = jax.random.key(seed + 1)
     for i in range(steps):

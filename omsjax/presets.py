@@ -16,6 +16,7 @@ import numpy as np
 from omsjax import usf
 from omsjax.schedule import AFS_NAMES, Schedule, make
 from omsjax.schedules import NoiseSchedule, time_steps
+from omsjax.spacing import SKIP_TYPES
 
 __all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset", "NAMED"]
 
@@ -253,3 +254,37 @@ NAMED = {
     "UniPC-3 (bh1)": ("unipc", {"order": 3, "variant": "bh1"}),
     "UniPC-3 (bh2)": ("unipc", {"order": 3, "variant": "bh2"}),
 }
+
+# The multistep solvers that searched schedules are seeded with and compared against (names of NAMED).
+BASELINES = (
+    "DDIM",
+    "DPM-Solver++(2M)",
+    "DPM-Solver++(3M)",
+    "UniPC-2 (bh1)",
+    "UniPC-2 (bh2)",
+    "UniPC-3 (bh1)",
+    "UniPC-3 (bh2)",
+)
+
+
+def named(name: str, noise_schedule: NoiseSchedule, nfe: int, **kwargs) -> Schedule:
+    """The named solver setting `name` (a key of `NAMED`) at `nfe`; `kwargs` as the presets' (skip, model, afs,
+    t_start, t_end, ...)."""
+    if name not in NAMED:
+        raise ValueError(f"unknown solver {name!r}; expected one of {sorted(NAMED)}")
+    kind, kw = NAMED[name]
+    return preset(kind, noise_schedule, nfe, **kw, **kwargs)
+
+
+def named_grid(noise_schedule: NoiseSchedule, nfe: int, names=BASELINES, spacings=SKIP_TYPES, **kwargs) -> dict:
+    """{(name, spacing): Schedule} of the named solvers `names` over the step `spacings` at `nfe`, in that order;
+    `kwargs` go to every preset. A setting that does not exist at `nfe` (a preset's ValueError, e.g. an analytical
+    first step that leaves no step for the solver) has no entry."""
+    out = {}
+    for name in names:
+        for skip in spacings:
+            try:
+                out[(name, skip)] = named(name, noise_schedule, nfe, skip=skip, **kwargs)
+            except ValueError:
+                continue
+    return out

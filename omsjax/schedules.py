@@ -1,12 +1,11 @@
-"""Noise schedules and step spacings.
+"""Noise schedules: the forward processes q(x_t | x_0) that samplers and training share.
 
 A noise schedule describes the forward process q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) through
 log alpha_t, sigma_t and the half log-SNR lambda_t = log alpha_t - log sigma_t (decreasing in t), together with
 the inverse t(lambda). Every schedule is a pytree (its numbers are leaves, so they can be traced) and every
 method works on numpy input (host side, float64) as well as on jax arrays (inside jit).
 
-Step spacings (`time_steps`) follow DPM-Solver's definitions: 'logSNR', 'time_uniform', 'time_quadratic', plus
-Karras et al.'s sigma spacing ('karras', rho = 7).
+The step spacings (`time_steps`, `SKIP_TYPES`) are defined in `omsjax.spacing` and re-exported here.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from omsjax.spacing import SKIP_TYPES, time_steps  # re-exported: the spacings live in omsjax.spacing
 
 __all__ = [
     "NoiseSchedule",
@@ -33,8 +34,6 @@ __all__ = [
     "to_dict",
     "from_dict",
 ]
-
-SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic", "karras")
 
 
 def _xp(*args):
@@ -268,52 +267,6 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> EDM:
     if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
         raise ValueError(f"edm needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")
     return EDM(t_max=float(sigma_max), t_min=float(sigma_min), default_t_end=float(sigma_min))
-
-
-def time_steps(
-    noise_schedule: NoiseSchedule,
-    n: int,
-    skip: str = "logSNR",
-    *,
-    t_start: float | None = None,
-    t_end: float | None = None,
-    rho: float = 7.0,
-) -> np.ndarray:
-    """The n + 1 times t_0 = t_start > ... > t_n = t_end of a spacing, in float64 on the host.
-
-    logSNR: uniform in lambda; time_uniform: uniform in t; time_quadratic: uniform in sqrt(t) (DDIM);
-    karras: sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in the equivalent
-    EDM noise level sigma = exp(-lambda).
-    """
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"time_steps needs an integer number of steps n >= 1, got {n!r}")
-    t_start = float(noise_schedule.t_max if t_start is None else t_start)
-    t_end = float(noise_schedule.default_t_end if t_end is None else t_end)
-    if not (noise_schedule.t_min <= t_end < t_start <= noise_schedule.t_max * (1 + 1e-12)):
-        raise ValueError(
-            f"time_steps needs t_min={noise_schedule.t_min} <= t_end < t_start <= T={noise_schedule.t_max}, "
-            f"got t_start={t_start}, t_end={t_end}"
-        )
-    if skip == "logSNR":
-        lam = np.linspace(noise_schedule.lam(t_start), noise_schedule.lam(t_end), n + 1)
-        ts = np.asarray(noise_schedule.t_of_lambda(lam), dtype=np.float64)
-    elif skip == "time_uniform":
-        ts = np.linspace(t_start, t_end, n + 1)
-    elif skip == "time_quadratic":
-        ts = np.linspace(np.sqrt(t_start), np.sqrt(t_end), n + 1) ** 2
-    elif skip == "karras":
-        if not rho > 0:
-            raise ValueError(f"karras spacing needs rho > 0, got {rho}")
-        s_max = noise_schedule.edm_sigma(t_start)
-        s_min = noise_schedule.edm_sigma(t_end)
-        i = np.arange(n + 1) / n
-        sig = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-        ts = np.asarray(noise_schedule.t_of_edm_sigma(sig), dtype=np.float64)
-    else:
-        raise ValueError(f"unknown skip {skip!r}; expected one of {SKIP_TYPES}")
-    # Pin the end points exactly (the inverse maps round-trip to ~1e-15).
-    ts[0], ts[-1] = t_start, t_end
-    return ts
 
 
 def to_dict(noise_schedule: NoiseSchedule) -> dict:

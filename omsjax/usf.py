@@ -28,6 +28,7 @@ All coefficients are scalars computed first; a step is then one weighted sum ove
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -72,20 +73,13 @@ def phi(z, kmax: int):
     for n in range(1, kmax + 1):
         acc = jnp.zeros_like(z)
         for j in range(_SERIES_TERMS, -1, -1):
-            acc = acc * z + 1.0 / _factorial(j + n)
+            acc = acc * z + 1.0 / math.factorial(j + n)
         series.append(acc)
     zs = jnp.where(small, _SERIES_RADIUS, z)
     rec = [jnp.expm1(zs) / zs]
     for n in range(1, kmax):
-        rec.append((rec[-1] - 1.0 / _factorial(n)) / zs)
+        rec.append((rec[-1] - 1.0 / math.factorial(n)) / zs)
     return jnp.stack([jnp.where(small, s, r) for s, r in zip(series, rec, strict=True)])
-
-
-def _factorial(n: int) -> float:
-    out = 1.0
-    for i in range(2, n + 1):
-        out *= i
-    return out
 
 
 def relaxation_factor(relax_type, c, h, prediction):
@@ -140,7 +134,7 @@ def _stencil_inverse(dl, size):
     elsewhere), transposed: row n-1 holds the weights a of D_n (M a = e_n), shape [P, P]."""
     p = dl.shape[0]
     r = jnp.arange(1, p + 1, dtype=jnp.int32)
-    m = jnp.stack([dl**i / _factorial(i) for i in range(1, p + 1)])
+    m = jnp.stack([dl**i / math.factorial(i) for i in range(1, p + 1)])
     active = (r[:, None] <= size) & (r[None, :] <= size)
     eye = jnp.eye(p, dtype=dl.dtype)
     m = jnp.where(active, m, eye)

@@ -12,6 +12,7 @@ import pytest
 import scipy.integrate
 import scipy.special
 
+import omsjax
 from omsjax import oracles, presets, schedules
 from omsjax import timesteps as T
 
@@ -209,7 +210,7 @@ def test_optimize_fd_lowers_the_frechet_distance_on_held_out_noise():
 
     def held_fd(ts):
         x_T = jax.random.normal(jax.random.PRNGKey(7), (20000, 2), jnp.float64)
-        out = np.asarray(T.sample(model, VP, sched._replace(ts=jnp.asarray(ts)), x_T))
+        out = np.asarray(omsjax.sample(model, VP, sched._replace(ts=jnp.asarray(ts)), x_T))
         return metrics_fd(out, ref)
 
     before, after = held_fd(np.asarray(sched.ts)), held_fd(res.ts)

@@ -41,7 +41,7 @@ import numpy as np
 from omsjax import presets, usf
 from omsjax.schedule import AFS_NONE, Schedule, check_schedule
 from omsjax.schedules import NoiseSchedule
-from omsjax.timesteps import SPACINGS, U_BOUND, coordinate, times
+from omsjax.spacing import SPACINGS, U_BOUND, coordinate, times
 
 __all__ = [
     "MODES",
@@ -64,6 +64,9 @@ __all__ = [
 MODES = ("solver", "model", "joint")
 BASE_SOLVERS = ("unipc", "dpm_solver_pp")
 ORDER_PRIOR = (0.2, 0.4, 0.3, 0.1)  # S3's prior over orders 1..4
+# Solver-mode seeds: `presets.BASELINES` in the order the seeds have always had (the search's results depend on it).
+SEED_SOLVERS = ("DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)", "UniPC-2 (bh1)",
+                "UniPC-3 (bh1)")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,33 +401,26 @@ def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: f
     with and without AFS (zero x0) -- every one the space can represent at its NFE. Joint and model modes: the
     base solver with a single model at every NFE that fits `budget` (and N positions), in the space's spacing.
     """
-    from omsjax.schedules import SKIP_TYPES
-
     out = []
     if space.mode == "solver":
-        makers = [("ddim", {})] + [
-            (name, kw) for name in ("dpm_solver_pp", "unipc") for kw in ({"order": 2}, {"order": 3})
-        ]
-        makers += [("unipc", {"order": 2, "variant": "bh1"}), ("unipc", {"order": 3, "variant": "bh1"})]
-        for name, kw in makers:
-            for skip in SKIP_TYPES:
+        for name in SEED_SOLVERS:
+            for skip in SPACINGS:
                 for afs in ("none", "zero_x0"):
                     try:
-                        s = presets.preset(name, noise_schedule, space.nfe, skip=skip, model=space.model, afs=afs,
-                                           t_start=space.t_start, t_end=space.t_end, **kw)  # fmt: skip
+                        s = presets.named(name, noise_schedule, space.nfe, skip=skip, model=space.model, afs=afs,
+                                          t_start=space.t_start, t_end=space.t_end)  # fmt: skip
                         out.append(encode(space, noise_schedule, s))
                     except ValueError:
                         continue
     else:
-        base = {"unipc": ("unipc", {"order": 2, "variant": "bh2"}), "dpm_solver_pp": ("dpm_solver_pp", {"order": 2})}
-        name, kw = base[space.base_solver]
+        name = {"unipc": "UniPC-2 (bh2)", "dpm_solver_pp": "DPM-Solver++(2M)"}[space.base_solver]
         for m, lat in enumerate(space.latencies):
             for k in range(1, space.num_positions + 1):
                 if budget is not None and k * lat > budget:
                     break
                 try:
-                    s = presets.preset(name, noise_schedule, k, model=m, skip=space.spacing, t_start=space.t_start,
-                                       t_end=space.t_end, **kw)  # fmt: skip
+                    s = presets.named(name, noise_schedule, k, model=m, skip=space.spacing, t_start=space.t_start,
+                                      t_end=space.t_end)  # fmt: skip
                     g = encode(space, noise_schedule, s)
                 except ValueError:
                     continue

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from omsjax import config as checks
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
 
@@ -48,7 +49,7 @@ class GAConfig:
         check_positive_ints(self, ("pop_size", "num_children", "tournament", "repair_iters"))
         for name in ("p_crossover", "p_mutate", "p_mutate_continuous"):
             v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
+            if not (checks.is_real(v) and 0.0 <= v <= 1.0):
                 raise ValueError(f"GAConfig.{name} must be a probability in [0, 1], got {v!r}")
         for name in ("sigma_u", "sigma_relax"):
             if not getattr(self, name) >= 0:
@@ -60,9 +61,7 @@ class GAConfig:
 def check_positive_ints(config, names) -> None:
     """Raise ValueError naming the first field of `config` in `names` that is not an int >= 1."""
     for name in names:
-        v = getattr(config, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {v!r}")
+        checks.positive_int(f"{type(config).__name__}.{name}", getattr(config, name))
 
 
 class GAState(NamedTuple):

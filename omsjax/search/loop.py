@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from omsjax import config as checks
 from omsjax.schedule import Schedule
 from omsjax.search import encoding, ga, predictor
 from omsjax.search.encoding import Genome, SearchSpace
@@ -52,10 +53,8 @@ class LoopConfig:
 
     def __post_init__(self):
         ga.check_positive_ints(self, ("initial_random", "per_stage", "generations", "predictor_epochs", "final_top"))
-        if not 0.0 <= self.explore_fraction <= 1.0:
-            raise ValueError(f"LoopConfig.explore_fraction must be in [0, 1], got {self.explore_fraction!r}")
-        if not isinstance(self.stages, int) or self.stages < 0:
-            raise ValueError(f"LoopConfig.stages must be an int >= 0, got {self.stages!r}")
+        checks.real("LoopConfig.explore_fraction", self.explore_fraction, ge=0.0, le=1.0)
+        checks.nonneg_int("LoopConfig.stages", self.stages)
 
 
 @dataclasses.dataclass

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 
+from omsjax import optim
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
 
@@ -172,22 +174,16 @@ def mse_loss(scores, targets, *, cap: float = 1e3):
 
 
 def kendall_tau(x, y) -> float:
-    """Kendall's tau-b between two score vectors (ties counted as in scipy.stats.kendalltau); NaN if either is
-    constant. Infinite values rank last."""
+    """Kendall's tau-b between two score vectors (`scipy.stats.kendalltau`); NaN if either is constant. Infinite
+    values rank last (inf ties with inf)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"kendall_tau needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
     if np.any(np.isnan(x)) or np.any(np.isnan(y)):
         raise ValueError("kendall_tau: NaN in the inputs")
-    with np.errstate(invalid="ignore"):  # inf - inf: a tie
-        dx = np.nan_to_num(np.sign(x[None, :] - x[:, None]), nan=0.0)
-        dy = np.nan_to_num(np.sign(y[None, :] - y[:, None]), nan=0.0)
-    iu = np.triu_indices(len(x), 1)
-    s = np.sum(dx[iu] * dy[iu])
-    nx, ny = np.sum(dx[iu] != 0), np.sum(dy[iu] != 0)
-    if nx == 0 or ny == 0:
+    if np.all(x == x[0]) or np.all(y == y[0]):  # scipy warns and returns NaN for a constant input
         return float("nan")
-    return float(s / np.sqrt(nx * ny))
+    return float(scipy.stats.kendalltau(x, y).statistic)
 
 
 class FitResult(NamedTuple):
@@ -236,27 +232,17 @@ def fit(
     bsz = min(batch, n)
     nb = n // bsz
 
-    def loss_fn(p, xb, tb):
-        s = module.apply(p, xb)
+    def loss_fn(p, idx):  # one minibatch: the rows `idx` of the data
+        s = module.apply(p, jax.tree.map(lambda a: a[idx], x_all))
         if loss == "hinge":
-            return hinge_loss(s, tb, margin=margin, threshold=threshold)
-        return mse_loss(s, tb)
+            return hinge_loss(s, targets[idx], margin=margin, threshold=threshold)
+        return mse_loss(s, targets[idx])
 
     @jax.jit
     def train(params, key):
         def epoch(carry, k):
-            p, o = carry
             perm = jax.random.permutation(k, n)[: nb * bsz].reshape(nb, bsz)
-
-            def mb(carry, idx):
-                p, o = carry
-                xb = jax.tree.map(lambda a: a[idx], x_all)
-                val, grads = jax.value_and_grad(loss_fn)(p, xb, targets[idx])
-                with jax.numpy_dtype_promotion("standard"):
-                    upd, o = tx.update(grads, o, p)
-                return (optax.apply_updates(p, upd), o), val
-
-            (p, o), vals = jax.lax.scan(mb, (p, o), perm)
+            p, o, vals = optim.minimize(loss_fn, tx, carry[0], perm, opt_state=carry[1], jit=False)
             return (p, o), jnp.mean(vals)
 
         (p, _), losses = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))

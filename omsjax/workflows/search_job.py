@@ -1,4 +1,5 @@
-"""`omsjax search` as a function: search a zoo under an NFE or a time budget and report against the baselines.
+"""The schedule-search workflow (`omsjax search` as a function): search a zoo under an NFE or a time budget and
+report against the baselines.
 
 `run(zoo_dir, out_dir, mode=..., nfe=... | budget_seconds=...)` writes
   out/schedule.json   the searched schedule (metadata: its held-out FD, NFE, cost)
@@ -34,17 +35,7 @@ from omsjax.search.evaluate import Evaluator
 
 __all__ = ["BASELINES", "baselines", "run"]
 
-# The published solvers searched schedules are compared with (names of `omsjax.presets.NAMED`).
-BASELINES = (
-    "DDIM",
-    "DPM-Solver++(2M)",
-    "DPM-Solver++(3M)",
-    "UniPC-2 (bh1)",
-    "UniPC-2 (bh2)",
-    "UniPC-3 (bh1)",
-    "UniPC-3 (bh2)",
-)
-
+BASELINES = presets.BASELINES  # the published solvers searched schedules are compared with
 
 # Model and joint modes compare with every zoo model, so they use a smaller grid of the strongest solvers.
 MODEL_MODE_BASELINES = ("DPM-Solver++(2M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)")
@@ -55,17 +46,10 @@ def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", so
     """{"solver, spacing": Schedule} of the baselines at `nfe` with one zoo model (those that exist at it): every
     solver of BASELINES (or `solvers`) over every spacing (or `spacings`); `afs="zero_x0"` gives the same solvers
     with an analytical first step (one more step, same NFE)."""
-    out = {}
     tag = "" if afs == "none" else " +AFS"
-    for name in solvers or BASELINES:
-        kind, kw = presets.NAMED[name]
-        for skip in spacings or schedules.SKIP_TYPES:
-            try:
-                s = presets.preset(kind, noise_schedule, nfe, skip=skip, model=model, afs=afs, **kw)
-            except ValueError:
-                continue
-            out[f"{name}{tag}, {skip}"] = s
-    return out
+    grid = presets.named_grid(noise_schedule, nfe, solvers or BASELINES, spacings or schedules.SKIP_TYPES, model=model,
+                              afs=afs)  # fmt: skip
+    return {f"{name}{tag}, {skip}": s for (name, skip), s in grid.items()}
 
 
 def _baseline_nfe(latency: float, kind: str, budget: float, positions: int) -> int:

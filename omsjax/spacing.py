@@ -1,0 +1,148 @@
+"""Step spacings: the four standard spacings of a sampler's times, and the monotone parameterisation of times by
+unconstrained logits that the learned timesteps and the search genomes share. Core: imports nothing of omsjax.
+
+Spacings (`time_steps`) follow DPM-Solver's definitions: 'logSNR' (uniform in lambda), 'time_uniform' (uniform in
+t), 'time_quadratic' (uniform in sqrt(t), DDIM), plus Karras et al.'s 'karras': uniform in sigma^(1/rho) with
+sigma = e^-lambda, EDM's equivalent noise level (rho = 7).
+
+Parameterisation
+----------------
+`times(ns, u, t_start, t_end, spacing)` maps N unconstrained logits u to N + 1 times. A base spacing gives a time
+coordinate c(t), monotone in t: lambda (logSNR), t (time-uniform), sqrt(t) (time-quadratic) or sigma^(1/7) with
+sigma = e^-lambda (Karras). The N steps split [c(t_start), c(t_end)] in fractions w_i / sum(w), w_i =
+exp(B tanh(u_i / B)), B = 8. Every u gives strictly decreasing times with the end points fixed exactly, no
+fraction underflows (they differ by at most e^(2B)), and u = 0 is the base spacing. `logits` inverts `times`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:
+    from omsjax.schedules import NoiseSchedule
+
+__all__ = ["SKIP_TYPES", "SPACINGS", "U_BOUND", "KARRAS_RHO", "time_steps", "coordinate", "time_of_coordinate",
+           "times", "logits"]  # fmt: skip
+
+SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic", "karras")
+SPACINGS = SKIP_TYPES  # the name the learned timesteps and the search use
+U_BOUND = 8.0
+KARRAS_RHO = 7.0
+
+
+def time_steps(
+    noise_schedule: NoiseSchedule,
+    n: int,
+    skip: str = "logSNR",
+    *,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    rho: float = KARRAS_RHO,
+) -> np.ndarray:
+    """The n + 1 times t_0 = t_start > ... > t_n = t_end of a spacing, in float64 on the host.
+
+    logSNR: uniform in lambda; time_uniform: uniform in t; time_quadratic: uniform in sqrt(t) (DDIM);
+    karras: sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in the equivalent
+    EDM noise level sigma = exp(-lambda).
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"time_steps needs an integer number of steps n >= 1, got {n!r}")
+    t_start = float(noise_schedule.t_max if t_start is None else t_start)
+    t_end = float(noise_schedule.default_t_end if t_end is None else t_end)
+    if not (noise_schedule.t_min <= t_end < t_start <= noise_schedule.t_max * (1 + 1e-12)):
+        raise ValueError(
+            f"time_steps needs t_min={noise_schedule.t_min} <= t_end < t_start <= T={noise_schedule.t_max}, "
+            f"got t_start={t_start}, t_end={t_end}"
+        )
+    if skip == "logSNR":
+        lam = np.linspace(noise_schedule.lam(t_start), noise_schedule.lam(t_end), n + 1)
+        ts = np.asarray(noise_schedule.t_of_lambda(lam), dtype=np.float64)
+    elif skip == "time_uniform":
+        ts = np.linspace(t_start, t_end, n + 1)
+    elif skip == "time_quadratic":
+        ts = np.linspace(np.sqrt(t_start), np.sqrt(t_end), n + 1) ** 2
+    elif skip == "karras":
+        if not rho > 0:
+            raise ValueError(f"karras spacing needs rho > 0, got {rho}")
+        s_max = noise_schedule.edm_sigma(t_start)
+        s_min = noise_schedule.edm_sigma(t_end)
+        i = np.arange(n + 1) / n
+        sig = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        ts = np.asarray(noise_schedule.t_of_edm_sigma(sig), dtype=np.float64)
+    else:
+        raise ValueError(f"unknown skip {skip!r}; expected one of {SKIP_TYPES}")
+    # Pin the end points exactly (the inverse maps round-trip to ~1e-15).
+    ts[0], ts[-1] = t_start, t_end
+    return ts
+
+
+def _check_spacing(spacing: str) -> None:
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+
+
+def coordinate(ns: NoiseSchedule, t, spacing: str = "logSNR"):
+    """The base spacing's coordinate of time t (monotone in t). numpy in, numpy out; jax in, jax out."""
+    _check_spacing(spacing)
+    if spacing == "logSNR":
+        return ns.lam(t)
+    if spacing == "time_uniform":
+        return t
+    if spacing == "time_quadratic":
+        return t**0.5
+    lam = ns.lam(t)
+    return np.exp(-lam / KARRAS_RHO) if isinstance(lam, (np.ndarray, np.generic, float)) else jnp.exp(-lam / KARRAS_RHO)
+
+
+def time_of_coordinate(ns: NoiseSchedule, c, spacing: str = "logSNR"):
+    """The inverse of `coordinate`."""
+    _check_spacing(spacing)
+    if spacing == "logSNR":
+        return ns.t_of_lambda(c)
+    if spacing == "time_uniform":
+        return c
+    if spacing == "time_quadratic":
+        return c**2
+    log = np.log if isinstance(c, (np.ndarray, np.generic, float)) else jnp.log
+    return ns.t_of_lambda(-KARRAS_RHO * log(c))
+
+
+def times(ns: NoiseSchedule, u, t_start: float, t_end: float, spacing: str = "logSNR", *, valid=None):
+    """N + 1 strictly decreasing times from N logits `u` (module docstring); pure JAX, differentiable in u.
+
+    `valid` (bool[N], optional) keeps only the first `sum(valid)` steps (the rest repeat t_end): the search's
+    variable-length genomes."""
+    u = jnp.asarray(u)
+    f = u.dtype if jnp.issubdtype(u.dtype, jnp.floating) else jnp.result_type(float)
+    u = u.astype(f)
+    n = u.shape[-1]
+    w = jnp.exp(U_BOUND * jnp.tanh(u / U_BOUND))
+    if valid is not None:
+        w = jnp.where(valid, w, 0.0)
+    frac = jnp.cumsum(w) / jnp.sum(w)
+    c0 = coordinate(ns, jnp.asarray(t_start, f), spacing)
+    c1 = coordinate(ns, jnp.asarray(t_end, f), spacing)
+    ts = time_of_coordinate(ns, jnp.concatenate([c0[None], c0 + frac * (c1 - c0)]), spacing)
+    ts = ts.at[0].set(t_start)
+    if valid is None:
+        return ts.at[n].set(t_end)
+    length = jnp.sum(valid).astype(jnp.int32)
+    pos = jnp.arange(n + 1, dtype=jnp.int32)
+    return jnp.where((pos >= length) & (pos > 0), jnp.asarray(t_end, f), ts)
+
+
+def logits(ns: NoiseSchedule, ts, spacing: str = "logSNR") -> np.ndarray:
+    """The logits u (float64, mean zero) with `times(ns, u, ts[0], ts[-1], spacing) == ts`; raises ValueError for
+    times that are not strictly decreasing or whose increments differ by more than e^(2 U_BOUND)."""
+    ts = np.asarray(ts, np.float64)
+    if ts.ndim != 1 or len(ts) < 2 or not np.all(np.diff(ts) < 0):
+        raise ValueError(f"need at least two strictly decreasing times, got {ts}")
+    dc = np.diff(np.asarray(coordinate(ns, ts, spacing), np.float64))
+    logf = np.log(dc / dc.sum())
+    v = logf - logf.mean()
+    if np.any(np.abs(v) >= U_BOUND * (1 - 1e-9)):
+        raise ValueError(f"the {spacing} increments differ by more than e^(2 * {U_BOUND}): not representable")
+    return U_BOUND * np.arctanh(v / U_BOUND)
