@@ -11,7 +11,8 @@ Every model output is converted to the pair (noise prediction eps, data predicti
   data:  x0 = F,                  eps = (x - alpha x0) / sigma
   v:     v = alpha eps - sigma x0, so x0 = (alpha x - sigma v)/(alpha^2 + sigma^2), eps = (sigma x + alpha v)/(...)
   edm:   x0 = D(x/alpha; s) = c_skip y + c_out F(c_in y; c_noise) with y = x/alpha, s = sigma/alpha,
-         c_skip = sd^2/(s^2 + sd^2), c_out = s sd/sqrt(s^2 + sd^2), c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4.
+         c_skip = sd^2/(s^2 + sd^2), c_out = s sd/sqrt(s^2 + sd^2), c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4
+         (`omsjax.precond.edm`, shared with the training losses).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from omsjax import precond
 
 __all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "to_eps_x0", "eval_zoo"]
 
@@ -86,12 +89,8 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma):
     tb = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (batch,))
     p = model.parameterization
     if p == "edm":
-        s_edm = sigma / alpha
-        sd = model.sigma_data
-        c_skip = sd**2 / (s_edm**2 + sd**2)
-        c_out = s_edm * sd / jnp.sqrt(s_edm**2 + sd**2)
-        c_in = 1.0 / jnp.sqrt(s_edm**2 + sd**2)
-        c_noise = jnp.broadcast_to(0.25 * jnp.log(s_edm), (batch,)).astype(x.dtype)
+        c_skip, c_out, c_in, c_noise = precond.edm(sigma / alpha, model.sigma_data)
+        c_noise = jnp.broadcast_to(c_noise, (batch,)).astype(x.dtype)
         y = x / a
         out = model.apply_fn(params, _bcast(c_in, x) * y, c_noise)
         x0 = _bcast(c_skip, x) * y + _bcast(c_out, x) * out

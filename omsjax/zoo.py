@@ -13,23 +13,31 @@ A multi-stage network (`omsjax.stages`) joins a continuous-VP zoo like any U-Net
 "multistage", "config" a `StageTrainConfig.to_dict()`, "active_params" (encoder + decoder k, per stage) and
 "latency_ms_per_stage" (measured at the middle of each stage's interval); its "latency_ms" is the mean over the
 stages. Entries without "kind" are U-Nets (`TrainConfig`), as in every older manifest.
+
+How a member is stored and loaded (its config class, parameter shapes, `Model`, noise schedule, latency points and
+extra manifest fields) is its kind's `Recipe`, from a registry keyed by the entry's kind and imported by module
+name only when a manifest (or `add_member`) has that kind: loading a zoo of U-Nets does not import `omsjax.stages`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import nets, schedules, stages, train
+from omsjax import nets, schedules, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
 
@@ -125,41 +133,115 @@ def _read_manifest(zoo_dir: Path) -> dict:
 MULTISTAGE = "multistage"  # the "kind" of a multi-stage entry
 
 
-def _stage_times(config: stages.StageTrainConfig) -> list[float]:
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one kind of zoo member is stored and loaded.
+
+    config_class: the config dataclass of the entry's "config" (with `from_dict` / `to_dict`).
+    to_model: (config, params, latency, name) -> `Model`.
+    init_params: (config, key, image_shape) -> parameters (shapes for loading).
+    noise_schedule: config -> the `NoiseSchedule` the member is sampled on (the zoo's must match).
+    latency_times: config -> the times at which latency is measured (one: "latency_ms"; several: their mean,
+      with "latency_ms_per_stage").
+    entry_fields: (config, params) -> extra manifest fields.
+    describe: config -> a few words naming the member's kind in error messages.
+    """
+
+    config_class: type
+    to_model: Callable[..., Model]
+    init_params: Callable[..., Any]
+    noise_schedule: Callable[[Any], schedules.NoiseSchedule]
+    latency_times: Callable[[Any], list[float] | None]
+    entry_fields: Callable[[Any, Any], dict]
+    describe: Callable[[Any], str]
+
+
+def _unet_recipe(train_mod) -> Recipe:
+    return Recipe(
+        config_class=train_mod.TrainConfig,
+        to_model=lambda cfg, params, latency, name: train_mod.model_from_params(cfg, params, latency=latency,
+                                                                                 name=name),
+        init_params=lambda cfg, key, shape: nets.init_unet(cfg.net, key, shape),
+        noise_schedule=lambda cfg: train_mod.noise_schedule(cfg.precond),
+        latency_times=lambda cfg: None,
+        entry_fields=lambda cfg, params: {},
+        describe=lambda cfg: f"precond {cfg.precond!r}",
+    )  # fmt: skip
+
+
+def _stage_times(config) -> list[float]:
     """The middle of each stage's time interval, where its latency is measured."""
     e = config.edges
     return [0.5 * (a + b) for a, b in zip(e[:-1], e[1:], strict=True)]
 
 
-def _latency(model: Model, config, image_shape, batch: int, repeats: int = 20) -> dict:
+def _multistage_recipe(stages) -> Recipe:
+    return Recipe(
+        config_class=stages.StageTrainConfig,
+        to_model=lambda cfg, params, latency, name: stages.to_model(cfg, params, latency=latency, name=name),
+        init_params=lambda cfg, key, shape: stages.init_params(cfg.net, key, shape),
+        noise_schedule=lambda cfg: schedules.vp_linear(),
+        latency_times=_stage_times,
+        entry_fields=lambda cfg, params: {
+            "active_params": [stages.active_params(params, k) for k in range(cfg.net.num_stages)]
+        },
+        describe=lambda cfg: "a multi-stage network",
+    )
+
+
+# The manifest's "kind" (None: no kind, a U-Net) -> (the module its recipe needs, the recipe built on it).
+RECIPES: dict[str | None, tuple[str, Callable[[Any], Recipe]]] = {
+    None: ("omsjax.train", _unet_recipe),
+    MULTISTAGE: ("omsjax.stages", _multistage_recipe),
+}
+
+
+@functools.cache
+def recipe(kind: str | None) -> Recipe:
+    """The `Recipe` of a manifest entry's kind (its module imported now, on first use)."""
+    if kind not in RECIPES:
+        known = sorted(k for k in RECIPES if k is not None)
+        raise ValueError(f"unknown zoo member kind {kind!r}; expected one of {known}")
+    module, build = RECIPES[kind]
+    return build(importlib.import_module(module))
+
+
+def _kind_of(config) -> str | None:
+    """The kind whose recipe's config class is `config`'s (only the recipes of `config`'s own package are loaded)."""
+    for kind, (module, _) in RECIPES.items():
+        if type(config).__module__.startswith(module + ".") or type(config).__module__ == module:
+            if type(config) is recipe(kind).config_class:
+                return kind
+    raise ValueError(f"config must be a train.TrainConfig or stages.StageTrainConfig, got {type(config).__name__}")
+
+
+def _latency(model: Model, config, image_shape, batch: int, repeats: int = 20, kind: str | None = None) -> dict:
     """The latency fields of a manifest entry: "latency_ms" (a multi-stage network: the mean over its stages, and
     "latency_ms_per_stage")."""
-    if isinstance(config, stages.StageTrainConfig):
-        per = [measure_latency(model, image_shape, batch, repeats, t=t) for t in _stage_times(config)]
+    times = recipe(kind).latency_times(config)
+    if times is not None:
+        per = [measure_latency(model, image_shape, batch, repeats, t=t) for t in times]
         return {"latency_ms": float(np.mean(per)), "latency_ms_per_stage": per}
     return {"latency_ms": measure_latency(model, image_shape, batch, repeats)}
 
 
-def _entry_config(entry: dict, where: str):
-    """The config of a manifest entry: a `StageTrainConfig` ("kind": "multistage") or a `TrainConfig` (no kind)."""
+def _entry_kind(entry: dict, where: str) -> str | None:
     kind = entry.get("kind")
-    if kind == MULTISTAGE:
-        return stages.StageTrainConfig.from_dict(entry["config"])
-    if kind is not None:
+    if kind not in RECIPES:
         raise ValueError(f"{where}: model {entry.get('name')!r} has unknown kind {kind!r}; expected {MULTISTAGE!r}")
-    return train.TrainConfig.from_dict(entry["config"])
+    return kind
 
 
-def _member_model(config, params, latency: float, name: str) -> Model:
-    if isinstance(config, stages.StageTrainConfig):
-        return stages.to_model(config, params, latency=latency, name=name)
-    return train.model_from_params(config, params, latency=latency, name=name)
+def _entry_config(entry: dict, where: str):
+    """The config of a manifest entry: its kind's config class (a `StageTrainConfig` for "kind": "multistage", a
+    `TrainConfig` without kind)."""
+    return recipe(_entry_kind(entry, where)).config_class.from_dict(entry["config"])
 
 
 def add_member(
     zoo_dir,
     name: str,
-    config: train.TrainConfig | stages.StageTrainConfig,
+    config: Any,
     params,
     *,
     train_steps: int,
@@ -172,13 +254,12 @@ def add_member(
     `config`: a `train.TrainConfig` (a U-Net, sampled on `train.noise_schedule(config.precond)`) or a
     `stages.StageTrainConfig` (a multi-stage network, continuous linear VP); the zoo's noise schedule must match.
     """
-    if not isinstance(config, (train.TrainConfig, stages.StageTrainConfig)):
-        raise ValueError(f"config must be a train.TrainConfig or stages.StageTrainConfig, got {type(config).__name__}")
+    kind = _kind_of(config)
+    rec = recipe(kind)
     zoo_dir = Path(zoo_dir)
     zoo_dir.mkdir(parents=True, exist_ok=True)
     path = zoo_dir / "manifest.json"
-    multistage = isinstance(config, stages.StageTrainConfig)
-    ns = schedules.to_dict(schedules.vp_linear() if multistage else train.noise_schedule(config.precond))
+    ns = schedules.to_dict(rec.noise_schedule(config))
     if path.exists():
         manifest = _read_manifest(zoo_dir)
     else:
@@ -192,7 +273,7 @@ def add_member(
     if list(config.image_shape) != manifest["image_shape"]:
         raise ValueError(f"member {name!r} has image shape {config.image_shape}, the zoo {manifest['image_shape']}")
     if manifest["noise_schedule"] != ns:
-        what = "a multi-stage network" if multistage else f"precond {config.precond!r}"
+        what = rec.describe(config)
         raise ValueError(
             f"member {name!r} ({what}) is sampled on the noise schedule {ns}, the zoo on {manifest['noise_schedule']}"
         )
@@ -200,21 +281,20 @@ def add_member(
         manifest["data_mean"] = np.asarray(data_mean, np.float64).tolist()
     params_dir = zoo_dir / name / "params"
     train.save_params(params_dir, params)
-    model = _member_model(config, params, 1.0, name)
+    model = rec.to_model(config, params, 1.0, name)
     entry = {"name": name}
-    if multistage:
-        entry["kind"] = MULTISTAGE
+    if kind is not None:
+        entry["kind"] = kind
     entry.update({
         "config": config.to_dict(),
         "params": f"{name}/params",
         "param_count": nets.param_count(params),
         "train_steps": int(train_steps),
-        **_latency(model, config, config.image_shape, latency_batch),
+        **_latency(model, config, config.image_shape, latency_batch, kind=kind),
         "latency_batch": latency_batch,
         "latency_machine": machine_name(),
     })  # fmt: skip
-    if multistage:
-        entry["active_params"] = [stages.active_params(params, k) for k in range(config.net.num_stages)]
+    entry.update(rec.entry_fields(config, params))
     manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
     manifest["models"].sort(key=lambda m: m["param_count"])
     path.write_text(json.dumps(manifest, indent=2))
@@ -233,16 +313,14 @@ def load_zoo(path=DEFAULT_ZOO):
         for key in ("name", "config", "params", "latency_ms"):
             if key not in entry:
                 raise ValueError(f"{zoo_dir / 'manifest.json'}: model {i} lacks {key!r}")
-        cfg = _entry_config(entry, str(zoo_dir / "manifest.json"))
-        if isinstance(cfg, stages.StageTrainConfig):
-            init = functools.partial(stages.init_params, cfg.net, jax.random.PRNGKey(0), image_shape)
-        else:
-            init = functools.partial(nets.init_unet, cfg.net, jax.random.PRNGKey(0), image_shape)
+        rec = recipe(_entry_kind(entry, str(zoo_dir / "manifest.json")))
+        cfg = rec.config_class.from_dict(entry["config"])
+        init = functools.partial(rec.init_params, cfg, jax.random.PRNGKey(0), image_shape)
         params_dir = zoo_dir / entry["params"]
         if not params_dir.exists():
             raise FileNotFoundError(f"zoo model {entry['name']!r}: no parameters at {params_dir}")
         params = train.load_params(params_dir, jax.eval_shape(init))
-        models.append(_member_model(cfg, params, float(entry["latency_ms"]), entry["name"]))
+        models.append(rec.to_model(cfg, params, float(entry["latency_ms"]), entry["name"]))
     if not models:
         raise ValueError(f"{zoo_dir / 'manifest.json'} lists no models")
     return tuple(models), ns, manifest
@@ -259,7 +337,8 @@ def remeasure_latency(path=DEFAULT_ZOO, *, batch: int | None = None, repeats: in
     name = machine_name()
     for model, entry in zip(models, manifest["models"], strict=True):
         b = int(batch or entry.get("latency_batch", 256))
-        entry.update(_latency(model, _entry_config(entry, str(zoo_dir)), shape, b, repeats))
+        kind = _entry_kind(entry, str(zoo_dir))
+        entry.update(_latency(model, _entry_config(entry, str(zoo_dir)), shape, b, repeats, kind=kind))
         entry["latency_batch"] = b
         entry["latency_machine"] = name
     (zoo_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -60,3 +60,16 @@ def test_every_shipped_model_makes_digits(shipped):
         x = sampler.generate(models, ns, presets.dpm_solver_pp(ns, 10, 2, model=k), 200, (8, 8, 1), data_mean=mean)
         assert x.dtype == np.float32 and np.all(np.isfinite(x))
         assert metrics.fd(x) < fd_noise / 15  # measured: 17.6 .. 24.2 at N = 200; clipped noise 645
+
+
+def test_loading_a_plain_zoo_does_not_import_stages():
+    """The zoo's multi-stage recipe is imported by module name only for a manifest with a multi-stage entry."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from omsjax import zoo; models, _, _ = zoo.load_zoo(zoo.DEFAULT_ZOO); "
+        "assert len(models) >= 4; assert 'omsjax.stages' not in sys.modules, 'omsjax.stages was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr

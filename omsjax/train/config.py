@@ -1,0 +1,114 @@
+"""`TrainConfig`: the hyperparameters of a U-Net training run, validated on the host, with a JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from omsjax import config as _cfg
+from omsjax import nets
+from omsjax.precond import PRECONDS, base_of
+
+__all__ = ["TrainConfig", "DTYPE"]
+
+DTYPE = jnp.float32  # training runs in float32 whatever `jax_enable_x64` says
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a training run (hashable; a static argument of `train_step`).
+
+    Attributes:
+      net: the `UNetConfig` of the network.
+      steps: total optimiser steps.
+      precond: "vp" (continuous linear VP, noise prediction), "edm" (EDM preconditioning), "ve" (EDM's VE
+        preconditioning) or "fdm_edm" / "fdm_vp" / "fdm_ve" (Fast Diffusion Model: the base with c_in = s(sigma)).
+      batch_size: global batch size (divisible by the number of devices).
+      lr: peak learning rate: linear warm-up from 0 over `warmup` steps, then cosine decay to 0.1 lr at `steps`
+        (if warmup >= steps the run ends during the warm-up).
+      warmup: warm-up steps.
+      grad_clip: clip gradients to this global norm.
+      weight_decay: decoupled weight decay (AdamW) when > 0, else Adam.
+      ema_decay: decay of the exponential moving average of the parameters (0 keeps the raw parameters).
+      ema_warmup: ramp the EMA's decay up: the n-th update (n = 0, 1, ...) uses min(ema_decay, (1 + n) / (10 + n))
+        (`ema_decay_at`), so the average forgets the random initialisation within a few hundred steps instead of
+        keeping a share ema_decay^n of it (0.999^3000 = 5%). Off by default (the shipped zoo trained without it).
+      seed: seeds the initialisation and every step's randomness.
+      checkpoint_every: `train` saves a checkpoint every this many steps (and at the end).
+      image_shape: (H, W, C) of the training images.
+      focus_times: noise levels to weight the loss toward (VP times t; EDM / VE sigmas): fine-tuning on a sampler's
+        steps (`omsjax.timesteps.finetune`). Empty: none.
+      focus_prob: the share of each batch whose noise level is drawn uniformly from `focus_times` (the rest from the
+        base distribution).
+      fdm_m: FDM's damping m in s(sigma) = exp(-m B)(1 + m B) (2 by default, 1 in some of the paper's FFHQ runs);
+        used by the fdm_* preconditionings only.
+      weight_clamp_warmup: W: for optimiser steps < W the per-sample loss weight is min(weight, 5 * 100^(step / W));
+        0 turns the clamp off.
+    """
+
+    net: nets.UNetConfig
+    steps: int
+    precond: str = "vp"
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 200
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = False
+    seed: int = 0
+    checkpoint_every: int = 1000
+    image_shape: tuple = (8, 8, 1)
+    focus_times: tuple = ()
+    focus_prob: float = 0.0
+    fdm_m: float = 2.0
+    weight_clamp_warmup: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.net, nets.UNetConfig):
+            raise ValueError(f"net must be an omsjax.nets.UNetConfig, got {type(self.net).__name__}")
+        if self.precond not in PRECONDS:
+            raise ValueError(f"precond must be one of {PRECONDS}, got {self.precond!r}")
+
+        # Normalise numeric types so that equal configs hash equally (and JSON round trips are exact).
+        def _set(name, value):
+            object.__setattr__(self, name, value)
+
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            _set(name, _cfg.positive_int(name, getattr(self, name)))
+        _set("warmup", _cfg.nonneg_int("warmup", self.warmup))
+        _set("seed", _cfg.integer("seed", self.seed))
+        _set("lr", _cfg.real("lr", self.lr, gt=0))
+        _set("grad_clip", _cfg.real("grad_clip", self.grad_clip, gt=0))
+        _set("weight_decay", _cfg.real("weight_decay", self.weight_decay, ge=0))
+        _set("ema_decay", _cfg.real("ema_decay", self.ema_decay, ge=0, lt=1))
+        _set("ema_warmup", _cfg.boolean("ema_warmup", self.ema_warmup))
+        shape = _cfg.image_shape("image_shape", self.image_shape)
+        _set("image_shape", shape)
+        d = self.net.spatial_divisor
+        if shape[0] % d or shape[1] % d:
+            raise ValueError(
+                f"image_shape {shape}: H and W must be divisible by {d} for channel_mults={self.net.channel_mults}"
+            )
+        focus = self.focus_times
+        if not isinstance(focus, (tuple, list)) or not all(_cfg.is_real(v) and v > 0 for v in focus):
+            raise ValueError(f"focus_times must be a sequence of finite noise levels > 0, got {focus!r}")
+        _set("focus_times", tuple(float(v) for v in focus))
+        _set("focus_prob", _cfg.real("focus_prob", self.focus_prob, ge=0, le=1))
+        if self.focus_prob > 0 and not self.focus_times:
+            raise ValueError("focus_prob > 0 needs focus_times")
+        if base_of(self.precond) == "vp" and any(v > 1 for v in self.focus_times):
+            raise ValueError(f"{self.precond} focus_times are times in (0, 1], got {self.focus_times}")
+        _set("fdm_m", _cfg.real("fdm_m", self.fdm_m, gt=0))
+        _set("weight_clamp_warmup", _cfg.nonneg_int("weight_clamp_warmup", self.weight_clamp_warmup))
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (the net config nested, tuples as lists)."""
+        return _cfg.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict) or "net" not in d:
+            raise ValueError("TrainConfig.from_dict expects a dict with a 'net' entry")
+        return _cfg.from_dict(cls, d, nested={"net": nets.UNetConfig}, tuples=("image_shape", "focus_times"))

@@ -1,0 +1,206 @@
+"""THE training loop: steps, a windowed log, a tqdm bar and periodic checkpoints, for every kind of training.
+
+`run(step_fn, state, ...)` takes steps state.step + 1 .. `end` with `step_fn(state, step) -> (state, metrics)`,
+summarises the metrics every `log_every` steps into a log row (appended to a JSON-lines file if given) and calls
+`save(step, state)` every `save_every` steps and at the end. It holds no randomness and no host-side iterator
+state: each step's randomness comes from `fold_in(key, state.step)` inside `step_fn`, so a run stopped at a
+checkpoint and resumed from it is the uninterrupted run, bit for bit. `train` is ordinary U-Net training on it
+(orbax checkpoints of the full `TrainState` in `out_dir/ckpt`, `out_dir/log.jsonl`); `omsjax.stages.train` is
+multi-stage training on it. `check_resume` / `reset_log` are the shared checks of a resumed run's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from omsjax import config as _cfg
+from omsjax.train.checkpoints import _abstract_state, _checkpoint_manager, _truncate_log
+from omsjax.train.config import DTYPE, TrainConfig
+from omsjax.train.step import TrainState, _check_batch, _keys, init_state, make_optimizer, replicated_sharding
+from omsjax.train.step import train_step as _train_step
+
+__all__ = ["run", "train", "check_resume", "reset_log", "mean_loss"]
+
+
+def mean_loss(step: int, window: list[dict]) -> dict:
+    """The default log row of a window of step metrics: {"step", "loss" (mean over the window)}."""
+    return {"step": step, "loss": float(np.mean(jax.device_get([m["loss"] for m in window])))}
+
+
+def run(
+    step_fn: Callable[[Any, int], tuple[Any, dict]],
+    state: Any,
+    *,
+    end: int,
+    total: int,
+    batch_size: int,
+    log_every: int = 50,
+    summarize: Callable[[int, list[dict]], dict] = mean_loss,
+    log_file=None,
+    save: Callable[[int, Any], None] | None = None,
+    save_every: int | None = None,
+    log_at_saves: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[Any, list[dict]]:
+    """Take the steps `int(state.step) + 1 .. end` (of a run of `total` steps); returns the state and the log rows.
+
+    `step_fn(state, step)` takes optimiser step number `step` (1-based; `state.step == step - 1`). Every
+    `log_every` steps and at `end`, `summarize(step, metrics of the window)` gives a row, to which the loop adds
+    "images_per_s" (`batch_size` images per step); it is written to `log_file` (an open text file) as a JSON line.
+    `save(step, state)` runs every `save_every` steps and at `end` (never when `save` is None), after the step's
+    row; `log_at_saves` also ends a log window at every save (so that a run resumed from any checkpoint writes the
+    rows of the uninterrupted run).
+    """
+    if not _cfg.is_int(log_every) or log_every < 1:
+        raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+    start = int(state.step)
+    rows, window, running, t0 = [], [], None, time.perf_counter()
+    bar = tqdm(total=total, initial=start, disable=not progress, desc=desc, unit="step")
+    for step in range(start + 1, end + 1):
+        state, metrics = step_fn(state, step)
+        window.append(metrics)
+        saving = save is not None and (bool(save_every and step % save_every == 0) or step == end)
+        if step % log_every == 0 or step == end or (log_at_saves and saving):
+            row = summarize(step, window)
+            row["images_per_s"] = len(window) * batch_size / max(time.perf_counter() - t0, 1e-9)
+            rows.append(row)
+            if log_file is not None:
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+            running = row["loss"] if running is None else 0.9 * running + 0.1 * row["loss"]
+            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{row['images_per_s']:.0f}")
+            bar.update(len(window))
+            window, t0 = [], time.perf_counter()
+        if saving:
+            save(step, state)
+    bar.close()
+    return state, rows
+
+
+def check_resume(out_dir: Path, old: dict | None, new: dict, *, ignore=("steps",), what: str = "resume") -> None:
+    """Refuse to continue a run in `out_dir` recorded with config dict `old` under config dict `new` when a field
+    other than `ignore` differs (`old` None: nothing recorded, nothing to check)."""
+    if old is None:
+        return
+    diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+    if diff:
+        raise ValueError(f"{what}: {out_dir} was trained with a different config (fields {diff} differ)")
+
+
+def reset_log(path: Path, step: int) -> None:
+    """Keep the lines of the JSON-lines log `path` up to `step` (a run killed after its last checkpoint wrote
+    more); creates an empty log if there is none."""
+    if path.exists():
+        _truncate_log(path, step)
+    else:
+        path.write_text("")
+
+
+def train(
+    config: TrainConfig,
+    data,
+    out_dir,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log_every: int = 50,
+    stop_at: int | None = None,
+    init_params: Any = None,
+) -> TrainState:
+    """Train to `config.steps` (or stop after step `stop_at`, as if interrupted there); returns the final state.
+
+    `data`: the training images [N, H, W, C] (values roughly in [-1, 1]), put on device once. Checkpoints of the
+    full `TrainState` go to `out_dir/ckpt` every `config.checkpoint_every` steps and at the end (the last 2 are
+    kept); `out_dir/config.json` records the config; `out_dir/log.jsonl` gets one line
+    {"step", "loss", "images_per_s"} every `log_every` steps (loss averaged over those steps).
+    `resume=True` restores the latest checkpoint (a fresh start if there is none) and continues; the result
+    equals an uninterrupted run's. `resume=False` refuses a non-empty checkpoint directory. `init_params`
+    (fine-tuning) starts from those parameters (EMA too, fresh optimiser state) instead of a fresh initialisation;
+    they must have the network's structure and shapes.
+    """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not _cfg.is_int(log_every) or log_every < 1:
+        raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+    end = config.steps if stop_at is None else min(int(stop_at), config.steps)
+    _check_batch(config)
+    data = np.asarray(data, np.float32)
+    if data.ndim != 4 or tuple(data.shape[1:]) != config.image_shape:
+        raise ValueError(f"data must have shape [N, *image_shape] = [N, {config.image_shape}], got {data.shape}")
+    if data.shape[0] < 1:
+        raise ValueError("data is empty")
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "ckpt"
+    log_path = out_dir / "log.jsonl"
+    config_path = out_dir / "config.json"
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise ValueError(
+            f"checkpoint directory {ckpt_dir} is not empty: pass resume=True to continue that run, "
+            f"or choose another out_dir"
+        )
+    if resume and config_path.exists():
+        old = json.loads(config_path.read_text())
+        try:  # a run recorded before a field existed has that field's default
+            old = TrainConfig.from_dict(old).to_dict()
+        except (ValueError, TypeError):
+            pass
+        check_resume(out_dir, old, config.to_dict(), ignore=("steps", "checkpoint_every"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config.to_dict(), indent=2))
+
+    rep = replicated_sharding()
+    data_dev = jax.device_put(data, rep)
+    key = jax.device_put(_keys(config)[1], rep)
+    mngr = _checkpoint_manager(ckpt_dir)
+    try:
+        latest = mngr.latest_step() if resume else None
+        if latest is not None:
+            state = mngr.restore(latest, args=ocp.args.StandardRestore(_abstract_state(config)))
+        else:
+            state = jax.device_put(_fresh_state(config, init_params), rep)
+        _truncate_log(log_path, int(state.step))
+        with open(log_path, "a") as log:
+            state, _ = run(
+                lambda state, step: _train_step(config, state, data_dev, key),
+                state,
+                end=end,
+                total=config.steps,
+                batch_size=config.batch_size,
+                log_every=log_every,
+                log_file=log,
+                save=lambda step, state: mngr.save(step, args=ocp.args.StandardSave(state), force=True),
+                save_every=config.checkpoint_every,
+                progress=progress,
+            )
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+    return state
+
+
+def _fresh_state(config: TrainConfig, init_params: Any) -> TrainState:
+    """`init_state(config)`, or (fine-tuning) a state starting from `init_params` with a fresh optimiser state."""
+    state = init_state(config)
+    if init_params is None:
+        return state
+    same = jax.tree.structure(state.params) == jax.tree.structure(init_params) and all(
+        tuple(a.shape) == tuple(np.shape(b))
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(init_params), strict=True)
+    )
+    if not same:
+        raise ValueError("init_params do not match the network of config.net (structure or shapes)")
+    params = jax.tree.map(lambda a: jnp.asarray(a, DTYPE), init_params)
+    return TrainState(step=state.step, params=params, ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=make_optimizer(config).init(params))  # fmt: skip
