@@ -1,3 +1,5 @@
+"""`python -m omsjax`: the command line."""
+
 import sys
 
 from omsjax.cli import main

@@ -1,0 +1,92 @@
+"""`omsjax`'s entry point: `build_parser` (the top-level parser, one `add_<command>` per command) and `main`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from omsjax.cli.search_cmd import add_search
+from omsjax.cli.solvers import add_compare, add_gmm
+from omsjax.cli.stages_cmds import add_stages
+from omsjax.cli.steps_cmd import add_optimize_steps
+from omsjax.cli.train_cmd import add_train
+from omsjax.cli.zoo_cmds import add_evaluate, add_sample, add_zoo
+
+# The description of `omsjax --help`.
+DESCRIPTION = """The `omsjax` command.
+
+omsjax compare [--zoo DIR] [--model K] [--nfe 5 10] [--json]
+    FD of the preset solvers at several NFEs on one model of a zoo (default: the shipped digits zoo).
+omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.json) [--json]
+    FD, NFE, cost and seconds of one schedule, and its trajectory error against the diffrax ODE endpoint.
+omsjax sample ... --out grid.png
+    A PNG grid of samples.
+omsjax train --config NAME|FILE.json --out DIR [--steps N] [--precond P] [--fdm-m M] [--weight-clamp-warmup W]
+        [--ema-warmup] [--resume] [--add-to-zoo DIR]
+    Train a digits U-Net with resumable orbax checkpoints (FILE.json: a TrainConfig.to_dict(), e.g. a run's
+    config.json, so that `omsjax train --config DIR/config.json` reproduces that run), or a multi-stage network
+    when FILE.json holds a StageTrainConfig (from `omsjax stages config`, or a multi-stage run's config.json).
+omsjax stages cluster [--grid G] [--samples S] [--alpha A] [--prediction eps|x0] [--partition K] [--seed N]
+        [--json] [--out FILE.json]
+    Timestep clustering of the digits train split with its empirical optimal denoiser (continuous linear VP): the
+    threshold-rule boundaries (t1, t2) at alpha, the DP partition into K stages and the uniform-in-t and
+    uniform-in-logSNR boundaries, as t, lambda and EDM sigma.
+omsjax stages config --boundaries T1 T2 [--decoders 48 32 8] [--encoder 32] [--steps N] [--ema-warmup]
+        [--out FILE.json]
+    A multi-stage training config (StageTrainConfig JSON) for `omsjax train --config FILE.json`.
+omsjax search --zoo DIR (--nfe N | --budget SECONDS) [--mode solver|model|joint] --out DIR
+    Search a per-step schedule with the S3 loop (GA, true evaluation, predictor) and report the baselines.
+omsjax optimize-steps --zoo DIR [--model K] --solver NAME --nfe N [--method trajectory|bound|ays|fd] [--finetune]
+        --out DIR
+    Learn the timesteps of a solver (error bound, trajectory fit through the sampler, AYS-style search, or the FD),
+    optionally alternated with fine-tuning on the chosen steps; compare with the standard spacings.
+omsjax zoo [--zoo DIR] [--remeasure-latency]
+    List a zoo's models; measure their latencies again on this machine.
+omsjax gmm [--nfe 4 5 6 8 10] [--skip logSNR] [--json]
+    Sample an exact Gaussian-mixture model with every preset and EDM's Heun sampler (even NFE) and print the error
+    against the diffrax reference endpoint (one compiled program per schedule length serves every preset).
+"""
+
+# The subcommands in the order `omsjax --help` lists them.
+_COMMANDS = (
+    add_gmm,
+    add_train,
+    add_stages,
+    add_evaluate,
+    add_compare,
+    add_search,
+    add_zoo,
+    add_optimize_steps,
+    add_sample,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="omsjax", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "zoo") and args.zoo is None:
+        from omsjax.zoo import DEFAULT_ZOO
+
+        args.zoo = DEFAULT_ZOO
+    nfe = getattr(args, "nfe", None)
+    if nfe is not None and any(n < 1 for n in (nfe if isinstance(nfe, list) else [nfe])):
+        print("omsjax: error: --nfe values must be >= 1", file=sys.stderr)
+        return 2
+    if getattr(args, "num_samples", 2) < 2:
+        print("omsjax: error: --num-samples must be >= 2", file=sys.stderr)
+        return 2
+    if getattr(args, "ref_samples", 0) < 0:
+        print("omsjax: error: --ref-samples must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"omsjax: error: {e}", file=sys.stderr)
+        return 2

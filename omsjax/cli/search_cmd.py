@@ -1,0 +1,84 @@
+"""`omsjax search`: a per-step schedule searched with the S3 loop, against the baselines."""
+
+from __future__ import annotations
+
+import json
+
+
+def cmd_search(args) -> int:
+    import dataclasses
+
+    from omsjax.search import ga, loop
+    from omsjax.workflows import search_job as job
+
+    if args.nfe is None and args.budget is None:
+        raise ValueError("give --nfe N or --budget SECONDS")
+    if args.nfe is not None and args.budget is not None:
+        raise ValueError("give either --nfe or --budget, not both")
+    cfg = loop.LoopConfig(stages=args.stages, initial_random=args.initial_random, per_stage=args.per_stage,
+                          explore_fraction=args.explore_fraction, generations=args.generations,
+                          predictor_epochs=args.predictor_epochs,
+                          ga=ga.GAConfig(pop_size=args.population, num_children=args.population))  # fmt: skip
+    if args.quick:
+        cfg = dataclasses.replace(cfg, stages=1, initial_random=8, per_stage=8, generations=20, predictor_epochs=20)
+    report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
+                     config=cfg, num_samples=args.num_samples, final_samples=args.final_samples, seed=args.seed,
+                     spacing=args.spacing, progress=not args.quiet)  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    s, b = report["searched"], report["best_baseline"]
+    print(f"searched ({args.mode} mode): FD {s['fd']:.3f} at NFE {s['nfe']}, cost {s['cost']:.1f} ms "
+          f"(held-out noise, {report['heldout_samples']} samples)")  # fmt: skip
+    if b is not None:
+        print(f"best baseline: {b['name']}: FD {b['fd']:.3f} at NFE {b['nfe']}, cost {b['cost']:.1f} ms; "
+              f"ratio {report['fd_ratio_to_best_baseline']:.3f}")  # fmt: skip
+    print(f"{report['evaluated']} schedules evaluated ({report['new_evaluations']} new) in "
+          f"{report['search_seconds']:.0f} s; predictor Kendall tau on held-out schedules "
+          f"{report['predictor_heldout_tau']:.2f}; wrote {args.out}/schedule.json, report.json, pareto.png, "
+          f"samples.png")  # fmt: skip
+    return 0
+
+
+def add_search(sub) -> None:
+    """The `omsjax search` parser."""
+    from omsjax.spacing import SKIP_TYPES
+
+    r = sub.add_parser("search", help="search a schedule (solver, model or joint) under an NFE or a time budget")
+    r.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    r.add_argument("--nfe", type=int, default=None, help="model calls (solver mode: exactly; else at most)")
+    r.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds to sample one batch by the zoo's measured latencies (the sum over the calls)",
+    )
+    r.add_argument("--mode", default="solver", choices=["solver", "model", "joint"])
+    r.add_argument("--model", type=int, default=None, help="solver mode: the zoo model (default: the largest)")
+    r.add_argument("--out", required=True, help="output folder (schedule.json, report.json, pareto.png, ...)")
+    r.add_argument(
+        "--spacing",
+        default=None,
+        choices=list(SKIP_TYPES),
+        help="base step spacing the time genes vary around (model mode follows it); default: logSNR in solver "
+        "mode, time_quadratic in model and joint modes",
+    )
+    r.add_argument("--stages", type=int, default=4)
+    r.add_argument("--initial-random", type=int, default=40)
+    r.add_argument("--per-stage", type=int, default=40, help="schedules evaluated per stage")
+    r.add_argument("--generations", type=int, default=30, help="GA generations per stage (on the predictor)")
+    r.add_argument(
+        "--explore-fraction",
+        type=float,
+        default=0.5,
+        help="share of each stage's evaluations given to children of the best evaluated schedules",
+    )
+    r.add_argument("--population", type=int, default=64)
+    r.add_argument("--predictor-epochs", type=int, default=300)
+    r.add_argument("--num-samples", type=int, default=500, help="samples per evaluation during the search")
+    r.add_argument("--final-samples", type=int, default=1000, help="samples of the held-out re-evaluation")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--quick", action="store_true", help="a tiny search (smoke test)")
+    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_search)

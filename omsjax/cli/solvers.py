@@ -1,0 +1,158 @@
+"""`omsjax gmm` and `omsjax compare`: the preset solvers on an exact Gaussian mixture and on a zoo model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from omsjax.cli.common import SOLVERS, _load_zoo, _solver_schedule
+
+
+def _default_gmm(dim: int = 16, components: int = 8, seed: int = 0):
+    import numpy as np
+
+    from omsjax import oracles
+
+    rng = np.random.RandomState(seed)
+    weights = rng.dirichlet(np.full(components, 2.0))
+    return oracles.GaussianMixture.create(rng.randn(components, dim), 0.05 + 0.3 * rng.rand(components), weights)
+
+
+HEUN = "EDM Heun"  # omsjax.sample_heun, outside the USF presets
+
+
+def cmd_gmm(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    import omsjax
+    from omsjax import oracles, schedules
+
+    ns = schedules.vp_linear()
+    gmm = _default_gmm()
+    model = gmm.model(ns)
+    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.batch, gmm.means.shape[1]), jnp.float64)
+    t0 = time.perf_counter()
+    ref = oracles.reference_solution(lambda x, t: gmm.eps(ns, x, t), ns, x_T, ns.t_max, ns.default_t_end)
+    ref_seconds = time.perf_counter() - t0
+    run = jax.jit(lambda s, x: omsjax.sample(model, ns, s, x))
+    table = {}
+    t0 = time.perf_counter()
+    for name in SOLVERS:
+        row = {}
+        for n in args.nfe:
+            sched = _solver_schedule(name, ns, n, args.skip)
+            if sched is None:
+                row[n] = None
+                continue
+            out = run(sched, x_T)
+            row[n] = float(jnp.sqrt(jnp.mean((out - ref) ** 2)))
+        table[name] = row
+    compiles = run._cache_size()
+    # EDM's Heun sampler (2 model calls per step: even NFE only) on the same spacing.
+    table[HEUN] = {n: None if n % 2 else float(jnp.sqrt(jnp.mean((omsjax.sample_heun(
+        model, ns, schedules.time_steps(ns, n // 2, args.skip), x_T) - ref) ** 2))) for n in args.nfe}  # fmt: skip
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"metric": "rmse_vs_reference", "skip": args.skip, "table": table, "compiles": compiles}))
+        return 0
+    print(f"Exact Gaussian mixture ({gmm.means.shape[0]} components, {gmm.means.shape[1]}-D), continuous linear VP,")
+    print(f"{args.batch} samples, {args.skip} spacing. RMSE of the final sample against the diffrax reference")
+    print(f"(Dopri8, rtol=atol=1e-10, {ref_seconds:.1f} s). Lower is better; NFE = model calls.\n")
+    head = f"{'solver':<18}" + "".join(f"{'NFE ' + str(n):>11}" for n in args.nfe)
+    print(head)
+    print("-" * len(head))
+    for name, row in table.items():
+        cells = "".join(f"{'-':>11}" if v is None else f"{v:>11.2e}" for v in row.values())
+        print(f"{name:<18}{cells}")
+    best = {n: min((r[n], k) for k, r in table.items() if r[n] is not None) for n in args.nfe}
+    print("\nbest per NFE: " + ", ".join(f"{n}: {k}" for n, (_, k) in best.items()))
+    print(f"{len(table) * len(args.nfe)} runs, {compiles} compilations of the USF sampler (one per schedule length), "
+          f"{seconds:.1f} s")  # fmt: skip
+    return 0 if all(np.isfinite(v) for r in table.values() for v in r.values() if v is not None) else 1
+
+
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from omsjax import metrics, sampler
+
+    models, ns, manifest, mean = _load_zoo(args.zoo)
+    k = len(models) - 1 if args.model is None else args.model
+    if not 0 <= k < len(models):
+        raise ValueError(f"--model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
+    unknown = [n for n in args.solvers if n not in SOLVERS]
+    if unknown:
+        raise ValueError(f"unknown solvers {unknown}; expected some of {list(SOLVERS)}")
+    shape = tuple(manifest["image_shape"])
+    table, t0 = {}, time.perf_counter()
+    for name in args.solvers:
+        row = {}
+        for n in args.nfe:
+            sched = _solver_schedule(name, ns, n, args.skip, model=k)
+            if sched is None:
+                row[n] = None
+                continue
+            x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed,
+                                 batch_size=args.batch_size, data_mean=mean)  # fmt: skip
+            row[n] = float(metrics.fd(x))
+        table[name] = row
+    seconds = time.perf_counter() - t0
+    floor = metrics.fd_floor(n=args.num_samples, repeats=5) if args.num_samples <= 1497 else None
+    m = manifest["models"][k]
+    if args.json:
+        print(json.dumps({"model": k, "name": m["name"], "fd": table, "floor": floor, "seconds": seconds}))
+        return 0
+    print(f"Digits zoo {args.zoo}: model {k} ({m['name']}, {m['param_count']:,} params, "
+          f"{m['latency_ms']:.1f} ms per batch of {m['latency_batch']}), {args.skip} spacing.")  # fmt: skip
+    print(f"FD of {args.num_samples} samples (seed {args.seed}) in the classifier's features; lower is better.\n")
+    head = f"{'solver':<18}" + "".join(f"{'NFE ' + str(n):>10}" for n in args.nfe)
+    print(head)
+    print("-" * len(head))
+    for name, row in table.items():
+        print(f"{name:<18}" + "".join(f"{'-':>10}" if v is None else f"{v:>10.2f}" for v in row.values()))
+    if floor is not None:
+        print(f"\nreal data at the same N: {args.num_samples} train images resampled "
+              f"{floor['train_resample_mean']:.2f} +- {floor['train_resample_std']:.2f}; "
+              f"the {floor['heldout_n']} held-out images {floor['heldout']:.2f}")  # fmt: skip
+    best = {n: min(((r[n], s) for s, r in table.items() if r[n] is not None), default=(np.nan, "-")) for n in args.nfe}
+    print("best per NFE: " + ", ".join(f"{n}: {s} ({v:.2f})" for n, (v, s) in best.items()))
+    print(f"{sum(v is not None for r in table.values() for v in r.values())} evaluations in {seconds:.1f} s")
+    return 0
+
+
+def add_gmm(sub) -> None:
+    """The `omsjax gmm` parser."""
+    from omsjax.spacing import SKIP_TYPES
+
+    g = sub.add_parser("gmm", help="every preset on an exact Gaussian mixture vs. the diffrax reference")
+    g.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10, 20])
+    g.add_argument("--skip", default="logSNR", choices=list(SKIP_TYPES))
+    g.add_argument("--batch", type=int, default=256)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    g.set_defaults(func=cmd_gmm)
+
+
+def add_compare(sub) -> None:
+    """The `omsjax compare` parser."""
+    from omsjax.spacing import SKIP_TYPES
+
+    c = sub.add_parser("compare", help="FD of every preset solver at several NFEs on one zoo model (the main job)")
+    c.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    c.add_argument("--model", type=int, default=None, help="zoo index (default: the largest model)")
+    c.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
+    c.add_argument(
+        "--solvers",
+        nargs="+",
+        default=["DDIM", "DPM-Solver-3", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)"],
+    )
+    c.add_argument("--skip", default="logSNR", choices=list(SKIP_TYPES))
+    c.add_argument("--num-samples", type=int, default=1000)
+    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)

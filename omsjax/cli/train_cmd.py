@@ -1,0 +1,144 @@
+"""`omsjax train`: a digits U-Net or a multi-stage network from a named or JSON config, resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# The `--precond` choices (omsjax.train.PRECONDS; kept here so that building the parser does not import orbax).
+_PRECONDS = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
+
+
+def _is_multistage(d) -> bool:
+    """Whether a config dict is a `stages.StageTrainConfig.to_dict()` (its "stage_probs" field, or a net with
+    "decoder_channels") rather than a `train.TrainConfig.to_dict()`."""
+    return isinstance(d, dict) and (
+        "stage_probs" in d or (isinstance(d.get("net"), dict) and "decoder_channels" in d["net"])
+    )
+
+
+def train_config(args) -> tuple:
+    """(config, member name) of `omsjax train`: the named config or JSON file `--config`, with the fields given on
+    the command line (--steps, --precond, --fdm-m, --weight-clamp-warmup, --ema-warmup) replaced; ValueError names
+    the bad field.
+
+    The config is a `train.TrainConfig`, or a `stages.StageTrainConfig` for a JSON file holding one (e.g. from
+    `omsjax stages config`, or a multi-stage run's config.json, whose {"omsjax_multistage", "config"} wrapper is
+    unwrapped); a multi-stage config takes --steps and --ema-warmup only.
+    """
+    from omsjax import stages, train, zoo
+
+    src = args.config
+    if src in zoo.CONFIGS:
+        cfg, name = zoo.named_config(src), src
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise ValueError(f"--config {src!r} is neither a named config ({', '.join(sorted(zoo.CONFIGS))}) "
+                             f"nor a JSON file")  # fmt: skip
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {src}: not valid JSON: {e}") from None
+        if isinstance(d, dict) and "omsjax_multistage" in d:  # a multi-stage run's config.json
+            d = d.get("config")
+        kind = stages.StageTrainConfig if _is_multistage(d) else train.TrainConfig
+        try:
+            cfg = kind.from_dict(d)
+        except TypeError as e:
+            raise ValueError(f"--config {src}: {e}") from None
+        name = path.stem if path.name != "config.json" else path.resolve().parent.name
+    given = {"steps": args.steps, "precond": args.precond, "fdm_m": args.fdm_m,
+             "weight_clamp_warmup": args.weight_clamp_warmup, "ema_warmup": args.ema_warmup}  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    if isinstance(cfg, stages.StageTrainConfig):
+        bad = [f"--{k.replace('_', '-')}" for k in given if k not in ("steps", "ema_warmup")]
+        if bad:
+            verb = "does" if len(bad) == 1 else "do"
+            raise ValueError(f"{', '.join(bad)} {verb} not apply to the multi-stage config {src} (continuous linear "
+                             f"VP, noise prediction); only --steps and --ema-warmup do")  # fmt: skip
+    if given:
+        cfg = type(cfg).from_dict({**cfg.to_dict(), **given})
+    return cfg, name
+
+
+def _train_stages(args, cfg, images):
+    """Train a multi-stage network into --out (resumable): OUT/config.json and OUT/params (`stages.save_checkpoint`
+    of the EMA parameters, rewritten at every checkpoint), OUT/state (the full `TrainState`), OUT/log.jsonl; the
+    full state is saved every `omsjax.cli.STAGES_CHECKPOINT_EVERY` steps (`omsjax.train.run`, the one loop)."""
+    from omsjax import stages, train
+
+    # Read from the package at call time (patching omsjax.cli's attribute works), without importing the package
+    # that imports this module.
+    every = sys.modules[__package__].STAGES_CHECKPOINT_EVERY
+    out = Path(args.out)
+    state_dir, log_path, meta_path = out / "state", out / "log.jsonl", out / "config.json"
+    if state_dir.exists() and not args.resume:
+        raise ValueError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
+    state = None
+    if args.resume and state_dir.exists():
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text()).get("config", {})
+            train.check_resume(out, old, cfg.to_dict(), ignore=("steps",), what="--resume")
+        state = stages.restore_state(state_dir, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    train.reset_log(log_path, 0 if state is None else int(state.step))
+
+    def save(step, state):
+        stages.save_state(state_dir, state)
+        stages.save_checkpoint(out, cfg, state.ema_params)
+
+    with open(log_path, "a") as log:
+        state, _ = stages.train(cfg, images, state=state, progress=not args.quiet, log_file=log, save=save,
+                                save_every=every, log_at_saves=True)  # fmt: skip
+    return state
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def cmd_train(args) -> int:
+    from omsjax import data, stages, train, zoo
+
+    cfg, name = train_config(args)
+    images = data.load_digits("train")
+    if isinstance(cfg, stages.StageTrainConfig):
+        state = _train_stages(args, cfg, images)
+    else:
+        state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
+        train.save_params(Path(args.out) / "params", state.ema_params)
+        (Path(args.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if args.add_to_zoo:
+        entry = zoo.add_member(args.add_to_zoo, name, cfg, state.ema_params, train_steps=int(state.step),
+                               data_mean=data.data_mean(images))  # fmt: skip
+        print(json.dumps({"added": entry["name"], "zoo": str(args.add_to_zoo), "latency_ms": entry["latency_ms"]}))
+    return 0
+
+
+def add_train(sub) -> None:
+    """The `omsjax train` parser."""
+    t = sub.add_parser("train", help="train a digits U-Net or multi-stage network (resumable checkpoints)")
+    t.add_argument("--config", required=True,
+                   help="a named config (omsjax.zoo.CONFIGS, e.g. digits-m), or a TrainConfig or StageTrainConfig "
+                   "JSON file")  # fmt: skip
+    t.add_argument("--out", required=True, help="run folder (checkpoints, log, final EMA params)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--precond", choices=_PRECONDS, default=None, help="replace the config's preconditioning")
+    t.add_argument("--fdm-m", type=float, default=None, help="FDM damping m (fdm_* preconds; default 2)")
+    t.add_argument("--weight-clamp-warmup", type=int, default=None,
+                   help="loss-weight cap 5*100^(step/W) for the first W steps (0: off)")  # fmt: skip
+    t.add_argument("--ema-warmup", action="store_const", const=True, default=None,
+                   help="ramp the EMA decay up: min(ema_decay, (1+n)/(10+n)) at update n")  # fmt: skip
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--add-to-zoo", default=None, help="zoo folder to add the trained model to")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)

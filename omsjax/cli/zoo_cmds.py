@@ -1,0 +1,174 @@
+"""`omsjax evaluate`, `omsjax sample` and `omsjax zoo`: one schedule on a zoo (its FD or a grid of samples), and
+the zoo's models."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from omsjax.cli.common import _load_zoo
+
+
+def _schedule_from_args(args, ns, num_models):
+    from omsjax import presets
+    from omsjax.schedule import Schedule
+
+    if args.schedule is not None:
+        if any(v is not None for v in (args.solver, args.nfe)):
+            raise ValueError("give either --schedule or --solver/--nfe, not both")
+        try:
+            text = open(args.schedule).read()
+        except OSError as e:
+            raise ValueError(f"cannot read --schedule {args.schedule}: {e}") from None
+        return Schedule.from_json(text, num_models=num_models), "schedule:" + str(args.schedule)
+    if args.solver is None or args.nfe is None:
+        raise ValueError("give --schedule FILE, or --solver NAME and --nfe N")
+    if not 0 <= args.model < num_models:
+        raise ValueError(f"--model {args.model} is not in the zoo of {num_models} models (0..{num_models - 1})")
+    kw = dict(skip=args.skip, model=args.model)
+    if args.solver != "ddim":
+        kw["order"] = args.order if args.order is not None else (3 if args.solver == "dpm_solver" else 2)
+    elif args.order not in (None, 1):
+        raise ValueError("ddim is order 1; drop --order")
+    if args.solver == "unipc":
+        kw["variant"] = args.variant
+    sched = presets.preset(args.solver, ns, args.nfe, **kw)
+    label = f"{args.solver}" + (f"-{kw['order']}" if "order" in kw else "") + f" {args.skip} nfe={args.nfe}"
+    return sched, label
+
+
+def _zoo_samples(args):
+    from omsjax import sampler
+
+    models, ns, manifest, mean = _load_zoo(args.zoo)
+    sched, label = _schedule_from_args(args, ns, len(models))
+    shape = tuple(manifest["image_shape"])
+    t0 = time.perf_counter()
+    x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed, batch_size=args.batch_size,
+                         data_mean=mean)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    return x, sched, label, seconds, models, ns
+
+
+def _trajectory_error(args, x, sched, models, ns):
+    """RMSE of the first --ref-samples samples against the diffrax ODE endpoint of --ref-model from the same noise."""
+    import numpy as np
+
+    from omsjax import metrics, sampler
+
+    k = min(args.ref_samples, x.shape[0])
+    ref_model = args.ref_model
+    if ref_model is None:  # a preset: its own model; a schedule file: the largest model of the zoo
+        ref_model = args.model if args.schedule is None else len(models) - 1
+    if not 0 <= ref_model < len(models):
+        raise ValueError(f"--ref-model {ref_model} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
+    ts = np.asarray(sched.ts, np.float64)
+    x_T = float(ns.prior_std(ts[0])) * sampler.noise(args.seed, k, x.shape[1:])  # the noise of `generate`
+    ref = metrics.ode_reference(models[ref_model], ns, x_T, ts[0], ts[-1])
+    return metrics.trajectory_error(x[:k], ref), k, ref_model
+
+
+def cmd_evaluate(args) -> int:
+    from omsjax import metrics
+
+    x, sched, label, seconds, models, ns = _zoo_samples(args)
+    result = {
+        "fd": float(metrics.fd(x)),
+        "nfe": int(sched.nfe()),
+        "cost": float(sched.cost([m.latency for m in models])),
+        "seconds": seconds,
+        "schedule": label,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+    }
+    if args.ref_samples > 0:
+        err, k, ref_model = _trajectory_error(args, x, sched, models, ns)
+        result.update(traj_rmse=err, traj_samples=k, traj_ref_model=ref_model)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>12}: {v}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from omsjax import plots
+
+    x, _, label, seconds, _, _ = _zoo_samples(args)
+    path = plots.save_grid(x, args.out)
+    print(f"wrote {path} ({args.num_samples} samples, {label}, {seconds:.1f} s)")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from omsjax import zoo
+
+    manifest = zoo.remeasure_latency(args.zoo) if args.remeasure_latency else zoo.load_zoo(args.zoo)[2]
+    if args.json:
+        print(json.dumps(manifest["models"]))
+        return 0
+    print(f"zoo {args.zoo}: {manifest.get('dataset', '?')}, images {manifest['image_shape']}, "
+          f"noise schedule {manifest['noise_schedule'].get('kind', '?')}")  # fmt: skip
+    print(f"{'index':>5}  {'name':<12}{'params':>12}{'steps':>8}{'latency (ms)':>14}  machine")
+    for i, m in enumerate(manifest["models"]):
+        print(f"{i:>5}  {m['name']:<12}{m['param_count']:>12,}{m['train_steps']:>8}"
+              f"{m['latency_ms']:>14.2f}  batch {m['latency_batch']}, {m['latency_machine']}")  # fmt: skip
+    return 0
+
+
+def _add_schedule_args(p, num_samples):
+    from omsjax.spacing import SKIP_TYPES
+
+    p.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    p.add_argument("--model", type=int, default=0, help="zoo index used at every step of a preset")
+    p.add_argument("--solver", choices=["ddim", "dpm_solver", "dpm_solver_pp", "unipc"])
+    p.add_argument("--order", type=int, default=None)
+    p.add_argument("--variant", default="bh2", choices=["bh1", "bh2"], help="UniPC variant")
+    p.add_argument("--skip", default="logSNR", choices=list(SKIP_TYPES))
+    p.add_argument("--nfe", type=int, default=None)
+    p.add_argument("--schedule", default=None, help="a schedule JSON file (Schedule.to_json)")
+    p.add_argument("--num-samples", type=int, default=num_samples)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_evaluate(sub) -> None:
+    """The `omsjax evaluate` parser."""
+    e = sub.add_parser("evaluate", help="FD, NFE and cost of a schedule on a zoo")
+    _add_schedule_args(e, 1000)
+    e.add_argument(
+        "--ref-samples",
+        type=int,
+        default=64,
+        help="trajectory error (traj_rmse) of this many samples vs. the diffrax ODE endpoint (0: off)",
+    )
+    e.add_argument(
+        "--ref-model",
+        type=int,
+        default=None,
+        help="zoo model whose ODE is the reference (default: the preset's model; for a schedule file, the largest)",
+    )
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def add_sample(sub) -> None:
+    """The `omsjax sample` parser."""
+    s = sub.add_parser("sample", help="write a PNG grid of samples")
+    _add_schedule_args(s, 64)
+    s.add_argument("--out", required=True, help="PNG path")
+    s.set_defaults(func=cmd_sample)
+
+
+def add_zoo(sub) -> None:
+    """The `omsjax zoo` parser."""
+    z = sub.add_parser("zoo", help="list a zoo's models (parameters, training steps, latency)")
+    z.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    z.add_argument(
+        "--remeasure-latency",
+        action="store_true",
+        help="measure every model's latency on this machine and rewrite manifest.json",
+    )
+    z.add_argument("--json", action="store_true")
+    z.set_defaults(func=cmd_zoo)
