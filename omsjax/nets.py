@@ -296,15 +296,23 @@ def _init_unet(config: UNetConfig, key: jax.Array, image_shape: tuple[int, int, 
     x = jnp.zeros((1, *image_shape), dtype)
     t = jnp.zeros((1,), dtype)
     shapes = jax.eval_shape(UNet(config, param_dtype=dtype).init, key, x, t)["params"]
+    return init_from_shapes(shapes, key, dtype)
+
+
+def init_from_shapes(shapes: Any, key: jax.Array, dtype: Any) -> Any:
+    """Parameters for a tree of `jax.ShapeDtypeStruct`s (a flax module's `eval_shape`d params) with flax's default
+    initialisation: kernels `lecun_normal` (truncated normal of variance 1/fan_in), zero biases, unit GroupNorm
+    scales, and zero kernels in any layer named `conv_out`. All random kernels come from one random call, in the
+    order of the flattened tree (the U-Net and the multi-decoder network share this rule)."""
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
 
     def kind(path: tuple) -> str:
-        layer, name = path[0].key, path[-1].key
-        if name == "kernel":
-            return "zeros" if layer == "conv_out" else "lecun_normal"
-        if name == "bias":
+        names = [getattr(p, "key", None) for p in path]
+        if names[-1] == "kernel":
+            return "zeros" if "conv_out" in names else "lecun_normal"
+        if names[-1] == "bias":
             return "zeros"
-        if name == "scale":
+        if names[-1] == "scale":
             return "ones"
         raise NotImplementedError(f"no initialisation rule for parameter {jax.tree_util.keystr(path)}")
 

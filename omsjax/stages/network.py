@@ -9,7 +9,6 @@ The parameter tree is {"encoder": ..., "decoder_0": ..., ..., "decoder_{K-1}": .
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -241,30 +240,7 @@ def _param_shapes(config: MultiStageConfig, image_shape: tuple[int, int, int], d
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _init_params(config: MultiStageConfig, key: jax.Array, image_shape: tuple[int, int, int], dtype) -> dict:
-    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(_param_shapes(config, image_shape, dtype))
-
-    def kind(path: tuple) -> str:
-        names = [getattr(p, "key", None) for p in path]
-        if names[-1] == "kernel":
-            return "zeros" if "conv_out" in names else "lecun_normal"
-        if names[-1] == "bias":
-            return "zeros"
-        if names[-1] == "scale":
-            return "ones"
-        raise NotImplementedError(f"no initialisation rule for parameter {jax.tree_util.keystr(path)}")
-
-    kinds = [kind(path) for path, _ in path_leaves]
-    total = sum(leaf.size for (_, leaf), k in zip(path_leaves, kinds, strict=True) if k == "lecun_normal")
-    noise = jax.random.truncated_normal(key, -2.0, 2.0, (total,), dtype) * (1.0 / _TRUNCATED_NORMAL_STD)
-    leaves, offset = [], 0
-    for (_, leaf), k in zip(path_leaves, kinds, strict=True):
-        if k == "lecun_normal":
-            fan_in = math.prod(leaf.shape[:-1])
-            leaves.append(noise[offset : offset + leaf.size].reshape(leaf.shape) * (1.0 / math.sqrt(fan_in)))
-            offset += leaf.size
-        else:
-            leaves.append((jnp.ones if k == "ones" else jnp.zeros)(leaf.shape, dtype))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return nets.init_from_shapes(_param_shapes(config, image_shape, dtype), key, dtype)
 
 
 def active_params(params: Any, stage: int) -> int:
