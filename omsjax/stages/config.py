@@ -10,6 +10,7 @@ import math
 from omsjax import config as _cfg
 from omsjax import nets
 from omsjax.precond import T_EPS
+from omsjax.train.config import check_training_fields
 
 __all__ = ["MultiStageConfig", "StageTrainConfig"]
 
@@ -136,20 +137,7 @@ class StageTrainConfig:
         def _set(name, value):
             object.__setattr__(self, name, value)
 
-        for name in ("steps", "batch_size"):
-            _set(name, _cfg.positive_int(name, getattr(self, name)))
-        _set("warmup", _cfg.nonneg_int("warmup", self.warmup))
-        _set("seed", _cfg.integer("seed", self.seed))
-        _set("lr", _cfg.real("lr", self.lr, gt=0))
-        _set("grad_clip", _cfg.real("grad_clip", self.grad_clip, gt=0))
-        _set("weight_decay", _cfg.real("weight_decay", self.weight_decay, ge=0))
-        _set("ema_decay", _cfg.real("ema_decay", self.ema_decay, ge=0, lt=1))
-        _set("ema_warmup", _cfg.boolean("ema_warmup", self.ema_warmup))
-        shape = _cfg.image_shape("image_shape", self.image_shape)
-        _set("image_shape", shape)
-        d = self.net.unet_config().spatial_divisor
-        if shape[0] % d or shape[1] % d:
-            raise ValueError(f"image_shape {shape}: H and W must be divisible by {d}")
+        check_training_fields(self, ("steps", "batch_size"), self.net.unet_config().spatial_divisor)
         p = self.stage_probs
         if not isinstance(p, (tuple, list)) or not all(_cfg.is_real(v) and v >= 0 for v in p):
             raise ValueError(f"stage_probs must be a sequence of numbers >= 0, got {p!r}")

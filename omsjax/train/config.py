@@ -75,22 +75,8 @@ class TrainConfig:
         def _set(name, value):
             object.__setattr__(self, name, value)
 
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            _set(name, _cfg.positive_int(name, getattr(self, name)))
-        _set("warmup", _cfg.nonneg_int("warmup", self.warmup))
-        _set("seed", _cfg.integer("seed", self.seed))
-        _set("lr", _cfg.real("lr", self.lr, gt=0))
-        _set("grad_clip", _cfg.real("grad_clip", self.grad_clip, gt=0))
-        _set("weight_decay", _cfg.real("weight_decay", self.weight_decay, ge=0))
-        _set("ema_decay", _cfg.real("ema_decay", self.ema_decay, ge=0, lt=1))
-        _set("ema_warmup", _cfg.boolean("ema_warmup", self.ema_warmup))
-        shape = _cfg.image_shape("image_shape", self.image_shape)
-        _set("image_shape", shape)
-        d = self.net.spatial_divisor
-        if shape[0] % d or shape[1] % d:
-            raise ValueError(
-                f"image_shape {shape}: H and W must be divisible by {d} for channel_mults={self.net.channel_mults}"
-            )
+        check_training_fields(self, ("steps", "batch_size", "checkpoint_every"), self.net.spatial_divisor,
+                              f" for channel_mults={self.net.channel_mults}")  # fmt: skip
         focus = self.focus_times
         if not isinstance(focus, (tuple, list)) or not all(_cfg.is_real(v) and v > 0 for v in focus):
             raise ValueError(f"focus_times must be a sequence of finite noise levels > 0, got {focus!r}")
@@ -112,3 +98,27 @@ class TrainConfig:
         if not isinstance(d, dict) or "net" not in d:
             raise ValueError("TrainConfig.from_dict expects a dict with a 'net' entry")
         return _cfg.from_dict(cls, d, nested={"net": nets.UNetConfig}, tuples=("image_shape", "focus_times"))
+
+
+def check_training_fields(config, positive: tuple[str, ...], divisor: int, detail: str = "") -> None:
+    """Check and normalise (in place, on a frozen dataclass) the optimiser fields that every training config
+    shares: the positive ints `positive`, warmup, seed, lr, grad_clip, weight_decay, ema_decay, ema_warmup and
+    image_shape, whose H and W must be divisible by `divisor` (`detail` ends that message). Each error names
+    the field."""
+
+    def _set(name, value):
+        object.__setattr__(config, name, value)
+
+    for name in positive:
+        _set(name, _cfg.positive_int(name, getattr(config, name)))
+    _set("warmup", _cfg.nonneg_int("warmup", config.warmup))
+    _set("seed", _cfg.integer("seed", config.seed))
+    _set("lr", _cfg.real("lr", config.lr, gt=0))
+    _set("grad_clip", _cfg.real("grad_clip", config.grad_clip, gt=0))
+    _set("weight_decay", _cfg.real("weight_decay", config.weight_decay, ge=0))
+    _set("ema_decay", _cfg.real("ema_decay", config.ema_decay, ge=0, lt=1))
+    _set("ema_warmup", _cfg.boolean("ema_warmup", config.ema_warmup))
+    shape = _cfg.image_shape("image_shape", config.image_shape)
+    _set("image_shape", shape)
+    if shape[0] % divisor or shape[1] % divisor:
+        raise ValueError(f"image_shape {shape}: H and W must be divisible by {divisor}{detail}")
