@@ -17,7 +17,7 @@ from omsjax.cli.search_cmd import cmd_search
 from omsjax.cli.solvers import HEUN, _default_gmm, cmd_compare, cmd_gmm
 from omsjax.cli.stages_cmds import cmd_stages_cluster, cmd_stages_config
 from omsjax.cli.steps_cmd import cmd_optimize_steps
-from omsjax.cli.train_cmd import _PRECONDS, _is_multistage, _read_jsonl, _train_stages, cmd_train, train_config
+from omsjax.cli.train_cmd import _PRECONDS, _is_multistage, _train_stages, cmd_train, train_config
 from omsjax.cli.zoo_cmds import (
     _add_schedule_args,
     _schedule_from_args,

@@ -95,17 +95,6 @@ def _train_stages(args, cfg, images):
     return state
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def cmd_train(args) -> int:
     from omsjax import data, stages, train, zoo
 
