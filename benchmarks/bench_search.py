@@ -29,7 +29,7 @@ from omsjax import schedules, zoo
 from omsjax.schedule import Schedule
 from omsjax.search import encoding, ga, predictor
 from omsjax.search.evaluate import Archive, Evaluator, genome_from_dict
-from omsjax.search.job import BASELINES, baselines
+from omsjax.workflows.search_job import BASELINES, baselines
 
 
 def bench_ga(generations: int, lat):

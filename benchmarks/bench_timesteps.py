@@ -9,7 +9,7 @@ For DDIM and DPM-Solver++(2M) at every NFE of --nfes (default 3-10):
   generalisation), from the standard spacing with the lowest training loss;
 - `fd` (with --fd-nfes): the Frechet distance itself, differentiated through the sampler on fresh noise each step;
 - phase 1+2, `+finetune`: the phase-1 schedule with the lowest FD on the selection seed (1000), then digits-m
-  fine-tuned toward its steps (`timesteps.finetune`), sampled with the same times.
+  fine-tuned toward its steps (`workflows.timesteps_run.finetune`), sampled with the same times.
 FD of 1,000 samples on held-out noise seeds 2000-2002 (mean +- std); seed 1000 only picks among the phase-1 results.
 The rows are cached in OUT/rows-SOLVERS.json (the run resumes; run one process per solver side by side with
 --solvers, then --report-only); the ODE references and tables in OUT/.
@@ -35,6 +35,7 @@ from common import FIGURES, machine, write_section
 
 from omsjax import data, metrics, presets, sampler, timesteps, zoo
 from omsjax.search.evaluate import Evaluator
+from omsjax.workflows import timesteps_run
 
 SOLVERS = ("DDIM", "DPM-Solver++(2M)")
 SEEDS = (2000, 2001, 2002)
@@ -137,7 +138,7 @@ class Bench:
         return tpl._replace(ts=jnp.asarray(np.asarray(ts, np.float64), jnp.asarray(tpl.ts).dtype))
 
     def spacing_ts(self, tpl, sp):
-        return timesteps._spacing_ts(self.ns, tpl, sp)
+        return timesteps_run._spacing_ts(self.ns, tpl, sp)
 
     # -------------------------------------------------------------------------------------------------- methods
 
@@ -206,7 +207,7 @@ class Bench:
             cands = [m for m in ("bound", "ays", "trajectory") if m in ph]
             pick = min(cands, key=lambda m: ph[m]["select"])
             t = time.perf_counter()
-            ft_model, _ = timesteps.finetune(zoo.DEFAULT_ZOO, self.k, ph[pick]["ts"][:-1],
+            ft_model, _ = timesteps_run.finetune(zoo.DEFAULT_ZOO, self.k, ph[pick]["ts"][:-1],
                                              self.out / "finetune" / f"{SHORT[solver]}-nfe{nfe}",
                                              steps=finetune_steps, seed=nfe, progress=False)  # fmt: skip
             s = self.with_ts(tpl, ph[pick]["ts"])
