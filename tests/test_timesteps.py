@@ -297,16 +297,20 @@ def test_finetune_touches_only_its_own_checkpoint(tiny_zoo, tmp_path):
         T.finetune(path, 5, ts[:-1], tmp_path / "bad", steps=1, progress=False)
 
 
+def _optimize_steps_argv(path, out):
+    return ["optimize-steps", "--zoo", str(path), "--solver", "DPM-Solver++(2M)", "--nfe", "3", "--method",
+            "trajectory", "--distance", "pixels", "--steps", "4", "--train-samples", "8", "--heldout-samples", "4",
+            "--num-samples", "24", "--out", str(out), "--quiet", "--json"]  # fmt: skip
+
+
 def test_cli_optimize_steps(tiny_zoo, tmp_path, capsys):
-    from omsjax import cli, zoo
+    from omsjax import cli
     from omsjax.schedule import Schedule
 
     path, _ = tiny_zoo
     before = _tree_files(path)
     out = tmp_path / "opt"
-    argv = ["optimize-steps", "--zoo", str(path), "--solver", "DPM-Solver++(2M)", "--nfe", "3", "--method",
-            "trajectory", "--distance", "pixels", "--steps", "4", "--train-samples", "8", "--heldout-samples", "4",
-            "--num-samples", "24", "--out", str(out), "--quiet", "--json"]  # fmt: skip
+    argv = _optimize_steps_argv(path, out)
     assert cli.main(argv) == 0
     rep = json.loads(capsys.readouterr().out)
     assert {p.name for p in out.iterdir()} >= {"schedule.json", "report.json", "timesteps.png"}
@@ -319,7 +323,19 @@ def test_cli_optimize_steps(tiny_zoo, tmp_path, capsys):
     assert cli.main(["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"), "--num-samples",
                      "24", "--seed", "1000", "--ref-samples", "0", "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["fd"] == pytest.approx(rep["optimized"]["fd"], rel=1e-4)
-    # The bound and AYS methods, and one round of fine-tuning: the schedule then runs the fine-tuned model.
+    assert _tree_files(path) == before
+    assert cli.main(argv[:-4] + ["--out", str(tmp_path / "ft"), "--rounds", "0", "--finetune"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_optimize_steps_bound_ays_and_finetune(tiny_zoo, tmp_path, capsys):
+    """The bound and AYS methods, and one round of fine-tuning: the schedule then runs the fine-tuned model. Long CLI
+    runs (three more optimisations, one with training; minutes on 2 cores), so they run with `-m slow`."""
+    from omsjax import cli, zoo
+
+    path, _ = tiny_zoo
+    before = _tree_files(path)
+    argv = _optimize_steps_argv(path, tmp_path / "opt")
     for method in ("bound", "ays"):
         assert cli.main(argv[:7] + ["--method", method, "--num-samples", "24", "--heldout-samples", "4", "--out",
                                     str(tmp_path / method), "--quiet", "--json"]) == 0  # fmt: skip

@@ -53,21 +53,23 @@ def _run(capsys, argv):
 
 def test_cli_evaluate_is_deterministic(tiny_zoo, capsys, tmp_path):
     path, _ = tiny_zoo
+    # 20 samples in batches of 12 (the last one ragged) and in one batch of 20: the batch shapes of the other tests
+    # here (12 and 20 samples of the same zoo), so that this compiles only the ragged batch's program.
     argv = ["evaluate", "--zoo", str(path), "--model", "1", "--solver", "dpm_solver_pp", "--order", "2", "--nfe", "3",
-            "--num-samples", "40", "--batch-size", "16", "--seed", "5", "--json"]  # fmt: skip
+            "--num-samples", "20", "--batch-size", "12", "--seed", "5", "--json"]  # fmt: skip
     rc, out, _ = _run(capsys, argv)
     assert rc == 0
     a = json.loads(out)
     assert set(a) >= {"fd", "nfe", "cost", "seconds"} and a["nfe"] == 3
     assert a["cost"] == pytest.approx(3 * zoo.load_zoo(path)[0][1].latency)
-    rc, out, _ = _run(capsys, argv[:-5] + ["--batch-size", "40", "--seed", "5", "--json"])
+    rc, out, _ = _run(capsys, argv[:-5] + ["--batch-size", "20", "--seed", "5", "--json"])
     assert json.loads(out)["fd"] == a["fd"]  # same seed, other batching: same samples, same FD
     # A schedule file reproduces the preset.
     models, ns, _ = zoo.load_zoo(path)
     sched_file = tmp_path / "s.json"
     sched_file.write_text(presets.dpm_solver_pp(ns, 3, 2, model=1).to_json())
-    rc, out, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(sched_file), "--num-samples", "40",
-                               "--batch-size", "16", "--seed", "5", "--json"])  # fmt: skip
+    rc, out, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(sched_file), "--num-samples", "20",
+                               "--batch-size", "12", "--seed", "5", "--json"])  # fmt: skip
     assert rc == 0 and json.loads(out)["fd"] == a["fd"]
 
 
@@ -147,17 +149,30 @@ def test_cli_errors(tiny_zoo, capsys):
 def test_cli_sample_writes_png(tiny_zoo, capsys, tmp_path):
     path, _ = tiny_zoo
     out = tmp_path / "grid.png"
-    rc, text, _ = _run(capsys, ["sample", "--zoo", str(path), "--solver", "unipc", "--nfe", "4", "--num-samples", "9",
+    rc, text, _ = _run(capsys, ["sample", "--zoo", str(path), "--solver", "unipc", "--nfe", "4", "--num-samples", "20",
                                 "--out", str(out)])  # fmt: skip
     assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG" and "wrote" in text
 
 
+def test_cli_search_argument_errors(tiny_zoo, capsys, tmp_path):
+    path, _ = tiny_zoo
+    out = tmp_path / "search"
+    rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--budget", "1", "--out", str(out)])
+    assert rc == 2 and "not both" in err
+    with pytest.raises(SystemExit):  # argparse rejects an unknown spacing
+        cli.main(["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--spacing", "cosine"])
+
+
+@pytest.mark.slow
 def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
+    """A whole (quick) solver-mode search, its held-out report and a rerun from the archive: a long CLI run (the
+    search loop, 56 baselines, plots; about 3 minutes on 2 cores), so it runs with `-m slow`."""
     from omsjax.schedule import Schedule
 
     path, _ = tiny_zoo
     out = tmp_path / "search"
-    argv = ["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--quick", "--num-samples", "10",
+    # The search's samples and the held-out ones in batches of one shape (12): one set of compiled programs.
+    argv = ["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--quick", "--num-samples", "12",
             "--final-samples", "12", "--quiet", "--json"]  # fmt: skip
     rc, text, _ = _run(capsys, argv)
     rep = json.loads(text)
@@ -175,15 +190,17 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     assert json.loads(text)["fd"] == pytest.approx(rep["searched"]["fd"], rel=1e-4)
     rc, text, _ = _run(capsys, argv)  # rerun: everything comes from the archive
     assert rc == 0 and json.loads(text)["new_evaluations"] == 0
-    # Model mode under a time budget: three calls of the larger model.
+
+
+@pytest.mark.slow
+def test_cli_search_model_mode_under_a_time_budget(tiny_zoo, capsys, tmp_path):
+    """Model mode under a time budget: three calls of the larger model. A long CLI run (its candidates have every
+    length from 1 step up, one compilation each: minutes on 2 cores), so it runs with `-m slow`."""
+    path, _ = tiny_zoo
     budget = 3 * zoo.load_zoo(path)[0][1].latency / 1000
     rc, text, _ = _run(capsys, ["search", "--zoo", str(path), "--budget", f"{budget}", "--mode", "model", "--out",
-                                str(tmp_path / "m"), "--quick", "--num-samples", "10", "--final-samples", "12",
+                                str(tmp_path / "m"), "--quick", "--num-samples", "12", "--final-samples", "12",
                                 "--quiet", "--json"])  # fmt: skip
     rep = json.loads(text)
     assert rc == 0 and rep["searched"]["cost"] <= 1000 * budget + 1e-6 and rep["spacing"] == "time_quadratic"
     assert all(b["cost"] <= 1000 * budget + 1e-6 for b in rep["baselines"].values())
-    rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--budget", "1", "--out", str(out)])
-    assert rc == 2 and "not both" in err
-    with pytest.raises(SystemExit):  # argparse rejects an unknown spacing
-        cli.main(["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--spacing", "cosine"])
