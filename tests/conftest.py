@@ -7,13 +7,16 @@ import tempfile
 
 # JAX's persistent compilation cache, in a fresh folder per test session (so a run never reuses another run's
 # programs): the same program compiled again (after `jax.clear_caches()` between modules, by a new `jax.jit` of
-# the same function in another test, or in a subprocess, which inherits these variables) is read back from disk
-# instead of compiled again (about 1 s instead of 5-10 s for a sampler on 2 cores). Only what the session itself
-# compiled is in it; a cache folder set by the caller is used as it is.
+# the same function in another test, in a subprocess, which inherits these variables, or in another pytest-xdist
+# worker) is read back from disk instead of compiled again (about 1 s instead of 5-10 s for a sampler on 2 cores).
+# Only what the session itself compiled is in it; a cache folder set by the caller is used as it is. A size limit
+# turns on JAX's file lock around every read and write (the `filelock` package), so the xdist workers can share
+# the folder: without it JAX writes entries in place and a worker could read another's half-written entry.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="omsjax-tests-jax-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -23,6 +26,7 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 _min_secs = float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", _min_secs)
+jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def pytest_unconfigure(config):

@@ -13,6 +13,7 @@ FDs differ by more than `threshold`, max(0, margin - (s_worse - s_better)), marg
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -228,8 +229,22 @@ def fit(
         params = init_params(space, noise_schedule, k_init, config)
     x_all = jax.vmap(lambda g: features(space, noise_schedule, g))(genomes)
     module = _module(space, config)
+    params, losses = _train(params, k_shuf, x_all, targets, module=module, epochs=epochs, bsz=min(batch, n), lr=lr,
+                            loss=loss, margin=margin, threshold=threshold)  # fmt: skip
+    train_tau = kendall_tau(np.asarray(module.apply(params, x_all)), np.asarray(targets))
+    ho_tau = float("nan")
+    if heldout is not None:
+        g_ho, t_ho = heldout
+        ho_tau = kendall_tau(np.asarray(score(space, noise_schedule, params, g_ho, config)), np.asarray(t_ho))
+    return FitResult(params, np.asarray(losses), train_tau, ho_tau)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "epochs", "bsz", "lr", "loss", "margin", "threshold"))
+def _train(params, key, x_all, targets, *, module, epochs, bsz, lr, loss, margin, threshold):
+    """`fit`'s training run, one compiled program per (network, data size, settings): the data are arguments, so
+    the search's later stages and a second search of the same shapes reuse it."""
     tx = optax.adam(lr)
-    bsz = min(batch, n)
+    n = targets.shape[0]
     nb = n // bsz
 
     def loss_fn(p, idx):  # one minibatch: the rows `idx` of the data
@@ -238,20 +253,10 @@ def fit(
             return hinge_loss(s, targets[idx], margin=margin, threshold=threshold)
         return mse_loss(s, targets[idx])
 
-    @jax.jit
-    def train(params, key):
-        def epoch(carry, k):
-            perm = jax.random.permutation(k, n)[: nb * bsz].reshape(nb, bsz)
-            p, o, vals = optim.minimize(loss_fn, tx, carry[0], perm, opt_state=carry[1], jit=False)
-            return (p, o), jnp.mean(vals)
+    def epoch(carry, k):
+        perm = jax.random.permutation(k, n)[: nb * bsz].reshape(nb, bsz)
+        p, o, vals = optim.minimize(loss_fn, tx, carry[0], perm, opt_state=carry[1], jit=False)
+        return (p, o), jnp.mean(vals)
 
-        (p, _), losses = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
-        return p, losses
-
-    params, losses = train(params, k_shuf)
-    train_tau = kendall_tau(np.asarray(module.apply(params, x_all)), np.asarray(targets))
-    ho_tau = float("nan")
-    if heldout is not None:
-        g_ho, t_ho = heldout
-        ho_tau = kendall_tau(np.asarray(score(space, noise_schedule, params, g_ho, config)), np.asarray(t_ho))
-    return FitResult(params, np.asarray(losses), train_tau, ho_tau)
+    (p, _), losses = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
+    return p, losses
