@@ -6,6 +6,10 @@ jitted sampler is traced, never baked into the program as constants. `t` is the 
 shape [batch]; for the "edm" parameterisation the raw network instead sees EDM's preconditioned input
 (c_in x, c_noise).
 
+A model call that fails while it is traced, or returns anything but a floating array of x's shape, raises a
+ValueError that names the zoo member, the shapes it got and the signature expected (`SIGNATURE`); a model may
+declare the shape of one sample (`Model.sample_shape`) for the samplers to check x_T against.
+
 Every model output is converted to the pair (noise prediction eps, data prediction x0):
   noise: eps = F,                 x0 = (x - sigma eps) / alpha
   data:  x0 = F,                  eps = (x - alpha x0) / sigma
@@ -17,6 +21,7 @@ Every model output is converted to the pair (noise prediction eps, data predicti
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +46,9 @@ class Model:
       parameterization: one of "noise", "data", "v", "edm".
       latency: cost of one evaluation (ms per batch on the target machine), used by model-schedule search.
       sigma_data: EDM's sigma_d, used by the "edm" parameterisation.
+      name: a label for messages and reports.
+      sample_shape: the shape of one sample the model takes, e.g. (28, 28, 1), or None (undeclared); the
+        samplers reject an x_T [B, ...] whose x_T.shape[1:] differs from it.
     """
 
     apply_fn: Callable = struct.field(pytree_node=False)
@@ -49,6 +57,7 @@ class Model:
     latency: float = struct.field(pytree_node=False, default=1.0)
     sigma_data: float = struct.field(pytree_node=False, default=0.5)
     name: str = struct.field(pytree_node=False, default="")
+    sample_shape: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         if not callable(self.apply_fn):
@@ -61,6 +70,21 @@ class Model:
             raise ValueError(f"Model.latency must be a number >= 0, got {self.latency!r}")
         if not (isinstance(self.sigma_data, (int, float)) and self.sigma_data > 0):
             raise ValueError(f"Model.sigma_data must be > 0, got {self.sigma_data!r}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"Model.name must be a string, got {type(self.name).__name__}")
+        if self.sample_shape is not None:
+            shape = self.sample_shape
+            ok = isinstance(shape, (tuple, list)) and all(
+                isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape
+            )
+            if not ok:
+                raise ValueError(f"Model.sample_shape must be None or a tuple of positive ints, got {shape!r}")
+            object.__setattr__(self, "sample_shape", tuple(int(d) for d in shape))  # hashable, static
+
+    def label(self, index: int | None = None) -> str:
+        """How messages name this model: "zoo member 1 'small'" (or "model 'small'" without an index)."""
+        name = f" {self.name!r}" if self.name else ""
+        return f"model{name}" if index is None else f"zoo member {index}{name}"
 
 
 def as_zoo(model_or_zoo: Model | Sequence[Model]) -> tuple[Model, ...]:
@@ -81,8 +105,37 @@ def _bcast(v, x):
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
-def to_eps_x0(model: Model, params, x, t, log_alpha, sigma):
-    """Evaluate `model` at (x, t) and return (eps, x0). `log_alpha`, `sigma` are scalars for time t."""
+SIGNATURE = "apply_fn(params, x [B, ...], t [B]) -> output of x's shape"
+
+
+def _spec(a) -> str:
+    return f"[{', '.join(str(d) for d in a.shape)}] {a.dtype}"
+
+
+def _apply(model: Model, params, x, t, label: str | None = None):
+    """`model.apply_fn(params, x, t)`, checked while it is traced (no extra trace, nothing in the program): an
+    error inside the call, or an output that is not a floating array of x's shape, becomes a ValueError naming the
+    member (`label`), the shapes it was given and the signature expected (`SIGNATURE`)."""
+    who = label or model.label()
+    declared = "" if model.sample_shape is None else f"; it declares sample_shape {model.sample_shape}"
+    try:
+        out = model.apply_fn(params, x, t)
+    except Exception as e:
+        raise ValueError(
+            f"{who} failed when called with x {_spec(x)}, t {_spec(t)}{declared} (expected {SIGNATURE}): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not (hasattr(out, "shape") and hasattr(out, "dtype")):
+        raise ValueError(f"{who} returned a {type(out).__name__} for x {_spec(x)}, expected {SIGNATURE}")
+    if tuple(out.shape) != tuple(x.shape) or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"{who} returned {_spec(out)} for x {_spec(x)}{declared}: expected a floating point "
+                         f"array of x's shape ({SIGNATURE})")  # fmt: skip
+    return out
+
+
+def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None = None):
+    """Evaluate `model` at (x, t) and return (eps, x0). `log_alpha`, `sigma` are scalars for time t; `label` names
+    the model in error messages (default `model.label()`)."""
     batch = x.shape[0]
     alpha = jnp.exp(log_alpha)
     a, s = _bcast(alpha, x), _bcast(sigma, x)
@@ -92,13 +145,11 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma):
         c_skip, c_out, c_in, c_noise = precond.edm(sigma / alpha, model.sigma_data)
         c_noise = jnp.broadcast_to(c_noise, (batch,)).astype(x.dtype)
         y = x / a
-        out = model.apply_fn(params, _bcast(c_in, x) * y, c_noise)
+        out = _apply(model, params, _bcast(c_in, x) * y, c_noise, label)
         x0 = _bcast(c_skip, x) * y + _bcast(c_out, x) * out
         eps = (x - a * x0) / s
         return eps, x0
-    out = model.apply_fn(params, x, tb)
-    if out.shape != x.shape:
-        raise ValueError(f"model {model.name or model.apply_fn} returned shape {out.shape} for input {x.shape}")
+    out = _apply(model, params, x, tb, label)
     if p == "noise":
         eps = out
         x0 = (x - s * eps) / a
@@ -116,7 +167,10 @@ def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma):
     """(eps, x0) of zoo[index] at (x, t): `lax.switch` with params as operands; one model needs no switch (and
     nothing to batch under vmap)."""
     if len(zoo) == 1:
-        return to_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma)
+        return to_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma, label=zoo[0].label(0))
     params = tuple(m.params for m in zoo)
-    branches = [(lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s)) for k, m in enumerate(zoo)]
+    branches = [
+        (lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s, label=m.label(k)))
+        for k, m in enumerate(zoo)
+    ]
     return jax.lax.switch(index, branches, params, x, t, log_alpha, sigma)

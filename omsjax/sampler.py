@@ -8,55 +8,31 @@ Iteration i of the scan (i = 0..N-1):
   4. the predictor of step i gives x_{i+1}.
 So N steps make N model calls at ts[0..N-1] (N - 1 with AFS) and no call after the last step.
 
-Invalid decisions found under tracing (model index outside the zoo, order above the history, ...) make the
-output NaN; concrete schedules are checked on the host first and raise ValueError.
+Invalid decisions found under tracing (model index outside the zoo, order above the history, times outside the
+noise schedule's [t_min, t_max], ...) make the output NaN; concrete schedules and noise are checked on the host
+first and raise ValueError (`omsjax.checks`), and a model that fails or returns the wrong shape or dtype raises a
+ValueError naming the zoo member while the program is traced (`omsjax.models.to_eps_x0`). A model that returns
+NaN or inf cannot be seen without a cost; `first_nonfinite_step` finds the step afterwards, on the host, and
+`generate` uses it to raise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
+from omsjax.checks import check_inputs as _check_inputs  # `_check_inputs`: the name omsjax.timesteps imports
+from omsjax.checks import check_noise_schedule, check_sample_shape, check_x_T
 from omsjax.models import Model, _bcast, as_zoo, eval_zoo, to_eps_x0
-from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, check_schedule
+from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, _time_bounds
 from omsjax.schedules import NoiseSchedule
 
-__all__ = ["sample", "sample_many", "sample_heun", "noise", "generate"]
-
-
-def _check_noise_schedule(noise_schedule):
-    if not isinstance(noise_schedule, NoiseSchedule):
-        raise ValueError(f"noise_schedule must be an omsjax noise schedule, got {type(noise_schedule).__name__}")
-
-
-def _check_x_T(x_T):
-    if not hasattr(x_T, "shape") or len(x_T.shape) < 1 or x_T.shape[0] < 1:
-        raise ValueError(f"x_T must be an array [batch, ...] with batch >= 1, got {getattr(x_T, 'shape', x_T)}")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
-
-
-def _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean):
-    _check_noise_schedule(noise_schedule)
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
-    _check_x_T(x_T)
-    if data_mean is not None and not _is_traced(data_mean):
-        dm = np.shape(data_mean)
-        try:
-            np.broadcast_shapes(dm, tuple(x_T.shape[1:]))
-        except ValueError:
-            raise ValueError(f"data_mean of shape {dm} does not broadcast to a sample {tuple(x_T.shape[1:])}") from None
-        if len(dm) > len(x_T.shape) - 1:
-            raise ValueError(f"data_mean of shape {dm} has more dimensions than a sample {tuple(x_T.shape[1:])}")
-    if not _is_traced(schedule):
-        check_schedule(schedule, len(zoo), noise_schedule)
-        if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
-            raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")
+__all__ = ["sample", "sample_many", "sample_heun", "noise", "generate", "first_nonfinite_step", "NonFiniteStep"]
 
 
 def sample(
@@ -102,7 +78,10 @@ def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
         branches = [
             lambda x: _guess(x, la, sig, jnp.zeros((), x.dtype)),
             lambda x: _guess(x, la, sig, mean),
-            *[(lambda x, m=m: eval_zoo((m,), 0, x, t0, la, sig)) for m in zoo],
+            *[
+                (lambda x, m=m, k=k: to_eps_x0(m, m.params, x, t0, la, sig, label=m.label(k)))
+                for k, m in enumerate(zoo)
+            ],
         ]
         return jax.lax.switch(index, branches, x_T)
     # Arithmetic choice: nothing here turns into a batched switch under vmap.
@@ -114,7 +93,15 @@ def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
     return eps, x0
 
 
-def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False):
+def _finite(a):
+    """[B]: whether each sample of a [B, ...] is finite."""
+    return jnp.all(jnp.isfinite(a).reshape(a.shape[0], -1), axis=1)
+
+
+def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False, diagnose=False):
+    """x at ts[N]; with `diagnose` (a second program, for `first_nonfinite_step`) also, per step i, whether x_(i+1)
+    and the model outputs at ts[i+1] are finite [N, B] and the validity after step i [N], and for the first call
+    the finiteness of its outputs [B] and the validity of the schedule."""
     n = schedule.ts.shape[-1] - 1
     ts = schedule.ts
     fdtype = ts.dtype
@@ -129,8 +116,10 @@ def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False)
     corr = schedule.corrector
     model = schedule.model
     model_ok = (model >= 0) & (model < num_models)
+    t_lo, t_hi = _time_bounds(ns)
     ok0 = (
         jnp.all(jnp.isfinite(ts))
+        & jnp.all((ts >= t_lo) & (ts <= t_hi))
         & jnp.all(jnp.diff(ts) < 0)
         & jnp.all(ts > 0)
         & jnp.all(jnp.isfinite(schedule.relax))
@@ -227,17 +216,19 @@ def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False)
             return jnp.zeros_like(x), jnp.zeros_like(x)
 
         eps, x0 = jax.lax.cond(s["i"] < n - 1, evaluate, skip, x_next)
-        return (x_next, eps, x0, hist, ok), None
+        flags = (_finite(x_next), _finite(eps) & _finite(x0), ok) if diagnose else None
+        return (x_next, eps, x0, hist, ok), flags
 
     eps0, x00 = _first_eval(zoo, ns, schedule, x_T, mean, arithmetic_first)
     hist0 = usf.init_history(x_T, ts[0], lam[0])
-    (x, _, _, _, ok), _ = jax.lax.scan(body, (x_T, eps0, x00, hist0, ok0), xs)
-    return jnp.where(ok, x, jnp.nan)
+    (x, _, _, _, ok), flags = jax.lax.scan(body, (x_T, eps0, x00, hist0, ok0), xs)
+    out = jnp.where(ok, x, jnp.nan)
+    return (out, flags, _finite(eps0) & _finite(x00), ok0) if diagnose else out
 
 
 # The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes),
 # so eager calls do not retrace the scan (inside a user's jit this simply inlines).
-_sample_jit = jax.jit(_sample, static_argnames=("arithmetic_first",))
+_sample_jit = jax.jit(_sample, static_argnames=("arithmetic_first", "diagnose"))
 
 
 def sample_many(
@@ -301,8 +292,9 @@ def sample_heun(model: Model, noise_schedule: NoiseSchedule, ts, x_T: jax.Array)
     """
     if not isinstance(model, Model):
         raise ValueError(f"sample_heun needs one omsjax.Model, got {type(model).__name__}")
-    _check_noise_schedule(noise_schedule)
-    _check_x_T(x_T)
+    check_noise_schedule(noise_schedule)
+    check_x_T(x_T)
+    check_sample_shape(model, x_T)
     if np.ndim(ts) != 1 or np.shape(ts)[0] < 2:
         raise ValueError(f"ts must be a 1-D array of N + 1 >= 2 times, got shape {np.shape(ts)}")
     if not _is_traced(ts):
@@ -310,7 +302,8 @@ def sample_heun(model: Model, noise_schedule: NoiseSchedule, ts, x_T: jax.Array)
         ns = noise_schedule
         if not (np.all(np.isfinite(t)) and np.all(np.diff(t) < 0)):
             raise ValueError(f"ts must be finite and strictly decreasing, got {t}")
-        if t[-1] < ns.t_min or t[0] > ns.t_max * (1 + 1e-12):
+        lo, hi = _time_bounds(ns)
+        if t[-1] < lo or t[0] > hi:
             raise ValueError(f"ts must lie in [t_min={ns.t_min}, T={ns.t_max}], got [{t[-1]}, {t[0]}]")
     return _heun_jit(model, noise_schedule, jnp.asarray(ts, x_T.dtype), x_T)
 
@@ -329,7 +322,10 @@ def _heun(model, ns, ts, x_T):
         return y + 0.5 * h * (d + d_next), None
 
     y, _ = jax.lax.scan(body, x_T / jnp.exp(la[0]), jnp.arange(ts.shape[0] - 1))
-    return y * jnp.exp(la[-1])
+    # Traced times (checked on the host when concrete): NaN when not finite, decreasing and in [t_min, t_max].
+    t_lo, t_hi = _time_bounds(ns)
+    ok = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) < 0) & jnp.all((ts >= t_lo) & (ts <= t_hi))
+    return jnp.where(ok, y * jnp.exp(la[-1]), jnp.nan)
 
 
 _heun_jit = jax.jit(_heun)
@@ -358,7 +354,9 @@ def generate(
     dtype=jnp.float32,
 ) -> np.ndarray:
     """`n` samples of one schedule from `noise(seed, ...)` scaled by `noise_schedule.prior_std(ts[0])` (1 for VP,
-    sigma_max for EDM), in batches (one compiled program); numpy [n, *shape]."""
+    sigma_max for EDM), in batches (one compiled program); numpy [n, *shape].
+
+    A batch with NaN or inf raises ValueError naming the step, its time and the model (`first_nonfinite_step`)."""
     zoo = as_zoo(model_or_zoo)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -367,5 +365,99 @@ def generate(
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         x_T = scale * noise(seed, m, shape, dtype, offset=start)
-        out.append(np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean)))
+        x = np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean))
+        if not np.all(np.isfinite(x)):
+            found = first_nonfinite_step(zoo, noise_schedule, schedule, x_T, data_mean=data_mean)
+            what = found.message if found else "sample returned non-finite values (a re-run to locate them found none)"
+            raise ValueError(f"{what} [generate: samples {start}..{start + m - 1} of {n}, seed {seed}]")
+        out.append(x)
     return np.concatenate(out)
+
+
+class NonFiniteStep(NamedTuple):
+    """Where a sampling run first became non-finite (`first_nonfinite_step`).
+
+    step:    schedule step i (its model call at ts[i]), or N for the state after the last update.
+    t:       ts[step].
+    cause:   "model": the zoo member called at step i returned NaN/inf on a finite input;
+             "update": x_step became non-finite in the update of step - 1, every model output before was finite;
+             "guess": the analytical first step's (eps, x0) from its x0 guess is non-finite (an overflow);
+             "schedule": the decisions of step i are invalid for the sampler (its output is NaN by design).
+    model:   the zoo index called at the step ("model"), else None.
+    name:    that member's name ("" if none).
+    samples: the batch indices affected at that step.
+    batch:   the batch size.
+    """
+
+    step: int
+    t: float
+    cause: str
+    model: int | None
+    name: str
+    samples: tuple[int, ...]
+    batch: int
+
+    @property
+    def message(self) -> str:
+        """One sentence for an error message or a report."""
+        i, t = self.step, f"t = {self.t:.6g}"
+        some = f"in {len(self.samples)} of {self.batch} sample(s)"
+        some += f" (first: sample {self.samples[0]})" if self.samples else ""
+        who = f"zoo member {self.model}" + (f" {self.name!r}" if self.name else "")
+        return {
+            "model": f"the model returned non-finite values at step {i} ({t}): {who}, on a finite input, {some}",
+            "update": f"the sampler's state became non-finite at step {i} ({t}) in the update of step {i - 1}, "
+            f"although every model output before was finite, {some}",
+            "guess": f"the analytical first step's guess became non-finite at step 0 ({t}), {some}",
+            "schedule": f"step {i} ({t}) of the schedule is not a valid update (the sampler returns NaN)",
+        }[self.cause]
+
+
+def first_nonfinite_step(
+    model_or_zoo: Model | Sequence[Model],
+    noise_schedule: NoiseSchedule,
+    schedule: Schedule,
+    x_T: jax.Array,
+    *,
+    data_mean: jax.Array | None = None,
+) -> NonFiniteStep | None:
+    """Locate the first step at which `sample(model_or_zoo, noise_schedule, schedule, x_T, data_mean=data_mean)`
+    becomes non-finite; None when the run is finite. Host side, concrete arrays only.
+
+    It runs a second compiled program (the same scan that also returns, per step, which samples of the state and
+    of the model outputs are finite), so call it only once a result was found non-finite: `sample` itself pays
+    nothing. For one candidate of `sample_many`, pass that candidate's schedule. Typical use:
+
+        x = np.asarray(sampler.sample(zoo, ns, schedule, x_T))
+        if not np.all(np.isfinite(x)):
+            found = sampler.first_nonfinite_step(zoo, ns, schedule, x_T)
+            raise ValueError(found.message if found else "non-finite samples")
+    """
+    zoo = as_zoo(model_or_zoo)
+    if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo])):
+        raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
+    _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
+        _sample_jit(zoo, noise_schedule, schedule, x_T, data_mean, diagnose=True)
+    )
+    n, batch = schedule.num_steps, int(x_T.shape[0])
+    ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))
+
+    def found(i, cause, bad=None):
+        k = int(model[i]) if cause == "model" else None
+        samples = () if bad is None else tuple(int(j) for j in np.flatnonzero(bad))
+        name = zoo[k].name if k is not None else ""
+        return NonFiniteStep(i, float(ts[i]), cause, k, name, samples, batch)
+
+    in_ok = np.concatenate([np.ones((1, batch), bool), x_ok[:-1]])  # x_i finite, i = 0..N-1
+    out_ok = np.concatenate([f0[None], f_ok[:-1]])  # the model outputs at ts[i] finite
+    for i in range(n):
+        if not in_ok[i].all():
+            return found(i, "update", ~in_ok[i])
+        if not out_ok[i].all():
+            return found(i, "guess" if i == 0 and afs != AFS_NONE else "model", ~out_ok[i])
+        if not (ok0 and ok[i]):
+            return found(i, "schedule")
+    if not x_ok[-1].all():
+        return found(n, "update", ~x_ok[-1])
+    return None  # every state, every model output finite, every step valid: so is the output

@@ -12,6 +12,9 @@ stacked batch of schedules works. Validation (`check_schedule`) runs on the host
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -98,55 +101,135 @@ class Schedule(NamedTuple):
         return json.dumps(d, indent=indent)
 
     @classmethod
-    def from_json(cls, text: str, num_models: int | None = None) -> Schedule:
-        """Parse and validate a schedule written by `to_json` (a JSON string or a dict)."""
+    def from_json(cls, text, num_models: int | None = None, *, noise_schedule=None, source=None) -> Schedule:
+        """Parse and validate a schedule written by `to_json`: JSON text (str, or UTF-8 bytes) or a parsed dict.
+
+        Every error is a ValueError naming the field (and step), prefixed by `source` (e.g. the file) when given.
+        `num_models` bounds the model indices and `noise_schedule` the times, as in `check_schedule`.
+        """
         try:
-            d = json.loads(text) if isinstance(text, (str, bytes)) else dict(text)
+            sched = _from_dict(_json_object(text))
+            check_schedule(sched, num_models, noise_schedule)
+        except ValueError as e:
+            if source is None:
+                raise
+            raise ValueError(f"{source}: {e}") from None
+        return sched
+
+    @classmethod
+    def load(cls, path, num_models: int | None = None, *, noise_schedule=None) -> Schedule:
+        """Read and validate a schedule file written from `to_json`; errors (unreadable, not UTF-8 text, not a valid
+        schedule) are ValueErrors that name the file."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read schedule file {path}: {e.strerror or e}") from None
+        return cls.from_json(data, num_models, noise_schedule=noise_schedule, source=f"schedule file {path}")
+
+
+_INT32 = (-(2**31), 2**31 - 1)
+_JSON_KEYS = frozenset(Schedule._fields) | {"omsjax_schedule", "num_steps", "metadata"}
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _json_type(v) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(v), "a list" if isinstance(v, list) else type(v).__name__)
+
+
+def _json_object(text) -> dict:
+    """The JSON object of `text` (str, UTF-8 bytes, or a dict already parsed)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            bad = bytes(text)[e.start : e.start + 1]
+            raise ValueError(f"schedule JSON is not UTF-8 text (byte {e.start} is {bad!r}: a binary file?)") from None
+    if isinstance(text, str):
+        try:
+            d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"schedule JSON is not valid JSON: {e}") from None
-        if d.get("omsjax_schedule") != _JSON_VERSION:
-            raise ValueError(f"not an omsjax schedule of version {_JSON_VERSION} (key 'omsjax_schedule')")
-        fields = {}
-        for name in Schedule._fields:
-            if name not in d:
-                raise ValueError(f"schedule JSON lacks the field {name!r}")
-        fields["ts"] = _json_list(d, "ts", float)
-        for name in ("model", "order", "start", "d1_points"):
-            fields[name] = _json_list(d, name, int)
-        fields["prediction"] = _json_names(d, "prediction", _PREDICTION_NAMES)
-        fields["relax_type"] = _json_names(d, "relax_type", _RELAX_NAMES)
-        fields["relax"] = _json_list(d, "relax", float)
-        fields["d2_scale"] = _json_list(d, "d2_scale", float)
-        fields["corrector"] = _json_list(d, "corrector", bool)
-        if d["afs"] not in AFS_NAMES:
-            raise ValueError(f"schedule JSON field 'afs' must be one of {AFS_NAMES}, got {d['afs']!r}")
-        fields["afs"] = AFS_NAMES.index(d["afs"])
-        sched = make(**fields)
-        check_schedule(sched, num_models)
-        return sched
+        except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+            raise ValueError(f"schedule JSON cannot be read: {type(e).__name__}: {e}") from None
+    elif isinstance(text, Mapping):
+        d = dict(text)
+    else:
+        raise ValueError(f"schedule JSON must be text (str or UTF-8 bytes) or a dict, got {type(text).__name__}")
+    if not isinstance(d, dict):
+        raise ValueError(f'schedule JSON must be an object {{"omsjax_schedule": 1, ...}}, got {_json_type(d)}')
+    return d
+
+
+def _from_dict(d: dict) -> Schedule:
+    v = d.get("omsjax_schedule")
+    if type(v) is not int or v != _JSON_VERSION:
+        raise ValueError(f"not an omsjax schedule of version {_JSON_VERSION} (key 'omsjax_schedule' is {_short(v)})")
+    unknown = sorted(str(k) for k in d if k not in _JSON_KEYS)
+    if unknown:
+        raise ValueError(f"schedule JSON has unknown field(s) {unknown}; the fields are {sorted(_JSON_KEYS)}")
+    for name in Schedule._fields:
+        if name not in d:
+            raise ValueError(f"schedule JSON lacks the field {name!r}")
+    fields = {"ts": _json_list(d, "ts", float)}
+    if "num_steps" in d:
+        n = d["num_steps"]
+        if type(n) is not int or n < 1:
+            raise ValueError(f"schedule JSON field 'num_steps' must be an integer >= 1, got {_short(n)}")
+        if n != len(fields["ts"]) - 1:
+            raise ValueError(f"schedule JSON field 'num_steps' is {n} but 'ts' has {len(fields['ts'])} times "
+                             f"({len(fields['ts']) - 1} steps)")  # fmt: skip
+    for name in ("model", "order", "start", "d1_points"):
+        fields[name] = _json_list(d, name, int)
+    fields["prediction"] = _json_names(d, "prediction", _PREDICTION_NAMES)
+    fields["relax_type"] = _json_names(d, "relax_type", _RELAX_NAMES)
+    fields["relax"] = _json_list(d, "relax", float)
+    fields["d2_scale"] = _json_list(d, "d2_scale", float)
+    fields["corrector"] = _json_list(d, "corrector", bool)
+    if not (isinstance(d["afs"], str) and d["afs"] in AFS_NAMES):
+        raise ValueError(f"schedule JSON field 'afs' must be one of {AFS_NAMES}, got {_short(d['afs'])}")
+    fields["afs"] = AFS_NAMES.index(d["afs"])
+    return make(**fields)
 
 
 def _json_list(d, name, typ):
+    """The list `d[name]` of `typ` (int: within int32; float: within float64, inf/NaN left to check_schedule)."""
     v = d[name]
     if not isinstance(v, list):
-        raise ValueError(f"schedule JSON field {name!r} must be a list, got {type(v).__name__}")
+        raise ValueError(f"schedule JSON field {name!r} must be a list, got {_json_type(v)}")
+    out = []
     for i, e in enumerate(v):
-        ok = isinstance(e, bool) if typ is bool else isinstance(e, (int, float)) and not isinstance(e, bool)
-        if typ is int:
-            ok = ok and float(e).is_integer()
-        if not ok:
-            raise ValueError(f"schedule JSON field {name!r}, step {i}: expected {typ.__name__}, got {e!r}")
-    return v
+        number = isinstance(e, (int, float)) and not isinstance(e, bool)
+        if typ is bool and isinstance(e, bool):
+            out.append(e)
+        elif typ is int and number and (isinstance(e, int) or (math.isfinite(e) and e.is_integer())):
+            if not _INT32[0] <= e <= _INT32[1]:
+                raise ValueError(f"schedule JSON field {name!r}, step {i}: integer {_short(e)} is out of range "
+                                 f"[{_INT32[0]}, {_INT32[1]}]")  # fmt: skip
+            out.append(int(e))
+        elif typ is float and number:
+            try:
+                out.append(float(e))
+            except OverflowError:
+                raise ValueError(f"schedule JSON field {name!r}, step {i}: {_short(e)} is too large for a "
+                                 "float64") from None  # fmt: skip
+        else:
+            raise ValueError(f"schedule JSON field {name!r}, step {i}: expected {typ.__name__}, got {_short(e)}")
+    return out
 
 
 def _json_names(d, name, names):
     v = d[name]
     if not isinstance(v, list):
-        raise ValueError(f"schedule JSON field {name!r} must be a list, got {type(v).__name__}")
+        raise ValueError(f"schedule JSON field {name!r} must be a list, got {_json_type(v)}")
     out = []
     for i, e in enumerate(v):
-        if e not in names:
-            raise ValueError(f"schedule JSON field {name!r}, step {i}: expected one of {names}, got {e!r}")
+        if not (isinstance(e, str) and e in names):
+            raise ValueError(f"schedule JSON field {name!r}, step {i}: expected one of {names}, got {_short(e)}")
         out.append(names.index(e))
     return out
 
@@ -182,6 +265,13 @@ def stack(schedules) -> Schedule:
 
 def _is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _time_bounds(noise_schedule) -> tuple[float, float]:
+    """The admissible times [lo, hi] of a schedule on `noise_schedule`: [t_min, t_max] widened by 1e-9 t_max below
+    and 1e-6 t_max above (float32 rounding of the end points); the host check and the traced one share it."""
+    lo, hi = float(noise_schedule.t_min), float(noise_schedule.t_max)
+    return lo - 1e-9 * hi, hi + 1e-6 * hi
 
 
 def check_schedule(schedule: Schedule, num_models: int | None = None, noise_schedule=None) -> None:
@@ -233,12 +323,12 @@ def check_schedule(schedule: Schedule, num_models: int | None = None, noise_sche
         i = int(np.flatnonzero(ts <= 0)[0])
         fail("ts", i, f"times must be > 0, got {ts[i]}")
     if noise_schedule is not None:
-        lo, hi = noise_schedule.t_min, noise_schedule.t_max
-        tol = 1e-6 * hi
-        out = np.flatnonzero((ts < lo - tol * 1e-3) | (ts > hi + tol))
+        lo, hi = _time_bounds(noise_schedule)
+        out = np.flatnonzero((ts < lo) | (ts > hi))
         if out.size:
             i = int(out[0])
-            fail("ts", i, f"time {ts[i]} outside the noise schedule's range [{lo}, {hi}]")
+            fail("ts", i, f"time {ts[i]} outside the noise schedule's range "
+                          f"[{noise_schedule.t_min}, {noise_schedule.t_max}]")  # fmt: skip
     if num_models is not None:
         bad = np.flatnonzero((a["model"] < 0) | (a["model"] >= num_models))
         if bad.size:

@@ -20,7 +20,20 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "omsjax"
 
 LAYERS = {
-    "core": ("paths", "schedules", "spacing", "precond", "models", "usf", "schedule", "presets", "sampler", "oracles"),
+    "core": (
+        "paths",
+        "files",
+        "checks",
+        "schedules",
+        "spacing",
+        "precond",
+        "models",
+        "usf",
+        "schedule",
+        "presets",
+        "sampler",
+        "oracles",
+    ),
     "blocks": ("nets", "optim", "config", "metrics", "data", "plots"),
     "applications": ("train", "stages", "timesteps", "search"),
     "storage": ("zoo",),
