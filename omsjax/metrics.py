@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import time
 import warnings
@@ -33,7 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 import scipy.linalg
 
-from omsjax import optim
+from omsjax import files, optim
 from omsjax.paths import checkpoints_dir
 
 __all__ = [
@@ -417,7 +418,9 @@ def _train_and_ship(out: Path, steps: int, seed: int) -> dict[str, Any]:
     print(f"held-out accuracy {acc:.4f} ({x_ho.shape[0]} images), trained {steps} steps in {train_s:.1f} s")
     save_classifier(params, out)
     mu, cov = feature_stats(features(params, x_tr))
-    np.savez(out / "ref_stats.npz", mu=mu, cov=cov, n=np.int64(x_tr.shape[0]))
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu, cov=cov, n=np.int64(x_tr.shape[0]))
+    files.write_bytes(out / "ref_stats.npz", buf.getvalue())
     ref = RefStats(mu, cov, x_tr.shape[0])
     floors = {k: fd_floor(n=k, repeats=10, ref=ref, classifier=params) for k in (300, 1000)}
     stat = ("mean", "std", "repeats")
@@ -444,7 +447,7 @@ def _train_and_ship(out: Path, steps: int, seed: int) -> dict[str, Any]:
         "Train-resample subsets are part of the reference (optimistic); the held-out split is unseen.",
         "jax_version": jax.__version__,
     }
-    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    files.write_json(out / "info.json", info)
     return info
 
 

@@ -1,13 +1,32 @@
-"""Pictures: sample grids (PNG)."""
+"""Pictures: sample grids and timestep plots, written atomically (`save`: rendered in memory in the format the
+file's suffix names, then `files.write_bytes`), so a killed run leaves the old picture or the new one, never a
+truncated file."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["image_grid", "save_grid", "timesteps_plot"]
+from omsjax import files
+
+__all__ = ["image_grid", "save", "save_grid", "timesteps_plot"]
+
+
+def _format(path: Path) -> str:
+    return path.suffix.lstrip(".").lower() or "png"
+
+
+def save(fig, path, **savefig_kw) -> Path:
+    """Write the matplotlib figure `fig` to `path` atomically, in the format of its suffix (PNG without one);
+    `savefig_kw` go to `fig.savefig` (e.g. `dpi`). The folder is created. Returns the path."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=_format(path), **savefig_kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return files.write_bytes(path, buf.getvalue())
 
 
 def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -29,7 +48,8 @@ def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
 
 
 def save_grid(images, path, ncols: int | None = None, scale: int = 8) -> Path:
-    """Write a PNG grid of images [N, H, W, C] in [-1, 1] (grey for C = 1), each pixel `scale` x `scale`."""
+    """Write a grid of images [N, H, W, C] in [-1, 1] (grey for C = 1), each pixel `scale` x `scale`, atomically
+    (PNG, or the format of the path's suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,12 +58,13 @@ def save_grid(images, path, ncols: int | None = None, scale: int = 8) -> Path:
     grid = image_grid(images, ncols)
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     if grid.shape[-1] == 1:
-        plt.imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+        plt.imsave(buf, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0, format=_format(path))
     else:
-        plt.imsave(path, grid[..., :3])
-    return path
+        plt.imsave(buf, grid[..., :3], format=_format(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return files.write_bytes(path, buf.getvalue())
 
 
 def timesteps_plot(noise_schedule, schedules: dict, path, title: str = "") -> Path:
@@ -64,9 +85,8 @@ def timesteps_plot(noise_schedule, schedules: dict, path, title: str = "") -> Pa
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save(fig, path, dpi=100)
+    finally:
+        plt.close(fig)

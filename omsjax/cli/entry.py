@@ -11,6 +11,7 @@ from omsjax.cli.stages_cmds import add_stages
 from omsjax.cli.steps_cmd import add_optimize_steps
 from omsjax.cli.train_cmd import add_train
 from omsjax.cli.zoo_cmds import add_evaluate, add_sample, add_zoo
+from omsjax.files import FolderLocked
 
 # The description of `omsjax --help`.
 DESCRIPTION = """The `omsjax` command.
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `omsjax` with `argv`; returns the exit code (2, with a one-line "omsjax: error: ..." on stderr, for a
+    ValueError, an OSError or a locked folder: bad arguments, unreadable or unwritable files)."""
     args = build_parser().parse_args(argv)
     if hasattr(args, "zoo") and args.zoo is None:
         from omsjax.zoo import DEFAULT_ZOO
@@ -87,6 +90,11 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"omsjax: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, FolderLocked) as e:  # bad input or files: one line, exit code 2, no traceback
+        print(f"omsjax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line (its lines joined)."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+from omsjax.cli.common import check_out
+
 
 def cmd_search(args) -> int:
     import dataclasses
 
     from omsjax.search import ga, loop
     from omsjax.workflows import search_job as job
+
+    check_out(args.out)  # before anything loads or compiles
 
     if args.nfe is None and args.budget is None:
         raise ValueError("give --nfe N or --budget SECONDS")
@@ -55,7 +59,8 @@ def add_search(sub) -> None:
     )
     r.add_argument("--mode", default="solver", choices=["solver", "model", "joint"])
     r.add_argument("--model", type=int, default=None, help="solver mode: the zoo model (default: the largest)")
-    r.add_argument("--out", required=True, help="output folder (schedule.json, report.json, pareto.png, ...)")
+    r.add_argument("--out", required=True, help="output folder (schedule.json, report.json, pareto.png, ...); "
+                   "locked while the search runs, so a second one on it is refused")  # fmt: skip
     r.add_argument(
         "--spacing",
         default=None,

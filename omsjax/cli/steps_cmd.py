@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
-from omsjax.cli.common import SOLVERS
+from omsjax.cli.common import SOLVERS, check_out
 
 
 def cmd_optimize_steps(args) -> int:
     from omsjax.workflows import timesteps_run as timesteps
+
+    check_out(args.out)  # before anything loads or compiles
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
@@ -52,7 +54,8 @@ def add_optimize_steps(sub) -> None:
     o.add_argument("--heldout-samples", type=int, default=128, help="held-out x_T for the trajectory error")
     o.add_argument("--num-samples", type=int, default=1000, help="samples of the held-out FD")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--out", required=True)
+    o.add_argument("--out", required=True, help="output folder (schedule.json, report.json, timesteps.png); "
+                   "locked while the run lasts, so a second one on it is refused")  # fmt: skip
     o.add_argument("--quiet", action="store_true")
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=cmd_optimize_steps)

@@ -4,11 +4,13 @@
   run as one `vmap` program; model schedules (`method="map"`) run with `lax.map`, so each costs the models it
   schedules. With several devices, candidates are split over them with `jax.shard_map` (a 1-D mesh "cand").
 - `Archive`: a JSONL file; one line per evaluated schedule, keyed by the schedule's canonical JSON and the
-  evaluation settings (noise seed, sample count). It is appended to as results arrive, so an interrupted search
-  that reopens it re-evaluates nothing.
+  evaluation settings (noise seed, sample count). It is appended to as results arrive (`files.append_jsonl`: whole
+  lines, fsynced), so an interrupted search that reopens it re-evaluates nothing; a line torn by a killed run, or
+  one that is not a valid record, is skipped with a warning naming the file and the line.
 - `Evaluator`: decodes genomes (or takes schedules), skips what the archive holds, groups the rest by length,
   samples them in chunks and scores each by `omsjax.metrics.fd`. Diverged schedules (non-finite samples) get
-  FD = inf.
+  FD = inf, and the record's `note` (also logged as a warning) says at which step and why: the model returned
+  non-finite values, or the solver's update overflowed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,11 +31,13 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from omsjax import metrics, sampler
+from omsjax import files, metrics, sampler
 from omsjax.models import Model, as_zoo
 from omsjax.schedule import Schedule, check_schedule, stack
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["Record", "Archive", "Evaluator", "sample_candidates", "schedule_key", "genome_to_dict", "genome_from_dict"]
 
@@ -50,6 +56,15 @@ def genome_from_dict(d: dict) -> Genome:
     return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields})
 
 
+# An archive line's fields: the JSON types each may have, and how the warning about a wrong one names them.
+_NUMBER = (int, float)
+_FIELDS = {"key": (str, "a string"), "eval_key": (str, "a string"), "fd": ((*_NUMBER, type(None)), "a number or null"),
+           "cost": (_NUMBER, "a number"), "nfe": (int, "an integer"), "schedule": (dict, "an object"),
+           "genome": ((dict, type(None)), "an object or null"), "stage": (int, "an integer"),
+           "seconds": (_NUMBER, "a number"), "note": (str, "a string")}  # fmt: skip
+_REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
+
+
 @dataclasses.dataclass
 class Record:
     key: str
@@ -61,35 +76,53 @@ class Record:
     genome: dict | None = None
     stage: int = 0
     seconds: float = 0.0
+    note: str = ""  # why the FD is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["fd"] = None if not np.isfinite(self.fd) else self.fd  # JSON has no inf
-        return json.dumps(d)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Record:
+        """The record of an archive line's object; raises `ValueError` naming the field that is missing or of the
+        wrong type. `fd` is a number or null (inf: a diverged schedule); fields it does not know are ignored."""
+        missing = [f for f in _REQUIRED if f not in d]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        kw = {f: d[f] for f in _FIELDS if f in d}
+        for f, v in kw.items():
+            types, what = _FIELDS[f]
+            if isinstance(v, bool) or not isinstance(v, types):
+                raise ValueError(f"{f} is {v!r}, not {what}")
+        fd = math.inf if kw["fd"] is None else float(kw["fd"])
+        kw["fd"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst FD
+        kw.update({f: float(kw[f]) for f in ("cost", "seconds") if f in kw})
+        return cls(**kw)
 
     @classmethod
     def from_json(cls, line: str) -> Record:
-        d = json.loads(line)
-        d["fd"] = float("inf") if d["fd"] is None else float(d["fd"])
-        return cls(**d)
+        return cls.from_dict(json.loads(line))
 
     def to_schedule(self) -> Schedule:
         return Schedule.from_json(self.schedule)
 
 
 class Archive:
-    """Append-only JSONL of `Record`s (a partial last line, from a killed run, is ignored)."""
+    """Append-only JSONL of `Record`s, written with `files.append_jsonl`: a record is one whole line, flushed and
+    fsynced, and a line torn by a killed run is ended before the next record. Reading skips a line that is torn,
+    not JSON, or not a valid record (`Record.from_dict`) with a warning naming the file and the line number."""
 
     def __init__(self, path=None):
         self.path = None if path is None else Path(path)
         self.records: list[Record] = []
         self._index: dict[tuple[str, str], Record] = {}
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    self._add(Record.from_json(line))
-                except (json.JSONDecodeError, TypeError, KeyError):
-                    continue
+        if self.path is not None:
+            for d in files.read_jsonl(self.path, check=Record.from_dict):
+                self._add(Record.from_dict(d))
 
     def _add(self, r: Record) -> None:
         if (r.key, r.eval_key) not in self._index:
@@ -100,11 +133,11 @@ class Archive:
         return self._index.get((key, eval_key))
 
     def append(self, r: Record) -> None:
+        """Add `r` and append it to the file (flushed and fsynced before this returns)."""
         self._add(r)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as fh:
-                fh.write(r.to_json() + "\n")
+            files.append_jsonl(self.path, [r.to_dict()])
 
     def select(self, eval_key: str) -> list[Record]:
         return [r for r in self.records if r.eval_key == eval_key]
@@ -245,10 +278,12 @@ class Evaluator:
                 dt = (time.perf_counter() - t0) / len(part)
                 for i, s, x in zip(part_idx, part, xs, strict=True):
                     g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
+                    fd = self.fd_of_samples(x)
                     rec = Record(
                         key=keys[i],
                         eval_key=self.eval_key,
-                        fd=self.fd_of_samples(x),
+                        fd=fd,
+                        note=self._why_not_finite(s, keys[i]) if not np.all(np.isfinite(x)) else "",
                         cost=float(s.cost(latencies)),
                         nfe=int(s.nfe()),
                         schedule=json.loads(s.to_json(indent=None)),
@@ -263,6 +298,14 @@ class Evaluator:
             if out[i] is None:
                 out[i] = self.archive.get(k, self.eval_key)
         return out
+
+    def _why_not_finite(self, schedule: Schedule, key: str) -> str:
+        """The first non-finite step of a diverged schedule and its cause (the model's output, or the solver's
+        update), logged as a warning and kept in the record: the search scores it inf and says why."""
+        found = sampler.first_nonfinite_step(self.zoo, self.ns, schedule, self.x_T, data_mean=self.data_mean)
+        note = found.message if found is not None else "non-finite samples"
+        _log.warning("schedule %s scored FD = inf: %s", key, note)
+        return note
 
     def evaluate(self, genomes: Genome, *, stage: int = 0) -> list[Record]:
         """Decode a population (leading axis C) with the evaluator's space and evaluate every member."""

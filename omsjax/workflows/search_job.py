@@ -20,7 +20,6 @@ largest NFE that fits the budget.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import presets, schedules
+from omsjax import files, presets, schedules
 from omsjax.search import encoding, loop
-from omsjax.search.evaluate import Evaluator
+from omsjax.search.evaluate import Archive, Evaluator
 
 __all__ = ["BASELINES", "baselines", "run"]
 
@@ -81,9 +80,10 @@ def run(
 
     `spacing` is the search space's base step spacing (`encoding.SPACINGS`); by default logSNR in solver mode (S3's
     choice) and time-quadratic in model and joint modes, whose steps follow it at every length: on the digits zoo
-    time-quadratic is the best spacing for the multistep solvers from NFE 5 up (see `report["baselines"]`)."""
-    from omsjax import plots, sampler, zoo
+    time-quadratic is the best spacing for the multistep solvers from NFE 5 up (see `report["baselines"]`).
 
+    The run holds `out_dir`'s `files.FolderLock`, taken before the zoo loads: a second search on the same folder
+    is refused at once (`files.FolderLocked`). Every result file is written atomically."""
     if (nfe is None) == (budget_seconds is None):
         raise ValueError("give exactly one of nfe and budget_seconds")
     if nfe is not None and nfe < 1:
@@ -96,6 +96,17 @@ def run(
         spacing = "logSNR" if mode == "solver" else "time_quadratic"
     if spacing not in encoding.SPACINGS:
         raise ValueError(f"spacing must be one of {encoding.SPACINGS}, got {spacing!r}")
+    out = Path(out_dir)
+    with files.FolderLock(out, what="omsjax search"):
+        return _search(zoo_dir, out, mode, nfe, budget_seconds, model, config or loop.LoopConfig(), num_samples,
+                       final_samples, seed, max_steps, spacing, progress)  # fmt: skip
+
+
+def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples, final_samples, seed, max_steps,
+            spacing, progress) -> dict:  # fmt: skip
+    """`run` (its arguments checked) with the folder lock held."""
+    from omsjax import plots, sampler, zoo
+
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     lat = [m.latency for m in models]
     mean = manifest.get("data_mean")
@@ -104,8 +115,6 @@ def run(
     k = len(models) - 1 if model is None else model
     if not 0 <= k < len(models):
         raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t_end = ns.default_t_end
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
     common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(t_end))
@@ -123,10 +132,9 @@ def run(
             positions = min(_largest_nfe(min(lat), budget_ms, max_steps - 1) + 1, max_steps)
             budget, kind = budget_ms, "cost"
         space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
-    config = config or loop.LoopConfig()
     cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
 
-    archive = out / "archive.jsonl"
+    archive = Archive(out / "archive.jsonl")  # one archive for both evaluators: read (and checked) once
     ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
                    archive=archive)  # fmt: skip
     held = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + 1000, image_shape=shape,
@@ -185,17 +193,10 @@ def run(
         "final_candidates": [{"fd": r.fd, "nfe": r.nfe, "cost": r.cost} for r in res.final],
         "machine": zoo.machine_name(),
     }
-    (out / "schedule.json").write_text(
-        res.schedule.to_json(
-            mode=mode,
-            fd=best.fd,
-            nfe=best.nfe,
-            cost=best.cost,
-            heldout_samples=final_samples,
-            heldout_noise_seed=held.noise_seed,
-        )  # fmt: skip
-    )
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+    meta = dict(mode=mode, fd=best.fd, nfe=best.nfe, cost=best.cost, heldout_samples=final_samples,
+                heldout_noise_seed=held.noise_seed)  # fmt: skip
+    files.write_text(out / "schedule.json", res.schedule.to_json(**meta))
+    files.write_json(out / "report.json", report, default=_jsonable)
     # The plot compares like with like: everything on the search noise (the baselines' search-noise FDs; most are
     # stage-0 seeds already in the archive).
     base_search = ev.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
@@ -215,6 +216,8 @@ def _jsonable(v):
 def _pareto(path, records, base_records, best, mode):
     """Model and joint modes: cost vs. FD. Solver mode (one cost): FD against the evaluation order, by stage."""
     import matplotlib
+
+    from omsjax import plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -244,5 +247,7 @@ def _pareto(path, records, base_records, best, mode):
     ax.set_title(f"omsjax search, {mode} mode (FD on the search noise)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        plots.save(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

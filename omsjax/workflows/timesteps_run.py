@@ -12,7 +12,6 @@ learning rate and EMA; `alternate` runs phase 1 and phase 2 for K rounds.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omsjax import files
 from omsjax.models import Model
 from omsjax.sampler import sample
 from omsjax.spacing import SPACINGS
@@ -160,10 +160,9 @@ def run(
     "features" (the FD classifier's features: the perceptual distance, as LD3 uses LPIPS). Writes
     out/schedule.json (for `omsjax evaluate --schedule`; after fine-tuning its model is member 0 of the last
     round's zoo, out/finetune{K-1}/zoo, named in the report and the schedule's metadata),
-    out/report.json and out/timesteps.png."""
-    from omsjax import data as data_mod
-    from omsjax import metrics, plots, presets, sampler, zoo
-    from omsjax.search.evaluate import Evaluator
+    out/report.json and out/timesteps.png, atomically, holding `out_dir`'s `files.FolderLock` from before the zoo
+    loads (a second run on the same folder is refused at once with `files.FolderLocked`)."""
+    from omsjax import presets
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -175,6 +174,19 @@ def run(
                         ("heldout_samples", heldout_samples, 2), ("fd_samples", fd_samples, 2)):  # fmt: skip
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    out = Path(out_dir)
+    with files.FolderLock(out, what="omsjax optimize-steps"):
+        return _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldout_samples, fd_samples, seed,
+                    traj_steps, finetune_steps, distance, progress)  # fmt: skip
+
+
+def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldout_samples, fd_samples, seed,
+         traj_steps, finetune_steps, distance, progress) -> dict:  # fmt: skip
+    """`run` (its arguments checked) with the folder lock held."""
+    from omsjax import data as data_mod
+    from omsjax import metrics, plots, presets, sampler, zoo
+    from omsjax.search.evaluate import Evaluator
+
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     k = len(models) - 1 if model is None else model
     if not (isinstance(k, int) and 0 <= k < len(models)):
@@ -187,8 +199,6 @@ def run(
     x0 = jnp.asarray(data_mod.load_digits("train")) if manifest.get("dataset") == "digits" else None
     if x0 is None and method in ("bound", "ays"):
         raise ValueError("the bound and AYS methods need the zoo's training data (digits zoos only here)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t0, t1 = float(np.asarray(template.ts)[0]), float(np.asarray(template.ts)[-1])
     x_T = float(ns.prior_std(t0)) * sampler.noise(seed + 500, train_samples, shape)
     x_H = float(ns.prior_std(t0)) * sampler.noise(seed + 600, heldout_samples, shape)
@@ -249,9 +259,9 @@ def run(
         "heldout_noise_seed": seed + 1000, "fd_samples": fd_samples, "heldout_trajectories": heldout_samples,
         "train_trajectories": train_samples,
     }  # fmt: skip
-    (out / "schedule.json").write_text(final.to_json(solver=solver, method=label, fd=opt_row["fd"],
-                                                     zoo=str(zoo_dir) if ft_dir is None else str(ft_dir)))  # fmt: skip
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    meta = dict(solver=solver, method=label, fd=opt_row["fd"], zoo=str(zoo_dir) if ft_dir is None else str(ft_dir))
+    files.write_text(out / "schedule.json", final.to_json(**meta))
+    files.write_json(out / "report.json", report)
     plots.timesteps_plot(ns, {**{sp: _spacing_ts(ns, template, sp) for sp in SPACINGS}, label: tsr},
                          out / "timesteps.png", title=f"{solver}, NFE {nfe}")  # fmt: skip
     return report
