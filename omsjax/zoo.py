@@ -17,6 +17,12 @@ stages. Entries without "kind" are U-Nets (`TrainConfig`), as in every older man
 How a member is stored and loaded (its config class, parameter shapes, `Model`, noise schedule, latency points and
 extra manifest fields) is its kind's `Recipe`, from a registry keyed by the entry's kind and imported by module
 name only when a manifest (or `add_member`) has that kind: loading a zoo of U-Nets does not import `omsjax.stages`.
+
+Nothing silent: a manifest that is not a JSON object of this form, a field of the wrong type, a member whose config
+disagrees with the zoo's image shape, parameters whose shapes differ from the config's, or a parameter file that
+cannot be read is a one-line `ValueError` naming manifest.json, the member and the field, parameter or folder.
+Manifests are rewritten atomically (`files.write_json`). Loaded models carry the zoo's image shape as
+`Model.sample_shape`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
+import math
+import numbers
 import os
 import platform
 import statistics
@@ -37,9 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import nets, schedules, train
+from omsjax import files, nets, schedules, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
+from omsjax.train.checkpoints import _read_json
 
 __all__ = [
     "CONFIGS",
@@ -47,6 +55,7 @@ __all__ = [
     "measure_latency",
     "machine_name",
     "add_member",
+    "check_member",
     "load_zoo",
     "remeasure_latency",
     "DEFAULT_ZOO",
@@ -115,19 +124,79 @@ def measure_latency(model: Model, image_shape, batch: int = 256, repeats: int = 
 
 
 def _read_manifest(zoo_dir: Path) -> dict:
+    """The manifest of `zoo_dir`, checked: a JSON object of this version with an image shape, a noise schedule and
+    a list of member entries whose fields have the right types (each error names the file, member and field)."""
     path = zoo_dir / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"no zoo manifest at {path}")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a zoo manifest file")
+    m = _read_json(path, "a zoo manifest")
+    if not isinstance(m, dict):
+        raise ValueError(f"{path}: a zoo manifest is a JSON object, this file holds a {_json_type(m)}")
     if m.get("omsjax_zoo") != _VERSION:
         raise ValueError(f"{path}: not an omsjax zoo manifest of version {_VERSION}")
     for key in ("image_shape", "noise_schedule", "models"):
         if key not in m:
             raise ValueError(f"{path}: the manifest lacks {key!r}")
+    shape = m["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(d) and d > 0 for d in shape)):
+        raise ValueError(f"{path}: field 'image_shape' must be [H, W, C] (positive ints), got {shape!r}")
+    if not isinstance(m["noise_schedule"], dict):
+        raise ValueError(f"{path}: field 'noise_schedule' must be an object, got a {_json_type(m['noise_schedule'])}")
+    if "data_mean" in m:
+        try:
+            mean = np.asarray(m["data_mean"], np.float64)
+            np.broadcast_to(mean, shape)
+        except (ValueError, TypeError):
+            raise ValueError(f"{path}: field 'data_mean' must be numbers of a shape that broadcasts to the image "
+                             f"shape {shape}") from None  # fmt: skip
+    if not isinstance(m["models"], list):
+        raise ValueError(f"{path}: field 'models' must be a list of members, got a {_json_type(m['models'])}")
+    for i, entry in enumerate(m["models"]):
+        _check_entry(entry, i, path)
     return m
+
+
+def _json_type(v) -> str:
+    names = {dict: "JSON object", list: "JSON list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(v), "number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_ms(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+# The fields of a member entry: (required, check, what the check wants).
+_ENTRY_FIELDS = {
+    "name": (True, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "config": (True, lambda v: isinstance(v, dict), "an object (the training config)"),
+    "params": (True, lambda v: isinstance(v, str) and v != "", "a folder name relative to the zoo"),
+    "latency_ms": (True, _is_ms, "a number >= 0 (ms per batch)"),
+    "latency_ms_per_stage": (False, lambda v: isinstance(v, list) and all(map(_is_ms, v)), "a list of numbers >= 0"),
+    "latency_batch": (False, lambda v: _is_int(v) and v > 0, "a positive int"),
+    "latency_machine": (False, lambda v: isinstance(v, str), "a string"),
+    "param_count": (False, lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "train_steps": (False, lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+}
+
+
+def _check_entry(entry, i: int, path: Path) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: member {i} is a {_json_type(entry)}, not an object")
+    who = f"member {i}" + (f" {entry['name']!r}" if isinstance(entry.get("name"), str) else "")
+    for key, (required, ok, want) in _ENTRY_FIELDS.items():
+        if key not in entry:
+            if required:
+                raise ValueError(f"{path}: {who} lacks the field {key!r}")
+            continue
+        if not ok(entry[key]):
+            raise ValueError(f"{path}: {who}: field {key!r} must be {want}, got {entry[key]!r} "
+                             f"(a {_json_type(entry[key])})")  # fmt: skip
 
 
 MULTISTAGE = "multistage"  # the "kind" of a multi-stage entry
@@ -270,13 +339,7 @@ def add_member(
             "noise_schedule": ns,
             "models": [],
         }
-    if list(config.image_shape) != manifest["image_shape"]:
-        raise ValueError(f"member {name!r} has image shape {config.image_shape}, the zoo {manifest['image_shape']}")
-    if manifest["noise_schedule"] != ns:
-        what = rec.describe(config)
-        raise ValueError(
-            f"member {name!r} ({what}) is sampled on the noise schedule {ns}, the zoo on {manifest['noise_schedule']}"
-        )
+    _check_fits(manifest, name, config)
     if data_mean is not None:
         manifest["data_mean"] = np.asarray(data_mean, np.float64).tolist()
     params_dir = zoo_dir / name / "params"
@@ -297,8 +360,27 @@ def add_member(
     entry.update(rec.entry_fields(config, params))
     manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
     manifest["models"].sort(key=lambda m: m["param_count"])
-    path.write_text(json.dumps(manifest, indent=2))
+    files.write_json(path, manifest)
     return entry
+
+
+def check_member(zoo_dir, name: str, config: Any) -> None:
+    """Check now (before training) that `add_member(zoo_dir, name, config, ...)` will take a member of `config`:
+    the zoo's manifest, if there is one, reads back and has the config's image shape and noise schedule."""
+    if (Path(zoo_dir) / "manifest.json").exists():
+        _check_fits(_read_manifest(Path(zoo_dir)), name, config)
+
+
+def _check_fits(manifest: dict, name: str, config: Any) -> None:
+    rec = recipe(_kind_of(config))
+    ns = schedules.to_dict(rec.noise_schedule(config))
+    if list(config.image_shape) != manifest["image_shape"]:
+        raise ValueError(f"member {name!r} has image shape {config.image_shape}, the zoo {manifest['image_shape']}")
+    if manifest["noise_schedule"] != ns:
+        what = rec.describe(config)
+        raise ValueError(
+            f"member {name!r} ({what}) is sampled on the noise schedule {ns}, the zoo on {manifest['noise_schedule']}"
+        )
 
 
 def load_zoo(path=DEFAULT_ZOO):
@@ -306,24 +388,43 @@ def load_zoo(path=DEFAULT_ZOO):
     each with its measured latency (ms per batch) filled in."""
     zoo_dir = Path(path)
     manifest = _read_manifest(zoo_dir)
-    ns = schedules.from_dict(manifest["noise_schedule"])
+    where = zoo_dir / "manifest.json"
+    try:
+        ns = schedules.from_dict(manifest["noise_schedule"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{where}: field 'noise_schedule' is not a noise schedule: {e}") from None
     image_shape = tuple(manifest["image_shape"])
     models = []
     for i, entry in enumerate(manifest["models"]):
-        for key in ("name", "config", "params", "latency_ms"):
-            if key not in entry:
-                raise ValueError(f"{zoo_dir / 'manifest.json'}: model {i} lacks {key!r}")
-        rec = recipe(_entry_kind(entry, str(zoo_dir / "manifest.json")))
-        cfg = rec.config_class.from_dict(entry["config"])
-        init = functools.partial(rec.init_params, cfg, jax.random.PRNGKey(0), image_shape)
-        params_dir = zoo_dir / entry["params"]
-        if not params_dir.exists():
-            raise FileNotFoundError(f"zoo model {entry['name']!r}: no parameters at {params_dir}")
-        params = train.load_params(params_dir, jax.eval_shape(init))
-        models.append(rec.to_model(cfg, params, float(entry["latency_ms"]), entry["name"]))
+        models.append(_load_member(zoo_dir, i, entry, image_shape))
     if not models:
-        raise ValueError(f"{zoo_dir / 'manifest.json'} lists no models")
+        raise ValueError(f"{where} lists no models")
     return tuple(models), ns, manifest
+
+
+def _load_member(zoo_dir: Path, i: int, entry: dict, image_shape: tuple) -> Model:
+    """The `Model` of manifest entry `i` (its `sample_shape` the zoo's image shape); errors name the member."""
+    name = entry["name"]
+    who = f"zoo {zoo_dir}: member {i} {name!r}"
+    rec = recipe(_entry_kind(entry, str(zoo_dir / "manifest.json")))
+    try:
+        cfg = rec.config_class.from_dict(entry["config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{who}: field 'config' is not a valid config: {e}") from None
+    if tuple(cfg.image_shape) != image_shape:
+        raise ValueError(f"{who}: the manifest's image_shape {list(image_shape)} differs from the member config's "
+                         f"image_shape {list(cfg.image_shape)}")  # fmt: skip
+    init = functools.partial(rec.init_params, cfg, jax.random.PRNGKey(0), image_shape)
+    params_dir = zoo_dir / entry["params"]
+    if not params_dir.exists():
+        raise FileNotFoundError(f"zoo model {name!r}: no parameters at {params_dir}")
+    try:
+        by = f"its config (for images {list(image_shape)})"
+        params = train.load_params(params_dir, jax.eval_shape(init), expected_by=by)
+    except ValueError as e:
+        raise ValueError(f"{who}: {e}") from None
+    model = rec.to_model(cfg, params, float(entry["latency_ms"]), name)
+    return model.replace(sample_shape=image_shape)
 
 
 def remeasure_latency(path=DEFAULT_ZOO, *, batch: int | None = None, repeats: int = 20) -> dict:
@@ -341,5 +442,5 @@ def remeasure_latency(path=DEFAULT_ZOO, *, batch: int | None = None, repeats: in
         entry.update(_latency(model, _entry_config(entry, str(zoo_dir)), shape, b, repeats, kind=kind))
         entry["latency_batch"] = b
         entry["latency_machine"] = name
-    (zoo_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    files.write_json(zoo_dir / "manifest.json", manifest)
     return manifest

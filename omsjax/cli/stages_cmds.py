@@ -1,18 +1,23 @@
-"""`omsjax stages cluster` and `omsjax stages config`: timestep clustering and multi-stage training configs."""
+"""`omsjax stages cluster` and `omsjax stages config`: timestep clustering and multi-stage training configs (a
+JSON `--out` is checked before anything is computed and written atomically)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from omsjax.cli.common import check_out
+
 
 def cmd_stages_cluster(args) -> int:
+    if args.out:
+        check_out(args.out, suffixes=(".json",))
     import jax
 
     jax.config.update("jax_enable_x64", True)  # the similarity in float64 (a few seconds on a CPU)
     import numpy as np
 
-    from omsjax import data, stages
+    from omsjax import data, files, stages
 
     images = data.load_digits("train", dtype=np.float64)
     report = stages.clustering_report(images, grid_size=args.grid, num_samples=args.samples, alpha=args.alpha,
@@ -21,7 +26,7 @@ def cmd_stages_cluster(args) -> int:
     report["data"] = "digits train split"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        files.write_json(args.out, report, indent=1)
     short = {k: v for k, v in report.items() if k != "similarity"}
     if args.json:
         print(json.dumps(short))
@@ -52,8 +57,10 @@ def cmd_stages_cluster(args) -> int:
 
 
 def cmd_stages_config(args) -> int:
-    from omsjax import stages
+    from omsjax import files, stages
 
+    if args.out:
+        check_out(args.out, suffixes=(".json",))
     net = stages.MultiStageConfig(boundaries=tuple(args.boundaries), decoder_channels=tuple(args.decoders),
                                   encoder_channels=args.encoder, channel_mults=tuple(args.channel_mults))  # fmt: skip
     cfg = stages.StageTrainConfig(net=net, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -61,7 +68,7 @@ def cmd_stages_config(args) -> int:
     text = json.dumps(cfg.to_dict(), indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        files.write_text(args.out, text + "\n")
     else:
         print(text)
     return 0

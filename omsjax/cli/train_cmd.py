@@ -1,10 +1,14 @@
-"""`omsjax train`: a digits U-Net or a multi-stage network from a named or JSON config, resumable."""
+"""`omsjax train`: a digits U-Net or a multi-stage network from a named or JSON config, resumable.
+
+`--out` and `--add-to-zoo` (a folder, and an existing zoo's manifest) are checked before any training starts."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+from omsjax.cli.common import check_out
 
 # The `--precond` choices (omsjax.train.PRECONDS; kept here so that building the parser does not import orbax).
 _PRECONDS = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
@@ -38,8 +42,8 @@ def train_config(args) -> tuple:
             raise ValueError(f"--config {src!r} is neither a named config ({', '.join(sorted(zoo.CONFIGS))}) "
                              f"nor a JSON file")  # fmt: skip
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"--config {src}: not valid JSON: {e}") from None
         if isinstance(d, dict) and "omsjax_multistage" in d:  # a multi-stage run's config.json
             d = d.get("config")
@@ -68,6 +72,7 @@ def _train_stages(args, cfg, images):
     of the EMA parameters, rewritten at every checkpoint), OUT/state (the full `TrainState`), OUT/log.jsonl; the
     full state is saved every `omsjax.cli.STAGES_CHECKPOINT_EVERY` steps (`omsjax.train.run`, the one loop)."""
     from omsjax import stages, train
+    from omsjax.train.checkpoints import _read_json
 
     # Read from the package at call time (patching omsjax.cli's attribute works), without importing the package
     # that imports this module.
@@ -79,7 +84,8 @@ def _train_stages(args, cfg, images):
     state = None
     if args.resume and state_dir.exists():
         if meta_path.exists():
-            old = json.loads(meta_path.read_text()).get("config", {})
+            old = _read_json(meta_path, "the run's config")
+            old = old.get("config", {}) if isinstance(old, dict) else {}
             train.check_resume(out, old, cfg.to_dict(), ignore=("steps",), what="--resume")
         state = stages.restore_state(state_dir, cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,23 +95,27 @@ def _train_stages(args, cfg, images):
         stages.save_state(state_dir, state)
         stages.save_checkpoint(out, cfg, state.ema_params)
 
-    with open(log_path, "a") as log:
-        state, _ = stages.train(cfg, images, state=state, progress=not args.quiet, log_file=log, save=save,
-                                save_every=every, log_at_saves=True)  # fmt: skip
+    state, _ = stages.train(cfg, images, state=state, progress=not args.quiet, log_file=log_path, save=save,
+                            save_every=every, log_at_saves=True)  # fmt: skip
     return state
 
 
 def cmd_train(args) -> int:
-    from omsjax import data, stages, train, zoo
+    from omsjax import data, files, stages, train, zoo
 
+    check_out(args.out)
+    if args.add_to_zoo:
+        check_out(args.add_to_zoo, flag="--add-to-zoo")
     cfg, name = train_config(args)
+    if args.add_to_zoo:  # a zoo that cannot take the model fails now, not after the training
+        zoo.check_member(args.add_to_zoo, name, cfg)
     images = data.load_digits("train")
     if isinstance(cfg, stages.StageTrainConfig):
         state = _train_stages(args, cfg, images)
     else:
         state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
         train.save_params(Path(args.out) / "params", state.ema_params)
-        (Path(args.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        files.write_json(Path(args.out) / "config.json", cfg.to_dict())
     if args.add_to_zoo:
         entry = zoo.add_member(args.add_to_zoo, name, cfg, state.ema_params, train_steps=int(state.step),
                                data_mean=data.data_mean(images))  # fmt: skip

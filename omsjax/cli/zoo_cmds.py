@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from omsjax.cli.common import _load_zoo
+from omsjax.cli.common import IMAGE_SUFFIXES, _load_zoo, check_out
 
 
 def _schedule_from_args(args, ns, num_models):
@@ -16,11 +16,7 @@ def _schedule_from_args(args, ns, num_models):
     if args.schedule is not None:
         if any(v is not None for v in (args.solver, args.nfe)):
             raise ValueError("give either --schedule or --solver/--nfe, not both")
-        try:
-            text = open(args.schedule).read()
-        except OSError as e:
-            raise ValueError(f"cannot read --schedule {args.schedule}: {e}") from None
-        return Schedule.from_json(text, num_models=num_models), "schedule:" + str(args.schedule)
+        return Schedule.load(args.schedule, num_models=num_models), "schedule:" + str(args.schedule)
     if args.solver is None or args.nfe is None:
         raise ValueError("give --schedule FILE, or --solver NAME and --nfe N")
     if not 0 <= args.model < num_models:
@@ -95,6 +91,7 @@ def cmd_evaluate(args) -> int:
 def cmd_sample(args) -> int:
     from omsjax import plots
 
+    check_out(args.out, suffixes=IMAGE_SUFFIXES)  # before the zoo is loaded or anything sampled
     x, _, label, seconds, _, _ = _zoo_samples(args)
     path = plots.save_grid(x, args.out)
     print(f"wrote {path} ({args.num_samples} samples, {label}, {seconds:.1f} s)")
@@ -111,9 +108,11 @@ def cmd_zoo(args) -> int:
     print(f"zoo {args.zoo}: {manifest.get('dataset', '?')}, images {manifest['image_shape']}, "
           f"noise schedule {manifest['noise_schedule'].get('kind', '?')}")  # fmt: skip
     print(f"{'index':>5}  {'name':<12}{'params':>12}{'steps':>8}{'latency (ms)':>14}  machine")
-    for i, m in enumerate(manifest["models"]):
-        print(f"{i:>5}  {m['name']:<12}{m['param_count']:>12,}{m['train_steps']:>8}"
-              f"{m['latency_ms']:>14.2f}  batch {m['latency_batch']}, {m['latency_machine']}")  # fmt: skip
+    for i, m in enumerate(manifest["models"]):  # optional fields: "?" when an older manifest lacks them
+        count = "?" if m.get("param_count") is None else f"{m['param_count']:,}"
+        batch, machine = m.get("latency_batch", "?"), m.get("latency_machine", "?")
+        print(f"{i:>5}  {m['name']:<12}{count:>12}{m.get('train_steps', '?'):>8}"
+              f"{m['latency_ms']:>14.2f}  batch {batch}, {machine}")  # fmt: skip
     return 0
 
 
@@ -157,7 +156,7 @@ def add_sample(sub) -> None:
     """The `omsjax sample` parser."""
     s = sub.add_parser("sample", help="write a PNG grid of samples")
     _add_schedule_args(s, 64)
-    s.add_argument("--out", required=True, help="PNG path")
+    s.add_argument("--out", required=True, help=f"image path ({', '.join(IMAGE_SUFFIXES)}; PNG for a grid to view)")
     s.set_defaults(func=cmd_sample)
 
 

@@ -1,18 +1,19 @@
-"""Multi-stage checkpoints on disk: `save_checkpoint` / `load_checkpoint` (config.json and orbax parameters)."""
+"""Multi-stage checkpoints on disk: `save_checkpoint` / `load_checkpoint` (config.json, written atomically, and
+orbax parameters); a damaged config.json or parameter file is a `ValueError` naming it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from omsjax import nets
+from omsjax import files, nets
 from omsjax import train as _train
 from omsjax.stages.config import StageTrainConfig
 from omsjax.stages.network import init_params
+from omsjax.train.checkpoints import _read_json
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -32,7 +33,7 @@ def save_checkpoint(path, config: StageTrainConfig, params: Any) -> Path:
     _train.save_params(path / "params", params)
     meta = {"omsjax_multistage": _CHECKPOINT_VERSION, "config": config.to_dict(),
             "param_count": nets.param_count(params)}  # fmt: skip
-    (path / "config.json").write_text(json.dumps(meta, indent=2))
+    files.write_json(path / "config.json", meta)
     return path
 
 
@@ -42,8 +43,8 @@ def load_checkpoint(path) -> tuple[StageTrainConfig, Any]:
     meta_path = path / "config.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"no multi-stage checkpoint at {path} (missing config.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("omsjax_multistage") != _CHECKPOINT_VERSION:
+    meta = _read_json(meta_path, "a multi-stage checkpoint's config")
+    if not isinstance(meta, dict) or meta.get("omsjax_multistage") != _CHECKPOINT_VERSION:
         raise ValueError(f"{meta_path}: not an omsjax multi-stage checkpoint of version {_CHECKPOINT_VERSION}")
     config = StageTrainConfig.from_dict(meta["config"])
     like = jax.eval_shape(lambda: init_params(config.net, jax.random.PRNGKey(0), config.image_shape, _DTYPE))

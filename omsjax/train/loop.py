@@ -7,12 +7,19 @@ state: each step's randomness comes from `fold_in(key, state.step)` inside `step
 checkpoint and resumed from it is the uninterrupted run, bit for bit. `train` is ordinary U-Net training on it
 (orbax checkpoints of the full `TrainState` in `out_dir/ckpt`, `out_dir/log.jsonl`); `omsjax.stages.train` is
 multi-stage training on it. `check_resume` / `reset_log` are the shared checks of a resumed run's directory.
+
+Nothing is lost to a crash: log rows are appended as whole, fsynced lines (`files.append_jsonl`), the config and
+a cut-back log are rewritten atomically, and a resume whose newest checkpoint step does not read back (a file
+truncated or overwritten) continues from the newest step that does, with a warning naming the unreadable step
+directory (moved aside to `out_dir/ckpt.corrupt`), or fails naming every step directory when none does.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,8 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from omsjax import config as _cfg
-from omsjax.train.checkpoints import _abstract_state, _checkpoint_manager, _truncate_log
+from omsjax import files
+from omsjax.train.checkpoints import _checkpoint_manager, _read_json, _set_aside, _truncate_log, restore_intact
 from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, _check_batch, _keys, init_state, make_optimizer, replicated_sharding
 from omsjax.train.step import train_step as _train_step
@@ -57,7 +65,8 @@ def run(
 
     `step_fn(state, step)` takes optimiser step number `step` (1-based; `state.step == step - 1`). Every
     `log_every` steps and at `end`, `summarize(step, metrics of the window)` gives a row, to which the loop adds
-    "images_per_s" (`batch_size` images per step); it is written to `log_file` (an open text file) as a JSON line.
+    "images_per_s" (`batch_size` images per step); it is appended to `log_file` as a JSON line (a path: whole,
+    fsynced lines by `files.append_jsonl`, a torn last line ended first; or an open text file).
     `save(step, state)` runs every `save_every` steps and at `end` (never when `save` is None), after the step's
     row; `log_at_saves` also ends a log window at every save (so that a run resumed from any checkpoint writes the
     rows of the uninterrupted run).
@@ -75,7 +84,9 @@ def run(
             row = summarize(step, window)
             row["images_per_s"] = len(window) * batch_size / max(time.perf_counter() - t0, 1e-9)
             rows.append(row)
-            if log_file is not None:
+            if isinstance(log_file, (str, os.PathLike)):
+                files.append_jsonl(log_file, [row])
+            elif log_file is not None:
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
             running = row["loss"] if running is None else 0.9 * running + 0.1 * row["loss"]
@@ -104,7 +115,7 @@ def reset_log(path: Path, step: int) -> None:
     if path.exists():
         _truncate_log(path, step)
     else:
-        path.write_text("")
+        files.write_text(path, "")
 
 
 def train(
@@ -125,7 +136,9 @@ def train(
     kept); `out_dir/config.json` records the config; `out_dir/log.jsonl` gets one line
     {"step", "loss", "images_per_s"} every `log_every` steps (loss averaged over those steps).
     `resume=True` restores the latest checkpoint (a fresh start if there is none) and continues; the result
-    equals an uninterrupted run's. `resume=False` refuses a non-empty checkpoint directory. `init_params`
+    equals an uninterrupted run's. A newest step that cannot be read is moved to `out_dir/ckpt.corrupt` with a
+    warning naming it, and the run continues from the newest intact step; none intact: a `ValueError` naming the
+    step directories. `resume=False` refuses a non-empty checkpoint directory. `init_params`
     (fine-tuning) starts from those parameters (EMA too, fresh optimiser state) instead of a fresh initialisation;
     they must have the network's structure and shapes.
     """
@@ -151,42 +164,50 @@ def train(
             f"or choose another out_dir"
         )
     if resume and config_path.exists():
-        old = json.loads(config_path.read_text())
+        old = _read_json(config_path, "the run's config")
         try:  # a run recorded before a field existed has that field's default
             old = TrainConfig.from_dict(old).to_dict()
         except (ValueError, TypeError):
             pass
         check_resume(out_dir, old, config.to_dict(), ignore=("steps", "checkpoint_every"))
+    state = _resume_state(ckpt_dir, config) if resume and ckpt_dir.exists() else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config.to_dict(), indent=2))
+    files.write_json(config_path, config.to_dict())
 
     rep = replicated_sharding()
     data_dev = jax.device_put(data, rep)
     key = jax.device_put(_keys(config)[1], rep)
+    if state is None:
+        state = jax.device_put(_fresh_state(config, init_params), rep)
     mngr = _checkpoint_manager(ckpt_dir)
     try:
-        latest = mngr.latest_step() if resume else None
-        if latest is not None:
-            state = mngr.restore(latest, args=ocp.args.StandardRestore(_abstract_state(config)))
-        else:
-            state = jax.device_put(_fresh_state(config, init_params), rep)
         _truncate_log(log_path, int(state.step))
-        with open(log_path, "a") as log:
-            state, _ = run(
-                lambda state, step: _train_step(config, state, data_dev, key),
-                state,
-                end=end,
-                total=config.steps,
-                batch_size=config.batch_size,
-                log_every=log_every,
-                log_file=log,
-                save=lambda step, state: mngr.save(step, args=ocp.args.StandardSave(state), force=True),
-                save_every=config.checkpoint_every,
-                progress=progress,
-            )
+        state, _ = run(
+            lambda state, step: _train_step(config, state, data_dev, key),
+            state,
+            end=end,
+            total=config.steps,
+            batch_size=config.batch_size,
+            log_every=log_every,
+            log_file=log_path,
+            save=lambda step, state: mngr.save(step, args=ocp.args.StandardSave(state), force=True),
+            save_every=config.checkpoint_every,
+            progress=progress,
+        )
         mngr.wait_until_finished()
     finally:
         mngr.close()
+    return state
+
+
+def _resume_state(ckpt_dir: Path, config: TrainConfig) -> TrainState | None:
+    """The newest intact checkpoint of `ckpt_dir` (None: there is none); each newer step directory that cannot be
+    read is moved aside with a warning naming it (so that the run can save that step again)."""
+    state, bad = restore_intact(ckpt_dir, config)
+    for step_dir, why in bad:
+        moved = _set_aside(step_dir)
+        warnings.warn(f"resume: {why}; moved it to {moved} and resuming from step {int(state.step)}, the newest "
+                      f"intact checkpoint", stacklevel=3)  # fmt: skip
     return state
 
 
