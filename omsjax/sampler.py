@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
-from omsjax.checks import check_inputs as _check_inputs  # `_check_inputs`: the name omsjax.timesteps imports
-from omsjax.checks import check_noise_schedule, check_sample_shape, check_x_T
+from omsjax.checks import check_inputs, check_noise_schedule, check_sample_shape, check_x_T
 from omsjax.models import Model, _bcast, as_zoo, eval_zoo, to_eps_x0
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, _time_bounds
 from omsjax.schedules import NoiseSchedule
@@ -53,7 +52,7 @@ def sample(
       data_mean: x0 guess for the analytical first step `afs = 2`, broadcastable to one sample.
     """
     zoo = as_zoo(model_or_zoo)
-    _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
     return _sample_jit(zoo, noise_schedule, schedule, x_T, data_mean)
 
 
@@ -258,11 +257,11 @@ def sample_many(
         for c in range(np.shape(schedules.ts)[0]):
             one = jax.tree_util.tree_map(lambda a, c=c: a[c], schedules)
             try:
-                _check_inputs(zoo, noise_schedule, one, x_T, data_mean)
+                check_inputs(zoo, noise_schedule, one, x_T, data_mean)
             except ValueError as e:
                 raise ValueError(f"candidate {c}: {e}") from None
     else:
-        _check_inputs(zoo, noise_schedule, jax.tree_util.tree_map(lambda a: a[0], schedules), x_T, data_mean)
+        check_inputs(zoo, noise_schedule, jax.tree_util.tree_map(lambda a: a[0], schedules), x_T, data_mean)
 
     def one(s, arithmetic_first=False):
         return _sample(zoo, noise_schedule, s, x_T, data_mean, arithmetic_first)
@@ -436,7 +435,7 @@ def first_nonfinite_step(
     zoo = as_zoo(model_or_zoo)
     if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo])):
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
-    _check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
     _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
         _sample_jit(zoo, noise_schedule, schedule, x_T, data_mean, diagnose=True)
     )

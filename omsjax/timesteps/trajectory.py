@@ -25,8 +25,9 @@ import numpy as np
 import optax
 
 from omsjax import optim
+from omsjax.checks import check_inputs
 from omsjax.models import as_zoo
-from omsjax.sampler import _check_inputs, sample
+from omsjax.sampler import sample
 from omsjax.schedule import Schedule
 from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import logits, times
@@ -67,7 +68,7 @@ def optimize_trajectory(
     `trajectory_loss`."""
     _check_fit(steps, lr)
     zoo = as_zoo(zoo)
-    _check_inputs(zoo, ns, schedule, x_T, data_mean)
+    check_inputs(zoo, ns, schedule, x_T, data_mean)
     x_T, x_ref = jnp.asarray(x_T), jnp.asarray(x_ref)
     if x_T.shape != x_ref.shape:
         raise ValueError(f"x_T {x_T.shape} and x_ref {x_ref.shape} must have the same shape")
@@ -140,7 +141,7 @@ def optimize_fd(
     if not (isinstance(batch, int) and batch >= 2):
         raise ValueError(f"batch must be an int >= 2, got {batch!r}")
     f = jnp.asarray(schedule.ts).dtype
-    _check_inputs(zoo, ns, schedule, jnp.zeros((1, *image_shape), f), data_mean)
+    check_inputs(zoo, ns, schedule, jnp.zeros((1, *image_shape), f), data_mean)
     mu_r, cov_r = (np.asarray(a, np.float64) for a in ref[:2])
     w, v = np.linalg.eigh(cov_r)
     sqrt_r = jnp.asarray((v * np.sqrt(np.maximum(w, 0.0))) @ v.T, jnp.float32)
