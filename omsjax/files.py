@@ -27,7 +27,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_bytes", "write_text", "write_json", "append_jsonl", "read_jsonl", "FolderLock", "FolderLocked"]
+__all__ = [
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "read_json",
+    "append_jsonl",
+    "read_jsonl",
+    "FolderLock",
+    "FolderLocked",
+]
 
 
 def _umask() -> int:
@@ -67,6 +76,17 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, def
     """Write `obj` as JSON to `path` atomically (the text is built first, so an unserialisable object writes
     nothing). `default` is `json.dumps`'s: it turns what JSON cannot hold into what it can."""
     return write_text(path, json.dumps(obj, indent=indent, default=default) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON value in the file `path`; a `ValueError` naming the file (and `what` it should hold) when it is not
+    UTF-8 JSON (binary, truncated, overwritten)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = f" ({what})" if what else ""
+        raise ValueError(f"{path}{what} is not valid JSON: {_short(e)}") from None
 
 
 def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:

@@ -47,7 +47,6 @@ import numpy as np
 from omsjax import files, nets, schedules, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
-from omsjax.train.checkpoints import _read_json
 
 __all__ = [
     "CONFIGS",
@@ -131,7 +130,7 @@ def _read_manifest(zoo_dir: Path) -> dict:
         raise FileNotFoundError(f"no zoo manifest at {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a zoo manifest file")
-    m = _read_json(path, "a zoo manifest")
+    m = files.read_json(path, "a zoo manifest")
     if not isinstance(m, dict):
         raise ValueError(f"{path}: a zoo manifest is a JSON object, this file holds a {_json_type(m)}")
     if m.get("omsjax_zoo") != _VERSION:

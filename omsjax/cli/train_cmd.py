@@ -31,7 +31,7 @@ def train_config(args) -> tuple:
     `omsjax stages config`, or a multi-stage run's config.json, whose {"omsjax_multistage", "config"} wrapper is
     unwrapped); a multi-stage config takes --steps and --ema-warmup only.
     """
-    from omsjax import stages, train, zoo
+    from omsjax import files, stages, train, zoo
 
     src = args.config
     if src in zoo.CONFIGS:
@@ -41,10 +41,7 @@ def train_config(args) -> tuple:
         if not path.is_file():
             raise ValueError(f"--config {src!r} is neither a named config ({', '.join(sorted(zoo.CONFIGS))}) "
                              f"nor a JSON file")  # fmt: skip
-        try:
-            d = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"--config {src}: not valid JSON: {e}") from None
+        d = files.read_json(path, "the training config of --config")
         if isinstance(d, dict) and "omsjax_multistage" in d:  # a multi-stage run's config.json
             d = d.get("config")
         kind = stages.StageTrainConfig if _is_multistage(d) else train.TrainConfig
@@ -71,8 +68,7 @@ def _train_stages(args, cfg, images):
     """Train a multi-stage network into --out (resumable): OUT/config.json and OUT/params (`stages.save_checkpoint`
     of the EMA parameters, rewritten at every checkpoint), OUT/state (the full `TrainState`), OUT/log.jsonl; the
     full state is saved every `omsjax.cli.STAGES_CHECKPOINT_EVERY` steps (`omsjax.train.run`, the one loop)."""
-    from omsjax import stages, train
-    from omsjax.train.checkpoints import _read_json
+    from omsjax import files, stages, train
 
     # Read from the package at call time (patching omsjax.cli's attribute works), without importing the package
     # that imports this module.
@@ -84,7 +80,7 @@ def _train_stages(args, cfg, images):
     state = None
     if args.resume and state_dir.exists():
         if meta_path.exists():
-            old = _read_json(meta_path, "the run's config")
+            old = files.read_json(meta_path, "the run's config")
             old = old.get("config", {}) if isinstance(old, dict) else {}
             train.check_resume(out, old, cfg.to_dict(), ignore=("steps",), what="--resume")
         state = stages.restore_state(state_dir, cfg)

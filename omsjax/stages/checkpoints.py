@@ -13,7 +13,6 @@ from omsjax import files, nets
 from omsjax import train as _train
 from omsjax.stages.config import StageTrainConfig
 from omsjax.stages.network import init_params
-from omsjax.train.checkpoints import _read_json
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -43,7 +42,7 @@ def load_checkpoint(path) -> tuple[StageTrainConfig, Any]:
     meta_path = path / "config.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"no multi-stage checkpoint at {path} (missing config.json)")
-    meta = _read_json(meta_path, "a multi-stage checkpoint's config")
+    meta = files.read_json(meta_path, "a multi-stage checkpoint's config")
     if not isinstance(meta, dict) or meta.get("omsjax_multistage") != _CHECKPOINT_VERSION:
         raise ValueError(f"{meta_path}: not an omsjax multi-stage checkpoint of version {_CHECKPOINT_VERSION}")
     config = StageTrainConfig.from_dict(meta["config"])

@@ -44,17 +44,6 @@ def _short(e: BaseException, limit: int = 160) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
-def _read_json(path, what: str = "") -> Any:
-    """The JSON value in the file `path`; a `ValueError` naming the file (and `what` it should hold) if it is not
-    UTF-8 JSON (binary, truncated, overwritten)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        what = f" ({what})" if what else ""
-        raise ValueError(f"{path}{what} is not valid JSON: {_short(e)}") from None
-
-
 def _step_dir(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / str(step)
 

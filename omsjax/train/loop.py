@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from omsjax import config as _cfg
 from omsjax import files
-from omsjax.train.checkpoints import _checkpoint_manager, _read_json, _set_aside, _truncate_log, restore_intact
+from omsjax.train.checkpoints import _checkpoint_manager, _set_aside, _truncate_log, restore_intact
 from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, _check_batch, _keys, init_state, make_optimizer, replicated_sharding
 from omsjax.train.step import train_step as _train_step
@@ -164,7 +164,7 @@ def train(
             f"or choose another out_dir"
         )
     if resume and config_path.exists():
-        old = _read_json(config_path, "the run's config")
+        old = files.read_json(config_path, "the run's config")
         try:  # a run recorded before a field existed has that field's default
             old = TrainConfig.from_dict(old).to_dict()
         except (ValueError, TypeError):
