@@ -31,6 +31,7 @@ the sum of the latencies of the models it calls (AFS skips the first call); its 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -189,9 +190,11 @@ def gene_cardinalities(space: SearchSpace) -> dict:
     }
 
 
+@functools.partial(jax.jit, static_argnames=("space", "n", "skip_rate"))
 def random_genomes(space: SearchSpace, key: jax.Array, n: int, *, skip_rate=(0.2, 0.8)) -> Genome:
     """`n` random genomes (leading axis n). Orders follow S3's prior, model mixes a Dirichlet(0.4) over the zoo
-    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the logSNR spacing; c ~ N(0, 0.05^2)."""
+    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the logSNR spacing; c ~ N(0, 0.05^2).
+    One compiled program per (space, n, skip_rate)."""
     f = jnp.result_type(float)
     N = space.num_positions
     k = jax.random.split(key, 12)
@@ -250,8 +253,10 @@ def _base_solver(space: SearchSpace, pos, length):
     return order, jnp.full_like(pos, usf.DATA), relax_type, corrector
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
 def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tuple[Schedule, jax.Array]:
-    """(padded Schedule of N steps, number of steps `length`) for one genome; pure JAX, vmappable."""
+    """(padded Schedule of N steps, number of steps `length`) for one genome; pure JAX, vmappable, and jitted
+    (the space static), so a host-side call is one compiled program rather than dozens of small ones."""
     f = jnp.result_type(float)
     N = space.num_positions
     pos = jnp.arange(N, dtype=jnp.int32)

@@ -311,6 +311,7 @@ class Evaluator:
         """Decode a population (leading axis C) with the evaluator's space and evaluate every member."""
         if self.space is None:
             raise ValueError("Evaluator.evaluate needs a SearchSpace to decode genomes")
+        genomes = jax.tree.map(np.asarray, genomes)  # indexed per member below: on the host, nothing to compile
         n = int(jax.tree_util.tree_leaves(genomes)[0].shape[0])
         scheds = [
             encoding.to_schedule(self.space, self.ns, jax.tree.map(lambda a, i=i: a[i], genomes)) for i in range(n)

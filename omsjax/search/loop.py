@@ -18,6 +18,7 @@ schedule twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -66,22 +67,39 @@ class SearchResult:
     heldout_tau: float  # predictor trained on half the evaluated schedules, Kendall tau on the other half
 
 
+# Populations are small: stacking, indexing and concatenating them on the host (numpy) avoids compiling a program
+# per operation and shape, as eager jnp indexing would.
 def _stack(gs: list[Genome]) -> Genome:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *gs)
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *gs)
 
 
 def _take(pop: Genome, idx) -> Genome:
-    return jax.tree.map(lambda a: a[np.asarray(idx)], pop)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[np.asarray(idx, np.int64)]), pop)
+
+
+def _concat(*pops: Genome) -> Genome:
+    return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate([np.asarray(x, xs[0].dtype) for x in xs])), *pops)
 
 
 def _size(pop: Genome) -> int:
     return int(jax.tree_util.tree_leaves(pop)[0].shape[0])
 
 
+@functools.partial(jax.jit, static_argnames=("space", "gcfg"))
+def _within_budget(space, gcfg, pop, budget):
+    return jax.vmap(lambda g: ga.within_budget(space, gcfg, g, budget))(pop)
+
+
+@functools.partial(jax.jit, static_argnames=("space", "gcfg"))
+def _repair(space, gcfg, pop, key, budget):
+    keys = jax.random.split(key, _size(pop))
+    return jax.vmap(lambda g, k: ga.repair(space, gcfg, g, k, budget))(pop, keys)
+
+
 def _feasible(space, gcfg, pop, budget):
     if budget is None:
         return np.ones(_size(pop), bool)
-    return np.asarray(jax.vmap(lambda g: ga.within_budget(space, gcfg, g, budget))(pop))
+    return np.asarray(_within_budget(space, gcfg, pop, budget))
 
 
 def _training_set(records: list[Record]) -> tuple[Genome, np.ndarray]:
@@ -128,8 +146,8 @@ def search(
     # Stage 0: presets and random genomes.
     seeds = encoding.preset_seeds(space, ns, budget=budget if gcfg.budget_kind == "cost" else None)
     rand = encoding.random_genomes(space, k_rand, config.initial_random)
-    rand = jax.vmap(lambda g, k: ga.repair(space, gcfg, g, k, b))(rand, jax.random.split(k_rep, config.initial_random))
-    pop0 = jax.tree.map(lambda a, c: jnp.concatenate([a, c.astype(a.dtype)]), seeds, rand)
+    rand = _repair(space, gcfg, rand, k_rep, b)
+    pop0 = _concat(seeds, rand)
     pop0 = _take(pop0, np.flatnonzero(_feasible(space, gcfg, pop0, budget)))
     if _size(pop0) == 0:
         raise ValueError(f"no schedule fits the budget {budget} ({gcfg.budget_kind})")
@@ -178,7 +196,7 @@ def search(
         kid_ok = np.where(_feasible(space, gcfg, kids, budget), 0.0, np.inf)
         explore_idx = _fresh(space, ns, kids, kid_ok, keys, n_explore)
         picked = [_take(g, idx) for g, idx in ((state.population, exploit), (kids, explore_idx)) if idx]
-        cand = jax.tree.map(lambda *xs: jnp.concatenate(xs), *picked) if picked else None
+        cand = _concat(*picked) if picked else None
         new = evaluator.evaluate(cand, stage=s) if picked else []
         tau_new = float("nan")
         if len(new) >= 3:
@@ -217,10 +235,11 @@ def _fresh(space, ns, pop: Genome, fitness: np.ndarray, keys: set, n: int) -> li
     """Indices of up to n members of `pop` (in order of `fitness`, finite only) whose schedules are not in
     `keys` and differ from each other; their keys are added to `keys`."""
     chosen = []
+    host = jax.tree.map(np.asarray, pop)
     for i in np.argsort(fitness, kind="stable"):
         if len(chosen) >= n or not np.isfinite(fitness[i]):
             break
-        k = schedule_key(encoding.to_schedule(space, ns, jax.tree.map(lambda a, i=i: a[i], pop)))
+        k = schedule_key(encoding.to_schedule(space, ns, jax.tree.map(lambda a, i=i: a[i], host)))
         if k not in keys:
             keys.add(k)
             chosen.append(int(i))

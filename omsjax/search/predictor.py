@@ -145,16 +145,29 @@ def _module(space: SearchSpace, config: PredictorConfig) -> Predictor:
     return Predictor(num_models=space.num_models, max_order=space.max_order, config=config)
 
 
+# The host-side entry points below are jitted (space and config static): run eagerly, featurising and
+# initialising would compile dozens of small programs, one per operation and shape.
+@functools.partial(jax.jit, static_argnames=("space", "config"))
 def init_params(space: SearchSpace, noise_schedule, key: jax.Array, config: PredictorConfig = PredictorConfig()):
-    g = encoding.random_genomes(space, key, 1)
-    x = jax.vmap(lambda g: features(space, noise_schedule, g))(g)
-    return _module(space, config).init(key, x)
+    """Fresh predictor parameters (initialised on one random genome's features)."""
+    return _module(space, config).init(key, _features(space, noise_schedule, encoding.random_genomes(space, key, 1)))
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
+def _features(space: SearchSpace, noise_schedule, pop: Genome) -> Features:
+    """`features` of a population [P]."""
+    return jax.vmap(lambda g: features(space, noise_schedule, g))(pop)
+
+
+@functools.partial(jax.jit, static_argnames=("space", "config"))
 def score(space: SearchSpace, noise_schedule, params, pop: Genome, config: PredictorConfig = PredictorConfig()):
     """Predicted scores of a population [P] (lower = better): decode, featurise, run the network."""
-    x = jax.vmap(lambda g: features(space, noise_schedule, g))(pop)
-    return _module(space, config).apply(params, x)
+    return _module(space, config).apply(params, _features(space, noise_schedule, pop))
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def _apply(module: Predictor, params, x: Features):
+    return module.apply(params, x)
 
 
 def hinge_loss(scores, targets, *, margin: float = 1.0, threshold: float = 0.0):
@@ -227,11 +240,11 @@ def fit(
     k_init, k_shuf = jax.random.split(key)
     if params is None:
         params = init_params(space, noise_schedule, k_init, config)
-    x_all = jax.vmap(lambda g: features(space, noise_schedule, g))(genomes)
+    x_all = _features(space, noise_schedule, genomes)
     module = _module(space, config)
     params, losses = _train(params, k_shuf, x_all, targets, module=module, epochs=epochs, bsz=min(batch, n), lr=lr,
                             loss=loss, margin=margin, threshold=threshold)  # fmt: skip
-    train_tau = kendall_tau(np.asarray(module.apply(params, x_all)), np.asarray(targets))
+    train_tau = kendall_tau(np.asarray(_apply(module, params, x_all)), np.asarray(targets))
     ho_tau = float("nan")
     if heldout is not None:
         g_ho, t_ho = heldout
