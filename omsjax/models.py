@@ -27,11 +27,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from omsjax import precond
 
-__all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "to_eps_x0", "eval_zoo"]
+__all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "to_eps_x0", "eval_zoo", "used_members"]
 
 PARAMETERIZATIONS = ("noise", "data", "v", "edm")
 
@@ -163,14 +164,44 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None
     return eps, x0
 
 
-def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma):
+def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma, *, members: tuple[int, ...] | None = None):
     """(eps, x0) of zoo[index] at (x, t): `lax.switch` with params as operands; one model needs no switch (and
-    nothing to batch under vmap)."""
+    nothing to batch under vmap). `members`: the original zoo index of each entry when `zoo` is a part of a zoo
+    (`used_members`), for error messages."""
+    names = members or tuple(range(len(zoo)))
     if len(zoo) == 1:
-        return to_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma, label=zoo[0].label(0))
+        return to_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma, label=zoo[0].label(names[0]))
     params = tuple(m.params for m in zoo)
     branches = [
-        (lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s, label=m.label(k)))
+        (lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s, label=m.label(names[k])))
         for k, m in enumerate(zoo)
     ]
     return jax.lax.switch(index, branches, params, x, t, log_alpha, sigma)
+
+
+def used_members(zoo: tuple[Model, ...], model, afs=None, members: tuple[int, ...] | None = None):
+    """Compile only what runs: (the members that `model` calls, `model` remapped to index them, their original
+    indices) when the model indices are concrete; (zoo, model, members) unchanged when they are traced.
+
+    `model` is a schedule's int[..., N] model indices; `afs` its (concrete) AFS decision(s) [...], under which
+    step 0 calls no model (its index is then mapped to the first member kept). An index outside the zoo maps to -1,
+    so it stays invalid. `members` composes with an earlier restriction. A sampler given the result compiles one
+    network per member used instead of every member of the zoo inside its `lax.switch`.
+    """
+    names = members or tuple(range(len(zoo)))
+    if isinstance(model, jax.core.Tracer) or isinstance(afs, jax.core.Tracer):
+        return zoo, model, names
+    m = np.asarray(model)
+    z = len(zoo)
+    called = np.ones(m.shape, bool)
+    if afs is not None and m.shape[-1] > 1:
+        called[..., 0] = np.asarray(afs) == 0
+    valid = (m >= 0) & (m < z)
+    used = sorted({int(i) for i in m[called & valid]} or {int(i) for i in m[valid]})
+    if not used or len(used) == z:
+        return zoo, model, names
+    lut = np.full(z, -1, np.int64)
+    lut[used] = np.arange(len(used))
+    new = np.where(valid, lut[np.clip(m, 0, z - 1)], -1)
+    new = np.where(called | ~valid, new, np.maximum(new, 0))  # an uncalled step 0 indexes any member kept
+    return tuple(zoo[i] for i in used), jnp.asarray(new, jnp.asarray(model).dtype), tuple(names[i] for i in used)

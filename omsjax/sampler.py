@@ -27,7 +27,7 @@ import numpy as np
 
 from omsjax import usf
 from omsjax.checks import check_inputs, check_noise_schedule, check_sample_shape, check_x_T
-from omsjax.models import Model, _bcast, as_zoo, eval_zoo, to_eps_x0
+from omsjax.models import Model, _bcast, as_zoo, eval_zoo, to_eps_x0, used_members
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _is_traced, _time_bounds
 from omsjax.schedules import NoiseSchedule
 
@@ -53,7 +53,8 @@ def sample(
     """
     zoo = as_zoo(model_or_zoo)
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
-    return _sample_jit(zoo, noise_schedule, schedule, x_T, data_mean)
+    zoo, model, members = used_members(zoo, schedule.model, schedule.afs)
+    return _sample_jit(zoo, noise_schedule, schedule._replace(model=model), x_T, data_mean, members=members)
 
 
 def _guess(x, la, sigma, x0_guess):
@@ -62,7 +63,7 @@ def _guess(x, la, sigma, x0_guess):
     return (x - _bcast(jnp.exp(la), x) * x0) / _bcast(sigma, x), x0
 
 
-def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
+def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False, members=None):
     """(eps, x0) at (x_T, ts[0]): the AFS guess or model[0].
 
     By default a `lax.switch`, so an AFS really skips the model call. With `arithmetic=True` (used under vmap,
@@ -79,14 +80,14 @@ def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False):
             lambda x: _guess(x, la, sig, mean),
             *[
                 (lambda x, m=m, k=k: to_eps_x0(m, m.params, x, t0, la, sig, label=m.label(k)))
-                for k, m in enumerate(zoo)
+                for k, m in zip(members or range(len(zoo)), zoo, strict=True)
             ],
         ]
         return jax.lax.switch(index, branches, x_T)
     # Arithmetic choice: nothing here turns into a batched switch under vmap.
     g0, g1 = _guess(x_T, la, sig, jnp.zeros((), x_T.dtype)), _guess(x_T, la, sig, mean)
     pick = [(afs == AFS_ZERO_X0, g0), (afs == AFS_MEAN_X0, g1)]
-    eps, x0 = eval_zoo(zoo, schedule.model[0], x_T, t0, la, sig)
+    eps, x0 = eval_zoo(zoo, schedule.model[0], x_T, t0, la, sig, members=members)
     for cond, (ge, gx) in pick:
         eps, x0 = jnp.where(cond, ge, eps), jnp.where(cond, gx, x0)
     return eps, x0
@@ -97,10 +98,13 @@ def _finite(a):
     return jnp.all(jnp.isfinite(a).reshape(a.shape[0], -1), axis=1)
 
 
-def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False, diagnose=False):
+def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False, diagnose=False, members=None):
     """x at ts[N]; with `diagnose` (a second program, for `first_nonfinite_step`) also, per step i, whether x_(i+1)
     and the model outputs at ts[i+1] are finite [N, B] and the validity after step i [N], and for the first call
-    the finiteness of its outputs [B] and the validity of the schedule."""
+    the finiteness of its outputs [B] and the validity of the schedule. `members`: see `models.used_members`,
+    which also runs here, for model indices that are concrete while the rest is traced (a fit of the times)."""
+    zoo, model, members = used_members(zoo, schedule.model, schedule.afs, members)
+    schedule = schedule._replace(model=model)
     n = schedule.ts.shape[-1] - 1
     ts = schedule.ts
     fdtype = ts.dtype
@@ -209,7 +213,7 @@ def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False,
         # The model call at ts[i+1] (none after the last step). `i` is the scan counter, never batched, so this
         # stays a real conditional under vmap.
         def evaluate(x):
-            return eval_zoo(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"])
+            return eval_zoo(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"], members=members)
 
         def skip(x):
             return jnp.zeros_like(x), jnp.zeros_like(x)
@@ -218,7 +222,7 @@ def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False,
         flags = (_finite(x_next), _finite(eps) & _finite(x0), ok) if diagnose else None
         return (x_next, eps, x0, hist, ok), flags
 
-    eps0, x00 = _first_eval(zoo, ns, schedule, x_T, mean, arithmetic_first)
+    eps0, x00 = _first_eval(zoo, ns, schedule, x_T, mean, arithmetic_first, members)
     hist0 = usf.init_history(x_T, ts[0], lam[0])
     (x, _, _, _, ok), flags = jax.lax.scan(body, (x_T, eps0, x00, hist0, ok0), xs)
     out = jnp.where(ok, x, jnp.nan)
@@ -227,7 +231,7 @@ def _sample(zoo, ns, schedule: Schedule, x_T, data_mean, arithmetic_first=False,
 
 # The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes),
 # so eager calls do not retrace the scan (inside a user's jit this simply inlines).
-_sample_jit = jax.jit(_sample, static_argnames=("arithmetic_first", "diagnose"))
+_sample_jit = jax.jit(_sample, static_argnames=("arithmetic_first", "diagnose", "members"))
 
 
 def sample_many(
@@ -436,8 +440,9 @@ def first_nonfinite_step(
     if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo])):
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    used, m, members = used_members(zoo, schedule.model, schedule.afs)
     _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
-        _sample_jit(zoo, noise_schedule, schedule, x_T, data_mean, diagnose=True)
+        _sample_jit(used, noise_schedule, schedule._replace(model=m), x_T, data_mean, diagnose=True, members=members)
     )
     n, batch = schedule.num_steps, int(x_T.shape[0])
     ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))

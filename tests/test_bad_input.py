@@ -201,16 +201,17 @@ def _gray(params, x, t):
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_a_failing_model_call_names_the_member(jit):
-    s = presets.ddim(NS, 3)
+    s, s1 = presets.ddim(NS, 3), presets.ddim(NS, 3, model=1)
 
     def run(zoo, ns, s, x):
         return jax.jit(lambda s, x: omsjax.sample(zoo, ns, s, x))(s, x) if jit else omsjax.sample(zoo, ns, s, x)
 
     x = jnp.zeros((2, 4, 4, 3))
     zoo = (_model(lambda p, x, t: x, "rgb"), _model(_gray, "gray"))
+    # A concrete schedule compiles only the members it calls; a traced one (under jit) compiles the whole zoo.
     with pytest.raises(ValueError, match=rf"zoo member 1 'gray' failed when called with x \[2, 4, 4, 3\] float64, "
                        rf"t \[2\] float64 {SIG}: TypeError: dot_general"):  # fmt: skip
-        run(zoo, NS, s, x)
+        run(zoo, NS, s if jit else s1, x)
     declared = (zoo[0], _model(_gray, "gray", sample_shape=(4, 4, 1)))
     with pytest.raises(ValueError, match=r"\(2, 4, 4, 3\) .* zoo member 1 'gray' declares sample_shape \(4, 4, 1\)"):
         run(declared, NS, s, x)
@@ -219,6 +220,8 @@ def test_a_failing_model_call_names_the_member(jit):
     for p in ("noise", "edm"):
         with pytest.raises(ValueError, match=rf"zoo member 0 'gray' failed .*{SIG}"):
             run(_model(_gray, "gray", parameterization=p), NS, s, x)
+    if not jit:  # member 1 is never called, so never traced
+        assert np.all(np.isfinite(np.asarray(run(zoo, NS, s, x))))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +238,9 @@ def test_a_wrong_model_output_names_the_member(apply_fn, match):
     for parameterization in ("noise", "v", "edm"):
         zoo = (GOOD, _model(apply_fn, "odd", parameterization=parameterization))
         with pytest.raises(ValueError, match="zoo member 1 'odd' " + match):
-            omsjax.sample(zoo, NS, s, X_T)
+            omsjax.sample(zoo, NS, s._replace(model=jnp.asarray([0, 1, 0], jnp.int32)), X_T)
+        with pytest.raises(ValueError, match="zoo member 1 'odd' " + match):  # alone in the compiled program
+            omsjax.sample(zoo, NS, presets.ddim(NS, 3, model=1), X_T)
     with pytest.raises(ValueError, match="model 'odd' " + match):
         omsjax.sample_heun(_model(apply_fn, "odd"), NS, s.ts, X_T)
 

@@ -126,6 +126,32 @@ def test_zoo_of_two_flax_models_dispatches_per_step(env):
         assert float(jnp.max(jnp.abs(other - out))) > 1e-6
 
 
+def test_a_concrete_schedule_compiles_only_the_members_it_calls(env):
+    ns, gmm, x_T = env
+    traces = [[], [], []]
+    zoo = tuple(_counting_model(_gmm(seed=k), ns, traces[k]) for k in range(3))
+    s = presets.dpm_solver_pp(ns, 4, 2)
+    for k in range(3):  # each member alone, at index k of the zoo: only member k is traced
+        before = [len(t) for t in traces]
+        out = omsjax.sample(zoo, ns, s._replace(model=jnp.full((4,), k, jnp.int32)), x_T)
+        assert [len(t) - b for t, b in zip(traces, before, strict=True)] == [2 * (j == k) for j in range(3)]
+        np.testing.assert_allclose(out, omsjax.sample(zoo[k], ns, s, x_T), rtol=1e-13, atol=1e-13)
+    # Members 2 and 0 (remapped to 1 and 0), and AFS: step 0 calls nothing, so member 1 is not compiled.
+    mixed = presets.dpm_solver_pp(ns, 4, 2, afs="zero_x0")._replace(model=jnp.asarray([1, 2, 0, 2, 0], jnp.int32))
+    before = [len(t) for t in traces]
+    out = omsjax.sample(zoo, ns, mixed, x_T)
+    assert [len(t) - b for t, b in zip(traces, before, strict=True)] == [2, 0, 2]
+    # Under jit the model indices are traced: the whole zoo is in the program, and the results agree.
+    full = jax.jit(lambda s, x: omsjax.sample(zoo, ns, s, x))(mixed, x_T)
+    assert [len(t) - b for t, b in zip(traces, before, strict=True)] == [4, 2, 4]
+    np.testing.assert_allclose(out, full, rtol=1e-13, atol=1e-13)
+    # The restriction itself: an index outside the zoo stays invalid, step 0 under AFS maps to a kept member.
+    sub, model, members = omsjax.models.used_members(zoo, np.asarray([[2, 0, 9], [1, 2, 2]]), np.asarray([0, 1]))
+    assert members == (0, 2) and sub == (zoo[0], zoo[2])
+    np.testing.assert_array_equal(model, [[1, 0, -1], [0, 1, 1]])
+    assert omsjax.models.used_members(zoo, jnp.asarray([0, 1, 2]))[2] == (0, 1, 2)
+
+
 def test_params_are_arguments_not_constants(env):
     ns, gmm, x_T = env
     traces = []
