@@ -35,22 +35,40 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(scope="session")
-def tiny_zoo(tmp_path_factory):
-    """A zoo of two tiny digits U-Nets ("a" 8 channels, "b" 16), 12 training steps each: (folder, entries)."""
+def tiny_zoo(tmp_path_factory, worker_id):
+    """A zoo of two tiny digits U-Nets ("a" 8 channels, "b" 16), 12 training steps each: (folder, manifest entries).
+
+    Built once per test session: the first pytest-xdist worker to get here trains it under a file lock in the
+    session's shared temporary folder, the others wait and read it. Tests must not change it (copy it first)."""
+    import json
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # every worker's basetemp is a child of the session's folder
+        root = root.parent
+    zoo_dir = root / "tiny_zoo"
+    with FileLock(str(root / "tiny_zoo.lock")):
+        if not (zoo_dir / "manifest.json").exists():
+            _build_tiny_zoo(root / "tiny_zoo_runs", zoo_dir)
+    return zoo_dir, json.loads((zoo_dir / "manifest.json").read_text())["models"]
+
+
+def _build_tiny_zoo(runs, zoo_dir):
     from omsjax import data, train, zoo
 
-    root = tmp_path_factory.mktemp("zoo")
     images = data.load_digits("train")[:256]
     cfg_a = zoo.named_config("tiny", steps=12)
     d = cfg_a.to_dict()
     d["net"]["channels"] = 16
     cfg_b = train.TrainConfig.from_dict(d)
-    entries = []
+    tmp = zoo_dir.with_name(zoo_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     for name, cfg in (("a", cfg_a), ("b", cfg_b)):
-        state = train.train(cfg, images, root / f"run_{name}", progress=False)
-        entries.append(zoo.add_member(root / "zoo", name, cfg, state.ema_params, train_steps=int(state.step),
-                                      data_mean=data.data_mean(images), latency_batch=32))  # fmt: skip
-    return root / "zoo", entries
+        state = train.train(cfg, images, runs / f"run_{name}", progress=False)
+        zoo.add_member(tmp, name, cfg, state.ema_params, train_steps=int(state.step), data_mean=data.data_mean(images),
+                       latency_batch=32)  # fmt: skip
+    os.replace(tmp, zoo_dir)  # whole or absent: a worker that finds the manifest finds every member
 
 
 @pytest.fixture(autouse=True, scope="module")
