@@ -6,6 +6,7 @@ the inverse t(lambda). Every schedule is a pytree (its numbers are leaves, so th
 method works on numpy input (host side, float64) as well as on jax arrays (inside jit).
 
 The step spacings (`time_steps`, `SKIP_TYPES`) are defined in `omsjax.spacing` and re-exported here.
+`karras_sigmas` and `times_from_sigmas` run EDM / k-diffusion noise levels on any noise schedule.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from omsjax.schedule import _time_bounds
 from omsjax.spacing import SKIP_TYPES, time_steps  # re-exported: the spacings live in omsjax.spacing
 
 __all__ = [
@@ -25,10 +27,14 @@ __all__ = [
     "VPCosine",
     "VPDiscrete",
     "EDM",
+    "Flow",
     "vp_linear",
     "vp_cosine",
     "vp_discrete",
     "edm",
+    "flow",
+    "karras_sigmas",
+    "times_from_sigmas",
     "time_steps",
     "SKIP_TYPES",
     "to_dict",
@@ -220,6 +226,42 @@ class EDM(NoiseSchedule):
         return _xp(lam).exp(-lam)
 
 
+@struct.dataclass
+class Flow(NoiseSchedule):
+    """Rectified flow / flow matching (Liu et al. 2023, Lipman et al. 2023): x_t = (1 - t) x_0 + t eps.
+
+    alpha_t = 1 - t, sigma_t = t, lambda_t = log(1 - t) - log t, t(lambda) = 1/(1 + e^lambda), for
+    0 < t_min <= t <= t_max < 1 (t = 1 has alpha = 0, lambda = -inf). The prior is N(0, I) (`prior_std` = 1), the
+    flow convention at t -> 1. Every method acts elementwise on t (or lambda) of any shape, numpy or jax.
+    """
+
+    kind: str = struct.field(pytree_node=False, default="flow")
+    t_max: float = struct.field(pytree_node=False, default=0.999)
+    t_min: float = struct.field(pytree_node=False, default=1e-3)
+    default_t_end: float = struct.field(pytree_node=False, default=1e-3)
+
+    def log_alpha(self, t):
+        return _xp(t).log1p(-t)
+
+    def alpha(self, t):
+        return 1.0 - t
+
+    def log_sigma(self, t):
+        return _xp(t).log(t)
+
+    def sigma(self, t):
+        return 1.0 * t
+
+    def lam(self, t):
+        xp = _xp(t)
+        return xp.log1p(-t) - xp.log(t)
+
+    def t_of_lambda(self, lam):
+        # 1/(1 + e^lambda) = exp(-log(1 + e^lambda)): no overflow for large |lambda|.
+        xp = _xp(lam)
+        return xp.exp(-xp.logaddexp(0.0, lam))
+
+
 def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0) -> VPLinear:
     """Continuous linear VP schedule (score SDE / DPM-Solver defaults beta in [0.1, 20], T = 1)."""
     if not (0.0 <= beta_min < beta_max) or not math.isfinite(beta_max):
@@ -234,17 +276,36 @@ def vp_cosine(s: float = 0.008, t_max: float = 0.9946) -> VPCosine:
     return VPCosine(s=float(s), t_max=float(t_max))
 
 
-def vp_discrete(betas=None, *, clip_lambda: float = -5.1) -> VPDiscrete:
-    """Discrete DDPM schedule from `betas` (default: DDPM's linspace(1e-4, 0.02, 1000))."""
-    if betas is None:
-        betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
-    betas = np.asarray(betas, dtype=np.float64)
-    if betas.ndim != 1 or betas.size < 2:
-        raise ValueError(f"vp_discrete needs a 1-D array of at least 2 betas, got shape {betas.shape}")
-    if not np.all((betas > 0) & (betas < 1)):
-        raise ValueError("vp_discrete needs every beta in (0, 1)")
-    n = betas.size
-    log_alphas = 0.5 * np.cumsum(np.log1p(-betas))
+def vp_discrete(betas=None, *, alphas_cumprod=None, clip_lambda: float = -5.1) -> VPDiscrete:
+    """Discrete DDPM schedule from `betas` [N] or `alphas_cumprod` [N] (not both; default: DDPM's
+    betas linspace(1e-4, 0.02, 1000)).
+
+    log alpha_n = 0.5 sum_{i<=n} log(1 - beta_i) = 0.5 log(alphas_cumprod_n), alphas_cumprod being the cumulative
+    product of diffusers / DDPM (strictly decreasing, in (0, 1)).
+    """
+    if betas is not None and alphas_cumprod is not None:
+        raise ValueError("vp_discrete takes betas or alphas_cumprod, not both")
+    if alphas_cumprod is not None:
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        if ac.ndim != 1 or ac.size < 2:
+            raise ValueError(f"vp_discrete needs a 1-D array of at least 2 alphas_cumprod, got shape {ac.shape}")
+        if not np.all((ac > 0) & (ac < 1)):
+            raise ValueError("vp_discrete needs every alphas_cumprod in (0, 1)")
+        if np.any(np.diff(ac) >= 0):
+            i = int(np.argmax(np.diff(ac) >= 0)) + 1
+            raise ValueError(f"vp_discrete needs strictly decreasing alphas_cumprod, but alphas_cumprod[{i}] = "
+                             f"{float(ac[i])!r} >= alphas_cumprod[{i - 1}] = {float(ac[i - 1])!r}")  # fmt: skip
+        log_alphas = 0.5 * np.log(ac)
+    else:
+        if betas is None:
+            betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size < 2:
+            raise ValueError(f"vp_discrete needs a 1-D array of at least 2 betas, got shape {betas.shape}")
+        if not np.all((betas > 0) & (betas < 1)):
+            raise ValueError("vp_discrete needs every beta in (0, 1)")
+        log_alphas = 0.5 * np.cumsum(np.log1p(-betas))
+    n = log_alphas.size
     lams = _vp_lambda_from_log_alpha(np, log_alphas)
     if np.any(np.diff(lams) >= 0):
         raise ValueError("vp_discrete: log-SNR must decrease strictly; check the betas")
@@ -269,6 +330,76 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> EDM:
     return EDM(t_max=float(sigma_max), t_min=float(sigma_min), default_t_end=float(sigma_min))
 
 
+def flow(t_min: float = 1e-3, t_max: float = 0.999) -> Flow:
+    """Rectified-flow schedule alpha_t = 1 - t, sigma_t = t on [t_min, t_max], 0 < t_min < t_max < 1.
+
+    t_max < 1: at t = 1, alpha = 0 and lambda = -inf, which an exponential integrator cannot start from.
+    """
+    t_min, t_max = float(t_min), float(t_max)
+    if not 0 < t_min < 1:
+        raise ValueError(f"flow needs 0 < t_min < 1, got {t_min=}")
+    if not 0 < t_max < 1:
+        raise ValueError(f"flow needs 0 < t_max < 1 (at t = 1 alpha = 0 and lambda = -inf), got {t_max=}")
+    if not t_min < t_max:
+        raise ValueError(f"flow needs t_min < t_max, got {t_min=}, {t_max=}")
+    return Flow(t_max=t_max, t_min=t_min, default_t_end=t_min)
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    """EDM / k-diffusion noise levels sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho, i = 0..n-1: float64 [n], from sigma_max down to sigma_min (end points exact).
+
+    Unlike k-diffusion's `get_sigmas_karras`, no final 0 is appended. Map to times with `times_from_sigmas`.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"karras_sigmas needs an integer n >= 2, got n={n!r}")
+    sigma_min, sigma_max, rho = float(sigma_min), float(sigma_max), float(rho)
+    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+        raise ValueError(f"karras_sigmas needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")
+    if not (0 < rho < math.inf):
+        raise ValueError(f"karras_sigmas needs 0 < rho < inf, got {rho=}")
+    ramp = np.linspace(0.0, 1.0, n)
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min
+    return sigmas
+
+
+def times_from_sigmas(noise_schedule: NoiseSchedule, sigmas) -> np.ndarray:
+    """Times t_i with edm_sigma(t_i) = sigma_t_i / alpha_t_i = exp(-lambda_t_i) = sigma_i: float64 [n] on the host.
+
+    `sigmas` [n] must be finite, positive, strictly decreasing, and every time inside the schedule's [t_min, t_max]
+    (with `omsjax.schedule`'s rounding tolerance); the error names the first sigma that is not.
+    """
+    ns = noise_schedule
+    s = np.asarray(sigmas, dtype=np.float64)
+    if s.ndim != 1 or s.size < 1:
+        raise ValueError(f"times_from_sigmas needs a 1-D array of sigmas, got shape {s.shape}")
+    bad = ~(np.isfinite(s) & (s > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"times_from_sigmas needs finite positive sigmas, got sigmas[{i}] = {float(s[i])!r}")
+    if np.any(np.diff(s) >= 0):
+        i = int(np.argmax(np.diff(s) >= 0)) + 1
+        raise ValueError(f"times_from_sigmas needs strictly decreasing sigmas, got sigmas[{i}] = {float(s[i])!r} >= "
+                         f"sigmas[{i - 1}] = {float(s[i - 1])!r}")  # fmt: skip
+    ts = np.asarray(ns.t_of_edm_sigma(s), dtype=np.float64)
+    lo, hi = _time_bounds(ns)
+    # The round trip catches inverses that clamp outside the range (vp_discrete's interpolation).
+    back = np.asarray(ns.edm_sigma(ts), dtype=np.float64)
+    bad = ~((ts >= lo) & (ts <= hi) & (np.abs(back - s) <= 1e-8 * s))
+    if bad.any():
+        i = int(np.argmax(bad))
+        s_lo, s_hi = float(ns.edm_sigma(np.float64(ns.t_min))), float(ns.edm_sigma(np.float64(ns.t_max)))
+        raise ValueError(f"times_from_sigmas: sigmas[{i}] = {float(s[i])!r} is outside the {ns.kind} noise schedule's "
+                         f"range: t in [t_min, t_max] = [{ns.t_min:.6g}, {ns.t_max:.6g}] has sigma in "
+                         f"[{s_lo:.6g}, {s_hi:.6g}]")  # fmt: skip
+    if np.any(np.diff(ts) >= 0):
+        i = int(np.argmax(np.diff(ts) >= 0)) + 1
+        raise ValueError(f"times_from_sigmas: sigmas[{i - 1}] and sigmas[{i}] map to the same time {float(ts[i])!r}")
+    return ts
+
+
 def to_dict(noise_schedule: NoiseSchedule) -> dict:
     """A JSON-friendly description of a noise schedule (inverse: `from_dict`)."""
     ns = noise_schedule
@@ -278,6 +409,8 @@ def to_dict(noise_schedule: NoiseSchedule) -> dict:
         return {"kind": "vp_cosine", "s": float(ns.s), "t_max": ns.t_max}
     if isinstance(ns, EDM):
         return {"kind": "edm", "sigma_min": ns.t_min, "sigma_max": ns.t_max}
+    if isinstance(ns, Flow):
+        return {"kind": "flow", "t_min": ns.t_min, "t_max": ns.t_max}
     if isinstance(ns, VPDiscrete):
         raise ValueError("vp_discrete schedules are stored with their betas; save the betas array instead")
     raise ValueError(f"cannot describe noise schedule {type(ns).__name__}")
@@ -289,7 +422,7 @@ def from_dict(d: dict) -> NoiseSchedule:
         raise ValueError(f"a noise schedule description needs a 'kind', got {d!r}")
     kind = d["kind"]
     args = {k: v for k, v in d.items() if k != "kind"}
-    makers = {"vp_linear": vp_linear, "vp_cosine": vp_cosine, "edm": edm}
+    makers = {"vp_linear": vp_linear, "vp_cosine": vp_cosine, "edm": edm, "flow": flow}
     if kind not in makers:
         raise ValueError(f"unknown noise schedule kind {kind!r}; expected one of {sorted(makers)}")
     try:
