@@ -1,27 +1,31 @@
 """Models, zoos and parameterisation conversions.
 
-A `Model` wraps any pure function `apply_fn(params, x, t)` (a Flax module's apply, a closure over an equinox
-model, an analytic formula) with its parameter pytree. Parameters are pytree leaves, so a zoo of models passed to a
-jitted sampler is traced, never baked into the program as constants. `t` is the noise schedule's continuous time,
-shape [batch]; for the "edm" parameterisation the raw network instead sees EDM's preconditioned input
-(c_in x, c_noise).
+A `Model` wraps any pure function `apply_fn(params, x, t)` (a Flax module's apply, an equinox module through
+`from_equinox`, an analytic formula) with its parameter pytree. Parameters are pytree leaves, so a zoo of models
+passed to a jitted sampler is traced, never baked into the program as constants. `t` is the noise schedule's
+continuous time, shape [batch]; the "denoiser" parameterisation instead sees EDM's (y = x/alpha, sigma/alpha) and
+"edm_raw" the preconditioned input (c_in y, c_noise).
 
 A model call that fails while it is traced, or returns anything but a floating array of x's shape, raises a
 ValueError that names the zoo member, the shapes it got and the signature expected (`SIGNATURE`); a model may
 declare the shape of one sample (`Model.sample_shape`) for the samplers to check x_T against.
 
-Every model output is converted to the pair (noise prediction eps, data prediction x0):
-  noise: eps = F,                 x0 = (x - sigma eps) / alpha
-  data:  x0 = F,                  eps = (x - alpha x0) / sigma
-  v:     v = alpha eps - sigma x0, so x0 = (alpha x - sigma v)/(alpha^2 + sigma^2), eps = (sigma x + alpha v)/(...)
-  edm:   x0 = D(x/alpha; s) = c_skip y + c_out F(c_in y; c_noise) with y = x/alpha, s = sigma/alpha,
-         c_skip = sd^2/(s^2 + sd^2), c_out = s sd/sqrt(s^2 + sd^2), c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4
-         (`omsjax.precond.edm`, shared with the training losses).
+Every model output F is converted to the pair (noise prediction eps, data prediction x0), with x = alpha x0 + sigma eps:
+  noise:    eps = F,                 x0 = (x - sigma eps) / alpha
+  data:     x0 = F,                  eps = (x - alpha x0) / sigma
+  v:        F = alpha eps - sigma x0, so x0 = (alpha x - sigma F)/(alpha^2 + sigma^2), eps = (sigma x + alpha F)/(...)
+  score:    F = grad_x log p_t(x) = -eps / sigma, so eps = -sigma F
+  flow:     F = eps - x0 (rectified-flow velocity), so x0 = (x - sigma F)/(alpha + sigma), eps = (x + alpha F)/(...)
+  denoiser: x0 = D(y; s), a k-diffusion / EDM denoiser at y = x/alpha, s = sigma/alpha = exp(-lambda) (`from_denoiser`)
+  edm_raw:  x0 = D(y; s) = c_skip y + c_out F(c_in y; c_noise), the raw network F inside EDM's preconditioning
+            c_skip = sd^2/(s^2 + sd^2), c_out = s sd/sqrt(s^2 + sd^2), c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4
+            (`omsjax.precond.edm`, shared with the training losses). "edm" is its deprecated alias.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,9 +36,10 @@ from flax import struct
 
 from omsjax import precond
 
-__all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "to_eps_x0", "eval_zoo", "used_members"]
+__all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "from_equinox", "to_eps_x0", "eval_zoo", "used_members"]
 
-PARAMETERIZATIONS = ("noise", "data", "v", "edm")
+PARAMETERIZATIONS = ("noise", "data", "v", "score", "flow", "denoiser", "edm_raw")
+_DEPRECATED = {"edm": "edm_raw"}  # old name -> current name, accepted with a DeprecationWarning
 
 
 @struct.dataclass
@@ -44,9 +49,13 @@ class Model:
     Attributes:
       apply_fn: pure function (params, x [B, ...], t [B]) -> output [B, ...]; static (part of the program).
       params: parameter pytree (traced).
-      parameterization: one of "noise", "data", "v", "edm".
+      parameterization: what apply_fn returns (module docstring): "noise" eps, "data" x0, "v" alpha eps - sigma x0,
+        "score" grad_x log p_t(x) = -eps/sigma, "flow" the rectified-flow velocity eps - x0 (flow matching with
+        x_t = (1 - t) x0 + t eps, as in Stable Diffusion 3 and Flux: v = dx_t/dt points from data to noise),
+        "denoiser" D(y; s) -> x0 (`from_denoiser`), "edm_raw" the raw network F of EDM's preconditioning.
+        "edm" (deprecated) is stored as "edm_raw" with a DeprecationWarning.
       latency: cost of one evaluation (ms per batch on the target machine), used by model-schedule search.
-      sigma_data: EDM's sigma_d, used by the "edm" parameterisation.
+      sigma_data: EDM's sigma_d, used by the "edm_raw" parameterisation.
       name: a label for messages and reports.
       sample_shape: the shape of one sample the model takes, e.g. (28, 28, 1), or None (undeclared); the
         samplers reject an x_T [B, ...] whose x_T.shape[1:] differs from it.
@@ -63,6 +72,15 @@ class Model:
     def __post_init__(self):
         if not callable(self.apply_fn):
             raise ValueError(f"Model.apply_fn must be callable, got {type(self.apply_fn).__name__}")
+        if isinstance(self.parameterization, str) and self.parameterization in _DEPRECATED:
+            warnings.warn(
+                f'Model parameterization "{self.parameterization}" is deprecated: use "edm_raw" for the raw network F '
+                "inside D = c_skip y + c_out F(c_in y; c_noise), or Model.from_denoiser for a whole k-diffusion/EDM "
+                "denoiser D(y; sigma)",
+                DeprecationWarning,
+                stacklevel=3,  # __post_init__ <- the dataclass __init__ <- the caller
+            )
+            object.__setattr__(self, "parameterization", _DEPRECATED[self.parameterization])
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(
                 f"Model.parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"
@@ -81,6 +99,27 @@ class Model:
             if not ok:
                 raise ValueError(f"Model.sample_shape must be None or a tuple of positive ints, got {shape!r}")
             object.__setattr__(self, "sample_shape", tuple(int(d) for d in shape))  # hashable, static
+
+    @classmethod
+    def from_denoiser(
+        cls,
+        denoiser: Callable,
+        params: Any = None,
+        *,
+        name: str = "",
+        latency: float = 1.0,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> Model:
+        """A Model for a whole k-diffusion / EDM denoiser (parameterisation "denoiser"), on any noise schedule.
+
+        `denoiser(params, y [B, ...], sigma [B]) -> x0 estimate [B, ...]` is D(y; sigma) of Karras et al. (2022):
+        y = x0 + sigma n is the variance-exploding input. A sampler at time t of a noise schedule calls it with
+        y = x / alpha_t and sigma = sigma_t / alpha_t = exp(-lambda_t) (`NoiseSchedule.edm_sigma`), and takes
+        eps = (x - alpha_t x0) / sigma_t. On `schedules.edm()` alpha = 1 and sigma = t. Pass a function of stable
+        identity (defined once, not a fresh lambda per call): it is part of the compiled program's cache key.
+        """
+        return cls(apply_fn=denoiser, params=params, parameterization="denoiser", latency=latency, name=name,
+                   sample_shape=sample_shape)  # fmt: skip
 
     def label(self, index: int | None = None) -> str:
         """How messages name this model: "zoo member 1 'small'" (or "model 'small'" without an index)."""
@@ -135,33 +174,35 @@ def _apply(model: Model, params, x, t, label: str | None = None):
 
 
 def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None = None):
-    """Evaluate `model` at (x, t) and return (eps, x0). `log_alpha`, `sigma` are scalars for time t; `label` names
+    """Evaluate `model` at (x [B, ...], t) and return (eps, x0), each of x's shape, by the formulas of the module
+    docstring (x = alpha x0 + sigma eps). `t`, `log_alpha`, `sigma` are scalars (or [B]) for time t; `label` names
     the model in error messages (default `model.label()`)."""
     batch = x.shape[0]
     alpha = jnp.exp(log_alpha)
     a, s = _bcast(alpha, x), _bcast(sigma, x)
-    tb = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (batch,))
     p = model.parameterization
-    if p == "edm":
-        c_skip, c_out, c_in, c_noise = precond.edm(sigma / alpha, model.sigma_data)
-        c_noise = jnp.broadcast_to(c_noise, (batch,)).astype(x.dtype)
+    if p in ("denoiser", "edm_raw"):  # EDM's variables: y = x / alpha, s_edm = sigma / alpha = exp(-lambda)
         y = x / a
-        out = _apply(model, params, _bcast(c_in, x) * y, c_noise, label)
-        x0 = _bcast(c_skip, x) * y + _bcast(c_out, x) * out
-        eps = (x - a * x0) / s
-        return eps, x0
-    out = _apply(model, params, x, tb, label)
-    if p == "noise":
-        eps = out
-        x0 = (x - s * eps) / a
-    elif p == "data":
-        x0 = out
-        eps = (x - a * x0) / s
-    else:  # v
+        s_edm = sigma / alpha
+        if p == "denoiser":
+            x0 = _apply(model, params, y, jnp.broadcast_to(s_edm, (batch,)).astype(x.dtype), label)
+        else:
+            c_skip, c_out, c_in, c_noise = precond.edm(s_edm, model.sigma_data)
+            c_noise = jnp.broadcast_to(c_noise, (batch,)).astype(x.dtype)
+            out = _apply(model, params, _bcast(c_in, x) * y, c_noise, label)
+            x0 = _bcast(c_skip, x) * y + _bcast(c_out, x) * out
+        return (x - a * x0) / s, x0
+    out = _apply(model, params, x, jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (batch,)), label)
+    if p in ("noise", "score"):
+        eps = out if p == "noise" else -s * out  # score = -eps / sigma
+        return eps, (x - s * eps) / a
+    if p == "data":
+        return (x - a * out) / s, out
+    if p == "v":  # v = alpha eps - sigma x0
         norm = a**2 + s**2
-        x0 = (a * x - s * out) / norm
-        eps = (s * x + a * out) / norm
-    return eps, x0
+        return (s * x + a * out) / norm, (a * x - s * out) / norm
+    # flow: v = eps - x0, and x = alpha x0 + sigma eps
+    return (x + a * out) / (a + s), (x - s * out) / (a + s)
 
 
 def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma, *, members: tuple[int, ...] | None = None):
@@ -205,3 +246,91 @@ def used_members(zoo: tuple[Model, ...], model, afs=None, members: tuple[int, ..
     new = np.where(valid, lut[np.clip(m, 0, z - 1)], -1)
     new = np.where(called | ~valid, new, np.maximum(new, 0))  # an uncalled step 0 indexes any member kept
     return tuple(zoo[i] for i in used), jnp.asarray(new, jnp.asarray(model).dtype), tuple(names[i] for i in used)
+
+
+def _same_leaf(a, b) -> bool:
+    """Whether two static (non-array) leaves of equinox modules are interchangeable: identical, or equal by type and
+    `==` (an `==` that fails or is ambiguous counts as different)."""
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
+class _EquinoxApply:
+    """The apply_fn of `from_equinox`: (params [the module's arrays], x [B, ...], t [B]) -> module output [B, ...].
+
+    Equal (and equally hashed) for two modules of one structure, whatever their weights: same static part
+    (structure, static fields, non-array leaves such as activation functions) and same flags. The samplers' jit
+    compares a zoo's static data by equality, so such modules share one compiled program.
+    """
+
+    __slots__ = ("static", "batched", "channels_first", "_key", "_leaves")
+
+    def __init__(self, static, batched: bool, channels_first: bool):
+        self.static, self.batched, self.channels_first = static, bool(batched), bool(channels_first)
+        leaves, treedef = jax.tree.flatten(static)  # arrays are None in `static`: no leaves
+        self._key, self._leaves = (self.batched, self.channels_first, treedef, len(leaves)), tuple(leaves)
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, _EquinoxApply)
+            and self._key == other._key
+            and all(_same_leaf(a, b) for a, b in zip(self._leaves, other._leaves, strict=True))
+        )
+
+    def __hash__(self):
+        try:
+            return hash((self._key, self._leaves))
+        except TypeError:  # an unhashable static leaf: equal objects still hash equally
+            return hash(self._key)
+
+    def __call__(self, params, x, t):
+        import equinox as eqx
+
+        module = eqx.combine(params, self.static)
+        if self.channels_first:  # omsjax's x is channels-last [B, ..., C]; the module takes [B, C, ...]
+            x = jnp.moveaxis(x, -1, 1)
+        out = module(x, t) if self.batched else jax.vmap(module)(x, t)
+        return jnp.moveaxis(out, 1, -1) if self.channels_first else out
+
+
+def from_equinox(
+    module,
+    *,
+    parameterization: str = "noise",
+    batched: bool = False,
+    channels_first: bool = False,
+    name: str = "",
+    latency: float = 1.0,
+    sample_shape: tuple[int, ...] | None = None,
+) -> Model:
+    """A Model for an equinox module called as `module(x, t)`, its weights traced and its program compiled once.
+
+    The module is split with `eqx.partition(module, eqx.is_array)`: its arrays become `Model.params` (a pytree of
+    the module's type, traced by the samplers, so `jax.grad`, `vmap` and new weights need no recompilation) and
+    the rest (structure, static fields, activation functions) stays in the apply_fn, a hashable object equal for
+    every module of the same structure. A fresh `lambda x, t: module(x, t)` or closure as apply_fn would instead
+    recompile on every call (jit caches on the apply_fn's identity, a new object each time) and bake the weights
+    into the program as constants.
+
+    Args:
+      module: an `equinox.Module` with `__call__(x, t)`.
+      parameterization: what the module returns (`PARAMETERIZATIONS`); it receives what `to_eps_x0` passes for
+        it: the schedule's time t, or sigma / alpha for "denoiser", c_noise for "edm_raw".
+      batched: False (default): the module maps one sample, x [...] and t a scalar, and is vmapped over the
+        batch; True: it takes x [B, ...] and t [B] itself.
+      channels_first: the module expects the channel axis first, [C, H, W] (or [B, C, H, W] when batched), while
+        omsjax's samples are channels-last [B, H, W, C]: x is transposed in and the output back.
+      name, latency, sample_shape: as in `Model`.
+
+    Returns:
+      Model(apply_fn, params = the module's arrays, ...): apply_fn(params, x [B, ...], t [B]) -> [B, ...].
+    """
+    import equinox as eqx  # optional: imported on use only
+
+    params, static = eqx.partition(module, eqx.is_array)
+    return Model(apply_fn=_EquinoxApply(static, batched, channels_first), params=params,
+                 parameterization=parameterization, latency=latency, name=name, sample_shape=sample_shape)  # fmt: skip

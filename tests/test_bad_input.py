@@ -217,7 +217,7 @@ def test_a_failing_model_call_names_the_member(jit):
         run(declared, NS, s, x)
     with pytest.raises(ValueError, match=rf"zoo member 0 'two args' failed .*{SIG}: TypeError"):
         run(_model(lambda x, t: x, "two args"), NS, s, X_T)
-    for p in ("noise", "edm"):
+    for p in ("noise", "edm_raw"):
         with pytest.raises(ValueError, match=rf"zoo member 0 'gray' failed .*{SIG}"):
             run(_model(_gray, "gray", parameterization=p), NS, s, x)
     if not jit:  # member 1 is never called, so never traced
@@ -235,7 +235,7 @@ def test_a_failing_model_call_names_the_member(jit):
 )
 def test_a_wrong_model_output_names_the_member(apply_fn, match):
     s = presets.ddim(NS, 3)
-    for parameterization in ("noise", "v", "edm"):
+    for parameterization in ("noise", "v", "edm_raw"):
         zoo = (GOOD, _model(apply_fn, "odd", parameterization=parameterization))
         with pytest.raises(ValueError, match="zoo member 1 'odd' " + match):
             omsjax.sample(zoo, NS, s._replace(model=jnp.asarray([0, 1, 0], jnp.int32)), X_T)

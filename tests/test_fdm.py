@@ -303,7 +303,7 @@ def test_model_from_params_is_the_training_denoiser(precond):
         assert model.parameterization == "noise"
         np.testing.assert_allclose(eps, unet(params, c_in * x64, t), rtol=1e-5, atol=1e-5)
     else:  # the denoised x0 = c_skip x + c_out F(c_in x; c_noise), sigma = t
-        assert model.parameterization == ("edm" if precond == "edm" else "data")
+        assert model.parameterization == ("edm_raw" if precond == "edm" else "data")
         if base == "edm":
             c_skip, c_out, c_noise = SD**2 / (t**2 + SD**2), t * SD / math.sqrt(t**2 + SD**2), math.log(t) / 4
         else:

@@ -164,7 +164,7 @@ def test_loss_decreases(tmp_path, precond):
     assert not np.allclose(leaves(state.ema_params)[0], leaves(init.params)[0])
     model = train.model_from_params(cfg, state.ema_params, latency=2.0, name="tiny")
     assert isinstance(model, Model)
-    assert model.parameterization == {"vp": "noise", "edm": "edm"}[precond]
+    assert model.parameterization == {"vp": "noise", "edm": "edm_raw"}[precond]
     assert model.latency == 2.0 and model.name == "tiny" and model.sigma_data == 0.5
     x = jnp.zeros((2, 8, 8, 1), jnp.float32)
     assert model.apply_fn(model.params, x, jnp.full((2,), 0.5, jnp.float32)).shape == x.shape

@@ -33,7 +33,7 @@ def _preconditioned_apply_fn(precond: str, net: nets.UNetConfig, fdm_m: float):
 def model_from_params(config: TrainConfig, params: Any, latency: float = 1.0, name: str = "") -> Model:
     """An `omsjax.Model` for trained parameters, to be sampled on `noise_schedule(config.precond)`.
 
-    "vp": the raw network, parameterisation "noise"; "edm": the raw network, parameterisation "edm" (sigma_data
+    "vp": the raw network, parameterisation "noise"; "edm": the raw network, parameterisation "edm_raw" (sigma_data
     0.5, the preconditioning applied by `Model`); "fdm_vp": the network with its c_in = s(sigma_VP(t)) / alpha_t,
     "noise"; "ve", "fdm_edm", "fdm_ve": the denoiser D(x; sigma = t) with the training preconditioning, "data"
     (t is the noise level sigma of an EDM-type schedule, alpha = 1).
@@ -42,7 +42,7 @@ def model_from_params(config: TrainConfig, params: Any, latency: float = 1.0, na
     if precond == "vp":
         apply_fn, parameterization = nets.unet_apply_fn(config.net), "noise"
     elif precond == "edm":
-        apply_fn, parameterization = nets.unet_apply_fn(config.net), "edm"
+        apply_fn, parameterization = nets.unet_apply_fn(config.net), "edm_raw"
     else:
         apply_fn = _preconditioned_apply_fn(precond, config.net, config.fdm_m)
         parameterization = "noise" if base_of(precond) == "vp" else "data"
