@@ -4,7 +4,7 @@ import importlib
 
 from omsjax import nets, oracles, presets, schedules, usf
 from omsjax.models import Model, as_zoo
-from omsjax.sampler import generate, sample, sample_heun, sample_many
+from omsjax.sampler import generate, prior, sample, sample_heun, sample_many
 from omsjax.schedule import Schedule, check_schedule, stack
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "nets",
     "oracles",
     "presets",
+    "prior",
     "sample",
     "sample_heun",
     "sample_many",

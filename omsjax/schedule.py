@@ -117,6 +117,30 @@ class Schedule(NamedTuple):
         return sched
 
     @classmethod
+    def from_times(cls, ts, like: Schedule, *, noise_schedule=None) -> Schedule:
+        """`like`'s decisions at the times `ts` float[N+1] (N = like's number of steps): custom timesteps for any
+        preset, e.g. `Schedule.from_times(times_from_sigmas(ns, karras_sigmas(...)), like=presets.unipc(ns, N))`.
+
+        Concrete `ts` are checked (`check_schedule`; also against `noise_schedule`'s time range when given) and a
+        wrong length raises ValueError. Traced `ts` (inside jit or grad) pass through unchecked: times outside the
+        noise schedule or not decreasing then make `sample`'s output NaN. `ts` keeps its dtype when it is
+        floating (float32 times stay float32)."""
+        if not isinstance(like, Schedule):
+            raise ValueError(f"from_times needs like= an omsjax.Schedule (e.g. a preset), got {type(like).__name__}")
+        n = like.num_steps
+        if np.ndim(ts) != 1 or np.shape(ts)[0] != n + 1:
+            raise ValueError(f"ts must have shape [{n + 1}] (N + 1 times for the {n} steps of `like`), "
+                             f"got {np.shape(ts)}")  # fmt: skip
+        if not _is_traced(ts):
+            ts = jnp.asarray(ts)
+            if not jnp.issubdtype(ts.dtype, jnp.floating):
+                ts = ts.astype(jnp.result_type(float))
+        out = like._replace(ts=ts)
+        if not _is_traced(ts):
+            check_schedule(out, noise_schedule=noise_schedule)
+        return out
+
+    @classmethod
     def load(cls, path, num_models: int | None = None, *, noise_schedule=None) -> Schedule:
         """Read and validate a schedule file written from `to_json`; errors (unreadable, not UTF-8 text, not a valid
         schedule) are ValueErrors that name the file."""

@@ -31,6 +31,8 @@ LAYERS = {
         "usf",
         "schedule",
         "presets",
+        "integrate",
+        "diagnose",
         "sampler",
         "oracles",
     ),

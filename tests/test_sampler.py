@@ -322,3 +322,59 @@ def test_generate_draws_the_prior_of_the_schedule():
         # The samples spread like the mixture: its per-coordinate variance.
         data = np.asarray(gmm.sample(jax.random.PRNGKey(0), 20000))
         np.testing.assert_allclose(got.var(0).mean(), data.var(0).mean(), rtol=0.15)
+
+
+def test_prior_and_generate_with_a_key():
+    key = jax.random.PRNGKey(7)
+    for ns, std in ((schedules.vp_linear(), 1.0), (schedules.edm(), 80.0)):
+        x = omsjax.prior(ns, key, 5, (3,), dtype=jnp.float64)
+        want = std * jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (3,), jnp.float64))(
+            jnp.arange(5, dtype=jnp.int32)
+        )
+        np.testing.assert_allclose(np.asarray(x), np.asarray(want), rtol=1e-15)
+    assert float(omsjax.prior(schedules.edm(), key, 1, (1,), t=2.0, dtype=jnp.float64)[0, 0]) == pytest.approx(
+        2.0 * float(omsjax.prior(schedules.vp_linear(), key, 1, (1,), dtype=jnp.float64)[0, 0])
+    )
+    gmm, ns = _gmm(), schedules.edm()
+    s = presets.ddim(ns, 4)
+    got = omsjax.generate(gmm.model(ns), ns, s, 5, (6,), key=key, batch_size=2, dtype=jnp.float64)
+    want = omsjax.sample(gmm.model(ns), ns, s, omsjax.prior(ns, key, 5, (6,), dtype=jnp.float64))
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="noise needs n >= 1"):
+        omsjax.prior(ns, key, 0, (6,))
+
+
+def test_trajectory_holds_every_state_and_data_prediction(env):
+    ns, gmm, x_T = env
+    model = gmm.model(ns)
+    s = presets.ddim(ns, 4)
+    out, traj = omsjax.sample(model, ns, s, x_T, return_trajectory=True)
+    assert traj.x.shape == (5, *x_T.shape) and traj.x0.shape == (4, *x_T.shape)
+    np.testing.assert_array_equal(np.asarray(traj.t), np.asarray(s.ts))
+    # DDIM by hand: x_(i+1) = alpha_(i+1) x0_i + sigma_(i+1) eps_i.
+    ts, x = np.asarray(s.ts), np.asarray(x_T)
+    for i in range(4):
+        np.testing.assert_allclose(np.asarray(traj.x[i]), x, rtol=1e-12, atol=1e-12)
+        eps = np.asarray(gmm.eps(ns, jnp.asarray(x), jnp.full((x.shape[0],), ts[i])))
+        x0 = (x - ns.sigma(ts[i]) * eps) / ns.alpha(ts[i])
+        np.testing.assert_allclose(np.asarray(traj.x0[i]), x0, rtol=1e-10, atol=1e-10)
+        x = ns.alpha(ts[i + 1]) * x0 + ns.sigma(ts[i + 1]) * eps
+    np.testing.assert_allclose(np.asarray(traj.x[4]), x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(traj.x[4]))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(omsjax.sample(model, ns, s, x_T)))
+    # With correctors (UniPC) and under jit: the last state is the output, the first the noise.
+    u = presets.unipc(ns, 4, 2)
+    out, traj = jax.jit(lambda s, x: omsjax.sample(model, ns, s, x, return_trajectory=True))(u, x_T)
+    np.testing.assert_array_equal(np.asarray(traj.x[0]), np.asarray(x_T))
+    np.testing.assert_array_equal(np.asarray(traj.x[-1]), np.asarray(out))
+
+
+def test_remat_gives_the_same_gradient(env):
+    ns, gmm, x_T = env
+    s = presets.unipc(ns, 5, 2)
+
+    def loss(ts, remat):
+        return jnp.sum(omsjax.sample(gmm.model(ns), ns, s._replace(ts=ts), x_T, remat=remat) ** 2)
+
+    g = jax.grad(loss)(s.ts, False)
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(s.ts, True)), np.asarray(g), rtol=1e-12, atol=1e-14)

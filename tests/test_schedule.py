@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_sample_rejects_bad_inputs():
     with pytest.raises(ValueError, match="data_mean of shape"):
         omsjax.sample(m, NS, s, jnp.zeros((2, 3)), data_mean=jnp.zeros(4))
     with pytest.raises(ValueError, match="parameterization must be one of"):
-        omsjax.Model(lambda p, x, t: x, None, parameterization="score")
+        omsjax.Model(lambda p, x, t: x, None, parameterization="eps")
 
 
 def test_preset_argument_errors():
@@ -164,3 +165,27 @@ def test_nfe_and_cost():
     np.testing.assert_array_equal(stacked.cost([3.0, 1.0]), [8.0, 5.0])
     with pytest.raises(ValueError, match="one length"):
         omsjax.stack([s, presets.ddim(NS, 5)])
+
+
+def test_from_times_keeps_the_decisions_and_checks_the_times():
+    from omsjax import presets, schedules
+
+    ns = schedules.vp_linear()
+    like = presets.unipc(ns, 4, 2)
+    ts = np.asarray([1.0, 0.5, 0.2, 0.05, 1e-3])
+    s = Schedule.from_times(ts, like=like)
+    np.testing.assert_array_equal(np.asarray(s.ts), ts)
+    for f in Schedule._fields[1:]:
+        np.testing.assert_array_equal(np.asarray(getattr(s, f)), np.asarray(getattr(like, f)))
+    assert Schedule.from_times(ts.astype(np.float32), like=like).ts.dtype == np.float32
+    with pytest.raises(ValueError, match=r"shape \[5\]"):
+        Schedule.from_times(ts[:-1], like=like)
+    with pytest.raises(ValueError, match="ts"):
+        Schedule.from_times(ts[::-1], like=like)
+    with pytest.raises(ValueError, match="t_max|range|outside"):
+        Schedule.from_times(ts * 2, like=like, noise_schedule=ns)
+    with pytest.raises(ValueError, match="like="):
+        Schedule.from_times(ts, like=None)
+    # Traced times pass through (a fit of the times).
+    got = jax.jit(lambda t: Schedule.from_times(t, like=like).ts)(jnp.asarray(ts))
+    np.testing.assert_array_equal(np.asarray(got), ts)

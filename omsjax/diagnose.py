@@ -1,0 +1,109 @@
+"""Where a sampling run went non-finite: `first_nonfinite_step` re-runs the schedule's program with per-step
+finiteness flags (`integrate.run(..., diagnose=True)`, a second program: `sample` itself pays nothing) and names
+the step, its time, the zoo member and the cause."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from omsjax.checks import check_inputs
+from omsjax.integrate import run_jit as _sample_jit
+from omsjax.models import Model, as_zoo, used_members
+from omsjax.schedule import AFS_NONE, Schedule, _is_traced
+from omsjax.schedules import NoiseSchedule
+
+__all__ = ["NonFiniteStep", "first_nonfinite_step"]
+
+
+class NonFiniteStep(NamedTuple):
+    """Where a sampling run first became non-finite (`first_nonfinite_step`).
+
+    step:    schedule step i (its model call at ts[i]), or N for the state after the last update.
+    t:       ts[step].
+    cause:   "model": the zoo member called at step i returned NaN/inf on a finite input;
+             "update": x_step became non-finite in the update of step - 1, every model output before was finite;
+             "guess": the analytical first step's (eps, x0) from its x0 guess is non-finite (an overflow);
+             "schedule": the decisions of step i are invalid for the sampler (its output is NaN by design).
+    model:   the zoo index called at the step ("model"), else None.
+    name:    that member's name ("" if none).
+    samples: the batch indices affected at that step.
+    batch:   the batch size.
+    """
+
+    step: int
+    t: float
+    cause: str
+    model: int | None
+    name: str
+    samples: tuple[int, ...]
+    batch: int
+
+    @property
+    def message(self) -> str:
+        """One sentence for an error message or a report."""
+        i, t = self.step, f"t = {self.t:.6g}"
+        some = f"in {len(self.samples)} of {self.batch} sample(s)"
+        some += f" (first: sample {self.samples[0]})" if self.samples else ""
+        who = f"zoo member {self.model}" + (f" {self.name!r}" if self.name else "")
+        return {
+            "model": f"the model returned non-finite values at step {i} ({t}): {who}, on a finite input, {some}",
+            "update": f"the sampler's state became non-finite at step {i} ({t}) in the update of step {i - 1}, "
+            f"although every model output before was finite, {some}",
+            "guess": f"the analytical first step's guess became non-finite at step 0 ({t}), {some}",
+            "schedule": f"step {i} ({t}) of the schedule is not a valid update (the sampler returns NaN)",
+        }[self.cause]
+
+
+def first_nonfinite_step(
+    model_or_zoo: Model | Sequence[Model],
+    noise_schedule: NoiseSchedule,
+    schedule: Schedule,
+    x_T: jax.Array,
+    *,
+    data_mean: jax.Array | None = None,
+) -> NonFiniteStep | None:
+    """Locate the first step at which `sample(model_or_zoo, noise_schedule, schedule, x_T, data_mean=data_mean)`
+    becomes non-finite; None when the run is finite. Host side, concrete arrays only.
+
+    It runs a second compiled program (the same scan that also returns, per step, which samples of the state and
+    of the model outputs are finite), so call it only once a result was found non-finite: `sample` itself pays
+    nothing. For one candidate of `sample_many`, pass that candidate's schedule. Typical use:
+
+        x = np.asarray(sampler.sample(zoo, ns, schedule, x_T))
+        if not np.all(np.isfinite(x)):
+            found = first_nonfinite_step(zoo, ns, schedule, x_T)
+            raise ValueError(found.message if found else "non-finite samples")
+    """
+    zoo = as_zoo(model_or_zoo)
+    if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo])):
+        raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
+    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    used, m, members = used_members(zoo, schedule.model, schedule.afs)
+    _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
+        _sample_jit(used, noise_schedule, schedule._replace(model=m), x_T, data_mean, diagnose=True, members=members)
+    )
+    n, batch = schedule.num_steps, int(x_T.shape[0])
+    ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))
+
+    def found(i, cause, bad=None):
+        k = int(model[i]) if cause == "model" else None
+        samples = () if bad is None else tuple(int(j) for j in np.flatnonzero(bad))
+        name = zoo[k].name if k is not None else ""
+        return NonFiniteStep(i, float(ts[i]), cause, k, name, samples, batch)
+
+    in_ok = np.concatenate([np.ones((1, batch), bool), x_ok[:-1]])  # x_i finite, i = 0..N-1
+    out_ok = np.concatenate([f0[None], f_ok[:-1]])  # the model outputs at ts[i] finite
+    for i in range(n):
+        if not in_ok[i].all():
+            return found(i, "update", ~in_ok[i])
+        if not out_ok[i].all():
+            return found(i, "guess" if i == 0 and afs != AFS_NONE else "model", ~out_ok[i])
+        if not (ok0 and ok[i]):
+            return found(i, "schedule")
+    if not x_ok[-1].all():
+        return found(n, "update", ~x_ok[-1])
+    return None  # every state, every model output finite, every step valid: so is the output
