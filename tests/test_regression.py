@@ -1,7 +1,9 @@
 """Regression pins: today's outputs equal the golden outputs recorded before the package restructuring.
 
 The cases (a preset's samples on the shipped digits zoo, short plain and multi-stage training runs, two timestep
-fits, a GA run and a predictor fit) are in `regression_cases.py`; `make_regression.py` recorded them.
+fits, a GA run and a predictor fit) are in `regression_cases.py`; `make_regression.py` recorded them. Each case is
+a whole run (training, a fit, a GA, a search predictor) that compiles its own programs, 20-40 s on 2 cores, so
+the pins run in the slow tier (`-m slow`, which CI runs too).
 """
 
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 from regression_cases import CASES, TOLERANCES
 
 GOLDEN = Path(__file__).parent / "data" / "regression.npz"
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

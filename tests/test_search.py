@@ -322,6 +322,7 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     assert recs[0].fd == pytest.approx(omsjax.metrics.fd(x), rel=1e-9) or not np.all(np.isfinite(x))
 
 
+@pytest.mark.slow  # a subprocess with two host devices: it compiles everything again (about 40 s on 2 cores)
 def test_evaluation_shards_candidates_over_devices(tmp_path):
     script = f"""
     import jax, numpy as np, jax.numpy as jnp
@@ -353,6 +354,7 @@ def test_evaluation_shards_candidates_over_devices(tmp_path):
 # ------------------------------------------------------------------------------------------------------ loop
 
 
+@pytest.mark.slow  # the whole S3 loop on two U-Nets, run twice: about 90 s on 2 cores
 def test_search_loop_end_to_end_and_resume(tiny, tmp_path):
     space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     path = tmp_path / "a.jsonl"

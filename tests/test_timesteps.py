@@ -303,6 +303,7 @@ def _optimize_steps_argv(path, out):
             "--num-samples", "24", "--out", str(out), "--quiet", "--json"]  # fmt: skip
 
 
+@pytest.mark.slow  # a whole optimize-steps run and an evaluate: about 90 s on 2 cores
 def test_cli_optimize_steps(tiny_zoo, tmp_path, capsys):
     from omsjax import cli
     from omsjax.schedule import Schedule
