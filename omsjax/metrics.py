@@ -8,7 +8,8 @@ trained on the digits train split. The classifier and the feature statistics of 
 - `Classifier`, `train_classifier`, `accuracy`, `features`: the network, its training, and its features.
 - `frechet_distance`, `feature_stats`, `fd_from_features`: the distance between Gaussians fitted to features.
 - `load_classifier`, `reference_stats`, `fd`: the shipped metric; `fd(samples)` is the Fréchet distance between
-  the features of `samples` ([N, 8, 8, 1], N >= 2) and those of the train split.
+  the features of `samples` ([N, 8, 8, 1], N >= 2) and those of the train split. `digits_fd` is the same as a
+  search metric (`metric(samples, x_T) -> float`), the default of `omsjax.search.Evaluator`.
 - `fd_floor`: what real data scores (held-out split; random train subsets of a given size). FD is biased upwards
   for small N, so compare a model's FD with the floor at the same sample count.
 - `ode_reference`, `trajectory_error`: the second metric, independent of the classifier: the RMSE between a
@@ -52,6 +53,7 @@ __all__ = [
     "load_classifier",
     "reference_stats",
     "fd",
+    "digits_fd",
     "fd_floor",
     "ode_reference",
     "trajectory_error",
@@ -336,6 +338,12 @@ def fd(samples: Any, *, ref: Any = None, classifier: Any = None) -> float:
     params = _default_classifier() if classifier is None else classifier
     mu_r, cov_r = (_default_ref() if ref is None else ref)[:2]
     return frechet_distance(*feature_stats(features(params, x)), mu_r, cov_r)
+
+
+def digits_fd(samples: Any, x_T: Any = None, *, ref: Any = None, classifier: Any = None) -> float:
+    """`fd(samples)` with the search metrics' signature `metric(samples, x_T) -> float` (x_T is not used): the
+    default metric of `omsjax.search.Evaluator`; the classifier and statistics are loaded once and cached."""
+    return fd(samples, ref=ref, classifier=classifier)
 
 
 def fd_floor(

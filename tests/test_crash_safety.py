@@ -144,7 +144,7 @@ def test_evaluator_resumes_from_an_archive_with_bad_lines(tmp_path):
                     schedule=json.loads(s.to_json(indent=None)))  # fmt: skip
     path.write_bytes(b'{"key": 1}\n\xfe\xff\n' + rec.to_json().encode() + b'\n{"key": "x", "fd": [')
     with pytest.warns(UserWarning) as warned:
-        ev = EV.Evaluator([model], NS, num_samples=12, archive=path, chunk=4)
+        ev = EV.Evaluator([model], NS, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
     assert [m.split(" skipped")[0] for m in _messages(warned)] == [f"{path}: line {i}" for i in (1, 2, 4)]
     (got,) = ev.evaluate_schedules([s])
     assert ev.evaluated == 0 and got == rec

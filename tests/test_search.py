@@ -296,7 +296,7 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     pop = E.random_genomes(space, jax.random.PRNGKey(7), 6)
     path = tmp_path / "archive.jsonl"
-    ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4)
+    ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
     recs = ev.evaluate(pop)
     n_unique = len({r.key for r in recs})
     assert ev.evaluated == n_unique and len(path.read_text().splitlines()) == n_unique
@@ -309,11 +309,11 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     # Interrupted mid-write: a partial last line is ignored; a new evaluator on the same file evaluates nothing.
     with open(path, "a") as fh:
         fh.write('{"key": "abc", "eval_')
-    ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4)
+    ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
     recs2 = ev2.evaluate(pop)
     assert ev2.evaluated == 0 and [r.fd for r in recs2] == [r.fd for r in recs]
     # Other noise is another evaluation.
-    ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4)
+    ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4, sample_shape=(8, 8, 1))
     ev3.evaluate(jax.tree.map(lambda a: a[:1], pop))
     assert ev3.evaluated == 1
     # A recorded FD equals metrics.fd of the evaluator's samples.
@@ -364,8 +364,8 @@ def test_search_loop_end_to_end_and_resume(tiny, tmp_path):
     def go():
         # The batch shapes of test_evaluator_archive_resume_reevaluates_nothing (12 samples, chunks of 4), for both
         # evaluators: the programs compiled there and here are the same (one per schedule length and method).
-        ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4)
-        fev = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=9, archive=path, chunk=4)
+        ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
+        fev = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=9, archive=path, chunk=4, sample_shape=(8, 8, 1))
         return ev, fev, loop.search(ev, space, key=jax.random.PRNGKey(0), config=cfg, budget=8.0,
                                     final_evaluator=fev, progress=False)  # fmt: skip
 

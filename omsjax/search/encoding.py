@@ -86,7 +86,9 @@ class SearchSpace:
         order final) or "dpm_solver_pp" (DPM-Solver++(2M), lower order final under 10 steps).
       spacing: the base step spacing, one of SPACINGS: the time coordinate the `u` genes split (module docstring).
         Model mode's steps follow it exactly; solver and joint modes search around it.
-      t_start, t_end: the fixed end times.
+      t_start, t_end: the fixed end times. The defaults (1.0, 1e-3) suit the VP schedules; for any other noise
+        schedule build the space with `for_noise_schedule` (or `for_nfe(..., noise_schedule=ns)`), which takes
+        t_start = ns.t_max and t_end = ns.default_t_end. `check_times(ns)` says whether they fit a schedule.
     """
 
     num_positions: int
@@ -151,9 +153,29 @@ class SearchSpace:
         return 3 if self.mean_afs else 2
 
     @classmethod
-    def for_nfe(cls, nfe: int, latencies, *, model: int = 0, **kw) -> SearchSpace:
-        """Solver mode at a fixed NFE."""
-        return cls(num_positions=int(nfe) + 1, latencies=latencies, mode="solver", model=model, nfe=int(nfe), **kw)
+    def for_nfe(cls, nfe: int, latencies, *, model: int = 0, noise_schedule: NoiseSchedule | None = None,
+                **kw) -> SearchSpace:  # fmt: skip
+        """Solver mode at a fixed NFE; with `noise_schedule`, its end times (`for_noise_schedule`)."""
+        kw = dict(num_positions=int(nfe) + 1, latencies=latencies, mode="solver", model=model, nfe=int(nfe), **kw)
+        return cls(**kw) if noise_schedule is None else cls.for_noise_schedule(noise_schedule, **kw)
+
+    @classmethod
+    def for_noise_schedule(cls, noise_schedule: NoiseSchedule, **kw) -> SearchSpace:
+        """A space whose end times are the noise schedule's: t_start = t_max, t_end = default_t_end (explicit
+        `t_start` / `t_end` in `kw` win); the other fields as in `SearchSpace(**kw)`."""
+        ns = noise_schedule
+        return cls(**{"t_start": float(ns.t_max), "t_end": float(ns.default_t_end), **kw})
+
+    def check_times(self, noise_schedule: NoiseSchedule) -> None:
+        """Raise `ValueError` naming the field unless t_min <= t_end < t_start <= t_max of `noise_schedule`."""
+        ns, name = noise_schedule, type(noise_schedule).__name__
+        hint = "build it with SearchSpace.for_noise_schedule(ns, ...) or SearchSpace.for_nfe(..., noise_schedule=ns)"
+        if self.t_start > float(ns.t_max):
+            raise ValueError(f"SearchSpace.t_start = {self.t_start:g} is above the noise schedule's t_max = "
+                             f"{float(ns.t_max):g} ({name}); {hint}")  # fmt: skip
+        if self.t_end < float(ns.t_min):
+            raise ValueError(f"SearchSpace.t_end = {self.t_end:g} is below the noise schedule's t_min = "
+                             f"{float(ns.t_min):g} ({name}); {hint}")  # fmt: skip
 
 
 def _is_int(v) -> bool:

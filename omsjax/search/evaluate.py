@@ -1,4 +1,4 @@
-"""True evaluation of candidate schedules: FD (and cost, NFE) on fixed noise, batched, archived on disk.
+"""True evaluation of candidate schedules: a metric (and cost, NFE) on fixed noise, batched, archived on disk.
 
 - `sample_candidates`: the samples of C schedules of one length from the same x_T. Solver schedules of one model
   run as one `vmap` program; model schedules (`method="map"`) run with `lax.map`, so each costs the models it
@@ -8,9 +8,10 @@
   lines, fsynced), so an interrupted search that reopens it re-evaluates nothing; a line torn by a killed run, or
   one that is not a valid record, is skipped with a warning naming the file and the line.
 - `Evaluator`: decodes genomes (or takes schedules), skips what the archive holds, groups the rest by length,
-  samples them in chunks and scores each by `omsjax.metrics.fd`. Diverged schedules (non-finite samples) get
-  FD = inf, and the record's `note` (also logged as a warning) says at which step and why: the model returned
-  non-finite values, or the solver's update overflowed.
+  samples them in chunks and scores each by its metric, `metric(samples, x_T) -> float` (lower is better; numpy
+  arrays [n, *sample_shape]): the user's own, or by default the digits FD `omsjax.metrics.digits_fd`, which scores
+  only 8x8x1 digits. Diverged schedules (non-finite samples) score inf, and the record's `note` (also logged as a
+  warning) says at which step and why: the model returned non-finite values, or the solver's update overflowed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -67,6 +68,9 @@ _REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
 
 @dataclasses.dataclass
 class Record:
+    """One evaluated schedule. `fd` is the evaluator's metric value, lower is better (the digits FD by default;
+    inf for a diverged schedule); it keeps the name `fd` in the archive JSON, and `score` is the same value."""
+
     key: str
     eval_key: str
     fd: float
@@ -76,7 +80,12 @@ class Record:
     genome: dict | None = None
     stage: int = 0
     seconds: float = 0.0
-    note: str = ""  # why the FD is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
+    note: str = ""  # why the score is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
+
+    @property
+    def score(self) -> float:
+        """The metric's value (the field `fd`)."""
+        return self.fd
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -163,6 +172,34 @@ def _sample_jit(zoo, ns, stacked, x_T, data_mean, method):
     return jax.shard_map(run, mesh=_mesh(), in_specs=(spec,), out_specs=P("cand"), check_vma=False)(stacked)
 
 
+def _metric_name(metric) -> str:
+    """A metric's `__qualname__` (a partial's: its function's)."""
+    f = metric.func if isinstance(metric, functools.partial) else metric
+    return getattr(f, "__qualname__", None) or type(f).__qualname__
+
+
+def _sample_shape(zoo, sample_shape, image_shape) -> tuple[int, ...] | None:
+    """The evaluator's sample shape: the one given (`image_shape` is its old name) and/or the one the models
+    declare; errors when they disagree. None when nothing says it."""
+    given = {n: tuple(v) for n, v in (("sample_shape", sample_shape), ("image_shape", image_shape)) if v is not None}
+    if len(set(given.values())) > 1:
+        raise ValueError(f"sample_shape {given['sample_shape']} and image_shape {given['image_shape']} differ")
+    for name, v in given.items():
+        if not v or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in v):
+            raise ValueError(f"{name} must be a tuple of positive ints, got {v!r}")
+    shape, source = None, None
+    if given:
+        source, shape = next(iter(given.items()))
+        shape = tuple(int(d) for d in shape)
+    for i, m in enumerate(zoo):
+        if m.sample_shape is not None and shape is None:
+            shape, source = m.sample_shape, f"zoo member {i} {m.name!r} declares sample_shape"
+        elif m.sample_shape is not None and m.sample_shape != shape:
+            raise ValueError(f"{source} {shape}, but zoo member {i} {m.name!r} declares sample_shape "
+                             f"{m.sample_shape}")  # fmt: skip
+    return shape
+
+
 def sample_candidates(
     model_or_zoo: Model | Sequence[Model],
     noise_schedule,
@@ -200,13 +237,32 @@ def sample_candidates(
     return np.concatenate(out)
 
 
-class Evaluator:
-    """FD of candidate schedules on fixed noise (`num_samples` from `noise_seed`), with an archive.
+DIGITS_SHAPE = metrics.IMAGE_SHAPE  # the one sample shape the default metric, the digits FD, scores
 
-    `zoo`: the models; `space`: decodes genomes (optional when only schedules are passed). `method=None` picks
-    `map` for model schedules, and for solver schedules of one model `vmap` on an accelerator but `map` on the CPU:
-    there, 8 candidates x 500 samples of the 634k digits U-Net took 47 s with `vmap` and 6.4 s with `map` (the
-    same as a loop of jitted calls; the batched activations no longer fit the caches).
+
+class Evaluator:
+    """A metric of candidate schedules on fixed noise (`num_samples` from `noise_seed`), with an archive.
+
+    `zoo`: the models; `noise_schedule`; `space`: decodes genomes (optional when only schedules are passed); its
+    [t_end, t_start] must lie inside the noise schedule's [t_min, t_max] (`SearchSpace.check_times`).
+
+    `metric(samples, x_T) -> float`, lower is better, on numpy arrays [num_samples, *sample_shape]: the score kept
+    in each `Record` (field `fd`, alias `score`). NaN and -inf are errors; a diverged candidate (non-finite samples)
+    scores inf without calling it. By default (`metric=None`) the digits FD `metrics.digits_fd`, with
+    `classifier` and `ref` if given; it scores only samples of shape (8, 8, 1) (others: a ValueError asking for
+    `metric=` when it is first called). `metric_name` (default: the
+    metric's `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics apart (give one to
+    tell apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as before.
+
+    `sample_shape` (alias `image_shape`): the shape of one sample, e.g. (16,), (T, D) or (H, W, C); by default the
+    shape the models declare (`Model.sample_shape`, set on zoo members by `zoo.load_zoo`); a shape that differs
+    from a declared one is an error, and so is no shape at all (there is no default shape). The noise `x_T` is
+    float32 (`sampler.noise`), at the prior scale of the space's t_start (without a space: the noise schedule's
+    t_max).
+
+    `method=None` picks `map` for model schedules, and for solver schedules of one model `vmap` on an accelerator
+    but `map` on the CPU: there, 8 candidates x 500 samples of the 634k digits U-Net took 47 s with `vmap` and
+    6.4 s with `map` (the same as a loop of jitted calls; the batched activations no longer fit the caches).
     """
 
     def __init__(
@@ -217,7 +273,10 @@ class Evaluator:
         *,
         num_samples: int = 500,
         noise_seed: int = 0,
-        image_shape=(8, 8, 1),
+        metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
+        sample_shape=None,
+        metric_name: str | None = None,
+        image_shape=None,
         data_mean=None,
         archive: Archive | str | Path | None = None,
         chunk: int = 8,
@@ -226,9 +285,11 @@ class Evaluator:
         ref=None,
     ):
         if num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 for an FD, got {num_samples}")
+            raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {num_samples}")
         self.zoo = as_zoo(zoo)
         self.ns = noise_schedule
+        if space is not None:
+            space.check_times(noise_schedule)
         self.space = space
         self.num_samples = int(num_samples)
         self.noise_seed = int(noise_seed)
@@ -239,11 +300,37 @@ class Evaluator:
             raise ValueError(f"method must be None (automatic), 'vmap' or 'map', got {method!r}")
         self.method = method
         self.classifier, self.ref = classifier, ref
+        self.custom_metric = metric is not None and metric is not metrics.digits_fd
+        if self.custom_metric:
+            if not callable(metric):
+                raise ValueError(f"metric must be callable as metric(samples, x_T) -> float, got {metric!r}")
+            if classifier is not None or ref is not None:
+                raise ValueError("classifier and ref configure the default digits FD; a custom metric takes neither")
+            self.metric = metric
+            self.metric_name = _metric_name(metric) if metric_name is None else metric_name
+            if not isinstance(self.metric_name, str) or not self.metric_name:
+                raise ValueError(f"metric_name must be a non-empty string, got {self.metric_name!r}")
+        else:
+            if metric_name is not None:
+                raise ValueError("metric_name names a custom metric: pass metric= with it")
+            self.metric = functools.partial(metrics.digits_fd, ref=ref, classifier=classifier)
+            self.metric_name = "digits_fd"
         self.eval_key = f"seed{self.noise_seed}-n{self.num_samples}"
-        # The search's schedules start at T (`presets`): the prior of the schedule at T.
-        scale = float(noise_schedule.prior_std(float(noise_schedule.t_max)))
-        self.x_T = scale * sampler.noise(self.noise_seed, self.num_samples, tuple(image_shape))
+        if self.custom_metric:
+            self.eval_key += f"-{self.metric_name}"
+        self.sample_shape = _sample_shape(self.zoo, sample_shape, image_shape)
+        if self.sample_shape is None:
+            raise ValueError("the models declare no sample_shape (Model.sample_shape): pass sample_shape=, the "
+                             f"shape of one sample (the digits: {DIGITS_SHAPE})")  # fmt: skip
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
+
+    @functools.cached_property
+    def x_T(self) -> jax.Array:
+        """The fixed noise [num_samples, *sample_shape] at the schedules' start (the space's t_start, else the noise
+        schedule's t_max): the prior there."""
+        t0 = self.space.t_start if self.space is not None else self.ns.t_max
+        scale = float(self.ns.prior_std(float(t0)))
+        return scale * sampler.noise(self.noise_seed, self.num_samples, self.sample_shape)
 
     def _method(self, schedules: Sequence[Schedule]) -> str:
         if self.method is not None:
@@ -251,10 +338,27 @@ class Evaluator:
         models = {int(m) for s in schedules for m in np.asarray(s.model).ravel()}
         return "vmap" if len(models) == 1 and jax.default_backend() != "cpu" else "map"
 
-    def fd_of_samples(self, x: np.ndarray) -> float:
+    def fd_of_samples(self, x: np.ndarray, key: str = "(samples)") -> float:
+        """The metric's value for samples `x` [num_samples, *sample_shape] of the evaluator's noise (`score` of a
+        `Record`; the name is historical): inf if any sample is non-finite; `key` names the schedule in errors."""
         if not np.all(np.isfinite(x)):
             return float("inf")
-        return float(metrics.fd(x, ref=self.ref, classifier=self.classifier))
+        if not self.custom_metric and tuple(x.shape[1:]) != DIGITS_SHAPE:
+            raise ValueError(f"the default metric, the digits FD, scores samples of shape {DIGITS_SHAPE}, not "
+                             f"{tuple(x.shape[1:])}: pass metric=, a metric(samples, x_T) -> float")  # fmt: skip
+        try:
+            v = self.metric(np.asarray(x), self._x_T_host)
+        except Exception as e:
+            raise ValueError(f"metric {self.metric_name} raised on schedule {key}: {type(e).__name__}: {e}") from e
+        a = np.asarray(v) if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) else None
+        if a is None or a.shape != () or a.dtype.kind not in "iuf" or np.isnan(a) or a == -np.inf:
+            raise ValueError(f"metric {self.metric_name} returned {v!r} on schedule {key}: it must return a real "
+                             "number, finite or +inf (lower is better)")  # fmt: skip
+        return float(a)
+
+    @functools.cached_property
+    def _x_T_host(self) -> np.ndarray:
+        return np.asarray(self.x_T)
 
     def evaluate_schedules(self, schedules: Sequence[Schedule], *, genomes: Genome | None = None, stage: int = 0):
         """A `Record` per schedule (from the archive where it has one); new results are appended as they come."""
@@ -278,7 +382,7 @@ class Evaluator:
                 dt = (time.perf_counter() - t0) / len(part)
                 for i, s, x in zip(part_idx, part, xs, strict=True):
                     g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
-                    fd = self.fd_of_samples(x)
+                    fd = self.fd_of_samples(x, keys[i])
                     rec = Record(
                         key=keys[i],
                         eval_key=self.eval_key,

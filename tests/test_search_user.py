@@ -1,0 +1,158 @@
+"""The search's evaluator with a user's own model and metric: any sample shape, any score, any noise schedule."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import omsjax
+from omsjax import metrics, oracles, presets, schedules
+from omsjax.search import encoding as E
+from omsjax.search import evaluate as EV
+
+NS = schedules.vp_linear()
+N = 16  # samples per evaluation
+
+
+def _gmm_model(ns, dim=4, seed=0, sample_shape=(4,)):
+    """The exact model of a float64 Gaussian mixture, on the evaluator's float32 samples."""
+    rng = np.random.RandomState(seed)
+    gmm = oracles.GaussianMixture.create(rng.randn(3, dim), 0.2 + 0.3 * rng.rand(3), np.full(3, 1.0 / 3))
+
+    def apply_fn(params, x, t):
+        return params.eps(ns, x.astype(jnp.float64), t.astype(jnp.float64)).astype(x.dtype)
+
+    return omsjax.Model(apply_fn, gmm, name="gmm", sample_shape=sample_shape)
+
+
+MODEL = _gmm_model(NS)  # one model (one apply_fn) for the module: its sampler programs compile once
+
+
+def _mse_to(reference):
+    def mse(samples, x_T):
+        assert isinstance(samples, np.ndarray) and isinstance(x_T, np.ndarray) and samples.shape == x_T.shape
+        return float(np.mean((samples - reference) ** 2))
+
+    return mse
+
+
+def _x_T():
+    return EV.Evaluator(MODEL, NS, num_samples=N, metric=lambda x, x_T: 0.0).x_T
+
+
+def test_a_custom_metric_on_a_vector_model_ranks_few_steps_worse(tmp_path):
+    x_T = _x_T()
+    assert x_T.shape == (N, 4)
+    reference = np.asarray(omsjax.sample(MODEL, NS, presets.unipc(NS, 100, 3), x_T))
+    metric = _mse_to(reference)
+    ev = EV.Evaluator(MODEL, NS, num_samples=N, metric=metric, archive=tmp_path / "a.jsonl")
+    assert ev.sample_shape == (4,) and ev.eval_key == f"seed0-n{N}-{metric.__qualname__}"
+    coarse, fine = ev.evaluate_schedules([presets.ddim(NS, 2), presets.unipc(NS, 8, 2)])
+    assert 0 < fine.score < coarse.score and coarse.score == coarse.fd
+    assert fine.score == pytest.approx(metric(ev.samples(presets.unipc(NS, 8, 2)), np.asarray(x_T)), rel=1e-12)
+    again = EV.Archive(tmp_path / "a.jsonl").get(fine.key, ev.eval_key)
+    assert again.score == fine.score and '"fd"' in fine.to_json()  # the archive keeps the field's name
+    # A metric that fails names the schedule; the schedule's samples are the same program as above.
+    bad = EV.Evaluator(MODEL, NS, num_samples=N, metric=lambda x, x_T: "bad")
+    with pytest.raises(ValueError, match=f"returned 'bad' on schedule {coarse.key}"):
+        bad.evaluate_schedules([presets.ddim(NS, 2)])
+
+
+def test_the_metric_must_return_a_real_number_finite_or_inf():
+    x = np.zeros((N, 4))
+
+    def ev(metric, **kw):
+        return EV.Evaluator(MODEL, NS, num_samples=N, metric=metric, **kw)
+
+    assert ev(lambda s, t: np.inf).fd_of_samples(x) == np.inf
+    assert ev(lambda s, t: np.float32(2.5)).fd_of_samples(x) == 2.5 and ev(lambda s, t: 3).fd_of_samples(x) == 3.0
+    for bad in (float("nan"), -np.inf, "1.0", None, True, np.ones(2), 1j):
+        with pytest.raises(ValueError, match=r"metric .* returned .* on schedule k0: it must return a real number"):
+            ev(lambda s, t, b=bad: b).fd_of_samples(x, "k0")
+
+    def boom(samples, x_T):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(ValueError, match="metric .*boom raised on schedule k1: RuntimeError: out of memory"):
+        ev(boom).fd_of_samples(x, "k1")
+    # Diverged samples score inf without calling the metric.
+    assert ev(boom).fd_of_samples(np.full((N, 4), np.nan)) == np.inf
+
+
+def test_eval_keys_keep_metrics_apart():
+    def a(x, x_T):
+        return 0.0
+
+    def b(x, x_T):
+        return 0.0
+
+    keys = {
+        EV.Evaluator(MODEL, NS, num_samples=N, metric=a).eval_key,
+        EV.Evaluator(MODEL, NS, num_samples=N, metric=b).eval_key,
+        EV.Evaluator(MODEL, NS, num_samples=N, metric=a, metric_name="mse-v2").eval_key,
+    }
+    assert len(keys) == 3 and f"seed0-n{N}-mse-v2" in keys
+    digits = MODEL.replace(sample_shape=(8, 8, 1))
+    # The default digits FD, given or not, keeps the keys existing archives have.
+    assert EV.Evaluator(digits, NS, num_samples=N).eval_key == f"seed0-n{N}"
+    assert EV.Evaluator(digits, NS, num_samples=N, metric=metrics.digits_fd).eval_key == f"seed0-n{N}"
+    with pytest.raises(ValueError, match="metric_name names a custom metric"):
+        EV.Evaluator(digits, NS, num_samples=N, metric_name="x")
+
+
+def test_sample_shape_errors():
+    undeclared = MODEL.replace(sample_shape=None)
+    with pytest.raises(ValueError, match="declare no sample_shape .*pass sample_shape="):
+        EV.Evaluator(undeclared, NS, metric=lambda x, x_T: 0.0)
+    assert EV.Evaluator(undeclared, NS, metric=lambda x, x_T: 0.0, sample_shape=(4,)).sample_shape == (4,)
+    with pytest.raises(ValueError, match=r"sample_shape \(3,\), but zoo member 0 'gmm' declares sample_shape \(4,\)"):
+        EV.Evaluator(MODEL, NS, metric=lambda x, x_T: 0.0, sample_shape=(3,))
+    with pytest.raises(ValueError, match=r"image_shape \(8, 8, 1\), but zoo member 0"):
+        EV.Evaluator(MODEL, NS, image_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match=r"member 0 'gmm' declares sample_shape \(4,\), but zoo member 1 'gmm'"):
+        EV.Evaluator([MODEL, MODEL.replace(sample_shape=(2, 2))], NS)
+    with pytest.raises(ValueError, match="sample_shape .* and image_shape .* differ"):
+        EV.Evaluator(MODEL, NS, sample_shape=(4,), image_shape=(2, 2))
+    with pytest.raises(ValueError, match="sample_shape must be a tuple of positive ints"):
+        EV.Evaluator(undeclared, NS, sample_shape=(4, 0))
+    # The default metric scores only digits: anything else must bring its own.
+    with pytest.raises(
+        ValueError, match=r"the digits FD, scores samples of shape \(8, 8, 1\), not \(4,\): pass metric="
+    ):
+        EV.Evaluator(MODEL, NS, num_samples=N).fd_of_samples(np.zeros((N, 4)))
+    with pytest.raises(ValueError, match="classifier and ref configure the default digits FD"):
+        EV.Evaluator(MODEL, NS, metric=lambda x, x_T: 0.0, ref=(0, 1))
+
+
+def test_undeclared_models_need_a_sample_shape_whatever_the_metric():
+    for metric in (None, lambda x, x_T: 0.0):
+        with pytest.raises(ValueError, match=r"declare no sample_shape .* pass sample_shape="):
+            EV.Evaluator(MODEL.replace(sample_shape=None), NS, num_samples=N, metric=metric)
+    ev = EV.Evaluator(MODEL.replace(sample_shape=None), NS, num_samples=N, sample_shape=(8, 8, 1))
+    assert ev.x_T.shape == (N, 8, 8, 1)
+    assert EV.Evaluator(MODEL, NS, num_samples=N, metric=lambda x, x_T: 0.0).x_T.shape == (N, 4)
+
+
+def test_digits_fd_is_the_shipped_fd():
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1))
+    assert metrics.digits_fd(x, None) == metrics.fd(x) == metrics.digits_fd(x)
+
+
+def test_search_space_from_a_noise_schedule_and_the_evaluators_check():
+    edm = schedules.edm()
+    space = E.SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint")
+    assert (space.t_start, space.t_end) == (80.0, 0.002)
+    s2 = E.SearchSpace.for_nfe(4, (1.0,), noise_schedule=edm)
+    assert (s2.t_start, s2.t_end, s2.nfe) == (80.0, 0.002, 4)
+    assert (
+        E.SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint", t_end=0.01).t_end == 0.01
+    )
+    model = _gmm_model(edm)
+    EV.Evaluator(model, edm, space, metric=lambda x, x_T: 0.0)
+    default = E.SearchSpace.for_nfe(4, (1.0,))
+    assert (default.t_start, default.t_end) == (1.0, 1e-3)
+    EV.Evaluator(MODEL, NS, default, metric=lambda x, x_T: 0.0)  # VP: the defaults fit
+    with pytest.raises(ValueError, match=r"SearchSpace.t_end = 0.001 is below the noise schedule's t_min = 0.002 "
+                                         r"\(EDM\); build it with SearchSpace.for_noise_schedule"):  # fmt: skip
+        EV.Evaluator(model, edm, default, metric=lambda x, x_T: 0.0)
+    with pytest.raises(ValueError, match="SearchSpace.t_start = 1 is above the noise schedule's t_max = 0.9946"):
+        EV.Evaluator(MODEL, schedules.vp_cosine(), default, metric=lambda x, x_T: 0.0)
