@@ -1,7 +1,9 @@
 """Schedule search: genomes (`encoding`), true evaluation (`evaluate`), the ranking predictor (`predictor`), the
-genetic search (`ga`) and the S3 multi-stage loop (`loop`)."""
+genetic search (`ga`), the S3 multi-stage loop (`loop`), and all of it in one call for any models and metric
+(`find_schedule`, in `find`)."""
 
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search.find import FindResult, find_schedule
 
-__all__ = ["Genome", "SearchSpace", "encoding"]
+__all__ = ["FindResult", "Genome", "SearchSpace", "encoding", "find_schedule"]
