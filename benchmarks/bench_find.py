@@ -21,6 +21,8 @@ import omsjax
 from omsjax import oracles, presets, schedules
 from omsjax.search import find_schedule
 
+jax.config.update("jax_enable_x64", True)  # the mixture's exact model in float64; the samples stay float32
+
 DIM, NFE, SEEDS, N_EVAL = 16, 4, (901, 902, 903), 256
 
 
