@@ -6,10 +6,11 @@
 It builds the search space from the noise schedule (`SearchSpace.for_noise_schedule`), evaluates candidates with
 `metric(samples, x_T) -> float` (lower is better) on `num_samples` draws of search noise, runs the multi-stage
 loop (`loop.search`), re-scores the finalists on held-out noise (`heldout_samples` other draws), and compares them
-with the classic solvers on the same held-out noise: every solver of `presets.BASELINES` over the four step
-spacings at the same NFE (solver mode), or each model alone with the base solver at the largest NFE its latency
-fits into the budget (model and joint modes). The search noise, the held-out noise and the search's own
-randomness come from three keys split from `key`, so the reported scores never saw the noise they were picked on.
+with the classic solvers on the same held-out noise, as `omsjax search` reports them (`search.baselines`): every
+solver of `BASELINES` over the four step spacings at the same NFE (solver mode), or each model alone at the
+largest NFE its latency fits into the budget (model and joint modes). The search noise, the held-out noise and
+the search's own randomness come from three keys split from `key`, so the reported scores never saw the noise
+they were picked on.
 
 `quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 32 search samples); the
 default is `loop.LoopConfig()`. `out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating
@@ -28,11 +29,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from omsjax import files, presets
+from omsjax import files
 from omsjax.models import Model, as_zoo
 from omsjax.schedule import Schedule
-from omsjax.schedules import SKIP_TYPES, NoiseSchedule
-from omsjax.search import ga, loop
+from omsjax.schedules import NoiseSchedule
+from omsjax.search import baselines, ga, loop
 from omsjax.search.encoding import MODES, SearchSpace
 from omsjax.search.evaluate import Archive, Evaluator
 
@@ -123,7 +124,7 @@ def find_schedule(
             if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= min(lat)):
                 raise ValueError(f"budget must pay for at least one call of the cheapest model ({min(lat)}), got "
                                  f"{budget!r}")  # fmt: skip
-            positions = min(int(budget // min(lat)) + 1, max_steps)
+            positions = min(baselines.largest_nfe(min(lat), budget, max_steps - 1) + 1, max_steps)
             limit, kind = float(budget), "cost"
         space = SearchSpace.for_noise_schedule(noise_schedule, num_positions=positions, latencies=lat, mode=mode,
                                                **common)  # fmt: skip
@@ -184,21 +185,18 @@ def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_searc
 
 
 def _baselines(ns, space: SearchSpace, kind: str, limit) -> dict[str, Schedule]:
-    """The classic solvers at the search's NFE (solver mode), or each model alone with the base solver at the
-    largest NFE that fits the budget (model and joint modes), from the space's t_start to t_end."""
+    """The classic solvers at the search's NFE (solver mode), or each model alone at the largest NFE that fits the
+    budget (model and joint modes), as `omsjax search` reports them (`search.baselines`), from t_start to t_end."""
     times = dict(t_start=space.t_start, t_end=space.t_end)
     if space.mode == "solver":
-        grid = presets.named_grid(ns, space.nfe, presets.BASELINES, SKIP_TYPES, model=space.model, **times)
-        return {f"{name}, {skip}": s for (name, skip), s in grid.items()}
-    name = {"unipc": "UniPC-2 (bh2)", "dpm_solver_pp": "DPM-Solver++(2M)"}[space.base_solver]
+        return baselines.baselines(ns, space.nfe, space.model, **times)
     out = {}
     for m, lat in enumerate(space.latencies):
-        n = int(limit) if kind == "nfe" else (int(limit // lat) if lat > 0 else space.num_positions)
-        n = min(n, space.num_positions)
+        n = baselines.baseline_nfe(lat, kind, limit, space.num_positions)
         if n >= 1:
-            out[f"{name}, {space.spacing}, model {m}, NFE {n}"] = presets.named(
-                name, ns, n, model=m, skip=space.spacing, **times
-            )
+            grid = baselines.baselines(ns, n, m, solvers=baselines.MODEL_MODE_BASELINES,
+                                       spacings=baselines.MODEL_MODE_SPACINGS, **times)  # fmt: skip
+            out.update({f"{name}, model {m}, NFE {n}": s for name, s in grid.items()})
     return out
 
 

@@ -28,36 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import files, presets, schedules
+from omsjax import files
 from omsjax.search import encoding, loop
+from omsjax.search.baselines import BASELINES, MODEL_MODE_BASELINES, MODEL_MODE_SPACINGS, baselines
+from omsjax.search.baselines import baseline_nfe as _baseline_nfe
+from omsjax.search.baselines import largest_nfe as _largest_nfe
 from omsjax.search.evaluate import Archive, Evaluator
 
 __all__ = ["BASELINES", "baselines", "run"]
-
-BASELINES = presets.BASELINES  # the published solvers searched schedules are compared with
-
-# Model and joint modes compare with every zoo model, so they use a smaller grid of the strongest solvers.
-MODEL_MODE_BASELINES = ("DPM-Solver++(2M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)")
-MODEL_MODE_SPACINGS = ("logSNR", "time_quadratic")
-
-
-def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", solvers=None, spacings=None) -> dict:
-    """{"solver, spacing": Schedule} of the baselines at `nfe` with one zoo model (those that exist at it): every
-    solver of BASELINES (or `solvers`) over every spacing (or `spacings`); `afs="zero_x0"` gives the same solvers
-    with an analytical first step (one more step, same NFE)."""
-    tag = "" if afs == "none" else " +AFS"
-    grid = presets.named_grid(noise_schedule, nfe, solvers or BASELINES, spacings or schedules.SKIP_TYPES, model=model,
-                              afs=afs)  # fmt: skip
-    return {f"{name}{tag}, {skip}": s for (name, skip), s in grid.items()}
-
-
-def _baseline_nfe(latency: float, kind: str, budget: float, positions: int) -> int:
-    """The NFE of a single-model baseline under a model/joint-mode budget (NFE, or cost in ms)."""
-    return int(budget) if kind == "nfe" else _largest_nfe(latency, budget, positions)
-
-
-def _largest_nfe(latency: float, budget_ms: float, cap: int) -> int:
-    return min(int(math.floor(budget_ms / latency + 1e-9)), cap) if latency > 0 else cap
 
 
 def run(
