@@ -33,16 +33,20 @@ def machine() -> str:
     return f"{zoo.machine_name()}; jax {jax.__version__}"
 
 
-def write_section(text: str, marker: str) -> None:
-    """Replace the block between `<!-- marker:begin -->` and `<!-- marker:end -->` of RESULTS.md (or append it)."""
+def write_section(text: str, marker: str, path: Path = RESULTS) -> None:
+    """Replace the block between `<!-- marker:begin -->` and `<!-- marker:end -->` of `path` (RESULTS.md), or append
+    it; written atomically."""
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    old = RESULTS.read_text() if RESULTS.exists() else "# omsjax benchmark results\n"
+    path = Path(path)
+    old = path.read_text() if path.exists() else "# omsjax benchmark results\n"
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in old and end in old:
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
 
 
 # ---- resumable training runs evaluated at checkpoints (bench_fdm.py, bench_stages.py)

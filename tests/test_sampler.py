@@ -152,6 +152,23 @@ def test_a_concrete_schedule_compiles_only_the_members_it_calls(env):
     assert omsjax.models.used_members(zoo, jnp.asarray([0, 1, 2]))[2] == (0, 1, 2)
 
 
+def test_sample_candidates_compiles_one_member_for_one_member_chunks(env):
+    from omsjax.search.evaluate import sample_candidates
+
+    ns, gmm, x_T = env
+    traces = [[], [], []]
+    zoo = tuple(_counting_model(_gmm(seed=k), ns, traces[k]) for k in range(3))
+    base = presets.dpm_solver_pp(ns, 4, 2)
+    solo = [base._replace(model=jnp.full((4,), 2, jnp.int32), relax=base.relax + c) for c in (0.0, 0.1)]
+    out = sample_candidates(zoo, ns, solo, x_T, method="map", chunk=2)
+    assert [len(t) > 0 for t in traces] == [False, False, True]  # one chunk, one member: only member 2 compiled
+    np.testing.assert_allclose(out[0], omsjax.sample(zoo[2], ns, base, x_T), rtol=1e-12, atol=1e-12)
+    mixed = [s._replace(model=jnp.asarray([0, 2, 0, 2], jnp.int32)) for s in solo]  # two members: the whole zoo
+    out = sample_candidates(zoo, ns, mixed, x_T, method="map", chunk=2)
+    assert all(len(t) > 0 for t in traces)
+    np.testing.assert_allclose(out[1], omsjax.sample(zoo, ns, mixed[1], x_T), rtol=1e-12, atol=1e-12)
+
+
 def test_params_are_arguments_not_constants(env):
     ns, gmm, x_T = env
     traces = []

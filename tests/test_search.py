@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 
 import omsjax
-from omsjax import nets, presets, schedules
+from omsjax import presets, schedules
 from omsjax.schedule import check_schedule
 from omsjax.search import encoding as E
 from omsjax.search import evaluate as EV
@@ -262,16 +262,25 @@ def test_predictor_learns_a_synthetic_ranking():
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def _affine_eps(params, x, t):
+    """A cheap noise prediction for the evaluator and sampling-logic tests: eps = tanh(w x + b t); compiles in a
+    fraction of a U-Net's time (the U-Net zoo members themselves are tested in test_sampler and the slow tier)."""
+    w, b = params["w"].astype(x.dtype), params["b"].astype(x.dtype)  # float32 or float64, as x
+    return jnp.tanh(w * x + b * t.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype))
+
+
 def _tiny_zoo():
-    models = []
-    for k, ch in enumerate((8, 16)):
-        cfg = nets.UNetConfig(channels=ch, channel_mults=(1,))
-        p = nets.init_unet(cfg, jax.random.PRNGKey(k), (8, 8, 1))
-        # numpy noise: a jax.random draw compiles a program per leaf shape (about a second each on 2 cores).
-        rng = np.random.default_rng(10 + k)
-        p = jax.tree.map(lambda a, r=rng: jnp.asarray(np.asarray(a) + 0.05 * r.standard_normal(a.shape), a.dtype), p)
-        models.append(omsjax.Model(nets.unet_apply_fn(cfg), p, latency=float(1 + 3 * k), name=f"n{ch}"))
-    return tuple(models)
+    """Two members of different weights and latencies, for images of shape (8, 8, 1)."""
+    rng = np.random.default_rng(10)
+    return tuple(
+        omsjax.Model(
+            _affine_eps,
+            {"w": jnp.asarray(0.3 + 0.4 * k), "b": jnp.asarray(rng.standard_normal((8, 8, 1)))},
+            latency=float(1 + 3 * k),
+            name=f"affine{k}",
+        )  # fmt: skip
+        for k in range(2)
+    )
 
 
 @pytest.fixture(scope="module")

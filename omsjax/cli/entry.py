@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from omsjax.cli.common import add_cache_args, enable_compile_cache
 from omsjax.cli.search_cmd import add_search
 from omsjax.cli.solvers import add_compare, add_gmm
 from omsjax.cli.stages_cmds import add_stages
@@ -46,6 +47,10 @@ omsjax zoo [--zoo DIR] [--remeasure-latency]
 omsjax gmm [--nfe 4 5 6 8 10] [--skip logSNR] [--json]
     Sample an exact Gaussian-mixture model with every preset and EDM's Heun sampler (even NFE) and print the error
     against the diffrax reference endpoint (one compiled program per schedule length serves every preset).
+
+Every command keeps the programs it compiles in JAX's persistent compilation cache (--compile-cache DIR; default
+$OMSJAX_COMPILE_CACHE, else ~/.cache/omsjax/jax), so a second run of the same command starts without compiling;
+--no-compile-cache turns it off.
 """
 
 # The subcommands in the order `omsjax --help` lists them.
@@ -67,7 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
+    for leaf in _leaves(sub):
+        add_cache_args(leaf)
     return p
+
+
+def _leaves(sub: argparse._SubParsersAction):
+    """The parsers of the commands that run (`stages cluster`, not `stages`)."""
+    for parser in dict.fromkeys(sub.choices.values()):
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            yield from _leaves(nested[0])
+        else:
+            yield parser
 
 
 def main(argv=None) -> int:
@@ -89,6 +106,7 @@ def main(argv=None) -> int:
         print("omsjax: error: --ref-samples must be >= 0", file=sys.stderr)
         return 2
     try:
+        enable_compile_cache(args)
         return args.func(args)
     except (ValueError, OSError, FolderLocked) as e:  # bad input or files: one line, exit code 2, no traceback
         print(f"omsjax: error: {_one_line(e)}", file=sys.stderr)

@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from omsjax import files, metrics, sampler
-from omsjax.models import Model, as_zoo
+from omsjax.models import Model, as_zoo, used_members
 from omsjax.schedule import Schedule, check_schedule, stack
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
@@ -212,7 +212,11 @@ def sample_candidates(
 ) -> np.ndarray:
     """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T`, `chunk` candidates per
     compiled call (the last chunk is padded by repeating a candidate, so every call has one shape). With D
-    devices, each chunk (rounded up to a multiple of D) is split over them."""
+    devices, each chunk (rounded up to a multiple of D) is split over them.
+
+    A chunk whose schedules all call one zoo member compiles that member alone (`models.used_members`): a solver
+    search on one model of a big zoo compiles one network. Chunks that call several members keep the whole zoo in
+    the program's `lax.switch`, so a model search compiles one program, not one per subset of members."""
     zoo = as_zoo(model_or_zoo)
     schedules = list(schedules)
     if not schedules:
@@ -231,8 +235,12 @@ def sample_candidates(
     out = []
     for start in range(0, len(schedules), chunk):
         part = schedules[start : start + chunk]
-        padded = part + [part[-1]] * (chunk - len(part))
-        res = _sample_jit(zoo, noise_schedule, stack(padded), x_T, data_mean, method)
+        padded = stack(part + [part[-1]] * (chunk - len(part)))
+        used, model, _ = used_members(zoo, padded.model, padded.afs)
+        if len(used) == 1:  # one member: compile it alone (one program per member, not one per subset of the zoo)
+            res = _sample_jit(used, noise_schedule, padded._replace(model=model), x_T, data_mean, method)
+        else:
+            res = _sample_jit(zoo, noise_schedule, padded, x_T, data_mean, method)
         out.append(np.asarray(res)[: len(part)])
     return np.concatenate(out)
 
