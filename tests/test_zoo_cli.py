@@ -190,6 +190,38 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     assert json.loads(text)["fd"] == pytest.approx(rep["searched"]["fd"], rel=1e-4)
     rc, text, _ = _run(capsys, argv)  # rerun: everything comes from the archive
     assert rc == 0 and json.loads(text)["new_evaluations"] == 0
+    assert rep["cached_evaluations"] == 0  # the tiny zoo ships no evaluations
+
+
+@pytest.mark.slow
+def test_cli_search_reads_the_zoos_cached_presets(tiny_zoo, capsys, tmp_path):
+    """`omsjax zoo --cache-presets` evaluates the presets once into the zoo; a search then reads them instead of
+    evaluating them, with the same report as `--recompute-baselines` (a long CLI run: three quick searches)."""
+    import shutil
+
+    from omsjax.workflows import search_job
+
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo[0], zoo_dir)  # the cache is written into the zoo: not into the shared fixture
+    search_job.cache_presets(zoo_dir, [3], num_samples=12, final_samples=12, progress=False)
+    assert (zoo_dir / "evaluations.json").exists()
+    argv = ["search", "--zoo", str(zoo_dir), "--nfe", "3", "--quick", "--num-samples", "12", "--final-samples", "12",
+            "--quiet", "--json"]  # fmt: skip
+    rc, text, _ = _run(capsys, argv + ["--out", str(tmp_path / "cached")])
+    cached = json.loads(text)
+    shipped = {(r["key"], r["eval_key"]) for r in json.loads((zoo_dir / "evaluations.json").read_text())["records"]}
+    assert rc == 0 and cached["cached_evaluations"] == len(shipped)  # the seeds, the baselines on both noises
+    assert cached["cache_machine"] == zoo.machine_name()
+    written = [json.loads(line) for line in (tmp_path / "cached" / "archive.jsonl").read_text().splitlines()]
+    assert written and not {(r["key"], r["eval_key"]) for r in written} & shipped  # the run's archive: only its own
+    rc, text, _ = _run(capsys, argv + ["--out", str(tmp_path / "fresh"), "--recompute-baselines"])
+    fresh = json.loads(text)
+    assert rc == 0 and fresh["cached_evaluations"] == 0 and fresh["cache_machine"] is None
+    search_noise = sum(1 for _, e in shipped if e == "seed0-n12")  # the seeds and the baselines on the search noise
+    assert fresh["new_evaluations"] == cached["new_evaluations"] + search_noise
+    for name, row in fresh["baselines"].items():
+        assert cached["baselines"][name]["fd"] == pytest.approx(row["fd"], rel=1e-9)
+    assert cached["searched"]["fd"] == pytest.approx(fresh["searched"]["fd"], rel=1e-9)
 
 
 @pytest.mark.slow

@@ -36,14 +36,16 @@ omsjax stages cluster [--grid G] [--samples S] [--alpha A] [--prediction eps|x0]
 omsjax stages config --boundaries T1 T2 [--decoders 48 32 8] [--encoder 32] [--steps N] [--ema-warmup]
         [--out FILE.json]
     A multi-stage training config (StageTrainConfig JSON) for `omsjax train --config FILE.json`.
-omsjax search --zoo DIR (--nfe N | --budget SECONDS) [--mode solver|model|joint] --out DIR
-    Search a per-step schedule with the S3 loop (GA, true evaluation, predictor) and report the baselines.
+omsjax search --zoo DIR (--nfe N | --budget SECONDS) [--mode solver|model|joint] [--thorough] --out DIR
+    Search a per-step schedule with the S3 loop (GA, true evaluation, predictor) and report the baselines
+    (--thorough: the full-size search; presets the zoo ships evaluated, evaluations.json, are read, not redone).
 omsjax optimize-steps --zoo DIR [--model K] --solver NAME --nfe N [--method trajectory|bound|ays|fd] [--finetune]
         --out DIR
     Learn the timesteps of a solver (error bound, trajectory fit through the sampler, AYS-style search, or the FD),
     optionally alternated with fine-tuning on the chosen steps; compare with the standard spacings.
-omsjax zoo [--zoo DIR] [--remeasure-latency]
-    List a zoo's models; measure their latencies again on this machine.
+omsjax zoo [--zoo DIR] [--remeasure-latency] [--cache-presets NFE [NFE ...]]
+    List a zoo's models; measure their latencies again on this machine; evaluate the presets of solver-mode
+    searches once and store them in the zoo.
 omsjax gmm [--nfe 4 5 6 8 10] [--skip logSNR] [--json]
     Sample an exact Gaussian-mixture model with every preset and EDM's Heun sampler (even NFE) and print the error
     against the diffrax reference endpoint (one compiled program per schedule length serves every preset).
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
     if nfe is not None and any(n < 1 for n in (nfe if isinstance(nfe, list) else [nfe])):
         print("omsjax: error: --nfe values must be >= 1", file=sys.stderr)
         return 2
-    if getattr(args, "num_samples", 2) < 2:
+    if (getattr(args, "num_samples", None) or 2) < 2:
         print("omsjax: error: --num-samples must be >= 2", file=sys.stderr)
         return 2
     if getattr(args, "ref_samples", 0) < 0:

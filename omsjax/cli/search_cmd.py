@@ -6,10 +6,18 @@ import json
 
 from omsjax.cli.common import check_out
 
+# The search's sizes: the default (a first result in a few minutes on a 2-core CPU), `--thorough` (the S3 loop at
+# full size: what the shipped schedules used) and `--quick` (a smoke test). Any of these flags given on the
+# command line overrides its preset value.
+DEFAULT = dict(stages=2, initial_random=16, per_stage=20, generations=30, predictor_epochs=300, num_samples=500,
+               final_top=3)  # fmt: skip
+THOROUGH = dict(stages=4, initial_random=40, per_stage=40, generations=30, predictor_epochs=300, num_samples=500,
+                final_top=5)  # fmt: skip
+QUICK = dict(stages=1, initial_random=8, per_stage=8, generations=20, predictor_epochs=20, num_samples=500,
+             final_top=5)  # fmt: skip
+
 
 def cmd_search(args) -> int:
-    import dataclasses
-
     from omsjax.search import ga, loop
     from omsjax.workflows import search_job as job
 
@@ -19,15 +27,20 @@ def cmd_search(args) -> int:
         raise ValueError("give --nfe N or --budget SECONDS")
     if args.nfe is not None and args.budget is not None:
         raise ValueError("give either --nfe or --budget, not both")
-    cfg = loop.LoopConfig(stages=args.stages, initial_random=args.initial_random, per_stage=args.per_stage,
-                          explore_fraction=args.explore_fraction, generations=args.generations,
-                          predictor_epochs=args.predictor_epochs,
-                          ga=ga.GAConfig(pop_size=args.population, num_children=args.population))  # fmt: skip
-    if args.quick:
-        cfg = dataclasses.replace(cfg, stages=1, initial_random=8, per_stage=8, generations=20, predictor_epochs=20)
+    if args.quick and args.thorough:
+        raise ValueError("give either --quick or --thorough, not both")
+    preset = QUICK if args.quick else THOROUGH if args.thorough else DEFAULT
+    given = {f: getattr(args, f, None) for f in (*preset, "explore_fraction", "population")}
+    given = {f: v for f, v in given.items() if v is not None}  # flags given on the command line win over the preset
+    v = {"explore_fraction": 0.5, "population": 64, **preset, **given}
+    pop = v["population"]
+    cfg = loop.LoopConfig(stages=v["stages"], initial_random=v["initial_random"], per_stage=v["per_stage"],
+                          explore_fraction=v["explore_fraction"], generations=v["generations"],
+                          predictor_epochs=v["predictor_epochs"], final_top=v["final_top"],
+                          ga=ga.GAConfig(pop_size=pop, num_children=pop))  # fmt: skip
     report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
-                     config=cfg, num_samples=args.num_samples, final_samples=args.final_samples, seed=args.seed,
-                     spacing=args.spacing, progress=not args.quiet)  # fmt: skip
+                     config=cfg, num_samples=v["num_samples"], final_samples=args.final_samples, seed=args.seed,
+                     spacing=args.spacing, progress=not args.quiet, use_cache=not args.recompute_baselines)  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0
@@ -68,22 +81,31 @@ def add_search(sub) -> None:
         help="base step spacing the time genes vary around (model mode follows it); default: logSNR in solver "
         "mode, time_quadratic in model and joint modes",
     )
-    r.add_argument("--stages", type=int, default=4)
-    r.add_argument("--initial-random", type=int, default=40)
-    r.add_argument("--per-stage", type=int, default=40, help="schedules evaluated per stage")
-    r.add_argument("--generations", type=int, default=30, help="GA generations per stage (on the predictor)")
+    sizes = ", ".join(f"{k} {DEFAULT[k]} / {THOROUGH[k]}" for k in DEFAULT)
+    r.add_argument("--thorough", action="store_true",
+                   help=f"the full-size search (default / --thorough: {sizes}); about 3x the new "
+                        "evaluations")  # fmt: skip
+    r.add_argument("--stages", type=int, default=None, help="predictor-guided stages after the first evaluations")
+    r.add_argument("--initial-random", type=int, default=None, help="random schedules evaluated with the presets")
+    r.add_argument("--per-stage", type=int, default=None, help="schedules evaluated per stage")
+    r.add_argument("--generations", type=int, default=None, help="GA generations per stage (on the predictor)")
     r.add_argument(
         "--explore-fraction",
         type=float,
-        default=0.5,
-        help="share of each stage's evaluations given to children of the best evaluated schedules",
+        default=None,
+        help="share of each stage's evaluations given to children of the best evaluated schedules (default 0.5)",
     )
-    r.add_argument("--population", type=int, default=64)
-    r.add_argument("--predictor-epochs", type=int, default=300)
-    r.add_argument("--num-samples", type=int, default=500, help="samples per evaluation during the search")
+    r.add_argument("--population", type=int, default=None, help="GA population and children (default 64)")
+    r.add_argument("--predictor-epochs", type=int, default=None)
+    r.add_argument("--num-samples", type=int, default=None, help="samples per evaluation during the search (500)")
+    r.add_argument("--final-top", type=int, default=None,
+                   help="best schedules re-evaluated on the held-out noise at the end")  # fmt: skip
     r.add_argument("--final-samples", type=int, default=1000, help="samples of the held-out re-evaluation")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quick", action="store_true", help="a tiny search (smoke test)")
+    r.add_argument("--recompute-baselines", action="store_true",
+                   help="evaluate the presets again instead of reading the zoo's shipped evaluations "
+                        "(evaluations.json, when it matches the zoo's files)")  # fmt: skip
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_search)

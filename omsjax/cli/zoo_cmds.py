@@ -101,6 +101,15 @@ def cmd_sample(args) -> int:
 def cmd_zoo(args) -> int:
     from omsjax import zoo
 
+    if args.cache_presets:
+        from omsjax.workflows import search_job
+
+        if args.remeasure_latency:
+            raise ValueError("--remeasure-latency changes the zoo (and so voids its cache): run it first, alone")
+        path = search_job.cache_presets(args.zoo, args.cache_presets, progress=not args.json)
+        print(json.dumps({"cache": str(path)}) if args.json else f"wrote {path}")
+        return 0
+
     manifest = zoo.remeasure_latency(args.zoo) if args.remeasure_latency else zoo.load_zoo(args.zoo)[2]
     if args.json:
         print(json.dumps(manifest["models"]))
@@ -168,6 +177,15 @@ def add_zoo(sub) -> None:
         "--remeasure-latency",
         action="store_true",
         help="measure every model's latency on this machine and rewrite manifest.json",
+    )
+    z.add_argument(
+        "--cache-presets",
+        type=int,
+        nargs="+",
+        metavar="NFE",
+        default=None,
+        help="evaluate the presets of `omsjax search --nfe NFE` (solver mode, largest model, default sizes and seed) "
+        "once and store them in the zoo (evaluations.json), so that such a search does not evaluate them again",
     )
     z.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_zoo)

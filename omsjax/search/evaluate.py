@@ -129,6 +129,7 @@ class Archive:
         self.path = None if path is None else Path(path)
         self.records: list[Record] = []
         self._index: dict[tuple[str, str], Record] = {}
+        self.cached: set[tuple[str, str]] = set()
         if self.path is not None:
             for d in files.read_jsonl(self.path, check=Record.from_dict):
                 self._add(Record.from_dict(d))
@@ -140,6 +141,14 @@ class Archive:
 
     def get(self, key: str, eval_key: str) -> Record | None:
         return self._index.get((key, eval_key))
+
+    def remember(self, records) -> None:
+        """Make `records` (e.g. a zoo's cached evaluations, `search.cache`) known without writing them to the file;
+        records already in the archive win. `cached` holds their (key, eval_key) pairs."""
+        for r in records:
+            if (r.key, r.eval_key) not in self._index:
+                self._add(r)
+                self.cached.add((r.key, r.eval_key))
 
     def append(self, r: Record) -> None:
         """Add `r` and append it to the file (flushed and fsynced before this returns)."""
@@ -430,7 +439,9 @@ class Evaluator:
         ]
         return self.evaluate_schedules(scheds, genomes=genomes, stage=stage)
 
-    def samples(self, schedule: Schedule) -> np.ndarray:
-        """The evaluator's samples of one schedule (its fixed noise)."""
+    def samples(self, schedule: Schedule, *, reuse_chunk: bool = False) -> np.ndarray:
+        """The evaluator's samples of one schedule (its fixed noise). `reuse_chunk`: run it in the evaluator's
+        program for `chunk` candidates (the schedule repeated), which the evaluations have compiled already: `chunk`
+        times the work of a program of its own, without compiling one."""
         return sample_candidates(self.zoo, self.ns, [schedule], self.x_T, method=self._method([schedule]),
-                                 data_mean=self.data_mean, chunk=1)[0]  # fmt: skip
+                                 data_mean=self.data_mean, chunk=self.chunk if reuse_chunk else 1)[0]  # fmt: skip

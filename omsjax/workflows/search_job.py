@@ -6,7 +6,7 @@ report against the baselines.
   out/report.json     the searched schedule's FD and every baseline's FD at the same NFE or budget, all measured
                       on held-out noise (a seed the search never saw), with more samples than the search used
   out/pareto.png      cost vs. FD of everything evaluated during the search, the preset baselines marked
-  out/samples.png     samples of the searched schedule
+  out/samples.png     64 samples of the searched schedule (on the search noise)
   out/archive.jsonl   every evaluation (rerunning the same command resumes from it)
 
 Budgets: `nfe` (model calls) or `budget_seconds`, the time to sample one batch of the zoo's `latency_batch`
@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import files
-from omsjax.search import encoding, loop
+from omsjax.search import cache, encoding, loop
 from omsjax.search.baselines import BASELINES, MODEL_MODE_BASELINES, MODEL_MODE_SPACINGS, baselines
 from omsjax.search.baselines import baseline_nfe as _baseline_nfe
 from omsjax.search.baselines import largest_nfe as _largest_nfe
 from omsjax.search.evaluate import Archive, Evaluator
 
-__all__ = ["BASELINES", "baselines", "run"]
+__all__ = ["BASELINES", "baselines", "run", "cache_presets"]
 
 
 def run(
@@ -53,6 +53,7 @@ def run(
     max_steps: int = 16,
     spacing: str | None = None,
     progress: bool = True,
+    use_cache: bool = True,
 ) -> dict:
     """Search and report (module docstring); returns the report dict.
 
@@ -61,7 +62,10 @@ def run(
     time-quadratic is the best spacing for the multistep solvers from NFE 5 up (see `report["baselines"]`).
 
     The run holds `out_dir`'s `files.FolderLock`, taken before the zoo loads: a second search on the same folder
-    is refused at once (`files.FolderLocked`). Every result file is written atomically."""
+    is refused at once (`files.FolderLocked`). Every result file is written atomically.
+
+    `use_cache`: look up the zoo's shipped evaluations of the presets (`search.cache`, made by `cache_presets`)
+    instead of evaluating them again; the report counts the evaluations it took from there."""
     if (nfe is None) == (budget_seconds is None):
         raise ValueError("give exactly one of nfe and budget_seconds")
     if nfe is not None and nfe < 1:
@@ -77,42 +81,65 @@ def run(
     out = Path(out_dir)
     with files.FolderLock(out, what="omsjax search"):
         return _search(zoo_dir, out, mode, nfe, budget_seconds, model, config or loop.LoopConfig(), num_samples,
-                       final_samples, seed, max_steps, spacing, progress)  # fmt: skip
+                       final_samples, seed, max_steps, spacing, progress, use_cache)  # fmt: skip
+
+
+def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps):
+    """(space, k, budget, kind, positions) of a search: the search space, the solver-mode model, the GA's budget
+    and its kind ("cost" or "nfe"), and the number of time positions (model and joint modes)."""
+    lat = [m.latency for m in models]
+    k = len(models) - 1 if model is None else model
+    if not 0 <= k < len(models):
+        raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
+    budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
+    common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(ns.default_t_end))
+    if mode == "solver":
+        n = nfe if nfe is not None else _largest_nfe(lat[k], budget_ms, 10**6)
+        if n < 1:
+            raise ValueError(f"the budget {budget_seconds} s does not pay for one call of model {k} ({lat[k]} ms)")
+        return encoding.SearchSpace.for_nfe(n, lat, model=k, **common), k, None, "cost", None
+    if nfe is not None:
+        positions, budget, kind = nfe + 1, float(nfe), "nfe"
+    else:
+        positions = min(_largest_nfe(min(lat), budget_ms, max_steps - 1) + 1, max_steps)
+        budget, kind = budget_ms, "cost"
+    space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
+    return space, k, budget, kind, positions
+
+
+def _baseline_schedules(ns, space, mode, k, lat, kind, budget, positions):
+    """({name: Schedule} of the published solvers, {name: Schedule} of the same with an analytical first step)."""
+    base, base_afs = {}, {}
+    for m in [k] if mode == "solver" else range(len(lat)):
+        n_m = space.nfe if mode == "solver" else _baseline_nfe(lat[m], kind, budget, positions)
+        if n_m < 1:
+            continue
+        if mode == "solver":
+            base.update(baselines(ns, n_m, m))
+            base_afs.update(baselines(ns, n_m, m, afs="zero_x0"))
+        else:
+            grid = baselines(ns, n_m, m, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS)
+            base.update({f"{name}, model {m}": s for name, s in grid.items()})
+    return base, base_afs
 
 
 def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples, final_samples, seed, max_steps,
-            spacing, progress) -> dict:  # fmt: skip
+            spacing, progress, use_cache) -> dict:  # fmt: skip
     """`run` (its arguments checked) with the folder lock held."""
-    from omsjax import plots, sampler, zoo
+    from omsjax import plots, zoo
 
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     lat = [m.latency for m in models]
     mean = manifest.get("data_mean")
     mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
     shape = tuple(manifest["image_shape"])
-    k = len(models) - 1 if model is None else model
-    if not 0 <= k < len(models):
-        raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
-    t_end = ns.default_t_end
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(t_end))
-
-    if mode == "solver":
-        n = nfe if nfe is not None else _largest_nfe(lat[k], budget_ms, 10**6)
-        if n < 1:
-            raise ValueError(f"the budget {budget_seconds} s does not pay for one call of model {k} ({lat[k]} ms)")
-        space = encoding.SearchSpace.for_nfe(n, lat, model=k, **common)
-        budget, kind = None, "cost"
-    else:
-        if nfe is not None:
-            positions, budget, kind = nfe + 1, float(nfe), "nfe"
-        else:
-            positions = min(_largest_nfe(min(lat), budget_ms, max_steps - 1) + 1, max_steps)
-            budget, kind = budget_ms, "cost"
-        space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
+    space, k, budget, kind, positions = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps)
     cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
 
     archive = Archive(out / "archive.jsonl")  # one archive for both evaluators: read (and checked) once
+    cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
+    archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
     ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
                    archive=archive)  # fmt: skip
     held = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + 1000, image_shape=shape,
@@ -125,17 +152,7 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     # Baselines on the held-out noise, at the same NFE or budget.
     # The published solvers (no AFS) are the baselines; the same solvers with an analytical first step are
     # reported beside them, to show what the search adds beyond AFS.
-    base, base_afs = {}, {}
-    for m in [k] if mode == "solver" else range(len(models)):
-        n_m = space.nfe if mode == "solver" else _baseline_nfe(lat[m], kind, budget, positions)
-        if n_m < 1:
-            continue
-        if mode == "solver":
-            base.update(baselines(ns, n_m, m))
-            base_afs.update(baselines(ns, n_m, m, afs="zero_x0"))
-        else:
-            grid = baselines(ns, n_m, m, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS)
-            base.update({f"{name}, model {m}": s for name, s in grid.items()})
+    base, base_afs = _baseline_schedules(ns, space, mode, k, lat, kind, budget, positions)
     both = {**base, **base_afs}
     names = list(both)
     recs = held.evaluate_schedules(list(both.values()), stage=cfg.stages + 2)
@@ -145,6 +162,10 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     best_base = min(base_rows, key=lambda n: base_rows[n]["fd"]) if base_rows else None
     best_afs = min(afs_rows, key=lambda n: afs_rows[n]["fd"]) if afs_rows else None
     best = res.final[0]
+    # The plot compares like with like: everything on the search noise (the baselines' search-noise FDs).
+    base_search = ev.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
+    best_search = ev.evaluate_schedules([res.schedule], stage=cfg.stages + 2)[0]
+    used = {(r.key, r.eval_key) for r in [*res.records, *recs, *base_search]} & archive.cached
     report = {
         "mode": mode,
         "zoo": str(zoo_dir),
@@ -170,19 +191,50 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
         "search_seconds": search_seconds,
         "final_candidates": [{"fd": r.fd, "nfe": r.nfe, "cost": r.cost} for r in res.final],
         "machine": zoo.machine_name(),
+        "cached_evaluations": len(used),
+        "cache_machine": cache_machine if used else None,
     }
     meta = dict(mode=mode, fd=best.fd, nfe=best.nfe, cost=best.cost, heldout_samples=final_samples,
                 heldout_noise_seed=held.noise_seed)  # fmt: skip
     files.write_text(out / "schedule.json", res.schedule.to_json(**meta))
     files.write_json(out / "report.json", report, default=_jsonable)
-    # The plot compares like with like: everything on the search noise (the baselines' search-noise FDs; most are
-    # stage-0 seeds already in the archive).
-    base_search = ev.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
-    best_search = ev.evaluate_schedules([res.schedule], stage=cfg.stages + 2)[0]
     _pareto(out / "pareto.png", res.records, base_search, best_search, mode)
-    x = sampler.generate(models, ns, res.schedule, 64, shape, seed=seed + 1000, data_mean=mean)
-    plots.save_grid(x, out / "samples.png")
+    plots.save_grid(ev.samples(res.schedule, reuse_chunk=True)[:64], out / "samples.png")  # nothing to compile
     return report
+
+
+def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int = 1000, seed: int = 0,
+                  spacing: str = "logSNR", progress: bool = True) -> Path:  # fmt: skip
+    """Evaluate the presets of solver-mode searches on the largest model of `zoo_dir` once, at each NFE of `nfes`,
+    and ship them with the zoo (`search.cache`): the stage-0 preset seeds and the baselines on the search noise
+    (`seed`, `num_samples`), and the baselines on the held-out noise (`seed` + 1000, `final_samples`): what
+    `omsjax search --nfe N` with these settings would evaluate first. Adds to the records already cached for the
+    same zoo files; returns the cache's path."""
+    from omsjax import zoo
+
+    nfes = list(nfes)
+    if not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfes):
+        raise ValueError(f"the NFEs to cache must be integers >= 1, got {nfes}")
+    models, ns, manifest = zoo.load_zoo(zoo_dir)
+    mean = manifest.get("data_mean")
+    mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+    shape = tuple(manifest["image_shape"])
+    lat = [m.latency for m in models]
+    archive = Archive()
+    archive.remember(cache.load(zoo_dir)[0])
+    for n in nfes:
+        space, k, budget, kind, positions = _space(models, ns, mean, "solver", n, None, None, spacing, 16)
+        kw = dict(image_shape=shape, data_mean=mean, archive=archive)
+        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, **kw)
+        held = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + 1000, **kw)
+        base, base_afs = _baseline_schedules(ns, space, "solver", k, lat, kind, budget, positions)
+        t0 = time.perf_counter()
+        ev.evaluate(encoding.preset_seeds(space, ns))
+        ev.evaluate_schedules(list(base.values()))
+        held.evaluate_schedules([*base.values(), *base_afs.values()])
+        if progress:
+            print(f"NFE {n}: {ev.evaluated + held.evaluated} evaluations in {time.perf_counter() - t0:.0f} s")
+    return cache.write(zoo_dir, archive.records, zoo.machine_name())
 
 
 def _jsonable(v):
