@@ -19,8 +19,9 @@ DESCRIPTION = """The `omsjax` command.
 
 omsjax compare [--zoo DIR] [--model K] [--nfe 5 10] [--json]
     FD of the preset solvers at several NFEs on one model of a zoo (default: the shipped digits zoo).
-omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.json) [--json]
-    FD, NFE, cost and seconds of one schedule, and its trajectory error against the diffrax ODE endpoint.
+omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.json) [--ref-samples K] [--json]
+    FD, NFE, cost and seconds of one schedule; with --ref-samples, its trajectory error against the diffrax ODE
+    endpoint.
 omsjax sample ... --out grid.png
     A PNG grid of samples.
 omsjax train --config NAME|FILE.json --out DIR [--steps N] [--precond P] [--fdm-m M] [--weight-clamp-warmup W]
