@@ -8,8 +8,9 @@ member is in the program's `lax.switch` (what every call compiled before). Side 
 in-memory caches cleared before each call, no persistent cache.
 
 (b) `omsjax evaluate --solver dpm_solver_pp --nfe 10` (1000 samples) as separate processes: with the persistent
-cache off, then a first and a second process sharing a fresh cache folder, with the trajectory error of 64 samples
-(`--ref-samples 64`, diffrax's ODE solve, whose program JAX does not cache) and without it (the default). Wall time of the whole process (imports and loading included).
+cache off, then a first and a second process sharing a fresh cache folder, with the trajectory error of 64
+samples (`--ref-samples 64`, diffrax's ODE solve, whose program JAX does not cache) and without it (the default).
+Wall time of the whole process (imports and loading included).
 
 Writes the section between the `compile` markers of benchmarks/RESULTS.md.
 Run: `python benchmarks/bench_compile.py [--quick]` (one process at a time on the machine).
