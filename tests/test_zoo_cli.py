@@ -159,6 +159,12 @@ def test_cli_search_argument_errors(tiny_zoo, capsys, tmp_path):
     out = tmp_path / "search"
     rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--budget", "1", "--out", str(out)])
     assert rc == 2 and "not both" in err
+    for flag, value, named in (("--num-samples", "1", "--num-samples"), ("--final-top", "0", "final_top")):
+        # a size flag given on the command line is checked, not dropped in favour of the preset's value
+        rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), flag, value])
+        assert rc == 2 and named in err, err
+    rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--quick", "--thorough"])
+    assert rc == 2 and "not both" in err
     with pytest.raises(SystemExit):  # argparse rejects an unknown spacing
         cli.main(["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--spacing", "cosine"])
 

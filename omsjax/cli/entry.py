@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     if nfe is not None and any(n < 1 for n in (nfe if isinstance(nfe, list) else [nfe])):
         print("omsjax: error: --nfe values must be >= 1", file=sys.stderr)
         return 2
-    if (getattr(args, "num_samples", None) or 2) < 2:
+    if getattr(args, "num_samples", None) is not None and args.num_samples < 2:  # None: the command's default
         print("omsjax: error: --num-samples must be >= 2", file=sys.stderr)
         return 2
     if getattr(args, "ref_samples", 0) < 0:
