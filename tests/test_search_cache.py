@@ -65,7 +65,9 @@ def test_an_archive_remembers_without_writing(tmp_path):
     path = tmp_path / "archive.jsonl"
     a = Archive(path)
     a.append(_rec(0))
-    a.remember([_rec(0), _rec(1)])  # the archive's own record of k0 wins; k1 is known, and cached
-    assert a.get("k1", "seed0-n500").fd == 2.0 and a.cached == {("k1", "seed0-n500")}
+    a.remember([_rec(0), _rec(1), _rec(2)])  # the archive's own record of k0 wins; k1 and k2 are known
+    assert [r.key for r in a.select("seed0-n500")] == ["k0"] and len(a) == 1  # not used yet: not the run's
+    assert a.get("k1", "seed0-n500").fd == 2.0 and a.cache_hits == {("k1", "seed0-n500")}
+    assert [r.key for r in a.select("seed0-n500")] == ["k0", "k1"] and len(a) == 2  # k2 (another NFE, say) stays out
     assert len(path.read_text().splitlines()) == 1
     assert len(Archive(path)) == 1

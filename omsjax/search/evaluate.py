@@ -129,7 +129,8 @@ class Archive:
         self.path = None if path is None else Path(path)
         self.records: list[Record] = []
         self._index: dict[tuple[str, str], Record] = {}
-        self.cached: set[tuple[str, str]] = set()
+        self._cached: set[tuple[str, str]] = set()  # remembered (`remember`), not in the file
+        self._unused: set[tuple[str, str]] = set()  # remembered and not yet returned by `get`
         if self.path is not None:
             for d in files.read_jsonl(self.path, check=Record.from_dict):
                 self._add(Record.from_dict(d))
@@ -140,15 +141,26 @@ class Archive:
         self._index[(r.key, r.eval_key)] = r
 
     def get(self, key: str, eval_key: str) -> Record | None:
-        return self._index.get((key, eval_key))
+        r = self._index.get((key, eval_key))
+        if r is not None:
+            self._unused.discard((key, eval_key))
+        return r
 
     def remember(self, records) -> None:
         """Make `records` (e.g. a zoo's cached evaluations, `search.cache`) known without writing them to the file;
-        records already in the archive win. `cached` holds their (key, eval_key) pairs."""
+        records already in the archive win. A remembered record joins `select` and `len` once `get` has returned
+        it (a search used it), not before: a cache of other NFEs or noise stays out of a search's records.
+        `cache_hits` holds the (key, eval_key) pairs of those used."""
         for r in records:
             if (r.key, r.eval_key) not in self._index:
                 self._add(r)
-                self.cached.add((r.key, r.eval_key))
+                self._cached.add((r.key, r.eval_key))
+                self._unused.add((r.key, r.eval_key))
+
+    @property
+    def cache_hits(self) -> set[tuple[str, str]]:
+        """The remembered records that `get` has returned."""
+        return self._cached - self._unused
 
     def append(self, r: Record) -> None:
         """Add `r` and append it to the file (flushed and fsynced before this returns)."""
@@ -158,10 +170,10 @@ class Archive:
             files.append_jsonl(self.path, [r.to_dict()])
 
     def select(self, eval_key: str) -> list[Record]:
-        return [r for r in self.records if r.eval_key == eval_key]
+        return [r for r in self.records if r.eval_key == eval_key and (r.key, r.eval_key) not in self._unused]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) - len(self._unused)
 
 
 @functools.cache

@@ -165,7 +165,7 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     # The plot compares like with like: everything on the search noise (the baselines' search-noise FDs).
     base_search = ev.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
     best_search = ev.evaluate_schedules([res.schedule], stage=cfg.stages + 2)[0]
-    used = {(r.key, r.eval_key) for r in [*res.records, *recs, *base_search]} & archive.cached
+    used = archive.cache_hits
     report = {
         "mode": mode,
         "zoo": str(zoo_dir),
