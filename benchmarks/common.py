@@ -12,7 +12,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omsjax import zoo
+# The benchmarks live in the repository and read its shipped checkpoints, also when omsjax is a regular (not
+# editable) install and the script runs from `benchmarks/`; a folder set by the caller wins.
+os.environ.setdefault("OMSJAX_CHECKPOINTS", str(Path(__file__).resolve().parent.parent / "checkpoints"))
+
+from omsjax import zoo  # noqa: E402
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 FIGURES = Path(__file__).parent / "figures"
