@@ -2,6 +2,7 @@
 
 Run it on the code whose behaviour is to be pinned (it was run on the commit before the package restructuring of
 issue 13), from the repository root: `python tests/make_regression.py`. It overwrites the file atomically.
+`python tests/make_regression.py CASE...` re-records only the named cases and keeps the others' recorded outputs.
 """
 
 import os
@@ -19,11 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regression_cases import CASES  # noqa: E402
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     out = Path(__file__).resolve().parent / "data" / "regression.npz"
+    unknown = sorted(set(only) - set(CASES))
+    if unknown:
+        raise SystemExit(f"unknown regression case(s) {unknown}; the cases are {sorted(CASES)}")
     arrays = {}
+    if only:  # keep every other case's recorded outputs
+        with np.load(out) as f:
+            arrays = {k: f[k] for k in f.files if k.split("/", 1)[0] not in only}
     with tempfile.TemporaryDirectory() as tmp:
         for name, case in CASES.items():
+            if only and name not in only:
+                continue
             scratch = Path(tmp) / name
             scratch.mkdir()
             for key, value in case(scratch).items():
@@ -40,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

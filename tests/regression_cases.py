@@ -14,11 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# rtol per case: float32 training and sampling, float64 fits.
+# rtol per case (and atol relative to the largest recorded value): float32 training and sampling, float64 fits.
+# Adam's first updates are lr * g / |g| element by element, so a parameter whose gradient is at float32 noise level
+# moves by a noise-signed fraction of lr: another CPU (or XLA's codegen flags) changes such elements by up to
+# ~3e-5 in the multi-stage run (lr 5e-3). Its tolerance is 1e-4 = 2% of one peak-lr step, still far below what
+# a changed loss, optimiser or parameter grouping moves.
 TOLERANCES = {
     "preset_samples": 1e-5,
     "train_plain": 1e-5,
-    "train_multistage": 1e-5,
+    "train_multistage": 1e-4,
     "timestep_bound_fit": 1e-9,
     "timestep_trajectory_fit": 1e-9,
     "ga_run": 1e-9,
@@ -61,13 +65,18 @@ def train_plain(tmp: Path) -> dict:
 
 
 def train_multistage(tmp: Path) -> dict:
-    """Eight steps of a small three-stage multi-decoder U-Net on 4x4 images: the log, parameters and EMA."""
+    """Eight steps of a small three-stage multi-decoder U-Net on 4x4 images: the log, parameters and EMA.
+
+    Two GroupNorm groups, so that no layer has one channel per group: there a bias before the norm has an exactly
+    zero gradient and Adam turns float noise into lr-sized steps of it (re-recorded in stop 22 on the pre-
+    restructuring code with `python tests/make_regression.py train_multistage`; the current code reproduces it
+    bit for bit on the recording machine)."""
     from omsjax import stages
 
     net = stages.MultiStageConfig(
-        boundaries=(0.3, 0.6), decoder_channels=(8, 6, 4), encoder_channels=8, channel_mults=(1,), groups=4
+        boundaries=(0.3, 0.6), decoder_channels=(8, 6, 4), encoder_channels=8, channel_mults=(1,), groups=2
     )
-    cfg = stages.StageTrainConfig(net=net, steps=8, batch_size=8, warmup=2, lr=1e-2, image_shape=(4, 4, 1))
+    cfg = stages.StageTrainConfig(net=net, steps=8, batch_size=8, warmup=2, lr=5e-3, image_shape=(4, 4, 1))
     data = np.random.default_rng(0).uniform(-1, 1, (32, 4, 4, 1)).astype(np.float32)
     state, log = stages.train(cfg, data, progress=False, log_every=1)
     losses = np.asarray([row["loss"] for row in log], np.float64)
