@@ -354,7 +354,11 @@ def test_evaluation_shards_candidates_over_devices(tmp_path):
         np.testing.assert_allclose(x, np.asarray(omsjax.sample(zoo, NS, s, x_T)), rtol=1e-10, atol=1e-10)
     print("OK", hlo.count("sharding"))
     """
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+    }
     res = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
                          timeout=300, cwd=REPO)  # fmt: skip
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-4000:]

@@ -13,13 +13,6 @@ MANIFEST = json.loads((zoo.DEFAULT_ZOO / "manifest.json").read_text())
 LATENCIES = [m["latency_ms"] for m in MANIFEST["models"]]
 
 
-def _fd_cases(paths, default):
-    """Every shipped file, the reproduction of its FD at 1,000 samples (10-20 s each on 2 cores) under `-m slow`
-    except for `default`, which keeps one reproduction of each kind in the default run."""
-    assert default in {p.stem for p in paths}, default
-    return [p if p.stem == default else pytest.param(p, marks=pytest.mark.slow) for p in paths]
-
-
 def _evaluate(path, meta, capsys):
     """`omsjax evaluate --schedule PATH` on the schedule's own held-out noise (the shipped zoo): its JSON output."""
     rc = cli.main(["evaluate", "--schedule", str(path), "--num-samples", str(meta["heldout_samples"]), "--seed",
@@ -62,7 +55,8 @@ def test_shipped_schedule_fits_the_zoo_and_its_report(path):
     _check_shipped_schedule(path)
 
 
-@pytest.mark.parametrize("path", _fd_cases(SHIPPED, "solver-nfe3"), ids=[p.stem for p in SHIPPED])
+@pytest.mark.slow  # the FD of every shipped file at 1,000 samples: 10-20 s each on 2 cores
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_schedule_reproduces_its_fd(path, capsys):
     meta, _ = _check_shipped_schedule(path)
     out = _evaluate(path, meta, capsys)
@@ -110,7 +104,8 @@ def test_learned_timesteps_keep_the_solver(path):
     _check_learned_timesteps(path)
 
 
-@pytest.mark.parametrize("path", _fd_cases(STEPS, "ddim-nfe3"), ids=[p.stem for p in STEPS])
+@pytest.mark.slow  # as above
+@pytest.mark.parametrize("path", STEPS, ids=[p.stem for p in STEPS])
 def test_learned_timesteps_keep_the_solver_and_reproduce_their_fd(path, capsys):
     meta = _check_learned_timesteps(path)
     out = _evaluate(path, meta, capsys)

@@ -51,6 +51,7 @@ def test_restore_into_an_abstract_shape_is_bit_exact(shipped):
     assert json.loads((zoo.DEFAULT_ZOO / "manifest.json").read_text()) == manifest
 
 
+@pytest.mark.slow  # a reproduction of shipped results: compiles a sampler for each of the four U-Nets
 def test_every_shipped_model_makes_digits(shipped):
     models, ns, manifest = shipped
     mean = jnp.asarray(np.asarray(manifest["data_mean"], np.float32))

@@ -327,7 +327,9 @@ def test_data_parallel_matches_single_device(tmp_path, data_file):
         raise AssertionError("batch_size 6 on 4 devices was accepted")
     print("OK")
     """
-    res = run_script(script, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    res = run_script(
+        script, env={"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"}
+    )
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-4000:]
     single = train.train(CFG, np.load(data_file), tmp_path / "single", progress=False, stop_at=5)
     with np.load(tmp_path / "dp.npz") as f:
