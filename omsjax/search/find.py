@@ -5,12 +5,13 @@
 
 It builds the search space from the noise schedule (`SearchSpace.for_noise_schedule`), evaluates candidates with
 `metric(samples, x_T) -> float` (lower is better) on `num_samples` draws of search noise, runs the multi-stage
-loop (`loop.search`), re-scores the finalists on held-out noise (`heldout_samples` other draws), and compares them
-with the classic solvers on the same held-out noise, as `omsjax search` reports them (`search.baselines`): every
-solver of `BASELINES` over the four step spacings at the same NFE (solver mode), or each model alone at the
-largest NFE its latency fits into the budget (model and joint modes). The search noise, the held-out noise and
-the search's own randomness come from three keys split from `key`, so the reported scores never saw the noise
-they were picked on.
+loop (`loop.search`), picks among its finalists on selection noise (`heldout_samples` other draws), scores the
+winner on held-out noise (as many draws again), and compares it with the classic solvers on the same held-out
+noise, as `omsjax search` reports them (`search.baselines`): every solver of `BASELINES` over the four step
+spacings at the same NFE (solver mode), or each model alone at the largest NFE its latency fits into the budget
+(model and joint modes). The search noise, the held-out noise (the selection noise is folded from its key) and
+the search's own randomness come from three keys split from `key`, so the reported score never saw the noise it
+was picked on.
 
 `quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 32 search samples); the
 default is `loop.LoopConfig()`. `out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating
@@ -133,35 +134,39 @@ def find_schedule(
     n_search = num_samples or (32 if quick else 128)
     n_held = heldout_samples or 2 * n_search
     k_search, k_noise, k_held = jax.random.split(key, 3)
-    seed, held_seed = (int(jax.random.randint(k, (), 0, 2**31 - 1)) for k in (k_noise, k_held))
+    seed, held_seed, select_seed = (int(jax.random.randint(k, (), 0, 2**31 - 1))
+                                    for k in (k_noise, k_held, jax.random.fold_in(k_held, 1)))  # fmt: skip
     if out is None:
         return _find(zoo, noise_schedule, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held,
-                     seed, held_seed, k_search, data_mean, None, progress)  # fmt: skip
+                     seed, held_seed, select_seed, k_search, data_mean, None, progress)  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with files.FolderLock(out, what="find_schedule"):
+        archive = Archive(out / "archive.jsonl")
         res = _find(zoo, noise_schedule, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held,
-                    seed, held_seed, k_search, data_mean, Archive(out / "archive.jsonl"), progress)  # fmt: skip
+                    seed, held_seed, select_seed, k_search, data_mean, archive, progress)  # fmt: skip
         files.write_text(out / "schedule.json", res.schedule.to_json(score=res.score, mode=mode))
         files.write_json(out / "report.json", res.report)
     return res
 
 
-def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held, seed, held_seed, key,
-          data_mean, archive, progress) -> FindResult:  # fmt: skip
+def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held, seed, held_seed,
+          select_seed, key, data_mean, archive, progress) -> FindResult:  # fmt: skip
     """The search and its report (arguments checked by `find_schedule`)."""
     kw: dict[str, Any] = dict(metric=metric, metric_name=metric_name, sample_shape=sample_shape, data_mean=data_mean,
                               archive=archive if archive is not None else Archive())  # fmt: skip
     ev = Evaluator(zoo, ns, space, num_samples=n_search, noise_seed=seed, **kw)
     held = Evaluator(zoo, ns, space, num_samples=n_held, noise_seed=held_seed, **kw)
+    # The finalists are compared on a third noise; only the winner is scored on the held-out noise it reports.
+    select = Evaluator(zoo, ns, space, num_samples=n_held, noise_seed=select_seed, **kw)
     t0 = time.perf_counter()
-    res = loop.search(ev, space, key=key, config=cfg, budget=limit, final_evaluator=held, progress=progress)
+    res = loop.search(ev, space, key=key, config=cfg, budget=limit, final_evaluator=select, progress=progress)
+    best = held.evaluate_schedules([res.schedule], stage=cfg.stages + 1)[0]
     seconds = time.perf_counter() - t0
     base = _baselines(ns, space, cfg.ga.budget_kind, limit)
     recs = held.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
     rows = {name: {"score": r.score, "nfe": r.nfe, "cost": r.cost} for name, r in zip(base, recs, strict=True)}
     best_name = min(rows, key=lambda n: rows[n]["score"]) if rows else None
-    best = res.final[0]
     report = {
         "mode": space.mode,
         "metric": ev.metric_name,
@@ -176,6 +181,7 @@ def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_searc
         "heldout_samples": n_held,
         "search_noise_seed": seed,
         "heldout_noise_seed": held_seed,
+        "selection_noise_seed": select_seed,
         "evaluated": len(res.records),
         "stages": res.stages,
         "search_seconds": seconds,
