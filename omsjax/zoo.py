@@ -53,6 +53,7 @@ __all__ = [
     "named_config",
     "measure_latency",
     "machine_name",
+    "data_mean",
     "add_member",
     "check_member",
     "load_zoo",
@@ -399,6 +400,13 @@ def load_zoo(path=DEFAULT_ZOO):
     if not models:
         raise ValueError(f"{where} lists no models")
     return tuple(models), ns, manifest
+
+
+def data_mean(manifest: dict) -> jax.Array | None:
+    """The manifest's "data_mean" (the training images' mean, for FDM's mean-shifted prior) as a float32 array,
+    or None when the zoo has none."""
+    mean = manifest.get("data_mean")
+    return None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
 
 
 def _load_member(zoo_dir: Path, i: int, entry: dict, image_shape: tuple) -> Model:

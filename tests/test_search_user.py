@@ -57,6 +57,22 @@ def test_a_custom_metric_on_a_vector_model_ranks_few_steps_worse(tmp_path):
         bad.evaluate_schedules([presets.ddim(NS, 2)])
 
 
+def test_with_noise_is_the_same_evaluator_on_other_noise(tmp_path):
+    metric = _mse_to(np.zeros((N, 4)))
+    ev = EV.Evaluator(MODEL, NS, num_samples=N, metric=metric, metric_name="mse0", archive=tmp_path / "a.jsonl")
+    other = ev.with_noise(7)
+    fresh = EV.Evaluator(MODEL, NS, num_samples=N, noise_seed=7, metric=metric, metric_name="mse0")
+    assert other.eval_key == fresh.eval_key == f"seed7-n{N}-mse0" and ev.eval_key == f"seed0-n{N}-mse0"
+    assert np.array_equal(other.x_T, fresh.x_T) and not np.array_equal(other.x_T, ev.x_T)
+    s = presets.ddim(NS, 2)
+    (r,) = other.evaluate_schedules([s])
+    assert r.score == fresh.evaluate_schedules([s])[0].score and (other.evaluated, ev.evaluated) == (1, 0)
+    assert other.archive is ev.archive and ev.archive.get(r.key, other.eval_key) == r  # one archive, its own key
+    assert ev.with_noise(7, 2 * N).x_T.shape == (2 * N, 4) and ev.x_T.shape == (N, 4)
+    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+        ev.with_noise(1, 1)
+
+
 def test_the_metric_must_return_a_real_number_finite_or_inf():
     x = np.zeros((N, 4))
 

@@ -31,15 +31,10 @@ def _solver_schedule(name, ns, nfe, skip, model=0):
 
 
 def _load_zoo(path):
-    import jax.numpy as jnp
-    import numpy as np
-
     from omsjax import zoo
 
     models, ns, manifest = zoo.load_zoo(path)
-    mean = manifest.get("data_mean")
-    mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
-    return models, ns, manifest, mean
+    return models, ns, manifest, zoo.data_mean(manifest)
 
 
 # The picture formats `omsjax sample` writes (`plots.save_grid`: matplotlib, by the path's suffix).

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -344,14 +345,32 @@ class Evaluator:
                 raise ValueError("metric_name names a custom metric: pass metric= with it")
             self.metric = functools.partial(metrics.digits_fd, ref=ref, classifier=classifier)
             self.metric_name = "digits_fd"
-        self.eval_key = f"seed{self.noise_seed}-n{self.num_samples}"
-        if self.custom_metric:
-            self.eval_key += f"-{self.metric_name}"
+        self.eval_key = self._eval_key()
         self.sample_shape = _sample_shape(self.zoo, sample_shape, image_shape)
         if self.sample_shape is None:
             raise ValueError("the models declare no sample_shape (Model.sample_shape): pass sample_shape=, the "
                              f"shape of one sample (the digits: {DIGITS_SHAPE})")  # fmt: skip
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
+
+    def _eval_key(self) -> str:
+        """The archive's name for this noise and metric: "seed{noise_seed}-n{num_samples}", and "-{metric_name}"
+        for a custom metric."""
+        key = f"seed{self.noise_seed}-n{self.num_samples}"
+        return f"{key}-{self.metric_name}" if self.custom_metric else key
+
+    def with_noise(self, noise_seed: int, num_samples: int | None = None) -> Evaluator:
+        """This evaluator on other noise (`noise_seed`, `num_samples`, default the same number): the same models,
+        space, metric and archive, its own `eval_key` and count of evaluations (e.g. a search's held-out noise)."""
+        if num_samples is not None and num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {num_samples}")
+        other = copy.copy(self)
+        for cached in ("x_T", "_x_T_host"):  # the noise is this evaluator's own
+            other.__dict__.pop(cached, None)
+        other.noise_seed = int(noise_seed)
+        other.num_samples = self.num_samples if num_samples is None else int(num_samples)
+        other.eval_key = other._eval_key()
+        other.evaluated = 0
+        return other
 
     @functools.cached_property
     def x_T(self) -> jax.Array:

@@ -156,12 +156,11 @@ def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_searc
     kw: dict[str, Any] = dict(metric=metric, metric_name=metric_name, sample_shape=sample_shape, data_mean=data_mean,
                               archive=archive if archive is not None else Archive())  # fmt: skip
     ev = Evaluator(zoo, ns, space, num_samples=n_search, noise_seed=seed, **kw)
-    held = Evaluator(zoo, ns, space, num_samples=n_held, noise_seed=held_seed, **kw)
-    # The finalists are compared on a third noise; only the winner is scored on the held-out noise it reports.
-    select = Evaluator(zoo, ns, space, num_samples=n_held, noise_seed=select_seed, **kw)
+    held = ev.with_noise(held_seed, n_held)
     t0 = time.perf_counter()
-    res = loop.search(ev, space, key=key, config=cfg, budget=limit, final_evaluator=select, progress=progress)
-    best = held.evaluate_schedules([res.schedule], stage=cfg.stages + 1)[0]
+    res = loop.search(ev, space, key=key, config=cfg, budget=limit, final_evaluator=ev.with_noise(select_seed, n_held),
+                      heldout_evaluator=held, progress=progress)  # fmt: skip
+    best = res.heldout
     seconds = time.perf_counter() - t0
     base = _baselines(ns, space, cfg.ga.budget_kind, limit)
     recs = held.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)

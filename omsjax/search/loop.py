@@ -9,7 +9,8 @@
     (exploration: S3's released GA on true evaluations, which keeps improving where the predictor, trained on a
     few hundred schedules, ranks the GA's novel genomes poorly);
   final: the `final_top` best schedules by search FD are evaluated again by `final_evaluator` (other noise, more
-    samples), and the best of them is returned.
+    samples), and the best of them is returned; `heldout_evaluator` (a third noise) then scores that one schedule
+    alone, so its reported score is not the best of several draws on the noise it is reported on.
 Model and joint modes take a budget (`budget_kind` "cost": the sum of latencies, or "nfe"); solver mode fixes the
 NFE in the space. Everything evaluated goes to the evaluator's archive, so a rerun resumes without evaluating a
 schedule twice.
@@ -65,6 +66,7 @@ class SearchResult:
     records: list[Record]  # everything evaluated during the search (search noise)
     stages: list[dict]  # per stage: evaluated, best FD so far, predictor taus, seconds
     heldout_tau: float  # predictor trained on half the evaluated schedules, Kendall tau on the other half
+    heldout: Record | None = None  # the chosen schedule on `heldout_evaluator`'s noise (when one was given)
 
 
 # Populations are small: stacking, indexing and concatenating them on the host (numpy) avoids compiling a program
@@ -128,6 +130,7 @@ def search(
     config: LoopConfig = LoopConfig(),
     budget: float | None = None,
     final_evaluator: Evaluator | None = None,
+    heldout_evaluator: Evaluator | None = None,
     progress: bool = True,
     log: Callable[[str], Any] | None = None,
 ) -> SearchResult:
@@ -228,7 +231,11 @@ def search(
     if config.heldout_tau:
         genomes, fds = _training_set(records)
         tau = _heldout_tau(space, ns, genomes, fds, k_tau, config)
-    return SearchResult(final[0].to_schedule(), final, records, stages, tau)
+    chosen = final[0].to_schedule()
+    held = None
+    if heldout_evaluator is not None:
+        held = heldout_evaluator.evaluate_schedules([chosen], stage=config.stages + 1)[0]
+    return SearchResult(chosen, final, records, stages, tau, held)
 
 
 def _fresh(space, ns, pop: Genome, fitness: np.ndarray, keys: set, n: int) -> list[int]:

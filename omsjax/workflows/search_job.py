@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from omsjax import files
@@ -135,8 +134,7 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
 
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     lat = [m.latency for m in models]
-    mean = manifest.get("data_mean")
-    mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+    mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
     space, k, budget, kind, positions = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps)
@@ -147,16 +145,12 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
     ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
                    archive=archive)  # fmt: skip
-    held = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + 1000, image_shape=shape,
-                     data_mean=mean, archive=archive)  # fmt: skip
-    # The finalists are compared on a third noise, so the held-out FD of the winner is not the best of several
-    # draws on the noise it is reported on.
-    select = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + SELECTION_SEED_OFFSET,
-                       image_shape=shape, data_mean=mean, archive=archive)  # fmt: skip
+    held = ev.with_noise(seed + 1000, final_samples)
+    select = ev.with_noise(seed + SELECTION_SEED_OFFSET, final_samples)
     t0 = time.perf_counter()
     res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, final_evaluator=select,
-                      progress=progress)  # fmt: skip
-    best = held.evaluate_schedules([res.schedule], stage=cfg.stages + 1)[0]
+                      heldout_evaluator=held, progress=progress)  # fmt: skip
+    best = res.heldout
     search_seconds = time.perf_counter() - t0
 
     # Baselines on the held-out noise, at the same NFE or budget.
@@ -227,17 +221,16 @@ def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int =
     if not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfes):
         raise ValueError(f"the NFEs to cache must be integers >= 1, got {nfes}")
     models, ns, manifest = zoo.load_zoo(zoo_dir)
-    mean = manifest.get("data_mean")
-    mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+    mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
     lat = [m.latency for m in models]
     archive = Archive()
     archive.remember(cache.load(zoo_dir)[0])
     for n in nfes:
         space, k, budget, kind, positions = _space(models, ns, mean, "solver", n, None, None, spacing, 16)
-        kw = dict(image_shape=shape, data_mean=mean, archive=archive)
-        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, **kw)
-        held = Evaluator(models, ns, space, num_samples=final_samples, noise_seed=seed + 1000, **kw)
+        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
+                       archive=archive)  # fmt: skip
+        held = ev.with_noise(seed + 1000, final_samples)
         base, base_afs = _baseline_schedules(ns, space, "solver", k, lat, kind, budget, positions)
         t0 = time.perf_counter()
         ev.evaluate(encoding.preset_seeds(space, ns))

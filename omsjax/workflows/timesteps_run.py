@@ -194,8 +194,7 @@ def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldou
     kind, kw = presets.NAMED[solver]
     template = presets.preset(kind, ns, nfe, model=k, **kw)
     shape = tuple(manifest["image_shape"])
-    mean = manifest.get("data_mean")
-    mean = None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+    mean = zoo.data_mean(manifest)
     x0 = jnp.asarray(data_mod.load_digits("train")) if manifest.get("dataset") == "digits" else None
     if x0 is None and method in ("bound", "ays"):
         raise ValueError("the bound and AYS methods need the zoo's training data (digits zoos only here)")
