@@ -86,9 +86,10 @@ def trained(tmp_path_factory, monkeypatch_module):
     rc, out, err = run(["stages", "config", *CONFIG_ARGV, "--out", str(cfg_path)])
     assert rc == 0 and out == "", err
     rc, out, err = run(["train", "--config", str(cfg_path), "--out", str(root / "run"), "--add-to-zoo",
-                        str(root / "zoo"), "--quiet"])  # fmt: skip
+                        str(root / "zoo"), "--latency-batch", "16", "--quiet"])  # fmt: skip
     assert rc == 0, err
     assert json.loads(out.strip().splitlines()[-1])["added"] == "ms"
+    assert json.loads((root / "zoo" / "manifest.json").read_text())["models"][0]["latency_batch"] == 16
     return cfg_path, root / "run", root / "zoo", stages.StageTrainConfig.from_dict(json.loads(cfg_path.read_text()))
 
 

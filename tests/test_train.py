@@ -202,10 +202,11 @@ def test_ema_warmup_follows_its_closed_form():
     for got, want in zip(leaves(state.ema_params), ema, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     # Without the option the decay stays 0.999 from the first update (ema_decay_at gives the Python float, so the
-    # compiled update is the one the shipped zoo trained with).
-    plain = train.TrainConfig(net=NET, steps=3, batch_size=8, warmup=0)
-    start = train.init_state(plain)
-    one, _ = train.train_step(plain, start, data, key)
+    # compiled update is the one the shipped zoo trained with). CFG, placed as `train` places it: the program of
+    # test_train_step_is_pure_and_keyed_by_step.
+    assert not CFG.ema_warmup
+    start, data = jax.device_put((train.init_state(CFG), random_data()), train.replicated_sharding())
+    one, _ = train.train_step(CFG, start, data, jax.device_put(key, train.replicated_sharding()))
     for e, e0, p in zip(leaves(one.ema_params), leaves(start.ema_params), leaves(one.params), strict=True):
         np.testing.assert_allclose(e, 0.999 * np.float64(e0) + 0.001 * np.float64(p), rtol=1e-6, atol=1e-7)
 

@@ -100,6 +100,11 @@ def cmd_train(args) -> int:
     from omsjax import data, files, stages, train, zoo
 
     check_out(args.out)
+    if args.latency_batch is not None:
+        if not args.add_to_zoo:
+            raise ValueError("--latency-batch sets the batch of the latency measured for --add-to-zoo: give both")
+        if args.latency_batch < 1:
+            raise ValueError(f"--latency-batch must be >= 1, got {args.latency_batch}")
     if args.add_to_zoo:
         check_out(args.add_to_zoo, flag="--add-to-zoo")
     cfg, name = train_config(args)
@@ -114,7 +119,7 @@ def cmd_train(args) -> int:
         files.write_json(Path(args.out) / "config.json", cfg.to_dict())
     if args.add_to_zoo:
         entry = zoo.add_member(args.add_to_zoo, name, cfg, state.ema_params, train_steps=int(state.step),
-                               data_mean=data.data_mean(images))  # fmt: skip
+                               data_mean=data.data_mean(images), latency_batch=args.latency_batch or 256)  # fmt: skip
         print(json.dumps({"added": entry["name"], "zoo": str(args.add_to_zoo), "latency_ms": entry["latency_ms"]}))
     return 0
 
@@ -135,5 +140,8 @@ def add_train(sub) -> None:
                    help="ramp the EMA decay up: min(ema_decay, (1+n)/(10+n)) at update n")  # fmt: skip
     t.add_argument("--resume", action="store_true")
     t.add_argument("--add-to-zoo", default=None, help="zoo folder to add the trained model to")
+    t.add_argument("--latency-batch", type=int, default=None, metavar="N",
+                   help="with --add-to-zoo: measure the model's latency (the search's cost model) per batch of N "
+                   "(default 256, the shipped zoo's)")  # fmt: skip
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
