@@ -72,7 +72,7 @@ def sample(
         only the per-step carries and recomputes each step's activations in the backward pass.
 
     Returns:
-      x at ts[N] [batch, ...], or (x, Trajectory) with `return_trajectory`.
+      x at ts[N], shape [batch, ...], or (x, Trajectory) with `return_trajectory`.
     """
     zoo = as_zoo(model_or_zoo)
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)

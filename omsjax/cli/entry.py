@@ -25,7 +25,7 @@ omsjax evaluate --zoo DIR (--model K --solver NAME --nfe N | --schedule FILE.jso
 omsjax sample ... --out grid.png
     A PNG grid of samples.
 omsjax train --config NAME|FILE.json --out DIR [--steps N] [--precond P] [--fdm-m M] [--weight-clamp-warmup W]
-        [--ema-warmup] [--resume] [--add-to-zoo DIR]
+        [--ema-warmup] [--resume] [--add-to-zoo DIR [--latency-batch N]]
     Train a digits U-Net with resumable orbax checkpoints (FILE.json: a TrainConfig.to_dict(), e.g. a run's
     config.json, so that `omsjax train --config DIR/config.json` reproduces that run), or a multi-stage network
     when FILE.json holds a StageTrainConfig (from `omsjax stages config`, or a multi-stage run's config.json).

@@ -260,7 +260,7 @@ def partition(sim, num_stages: int, grid=None) -> Partition:
 
     Size-weighted (each grid point counts once) rather than a plain mean over stages, which a singleton stage
     (mean similarity 1) would win trivially. Exact dynamic programming over the end points, O(K G^2) with the
-    block sums from a 2-D prefix sum: best[k][j] = max_i best[k-1][i] + block(i, j) / (j - i).
+    block sums from a 2-D prefix sum: best[k, j] = max_i best[k-1, i] + block(i, j) / (j - i).
     """
     s = _check_sim(sim)
     n = s.shape[0]
@@ -343,7 +343,7 @@ def clustering_report(
     stage), "partition": the best contiguous partition into `num_stages` stages (`partition`), "uniform_t" and
     "uniform_logsnr": `uniform_boundaries` for the same number of stages. Each boundary set is given as "t",
     "lambda" (half log-SNR) and "sigma" (EDM sigma = exp(-lambda)), with the `partition_score` of the stages it
-    induces on the grid ("score"). Also "grid", "similarity" [G][G] and the settings.
+    induces on the grid ("score"). Also "grid", "similarity" [G, G] and the settings.
     """
     if not _is_int(grid_size) or grid_size < 3:
         raise ValueError(f"grid_size must be an int >= 3, got {grid_size!r}")
