@@ -129,12 +129,17 @@ class History(NamedTuple):
 
 
 def init_history(x, t0, lam0) -> History:
+    """An empty `History` for a state shaped like `x` [batch, ...] at time t0 (half log-SNR lam0): zero buffers, every
+    slot at t0, and no stored model output (`count` 0)."""
     z = jnp.zeros((HISTORY,) + x.shape, x.dtype)
     ones = jnp.ones((HISTORY,), jnp.result_type(t0, lam0))
     return History(z, z, z, ones * t0, ones * lam0, jnp.zeros((), jnp.int32))
 
 
 def push(hist: History, x, eps, x0, t, lam) -> History:
+    """`hist` with the newest point (state x, the model's eps and x0, all [batch, ...], at time t and half log-SNR lam)
+    in slot 0 and the older ones shifted back by one (the oldest dropped)."""
+
     def shift(buf, new):
         return jnp.concatenate([jnp.asarray(new, buf.dtype)[None], buf[:-1]], axis=0)
 

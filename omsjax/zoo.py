@@ -84,6 +84,7 @@ CONFIGS: dict[str, train.TrainConfig] = {
 
 
 def named_config(name: str, steps: int | None = None) -> train.TrainConfig:
+    """The training config named `name` (a key of `CONFIGS`, e.g. "digits-m"), with `steps` replaced if given."""
     if name not in CONFIGS:
         raise ValueError(f"unknown training config {name!r}; expected one of {sorted(CONFIGS)}")
     cfg = CONFIGS[name]
@@ -97,6 +98,7 @@ def named_config(name: str, steps: int | None = None) -> train.TrainConfig:
 
 
 def machine_name() -> str:
+    """The machine's name as measurements record it: "{platform}: {CPU model}, {cores} cores"."""
     cpu = platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

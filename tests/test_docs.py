@@ -4,6 +4,8 @@ own model or metric) says so on its first line, `# template: NAME -- ...`, and i
 must still compile. Running the blocks is the slow tier's (the README's search block takes about 2 minutes)."""
 
 import argparse
+import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -82,3 +84,23 @@ def test_the_site_builds_and_documents_every_public_name_and_command(tmp_path):
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     text = (REPO / "docs" / "cli.md").read_text()
     assert set(sub.choices) == set(re.findall(r"\| `omsjax ([\w-]+)`", text))
+
+
+# The modules of the public API whose every exported function and class must say what it does.
+PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsjax.schedules", "omsjax.presets",
+          "omsjax.usf", "omsjax.oracles", "omsjax.spacing", "omsjax.precond", "omsjax.search", "omsjax.search.find",
+          "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.loop", "omsjax.search.ga",
+          "omsjax.search.predictor", "omsjax.train", "omsjax.stages", "omsjax.timesteps", "omsjax.zoo",
+          "omsjax.metrics", "omsjax.nets", "omsjax.data", "omsjax.optim"]  # fmt: skip
+
+
+def test_every_exported_function_and_class_has_a_docstring():
+    missing = []
+    for name in PUBLIC:
+        mod = importlib.import_module(name)
+        assert mod.__doc__, name
+        for attr in getattr(mod, "__all__", []):
+            obj = getattr(mod, attr)
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and not inspect.getdoc(obj):
+                missing.append(f"{name}.{attr}")
+    assert not missing, missing

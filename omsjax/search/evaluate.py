@@ -50,10 +50,12 @@ def schedule_key(schedule: Schedule) -> str:
 
 
 def genome_to_dict(g: Genome) -> dict:
+    """A genome as JSON-ready lists (one per gene; the archive's "genome" field)."""
     return {k: np.asarray(v).tolist() for k, v in g._asdict().items()}
 
 
 def genome_from_dict(d: dict) -> Genome:
+    """The inverse of `genome_to_dict`: continuous genes as floats of the default precision, the others int32."""
     f = jnp.result_type(float)
     return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields})
 
