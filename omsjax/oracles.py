@@ -4,6 +4,10 @@
   p_t = sum_k w_k N(alpha_t mu_k, (alpha_t^2 s_k^2 + sigma_t^2) I), so the exact noise prediction is
   eps(x, t) = -sigma_t grad log p_t(x) = sigma_t sum_k gamma_k(x) (x - alpha_t mu_k) / (alpha_t^2 s_k^2 + sigma_t^2)
   with responsibilities gamma_k computed by log-sum-exp.
+* `ConditionalGaussianMixture`: the same mixture with a class label per component, for classifier-free guidance:
+  p_0(x | c) = sum_{k: label_k = c} w_k N(mu_k, s_k^2 I) / W_c; the null label C gives the unconditional p_0, as a
+  model trained with label dropout learns it. Its eps(x, t, c) is the formula above over the components of class c
+  (the other responsibilities are zero), and the guided prediction is eps_null + w (eps_c - eps_null).
 * `EmpiricalDenoiser`: the optimal denoiser of a finite data set {y_i} (the mixture of deltas),
   x0*(x, t) = sum_i softmax_i(-|x - alpha_t y_i|^2 / (2 sigma_t^2)) y_i.
 * `reference_solution`: the probability-flow ODE solved by diffrax (Dopri8, tight tolerances), written in the
@@ -21,7 +25,7 @@ from flax import struct
 from omsjax.models import Model
 from omsjax.schedules import NoiseSchedule
 
-__all__ = ["GaussianMixture", "EmpiricalDenoiser", "reference_solution"]
+__all__ = ["GaussianMixture", "ConditionalGaussianMixture", "EmpiricalDenoiser", "reference_solution"]
 
 
 def _flat(x):
@@ -52,6 +56,10 @@ class GaussianMixture:
 
     def eps(self, noise_schedule: NoiseSchedule, x, t):
         """Exact noise prediction; x [B, D] (or [B, ...] with prod = D), t scalar or [B]."""
+        return self._eps(noise_schedule, x, t, jnp.log(self.weights)[None])
+
+    def _eps(self, noise_schedule: NoiseSchedule, x, t, log_weights):
+        """The noise prediction of the mixture with (unnormalised) log-weights [B or 1, K] per sample."""
         shape = x.shape
         xf = _flat(x)
         t = jnp.broadcast_to(jnp.asarray(t, xf.dtype), (xf.shape[0],))
@@ -60,7 +68,7 @@ class GaussianMixture:
         var = a**2 * self.stds[None, :] ** 2 + s**2  # [B, K]
         diff = xf[:, None, :] - a[:, :, None] * self.means[None]  # [B, K, D]
         d = xf.shape[1]
-        logp = jnp.log(self.weights)[None] - 0.5 * jnp.sum(diff**2, -1) / var - 0.5 * d * jnp.log(var)
+        logp = log_weights - 0.5 * jnp.sum(diff**2, -1) / var - 0.5 * d * jnp.log(var)
         gamma = jax.nn.softmax(logp, axis=-1)  # [B, K]
         eps = s * jnp.sum(gamma[..., None] * diff / var[..., None], axis=1)
         return eps.reshape(shape).astype(x.dtype)
@@ -79,6 +87,70 @@ class GaussianMixture:
             return params.eps(ns, x, t)
 
         return Model(apply_fn=apply_fn, params=self, parameterization="noise", latency=latency, name="gmm")
+
+
+@struct.dataclass
+class ConditionalGaussianMixture:
+    """A class-conditional `GaussianMixture`: component k belongs to class `labels[k]` in 0..C-1 (module docstring).
+
+    `eps(ns, x, t, c)` takes labels c int [B] (or a scalar): 0..C-1 a class, `null_label` (= C) the unconditional
+    mixture. A label outside 0..C selects no component, and its prediction is NaN (never clamped to a class).
+    `guided_eps(ns, x, t, c, w)`: classifier-free guidance eps(null) + w (eps(c) - eps(null)), w scalar or [B];
+    w = 1 is the conditional prediction, w = 0 the unconditional one.
+    """
+
+    mixture: GaussianMixture
+    labels: jax.Array  # int32 [K]
+    num_classes: int = struct.field(pytree_node=False)
+
+    @staticmethod
+    def create(means, stds, weights, labels, num_classes: int | None = None) -> ConditionalGaussianMixture:
+        """`means` [K, D], `stds` [K], `weights` [K] (summing to 1), `labels` [K] ints; every class in
+        0..num_classes-1 (default max(labels) + 1) must own at least one component."""
+        mixture = GaussianMixture.create(means, stds, weights)
+        lab = np.asarray(labels)
+        k = mixture.weights.shape[0]
+        if lab.shape != (k,) or lab.dtype.kind not in "iu":
+            raise ValueError(f"ConditionalGaussianMixture labels must be [{k}] integers, got {lab.dtype} {lab.shape}")
+        c = int(lab.max()) + 1 if num_classes is None else num_classes
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1 or lab.min() < 0 or lab.max() >= c:
+            raise ValueError(f"ConditionalGaussianMixture labels must lie in 0..num_classes-1, got {lab.tolist()} "
+                             f"with num_classes {c!r}")  # fmt: skip
+        empty = sorted(set(range(c)) - set(lab.tolist()))
+        if empty:
+            raise ValueError(f"ConditionalGaussianMixture: classes {empty} have no component")
+        return ConditionalGaussianMixture(mixture, jnp.asarray(lab, jnp.int32), c)
+
+    @property
+    def null_label(self) -> int:
+        """The label of the unconditional mixture (num_classes)."""
+        return self.num_classes
+
+    def eps(self, noise_schedule: NoiseSchedule, x, t, c):
+        """Exact noise prediction of p_t(x | c); x [B, D] (or [B, ...]), t scalar or [B], c int scalar or [B]."""
+        c = jnp.broadcast_to(jnp.asarray(c, jnp.int32), (x.shape[0],))
+        own = (self.labels[None, :] == c[:, None]) | (c[:, None] == self.num_classes)  # [B, K]
+        log_w = jnp.where(own, jnp.log(self.mixture.weights)[None], -jnp.inf)
+        return self.mixture._eps(noise_schedule, x, t, log_w)
+
+    def guided_eps(self, noise_schedule: NoiseSchedule, x, t, c, w):
+        """Classifier-free guidance: eps(null) + w (eps(c) - eps(null)); w scalar or [B]."""
+        e_c = self.eps(noise_schedule, x, t, c)
+        e_u = self.eps(noise_schedule, x, t, self.null_label)
+        w = jnp.asarray(w, x.dtype)
+        w = w.reshape(w.shape + (1,) * (x.ndim - w.ndim))
+        return e_u + w * (e_c - e_u)
+
+    def sample(self, key, c):
+        """One draw of p_0(x | c[i]) per label of c int [n] (0..C-1; the null label draws the whole mixture)."""
+        c = jnp.asarray(c, jnp.int32)
+        k1, k2 = jax.random.split(key)
+        own = (self.labels[None, :] == c[:, None]) | (c[:, None] == self.num_classes)
+        logits = jnp.where(own, jnp.log(self.mixture.weights)[None], -jnp.inf)
+        comp = jax.random.categorical(k1, logits, axis=-1)
+        m = self.mixture
+        z = jax.random.normal(k2, (c.shape[0], m.means.shape[1]), m.means.dtype)
+        return m.means[comp] + m.stds[comp][:, None] * z
 
 
 @struct.dataclass
