@@ -39,6 +39,7 @@ def _rows(s: Schedule, names: list[str]) -> list[tuple[str, list[str], list[floa
         ("relax", [f"{v:+.3f}" if v else "0" for v in a["relax"]], np.clip(0.5 + 5 * a["relax"], 0, 1)),
         ("d2_scale", [f"{v:g}" for v in a["d2_scale"]], 1 - a["d2_scale"]),
         ("corrector", ["yes" if c else "-" for c in a["corrector"]], a["corrector"].astype(float)),
+        ("guidance", [f"{v:g}" for v in a["guidance"]], np.clip((a["guidance"] - 1) / 7, 0, 1)),
     ]
     afs = int(a["afs"])
     if afs:  # the analytical first step replaces step 0's model call

@@ -16,7 +16,16 @@ from omsjax.models import Model
 from omsjax.schedule import AFS_MEAN_X0, Schedule, _is_traced, check_schedule
 from omsjax.schedules import NoiseSchedule
 
-__all__ = ["check_noise_schedule", "check_x_T", "check_sample_shape", "check_inputs"]
+__all__ = [
+    "check_noise_schedule",
+    "check_x_T",
+    "check_sample_shape",
+    "check_conditioning",
+    "thresholding_option",
+    "check_inputs",
+]
+
+THRESHOLDING_DEFAULT = (0.995, 1.0)  # DPM-Solver's dynamic_thresholding_ratio and thresholding_max_val
 
 
 def check_noise_schedule(noise_schedule) -> None:
@@ -63,10 +72,56 @@ def check_sample_shape(model_or_zoo: Model | tuple[Model, ...], x_T) -> None:
                              f"declares sample_shape {m.sample_shape}")  # fmt: skip
 
 
-def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mean) -> None:
+def _leaves(tree) -> list[tuple[str, object]]:
+    return [(jax.tree_util.keystr(path) or "", leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def check_conditioning(cond, uncond, batch: int) -> None:
+    """`cond` and `uncond` are pytrees of arrays whose leading axis is the batch; `uncond` needs `cond` and has its
+    structure, shapes and dtypes (the two are concatenated for one call). Errors name the argument and the leaf."""
+    if uncond is not None and cond is None:
+        raise ValueError("uncond (the unconditional input of guidance) needs cond, the conditioning")
+    if cond is None:
+        return
+    for name, tree in (("cond", cond), ("uncond", uncond)):
+        if tree is None:
+            continue
+        leaves = _leaves(tree)
+        if not leaves:
+            raise ValueError(f"{name} has no arrays: pass labels or embeddings with the batch as leading axis")
+        for path, leaf in leaves:
+            shape = np.shape(leaf)
+            if not hasattr(leaf, "dtype") or len(shape) < 1 or shape[0] != batch:
+                raise ValueError(f"{name}{path} must be an array with the batch ({batch}) as leading axis, got "
+                                 f"{type(leaf).__name__} of shape {tuple(shape)}")  # fmt: skip
+    if uncond is not None:
+        c, u = jax.tree_util.tree_structure(cond), jax.tree_util.tree_structure(uncond)
+        if c != u:
+            raise ValueError(f"uncond must have cond's structure, got {u} for cond {c}")
+        for (path, a), (_, b) in zip(_leaves(cond), _leaves(uncond), strict=True):
+            if np.shape(a) != np.shape(b) or a.dtype != b.dtype:
+                raise ValueError(f"uncond{path} is {tuple(np.shape(b))} {b.dtype}, but cond{path} is "
+                                 f"{tuple(np.shape(a))} {a.dtype}: they must match")  # fmt: skip
+
+
+def thresholding_option(value) -> tuple[float, float] | None:
+    """The samplers' `thresholding` argument as (ratio, max_val), or None: None or False is off, True is
+    `THRESHOLDING_DEFAULT` (0.995, 1.0), a pair (ratio in (0, 1], max_val > 0) is taken as given."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return THRESHOLDING_DEFAULT
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    ok = ok and all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in value)
+    if not ok or not (0 < float(value[0]) <= 1 and float(value[1]) > 0 and np.isfinite(float(value[1]))):
+        raise ValueError(f"thresholding must be None, True, or (ratio in (0, 1], max_val > 0), got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mean, cond=None, uncond=None) -> None:
     """Everything `sample` can check on the host: the noise schedule, x_T (`check_x_T`, `check_sample_shape`),
-    a concrete data_mean (shape against a sample, finite), and a concrete schedule (`check_schedule` on this zoo
-    and noise schedule)."""
+    a concrete data_mean (shape against a sample, finite), the conditioning (`check_conditioning`), and a concrete
+    schedule (`check_schedule` on this zoo and noise schedule; a guidance scale other than 1 needs `uncond`)."""
     check_noise_schedule(noise_schedule)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
@@ -83,7 +138,13 @@ def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mea
         bad = np.count_nonzero(~np.isfinite(np.asarray(data_mean, np.float64)))
         if bad:
             raise ValueError(f"data_mean has {bad} non-finite value(s) (NaN or inf)")
+    check_conditioning(cond, uncond, x_T.shape[0])
     if not _is_traced(schedule):
         check_schedule(schedule, len(zoo), noise_schedule)
         if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
             raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")
+        guided = np.flatnonzero(np.asarray(schedule.guidance) != 1.0)
+        if uncond is None and guided.size:
+            i = int(guided[0])
+            raise ValueError(f"Schedule.guidance at step {i}: scale {float(np.asarray(schedule.guidance)[i])} needs "
+                             "classifier-free guidance: pass cond= and uncond= to the sampler")  # fmt: skip

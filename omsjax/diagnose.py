@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from omsjax.checks import check_inputs
+from omsjax.checks import check_inputs, thresholding_option
 from omsjax.integrate import run_jit as _sample_jit
 from omsjax.models import Model, as_zoo, used_members
 from omsjax.schedule import AFS_NONE, Schedule, _is_traced
@@ -65,9 +65,13 @@ def first_nonfinite_step(
     x_T: jax.Array,
     *,
     data_mean: jax.Array | None = None,
+    cond=None,
+    uncond=None,
+    thresholding=None,
 ) -> NonFiniteStep | None:
-    """Locate the first step at which `sample(model_or_zoo, noise_schedule, schedule, x_T, data_mean=data_mean)`
-    becomes non-finite; None when the run is finite. Host side, concrete arrays only.
+    """Locate the first step at which `sample(model_or_zoo, noise_schedule, schedule, x_T, data_mean=data_mean,
+    cond=cond, uncond=uncond, thresholding=thresholding)` becomes non-finite; None when the run is finite. Host
+    side, concrete arrays only.
 
     It runs a second compiled program (the same scan that also returns, per step, which samples of the state and
     of the model outputs are finite), so call it only once a result was found non-finite: `sample` itself pays
@@ -79,12 +83,23 @@ def first_nonfinite_step(
             raise ValueError(found.message if found else "non-finite samples")
     """
     zoo = as_zoo(model_or_zoo)
-    if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo])):
+    if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo], cond, uncond)):
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
-    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     used, m, members = used_members(zoo, schedule.model, schedule.afs)
     _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
-        _sample_jit(used, noise_schedule, schedule._replace(model=m), x_T, data_mean, diagnose=True, members=members)
+        _sample_jit(
+            used,
+            noise_schedule,
+            schedule._replace(model=m),
+            x_T,
+            data_mean,
+            diagnose=True,
+            members=members,
+            cond=cond,
+            uncond=uncond,
+            thresholding=thresholding_option(thresholding),
+        )  # fmt: skip
     )
     n, batch = schedule.num_steps, int(x_T.shape[0])
     ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))

@@ -2,7 +2,10 @@
 
 Iteration i of the scan (i = 0..N-1):
   1. evaluate the model `schedule.model[i]` at (x_i, ts[i]) -- or, at i = 0 under an analytical first step, the
-     guess x0 = 0 / x0 = data mean -- as one `lax.switch` over [zero-x0, mean-x0, zoo[0], ..., zoo[M-1]];
+     guess x0 = 0 / x0 = data mean -- as one `lax.switch` over [zero-x0, mean-x0, zoo[0], ..., zoo[M-1]]; with
+     conditioning `cond` every call is apply_fn(params, x, t, cond), and with `uncond` the call at ts[i] is guided
+     with scale `schedule.guidance[i]` (`models.guided_eps_x0`); with `thresholding` the model's data prediction
+     is clipped per sample (`dynamic_threshold`) and its noise prediction recomputed from it;
   2. push (x_i, eps_i, x0_i) into the fixed-size history;
   3. if step i-1 has a pseudo-corrector, recompute x_i from the same start with the new point (no model call);
   4. the predictor of step i gives x_{i+1}.
@@ -23,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from omsjax import usf
-from omsjax.models import _bcast, eval_zoo, to_eps_x0, used_members
+from omsjax.models import _bcast, eval_zoo, guided_eps_x0, used_members
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _time_bounds
 
-__all__ = ["Trajectory", "run", "run_jit"]
+__all__ = ["Trajectory", "run", "run_jit", "dynamic_threshold"]
 
 
 class Trajectory(NamedTuple):
@@ -50,7 +53,7 @@ def _guess(x, la, sigma, x0_guess):
     return (x - _bcast(jnp.exp(la), x) * x0) / _bcast(sigma, x), x0
 
 
-def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False, members=None):
+def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False, members=None, cond=None, uncond=None):
     """(eps, x0) at (x_T, ts[0]): the AFS guess or model[0].
 
     By default a `lax.switch`, so an AFS really skips the model call. With `arithmetic=True` (used under vmap,
@@ -60,13 +63,14 @@ def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False, members=None):
     t0 = schedule.ts[0]
     la, sig = ns.log_alpha(t0), ns.sigma(t0)
     afs = schedule.afs
+    guide = dict(cond=cond, uncond=uncond, w=schedule.guidance[0])
     if not arithmetic:
         index = jnp.where(afs == AFS_NONE, schedule.model[0] + 2, afs - 1)
         branches = [
             lambda x: _guess(x, la, sig, jnp.zeros((), x.dtype)),
             lambda x: _guess(x, la, sig, mean),
             *[
-                (lambda x, m=m, k=k: to_eps_x0(m, m.params, x, t0, la, sig, label=m.label(k)))
+                (lambda x, m=m, k=k: guided_eps_x0(m, m.params, x, t0, la, sig, label=m.label(k), **guide))
                 for k, m in zip(members or range(len(zoo)), zoo, strict=True)
             ],
         ]
@@ -74,10 +78,21 @@ def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False, members=None):
     # Arithmetic choice: nothing here turns into a batched switch under vmap.
     g0, g1 = _guess(x_T, la, sig, jnp.zeros((), x_T.dtype)), _guess(x_T, la, sig, mean)
     pick = [(afs == AFS_ZERO_X0, g0), (afs == AFS_MEAN_X0, g1)]
-    eps, x0 = eval_zoo(zoo, schedule.model[0], x_T, t0, la, sig, members=members)
+    eps, x0 = eval_zoo(zoo, schedule.model[0], x_T, t0, la, sig, members=members, **guide)
     for cond, (ge, gx) in pick:
         eps, x0 = jnp.where(cond, ge, eps), jnp.where(cond, gx, x0)
     return eps, x0
+
+
+def dynamic_threshold(x, x0, log_alpha, sigma, thresholding):
+    """(eps, x0) with x0 dynamically thresholded (Imagen; DPM-Solver++'s `thresholding=True`): per sample,
+    s = max(max_val, quantile(|x0|, ratio)) over its entries, x0 <- clip(x0, -s, s) / s; then eps = (x - alpha x0) /
+    sigma, so the noise and data predictions still agree. `thresholding` = (ratio, max_val)."""
+    ratio, max_val = thresholding
+    s = jnp.quantile(jnp.abs(x0).reshape(x0.shape[0], -1), ratio, axis=1)
+    s = _bcast(jnp.maximum(s, max_val), x0)
+    x0 = jnp.clip(x0, -s, s) / s
+    return (x - _bcast(jnp.exp(log_alpha), x) * x0) / _bcast(sigma, x), x0
 
 
 def _finite(a):
@@ -96,13 +111,18 @@ def run(
     members=None,
     trajectory=False,
     remat=False,
+    cond=None,
+    uncond=None,
+    thresholding=None,
 ):
     """x at ts[N]; with `diagnose` (a second program, for `first_nonfinite_step`) also, per step i, whether x_(i+1)
     and the model outputs at ts[i+1] are finite [N, B] and the validity after step i [N], and for the first call
     the finiteness of its outputs [B] and the validity of the schedule. With `trajectory`, (x, `Trajectory`).
     `remat` recomputes each step's activations in the backward pass instead of storing them. `members`: see
     `models.used_members`, which also runs here, for model indices that are concrete while the rest is traced (a
-    fit of the times)."""
+    fit of the times). `cond`, `uncond`: the conditioning of every model call, and the unconditional one of guided
+    calls (pytrees with the batch as leading axis); without `uncond`, a guidance scale other than 1 is invalid.
+    `thresholding`: None, or (ratio, max_val) for `dynamic_threshold` after every model call."""
     zoo, model, members = used_members(zoo, schedule.model, schedule.afs, members)
     schedule = schedule._replace(model=model)
     n = schedule.ts.shape[-1] - 1
@@ -127,6 +147,8 @@ def run(
         & jnp.all(ts > 0)
         & jnp.all(jnp.isfinite(schedule.relax))
         & jnp.all(jnp.isfinite(schedule.d2_scale))
+        & jnp.all(jnp.isfinite(schedule.guidance))
+        & (uncond is not None or jnp.all(schedule.guidance == 1))
         & ~corr[-1]
         & (afs >= AFS_NONE)
         & (afs <= AFS_MEAN_X0)
@@ -149,6 +171,7 @@ def run(
         la_next=log_alpha[1:],
         sig_next=sigma[1:],
         model_next=jnp.concatenate([model[1:], jnp.zeros((1,), model.dtype)]),
+        guidance_next=jnp.concatenate([schedule.guidance[1:], jnp.ones((1,), schedule.guidance.dtype)]),
         order=schedule.order,
         prediction=schedule.prediction,
         start=schedule.start,
@@ -213,7 +236,11 @@ def run(
         # The model call at ts[i+1] (none after the last step). `i` is the scan counter, never batched, so this
         # stays a real conditional under vmap.
         def evaluate(x):
-            return eval_zoo(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"], members=members)
+            eps, x0 = eval_zoo(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"], members=members,
+                               cond=cond, uncond=uncond, w=s["guidance_next"])  # fmt: skip
+            if thresholding is None:
+                return eps, x0
+            return dynamic_threshold(x, x0, s["la_next"], s["sig_next"], thresholding)
 
         def skip(x):
             return jnp.zeros_like(x), jnp.zeros_like(x)
@@ -225,7 +252,10 @@ def run(
             flags = (x, x0_i)  # x: x_i after the corrector
         return (x_next, eps, x0, hist, ok), flags
 
-    eps0, x00 = _first_eval(zoo, ns, schedule, x_T, mean, arithmetic_first, members)
+    eps0, x00 = _first_eval(zoo, ns, schedule, x_T, mean, arithmetic_first, members, cond, uncond)
+    if thresholding is not None:  # the model's prediction only, not an analytical first step's guess
+        te, tx = dynamic_threshold(x_T, x00, log_alpha[0], sigma[0], thresholding)
+        eps0, x00 = jnp.where(afs == AFS_NONE, te, eps0), jnp.where(afs == AFS_NONE, tx, x00)
     hist0 = usf.init_history(x_T, ts[0], lam[0])
     step = jax.checkpoint(body) if remat else body
     (x, _, _, _, ok), flags = jax.lax.scan(step, (x_T, eps0, x00, hist0, ok0), xs)
@@ -238,4 +268,5 @@ def run(
 
 # The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes,
 # switches), so eager calls do not retrace the scan (inside a user's jit this simply inlines).
-run_jit = jax.jit(run, static_argnames=("arithmetic_first", "diagnose", "members", "trajectory", "remat"))
+run_jit = jax.jit(run, static_argnames=("arithmetic_first", "diagnose", "members", "trajectory", "remat",
+                                         "thresholding"))  # fmt: skip

@@ -146,37 +146,42 @@ def _bcast(v, x):
 
 
 SIGNATURE = "apply_fn(params, x [B, ...], t [B]) -> output of x's shape"
+COND_SIGNATURE = "apply_fn(params, x [B, ...], t [B], cond) -> output of x's shape, cond's leaves [B, ...]"
 
 
 def _spec(a) -> str:
     return f"[{', '.join(str(d) for d in a.shape)}] {a.dtype}"
 
 
-def _apply(model: Model, params, x, t, label: str | None = None):
-    """`model.apply_fn(params, x, t)`, checked while it is traced (no extra trace, nothing in the program): an
-    error inside the call, or an output that is not a floating array of x's shape, becomes a ValueError naming the
-    member (`label`), the shapes it was given and the signature expected (`SIGNATURE`)."""
+def _apply(model: Model, params, x, t, label: str | None = None, cond=None):
+    """`model.apply_fn(params, x, t)` (with `cond`: `apply_fn(params, x, t, cond)`), checked while it is traced (no
+    extra trace, nothing in the program): an error inside the call, or an output that is not a floating array of
+    x's shape, becomes a ValueError naming the member (`label`), the shapes it was given and the signature expected
+    (`SIGNATURE`, `COND_SIGNATURE`)."""
     who = label or model.label()
     declared = "" if model.sample_shape is None else f"; it declares sample_shape {model.sample_shape}"
+    sig = SIGNATURE if cond is None else COND_SIGNATURE
     try:
-        out = model.apply_fn(params, x, t)
+        out = model.apply_fn(params, x, t) if cond is None else model.apply_fn(params, x, t, cond)
     except Exception as e:
+        given = "" if cond is None else f", cond {jax.tree.map(_spec, cond)}"
         raise ValueError(
-            f"{who} failed when called with x {_spec(x)}, t {_spec(t)}{declared} (expected {SIGNATURE}): "
+            f"{who} failed when called with x {_spec(x)}, t {_spec(t)}{given}{declared} (expected {sig}): "
             f"{type(e).__name__}: {e}"
         ) from e
     if not (hasattr(out, "shape") and hasattr(out, "dtype")):
-        raise ValueError(f"{who} returned a {type(out).__name__} for x {_spec(x)}, expected {SIGNATURE}")
+        raise ValueError(f"{who} returned a {type(out).__name__} for x {_spec(x)}, expected {sig}")
     if tuple(out.shape) != tuple(x.shape) or not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"{who} returned {_spec(out)} for x {_spec(x)}{declared}: expected a floating point "
-                         f"array of x's shape ({SIGNATURE})")  # fmt: skip
+                         f"array of x's shape ({sig})")  # fmt: skip
     return out
 
 
-def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None = None):
+def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None = None, cond=None):
     """Evaluate `model` at (x [B, ...], t) and return (eps, x0), each of x's shape, by the formulas of the module
     docstring (x = alpha x0 + sigma eps). `t`, `log_alpha`, `sigma` are scalars (or [B]) for time t; `label` names
-    the model in error messages (default `model.label()`)."""
+    the model in error messages (default `model.label()`); `cond` (a pytree of [B, ...] leaves, or None) is passed
+    to the model as `apply_fn(params, x, t, cond)`."""
     batch = x.shape[0]
     alpha = jnp.exp(log_alpha)
     a, s = _bcast(alpha, x), _bcast(sigma, x)
@@ -185,14 +190,14 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None
         y = x / a
         s_edm = sigma / alpha
         if p == "denoiser":
-            x0 = _apply(model, params, y, jnp.broadcast_to(s_edm, (batch,)).astype(x.dtype), label)
+            x0 = _apply(model, params, y, jnp.broadcast_to(s_edm, (batch,)).astype(x.dtype), label, cond)
         else:
             c_skip, c_out, c_in, c_noise = precond.edm(s_edm, model.sigma_data)
             c_noise = jnp.broadcast_to(c_noise, (batch,)).astype(x.dtype)
-            out = _apply(model, params, _bcast(c_in, x) * y, c_noise, label)
+            out = _apply(model, params, _bcast(c_in, x) * y, c_noise, label, cond)
             x0 = _bcast(c_skip, x) * y + _bcast(c_out, x) * out
         return (x - a * x0) / s, x0
-    out = _apply(model, params, x, jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (batch,)), label)
+    out = _apply(model, params, x, jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (batch,)), label, cond)
     if p in ("noise", "score"):
         eps = out if p == "noise" else -s * out  # score = -eps / sigma
         return eps, (x - s * eps) / a
@@ -205,19 +210,55 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None
     return (x + a * out) / (a + s), (x - s * out) / (a + s)
 
 
-def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma, *, members: tuple[int, ...] | None = None):
+def guided_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, cond=None, uncond=None, w=1.0,
+                  label: str | None = None):  # fmt: skip
+    """(eps, x0) of `model` at (x, t) under classifier-free guidance with scale `w` (a scalar, traced or not).
+
+    Without `uncond` (or where w == 1): the model on `cond` alone (`to_eps_x0`). Otherwise one call on the
+    concatenated batch [x; x] with conditioning [cond; uncond] (each leaf concatenated on its leading axis), and
+    out = out(uncond) + w (out(cond) - out(uncond)) for eps and x0 alike. Every parameterisation maps the model's
+    output to (eps, x0) affinely at fixed (x, t), and the weights (1 - w, w) sum to 1, so this is guidance applied
+    to the model's own output: the noise and the data prediction agree exactly (x = alpha x0 + sigma eps), as in
+    DPM-Solver's model wrapper. w == 1 skips the unconditional half (`lax.cond`; under vmap over w both run).
+    """
+    if uncond is None:
+        return to_eps_x0(model, params, x, t, log_alpha, sigma, label=label, cond=cond)
+    b = x.shape[0]
+
+    def single(x, cond, uncond):
+        return to_eps_x0(model, params, x, t, log_alpha, sigma, label=label, cond=cond)
+
+    def both(x, cond, uncond):
+        pair = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
+        t2, la2, s2 = (jnp.concatenate([v, v]) if jnp.ndim(v) else v for v in (t, log_alpha, sigma))
+        eps2, x02 = to_eps_x0(model, params, jnp.concatenate([x, x]), t2, la2, s2, label=label, cond=pair)
+        ws = jnp.asarray(w, x.dtype)
+        return eps2[b:] + ws * (eps2[:b] - eps2[b:]), x02[b:] + ws * (x02[:b] - x02[b:])
+
+    if not isinstance(w, jax.core.Tracer):  # a concrete scale: only the branch that runs is in the program
+        return (single if float(w) == 1.0 else both)(x, cond, uncond)
+    return jax.lax.cond(w == 1, single, both, x, cond, uncond)
+
+
+def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma, *, members: tuple[int, ...] | None = None,
+             cond=None, uncond=None, w=1.0):  # fmt: skip
     """(eps, x0) of zoo[index] at (x, t): `lax.switch` with params as operands; one model needs no switch (and
     nothing to batch under vmap). `members`: the original zoo index of each entry when `zoo` is a part of a zoo
-    (`used_members`), for error messages."""
+    (`used_members`), for error messages. `cond`, `uncond`, `w`: conditioning and guidance (`guided_eps_x0`)."""
     names = members or tuple(range(len(zoo)))
     if len(zoo) == 1:
-        return to_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma, label=zoo[0].label(names[0]))
+        return guided_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma, cond=cond, uncond=uncond, w=w,
+                             label=zoo[0].label(names[0]))  # fmt: skip
     params = tuple(m.params for m in zoo)
     branches = [
-        (lambda ps, x, t, la, s, m=m, k=k: to_eps_x0(m, ps[k], x, t, la, s, label=m.label(names[k])))
+        (
+            lambda ps, x, t, la, s, c, u, w, m=m, k=k: guided_eps_x0(
+                m, ps[k], x, t, la, s, cond=c, uncond=u, w=w, label=m.label(names[k])
+            )
+        )  # fmt: skip
         for k, m in enumerate(zoo)
     ]
-    return jax.lax.switch(index, branches, params, x, t, log_alpha, sigma)
+    return jax.lax.switch(index, branches, params, x, t, log_alpha, sigma, cond, uncond, w)
 
 
 def used_members(zoo: tuple[Model, ...], model, afs=None, members: tuple[int, ...] | None = None):

@@ -6,11 +6,14 @@ dtypes, so one compiled sampler runs them all.
 
 Common arguments: `noise_schedule`, `nfe` (model calls), `skip` ('logSNR', 'time_uniform', 'time_quadratic',
 'karras'), `t_start` (default T), `t_end` (default: the schedule's, 1e-3 for continuous VP, sigma_min for EDM),
-`model` (the zoo index used at every step).
+`model` (the zoo index used at every step), `guidance` (the classifier-free guidance scale: a number for every
+step or one per step; 1, the default, is unguided; `nfe` counts the steps' model calls without guidance, while
+`Schedule.nfe()` counts each guided step twice).
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
@@ -53,6 +56,18 @@ def _build(ts, orders, starts, d1, relax_types, prediction, correctors, model, a
     )
 
 
+def _guided(schedule: Schedule, guidance) -> Schedule:
+    """`schedule` with the classifier-free guidance scale `guidance`: a real number for every step, or one per step
+    (its number of steps, e.g. `dpm_solver`'s sub-steps); 1 everywhere is the unguided schedule."""
+    n = schedule.num_steps
+    g = np.asarray(guidance, dtype=object if isinstance(guidance, str) else None)
+    if g.dtype.kind not in "iuf" or g.ndim > 1 or not np.all(np.isfinite(g)):
+        raise ValueError(f"guidance must be a finite real scale or one per step, got {guidance!r}")
+    if g.ndim == 1 and g.shape != (n,):
+        raise ValueError(f"guidance has {g.shape[0]} scales but the schedule has {n} steps")
+    return schedule._replace(guidance=jnp.asarray(np.broadcast_to(g, (n,)), schedule.guidance.dtype))
+
+
 def _steps_for(nfe, afs):
     # An analytical first step replaces the first model call: one more step for the same NFE.
     return nfe + (afs != "none")
@@ -68,13 +83,14 @@ def ddim(
     model: int = 0,
     prediction: str = "noise",
     afs: str = "none",
+    guidance=1.0,
 ) -> Schedule:
     """DDIM (= DPM-Solver-1 = DPM-Solver++-1): order 1 at every step; both predictions give the same update."""
     _check_common(noise_schedule, nfe, model, prediction, afs)
     n = _steps_for(nfe, afs)
     ts = time_steps(noise_schedule, n, skip, t_start=t_start, t_end=t_end)
     z = np.zeros(n, int)
-    return _build(ts, np.ones(n, int), z, z, z, prediction, np.zeros(n, bool), model, afs)
+    return _guided(_build(ts, np.ones(n, int), z, z, z, prediction, np.zeros(n, bool), model, afs), guidance)
 
 
 def _multistep_orders(n, order, lower_order_final):
@@ -103,6 +119,7 @@ def dpm_solver_pp(
     lower_order_final: bool = True,
     prediction: str = "data",
     afs: str = "none",
+    guidance=1.0,
 ) -> Schedule:
     """Multistep DPM-Solver++(kM) (data prediction). Lower-order final steps only when NFE < 10, as in
     `DPM_Solver.sample(method='multistep', lower_order_final=True)`; order-2 steps use the DPM-Solver-2
@@ -122,7 +139,7 @@ def dpm_solver_pp(
     # The published order-3 multistep update uses D_2 = (D1_0 - D1_1)/(r_0 + r_1): half the Taylor term.
     d2_scale = np.where(orders == 3, 0.5, 1.0)
     z = np.zeros(n, int)
-    return _build(ts, orders, z, z, relax, prediction, np.zeros(n, bool), model, afs, d2_scale)
+    return _guided(_build(ts, orders, z, z, relax, prediction, np.zeros(n, bool), model, afs, d2_scale), guidance)
 
 
 def _singlestep_outer(noise_schedule, nfe, order, skip, t_start, t_end):
@@ -164,6 +181,7 @@ def dpm_solver(
     model: int = 0,
     solver_type: str = "dpmsolver",
     prediction: str = "noise",
+    guidance=1.0,
 ) -> Schedule:
     """Singlestep DPM-Solver-k, the 'fast' order pattern of `DPM_Solver.sample(method='singlestep')`.
 
@@ -195,7 +213,8 @@ def dpm_solver(
             relax += [usf.RELAX_LINEAR, usf.RELAX_LINEAR]
     n = len(orders)
     z = np.zeros(n, int)
-    return _build(np.asarray(ts), orders, starts, z, relax, prediction, np.zeros(n, bool), model, "none")
+    sched = _build(np.asarray(ts), orders, starts, z, relax, prediction, np.zeros(n, bool), model, "none")
+    return _guided(sched, guidance)
 
 
 def unipc(
@@ -211,6 +230,7 @@ def unipc(
     prediction: str = "data",
     lower_order_final: bool = True,
     afs: str = "none",
+    guidance=1.0,
 ) -> Schedule:
     """Multistep UniPC-p with B(h) = h (bh1) or e^h - 1 (bh2): UniP-p predictor, UniC corrector on every step
     but the last (free: it reuses the next model call). Order-2 predictors and the order-1 corrector use the
@@ -229,7 +249,7 @@ def unipc(
     relax = np.where(orders <= 2, bh, usf.RELAX_LINEAR)
     correctors = np.arange(n) < n - 1
     z = np.zeros(n, int)
-    return _build(ts, orders, z, z, relax, prediction, correctors, model, afs)
+    return _guided(_build(ts, orders, z, z, relax, prediction, correctors, model, afs), guidance)
 
 
 PRESETS = {"ddim": ddim, "dpm_solver": dpm_solver, "dpm_solver_pp": dpm_solver_pp, "unipc": unipc}

@@ -25,7 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax.checks import check_inputs, check_noise_schedule, check_sample_shape, check_x_T
+from omsjax.checks import (
+    check_conditioning,
+    check_inputs,
+    check_noise_schedule,
+    check_sample_shape,
+    check_x_T,
+    thresholding_option,
+)
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
 from omsjax.integrate import Trajectory
 from omsjax.integrate import run as _sample
@@ -54,6 +61,9 @@ def sample(
     x_T: jax.Array,
     *,
     data_mean: jax.Array | None = None,
+    cond=None,
+    uncond=None,
+    thresholding=None,
     return_trajectory: bool = False,
     remat: bool = False,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
@@ -66,6 +76,15 @@ def sample(
       x_T: [batch, ...] starting noise at the prior's scale, N(0, prior_std(ts[0])^2 I) (`prior` draws it):
         unit variance for VP and flow schedules, sigma_max for EDM.
       data_mean: x0 guess for the analytical first step `afs = 2`, broadcastable to one sample.
+      cond: conditioning for every model call, a pytree of arrays with the batch as leading axis (labels,
+        embeddings): each call is then apply_fn(params, x, t, cond), for every member of a zoo.
+      uncond: the unconditional input (e.g. the null label), cond's structure and shapes: each model call at a step
+        with `schedule.guidance[i]` = w != 1 is classifier-free guided, out(uncond) + w (out(cond) - out(uncond)),
+        both halves in one call on the concatenated batch (`models.guided_eps_x0`); w = 1 calls cond alone.
+      thresholding: dynamic thresholding of the model's data prediction after every call (DPM-Solver++ / Imagen,
+        for guided sampling of data in [-1, 1]): True for (ratio 0.995, max_val 1.0), or (ratio, max_val); per
+        sample, x0 is clipped to [-s, s] and divided by s = max(max_val, the ratio-quantile of |x0|), and the noise
+        prediction is recomputed from it (`integrate.dynamic_threshold`). Off (None) by default.
       return_trajectory: also return a `Trajectory`: every state x_i [N + 1, batch, ...] and the model's data
         prediction at each step [N, batch, ...] (a separate program; off, nothing is stored or computed).
       remat: wrap each step in `jax.checkpoint`: a gradient through the sampler (e.g. w.r.t. the times) then keeps
@@ -75,10 +94,11 @@ def sample(
       x at ts[N], shape [batch, ...], or (x, Trajectory) with `return_trajectory`.
     """
     zoo = as_zoo(model_or_zoo)
-    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean)
+    check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     zoo, model, members = used_members(zoo, schedule.model, schedule.afs)
     return _sample_jit(zoo, noise_schedule, schedule._replace(model=model), x_T, data_mean, members=members,
-                       trajectory=bool(return_trajectory), remat=bool(remat))  # fmt: skip
+                       trajectory=bool(return_trajectory), remat=bool(remat), cond=cond, uncond=uncond,
+                       thresholding=thresholding_option(thresholding))  # fmt: skip
 
 
 def sample_many(
@@ -89,8 +109,12 @@ def sample_many(
     *,
     method: str = "map",
     data_mean: jax.Array | None = None,
+    cond=None,
+    uncond=None,
+    thresholding=None,
 ) -> jax.Array:
-    """Run a stacked batch of schedules (leading axis C) on the same x_T; returns [C, *x_T.shape].
+    """Run a stacked batch of schedules (leading axis C) on the same x_T (and the same `cond`, `uncond` and
+    `thresholding`, as in `sample`); returns [C, *x_T.shape].
 
     method="vmap": one vectorised program. Fast for *solver* schedules of one model. Fields that choose a
       `lax.switch` branch (`model`, `afs`) are passed unbatched when every candidate shares them; otherwise the
@@ -108,14 +132,18 @@ def sample_many(
         for c in range(np.shape(schedules.ts)[0]):
             one = jax.tree_util.tree_map(lambda a, c=c: a[c], schedules)
             try:
-                check_inputs(zoo, noise_schedule, one, x_T, data_mean)
+                check_inputs(zoo, noise_schedule, one, x_T, data_mean, cond, uncond)
             except ValueError as e:
                 raise ValueError(f"candidate {c}: {e}") from None
     else:
-        check_inputs(zoo, noise_schedule, jax.tree_util.tree_map(lambda a: a[0], schedules), x_T, data_mean)
+        check_inputs(zoo, noise_schedule, jax.tree_util.tree_map(lambda a: a[0], schedules), x_T, data_mean, cond,
+                     uncond)  # fmt: skip
+
+    thr = thresholding_option(thresholding)
 
     def one(s, arithmetic_first=False):
-        return _sample(zoo, noise_schedule, s, x_T, data_mean, arithmetic_first)
+        return _sample(zoo, noise_schedule, s, x_T, data_mean, arithmetic_first, cond=cond, uncond=uncond,
+                       thresholding=thr)  # fmt: skip
 
     if method == "vmap":
         shared = {}
@@ -216,6 +244,9 @@ def generate(
     seed: int = 0,
     batch_size: int = 500,
     data_mean: jax.Array | None = None,
+    cond=None,
+    uncond=None,
+    thresholding=None,
     dtype=jnp.float32,
 ) -> np.ndarray:
     """`n` samples of one schedule from prior noise (unit normal draws scaled by `noise_schedule.prior_std(ts[0])`:
@@ -223,10 +254,13 @@ def generate(
 
     The draws come from `key` (a `jax.random` key) or else from the int `seed` (the CLI's): sample i uses
     fold_in(key, i) (with key = PRNGKey(seed)), so the same key gives the same samples whatever `batch_size`.
-    A batch with NaN or inf raises ValueError naming the step, its time and the model (`first_nonfinite_step`)."""
+    A batch with NaN or inf raises ValueError naming the step, its time and the model (`first_nonfinite_step`).
+    `cond` and `uncond` (as in `sample`) hold one entry per sample, leading axis n; each batch takes its rows.
+    `thresholding` as in `sample`."""
     zoo = as_zoo(model_or_zoo)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_conditioning(cond, uncond, n)
     from_seed = key is None
     key = jax.random.PRNGKey(seed) if from_seed else key
     scale = jnp.asarray(noise_schedule.prior_std(np.asarray(schedule.ts, np.float64)[0]), dtype)
@@ -234,9 +268,12 @@ def generate(
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         x_T = scale * _noise(key, m, shape, dtype, offset=start)
-        x = np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean))
+        rows = {k: None if v is None else jax.tree.map(lambda a, s=start, m=m: a[s : s + m], v)
+                for k, v in (("cond", cond), ("uncond", uncond))}  # fmt: skip
+        rows["thresholding"] = thresholding
+        x = np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, **rows))
         if not np.all(np.isfinite(x)):
-            found = first_nonfinite_step(zoo, noise_schedule, schedule, x_T, data_mean=data_mean)
+            found = first_nonfinite_step(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, **rows)
             what = found.message if found else "sample returned non-finite values (a re-run to locate them found none)"
             src = f"seed {seed}" if from_seed else "the given key"
             raise ValueError(f"{what} [generate: samples {start}..{start + m - 1} of {n}, {src}]")

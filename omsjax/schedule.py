@@ -4,6 +4,8 @@ A schedule of N steps goes from ts[0] (usually T) to ts[N] (t_end). Step i evalu
 (x_i, ts[i]) -- except step 0 under an analytical first step -- and updates x_i to x_{i+1} with the USF step
 decided by `order[i]`, `prediction[i]`, `start[i]`, `d1_points[i]`, `relax_type[i]`, `relax[i]`, and, if
 `corrector[i]`, a pseudo-corrector that reuses the model call at ts[i+1]. See `omsjax.usf` for the semantics.
+`guidance[i]` is the classifier-free guidance scale w of the model call at ts[i] (1: the conditional model alone;
+`omsjax.sample`'s `cond` and `uncond`).
 
 Because all fields are arrays, one compiled sampler serves every schedule of the same N, and `jax.vmap` over a
 stacked batch of schedules works. Validation (`check_schedule`) runs on the host and names the field and step.
@@ -47,6 +49,9 @@ class Schedule(NamedTuple):
     relax_type: int[N]   0 = linear, 1 = DPM-Solver-2 / UniPC-bh2 factor, 2 = UniPC-bh1 factor.
     d2_scale:   float[N] factor on the D_2 term (1 = Taylor; 0.5 = DPM-Solver(++)'s published 3M update).
     corrector:  bool[N]  pseudo-corrector after step i (never on the last step).
+    guidance:   float[N] classifier-free guidance scale w of the model call at ts[i]: the output is
+                out(uncond) + w (out(cond) - out(uncond)); 1 = the conditional (or unconditional) model alone.
+                A step with w != 1 costs two evaluations (`nfe`, `cost`) and needs `sample(..., uncond=)`.
     afs:        int[]    analytical first step: 0 none, 1 zero x0, 2 data-set mean x0.
     """
 
@@ -60,23 +65,31 @@ class Schedule(NamedTuple):
     relax_type: jax.Array
     d2_scale: jax.Array
     corrector: jax.Array
+    guidance: jax.Array
     afs: jax.Array
 
     @property
     def num_steps(self) -> int:
         return int(np.shape(self.ts)[-1]) - 1
 
+    def _calls(self) -> np.ndarray:
+        """Model evaluations per step [..., N]: 0 at step 0 under an analytical first step, 2 for a guided step
+        (guidance != 1: the conditional and the unconditional output), else 1."""
+        model = np.asarray(self.model)
+        calls = np.where(np.asarray(self.guidance) != 1.0, 2, 1) * np.ones(model.shape, int)
+        calls[..., 0] = np.where(np.asarray(self.afs) == AFS_NONE, calls[..., 0], 0)
+        return calls
+
     def nfe(self):
-        """Model calls: one per step, minus one under an analytical first step (correctors are free)."""
-        return self.num_steps - (np.asarray(self.afs) != AFS_NONE).astype(int)
+        """Model evaluations: one per step, two for a guided step (guidance != 1), none at step 0 under an
+        analytical first step (correctors are free)."""
+        return np.sum(self._calls(), axis=-1)
 
     def cost(self, latencies):
-        """Sum of the latencies of the models actually called (AFS skips the call at step 0)."""
+        """Sum of the latencies of the models actually called (AFS skips the call at step 0; a guided step counts
+        its model twice)."""
         lat = np.asarray(latencies, dtype=np.float64)
-        model = np.asarray(self.model)
-        called = np.ones(model.shape, bool)
-        called[..., 0] = np.asarray(self.afs) == AFS_NONE
-        return np.sum(np.where(called, lat[model], 0.0), axis=-1)
+        return np.sum(self._calls() * lat[np.asarray(self.model)], axis=-1)
 
     def to_json(self, *, indent: int | None = 2, **metadata) -> str:
         """Human-readable JSON (decision names spelled out); extra keyword arguments are stored as metadata."""
@@ -96,6 +109,9 @@ class Schedule(NamedTuple):
             "corrector": [bool(v) for v in np.asarray(self.corrector)],
             "afs": AFS_NAMES[int(np.asarray(self.afs))],
         }
+        guidance = np.asarray(self.guidance, np.float64)
+        if np.any(guidance != 1.0):  # written only when used: unguided schedules keep their JSON (and archive keys)
+            d["guidance"] = [float(v) for v in guidance]
         if metadata:
             d["metadata"] = metadata
         return json.dumps(d, indent=indent)
@@ -152,6 +168,7 @@ class Schedule(NamedTuple):
 
 
 _INT32 = (-(2**31), 2**31 - 1)
+_OPTIONAL = frozenset({"guidance"})  # absent in a schedule file: 1 at every step
 _JSON_KEYS = frozenset(Schedule._fields) | {"omsjax_schedule", "num_steps", "metadata"}
 
 
@@ -197,7 +214,7 @@ def _from_dict(d: dict) -> Schedule:
     if unknown:
         raise ValueError(f"schedule JSON has unknown field(s) {unknown}; the fields are {sorted(_JSON_KEYS)}")
     for name in Schedule._fields:
-        if name not in d:
+        if name not in d and name not in _OPTIONAL:
             raise ValueError(f"schedule JSON lacks the field {name!r}")
     fields = {"ts": _json_list(d, "ts", float)}
     if "num_steps" in d:
@@ -214,6 +231,8 @@ def _from_dict(d: dict) -> Schedule:
     fields["relax"] = _json_list(d, "relax", float)
     fields["d2_scale"] = _json_list(d, "d2_scale", float)
     fields["corrector"] = _json_list(d, "corrector", bool)
+    if "guidance" in d:
+        fields["guidance"] = _json_list(d, "guidance", float)
     if not (isinstance(d["afs"], str) and d["afs"] in AFS_NAMES):
         raise ValueError(f"schedule JSON field 'afs' must be one of {AFS_NAMES}, got {_short(d['afs'])}")
     fields["afs"] = AFS_NAMES.index(d["afs"])
@@ -258,9 +277,17 @@ def _json_names(d, name, names):
     return out
 
 
-def make(ts, model, order, prediction, start, d1_points, relax, relax_type, corrector, afs, d2_scale=None) -> Schedule:
-    """Build a Schedule with the canonical dtypes (float ts/relax in the default float dtype, int32, bool)."""
+def make(ts, model, order, prediction, start, d1_points, relax, relax_type, corrector, afs, d2_scale=None,
+         guidance=None) -> Schedule:  # fmt: skip
+    """Build a Schedule with the canonical dtypes (float ts/relax/d2_scale/guidance in the default float dtype,
+    int32, bool); `d2_scale` and `guidance` default to 1 at every step, and a scalar `guidance` applies to all."""
     f = jnp.result_type(float)
+    n = len(ts) - 1
+    g = np.ones(n) if guidance is None else np.asarray(guidance, np.float64)
+    if g.ndim == 0:
+        g = np.full(n, float(g))
+    if g.shape != (n,):
+        raise ValueError(f"guidance must be a scalar or one scale per step, shape ({n},), got shape {g.shape}")
     return Schedule(
         ts=jnp.asarray(np.asarray(ts, np.float64), f),
         model=jnp.asarray(model, jnp.int32),
@@ -272,6 +299,7 @@ def make(ts, model, order, prediction, start, d1_points, relax, relax_type, corr
         relax_type=jnp.asarray(relax_type, jnp.int32),
         d2_scale=jnp.asarray(np.ones(len(ts) - 1) if d2_scale is None else np.asarray(d2_scale, np.float64), f),
         corrector=jnp.asarray(corrector, jnp.bool_),
+        guidance=jnp.asarray(g, f),
         afs=jnp.asarray(afs, jnp.int32),
     )
 
@@ -333,9 +361,10 @@ def check_schedule(schedule: Schedule, num_models: int | None = None, noise_sche
     def fail(field, i, msg):
         raise ValueError(f"Schedule.{field} at step {i}: {msg}")
 
-    if not np.issubdtype(a["d2_scale"].dtype, np.floating):
-        raise ValueError(f"Schedule.d2_scale must be floating point, got {a['d2_scale'].dtype}")
-    for name in ("ts", "relax", "d2_scale"):
+    for name in ("d2_scale", "guidance"):
+        if not np.issubdtype(a[name].dtype, np.floating):
+            raise ValueError(f"Schedule.{name} must be floating point, got {a[name].dtype}")
+    for name in ("ts", "relax", "d2_scale", "guidance"):
         bad = np.flatnonzero(~np.isfinite(a[name]))
         if bad.size:
             fail(name, int(bad[0]), f"non-finite value {a[name][bad[0]]}")

@@ -89,6 +89,8 @@ class SearchSpace:
       t_start, t_end: the fixed end times. The defaults (1.0, 1e-3) suit the VP schedules; for any other noise
         schedule build the space with `for_noise_schedule` (or `for_nfe(..., noise_schedule=ns)`), which takes
         t_start = ns.t_max and t_end = ns.default_t_end. `check_times(ns)` says whether they fit a schedule.
+      guidance: the classifier-free guidance scale of every decoded step (`Schedule.guidance`; 1: unguided).
+        Solver mode only for now: the GA's budgets of model and joint modes count unguided calls.
     """
 
     num_positions: int
@@ -102,6 +104,7 @@ class SearchSpace:
     spacing: str = "logSNR"
     t_start: float = 1.0
     t_end: float = 1e-3
+    guidance: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "latencies", tuple(float(v) for v in self.latencies))
@@ -130,6 +133,11 @@ class SearchSpace:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if not (math.isfinite(self.t_start) and math.isfinite(self.t_end) and self.t_start > self.t_end > 0):
             raise ValueError(f"need t_start > t_end > 0, got {self.t_start}, {self.t_end}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
+            raise ValueError(f"guidance must be a real number, got {self.guidance!r}")
+        if not math.isfinite(self.guidance) or (self.guidance != 1 and self.mode != "solver"):
+            raise ValueError(f"guidance must be finite, and other than 1 only in solver mode (the budgets of model "
+                             f"and joint modes count unguided calls), got {self.guidance} in {self.mode} mode")  # fmt: skip
 
     @property
     def num_models(self) -> int:
@@ -319,6 +327,7 @@ def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tupl
         relax_type=pad(relax_type, usf.RELAX_LINEAR).astype(jnp.int32),
         d2_scale=pad(d2_scale, 1.0).astype(f),
         corrector=pad(corrector, False).astype(jnp.bool_),
+        guidance=jnp.full((N,), space.guidance, f),
         afs=afs,
     )
     return sched, length

@@ -3,10 +3,8 @@
 - `sample_candidates`: the samples of C schedules of one length from the same x_T. Solver schedules of one model
   run as one `vmap` program; model schedules (`method="map"`) run with `lax.map`, so each costs the models it
   schedules. With several devices, candidates are split over them with `jax.shard_map` (a 1-D mesh "cand").
-- `Archive`: a JSONL file; one line per evaluated schedule, keyed by the schedule's canonical JSON and the
-  evaluation settings (noise seed, sample count). It is appended to as results arrive (`files.append_jsonl`: whole
-  lines, fsynced), so an interrupted search that reopens it re-evaluates nothing; a line torn by a killed run, or
-  one that is not a valid record, is skipped with a warning naming the file and the line.
+- `Archive` (`search.archive`, re-exported here): a JSONL file, one line per evaluated schedule, keyed by the
+  schedule's canonical JSON and the evaluation settings; an interrupted search that reopens it re-evaluates nothing.
 - `Evaluator`: decodes genomes (or takes schedules), skips what the archive holds, groups the rest by length,
   samples them in chunks and scores each by its metric, `metric(samples, x_T) -> float` (lower is better; numpy
   arrays [n, *sample_shape]): the user's own, or by default the digits FD `omsjax.metrics.digits_fd`, which scores
@@ -17,26 +15,25 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from omsjax import files, metrics, sampler
+from omsjax import checks, metrics, sampler
+from omsjax.checks import thresholding_option
 from omsjax.models import Model, as_zoo, used_members
 from omsjax.schedule import Schedule, check_schedule, stack
 from omsjax.search import encoding
+from omsjax.search.archive import Archive, Record, genome_from_dict, genome_to_dict, schedule_key
 from omsjax.search.encoding import Genome, SearchSpace
 
 _log = logging.getLogger(__name__)
@@ -44,150 +41,16 @@ _log = logging.getLogger(__name__)
 __all__ = ["Record", "Archive", "Evaluator", "sample_candidates", "schedule_key", "genome_to_dict", "genome_from_dict"]
 
 
-def schedule_key(schedule: Schedule) -> str:
-    """A stable id of a concrete schedule: sha1 of its canonical JSON."""
-    return hashlib.sha1(schedule.to_json(indent=None).encode()).hexdigest()[:16]
-
-
-def genome_to_dict(g: Genome) -> dict:
-    """A genome as JSON-ready lists (one per gene; the archive's "genome" field)."""
-    return {k: np.asarray(v).tolist() for k, v in g._asdict().items()}
-
-
-def genome_from_dict(d: dict) -> Genome:
-    """The inverse of `genome_to_dict`: continuous genes as floats of the default precision, the others int32."""
-    f = jnp.result_type(float)
-    return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields})
-
-
-# An archive line's fields: the JSON types each may have, and how the warning about a wrong one names them.
-_NUMBER = (int, float)
-_FIELDS = {"key": (str, "a string"), "eval_key": (str, "a string"), "fd": ((*_NUMBER, type(None)), "a number or null"),
-           "cost": (_NUMBER, "a number"), "nfe": (int, "an integer"), "schedule": (dict, "an object"),
-           "genome": ((dict, type(None)), "an object or null"), "stage": (int, "an integer"),
-           "seconds": (_NUMBER, "a number"), "note": (str, "a string")}  # fmt: skip
-_REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
-
-
-@dataclasses.dataclass
-class Record:
-    """One evaluated schedule. `fd` is the evaluator's metric value, lower is better (the digits FD by default;
-    inf for a diverged schedule); it keeps the name `fd` in the archive JSON, and `score` is the same value."""
-
-    key: str
-    eval_key: str
-    fd: float
-    cost: float
-    nfe: int
-    schedule: dict
-    genome: dict | None = None
-    stage: int = 0
-    seconds: float = 0.0
-    note: str = ""  # why the score is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
-
-    @property
-    def score(self) -> float:
-        """The metric's value (the field `fd`)."""
-        return self.fd
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["fd"] = None if not np.isfinite(self.fd) else self.fd  # JSON has no inf
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Record:
-        """The record of an archive line's object; raises `ValueError` naming the field that is missing or of the
-        wrong type. `fd` is a number or null (inf: a diverged schedule); fields it does not know are ignored."""
-        missing = [f for f in _REQUIRED if f not in d]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        kw = {f: d[f] for f in _FIELDS if f in d}
-        for f, v in kw.items():
-            types, what = _FIELDS[f]
-            if isinstance(v, bool) or not isinstance(v, types):
-                raise ValueError(f"{f} is {v!r}, not {what}")
-        fd = math.inf if kw["fd"] is None else float(kw["fd"])
-        kw["fd"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst FD
-        kw.update({f: float(kw[f]) for f in ("cost", "seconds") if f in kw})
-        return cls(**kw)
-
-    @classmethod
-    def from_json(cls, line: str) -> Record:
-        return cls.from_dict(json.loads(line))
-
-    def to_schedule(self) -> Schedule:
-        return Schedule.from_json(self.schedule)
-
-
-class Archive:
-    """Append-only JSONL of `Record`s, written with `files.append_jsonl`: a record is one whole line, flushed and
-    fsynced, and a line torn by a killed run is ended before the next record. Reading skips a line that is torn,
-    not JSON, or not a valid record (`Record.from_dict`) with a warning naming the file and the line number."""
-
-    def __init__(self, path=None):
-        self.path = None if path is None else Path(path)
-        self.records: list[Record] = []
-        self._index: dict[tuple[str, str], Record] = {}
-        self._cached: set[tuple[str, str]] = set()  # remembered (`remember`), not in the file
-        self._unused: set[tuple[str, str]] = set()  # remembered and not yet returned by `get`
-        if self.path is not None:
-            for d in files.read_jsonl(self.path, check=Record.from_dict):
-                self._add(Record.from_dict(d))
-
-    def _add(self, r: Record) -> None:
-        if (r.key, r.eval_key) not in self._index:
-            self.records.append(r)
-        self._index[(r.key, r.eval_key)] = r
-
-    def get(self, key: str, eval_key: str) -> Record | None:
-        r = self._index.get((key, eval_key))
-        if r is not None:
-            self._unused.discard((key, eval_key))
-        return r
-
-    def remember(self, records) -> None:
-        """Make `records` (e.g. a zoo's cached evaluations, `search.cache`) known without writing them to the file;
-        records already in the archive win. A remembered record joins `select` and `len` once `get` has returned
-        it (a search used it), not before: a cache of other NFEs or noise stays out of a search's records.
-        `cache_hits` holds the (key, eval_key) pairs of those used."""
-        for r in records:
-            if (r.key, r.eval_key) not in self._index:
-                self._add(r)
-                self._cached.add((r.key, r.eval_key))
-                self._unused.add((r.key, r.eval_key))
-
-    @property
-    def cache_hits(self) -> set[tuple[str, str]]:
-        """The remembered records that `get` has returned."""
-        return self._cached - self._unused
-
-    def append(self, r: Record) -> None:
-        """Add `r` and append it to the file (flushed and fsynced before this returns)."""
-        self._add(r)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            files.append_jsonl(self.path, [r.to_dict()])
-
-    def select(self, eval_key: str) -> list[Record]:
-        return [r for r in self.records if r.eval_key == eval_key and (r.key, r.eval_key) not in self._unused]
-
-    def __len__(self) -> int:
-        return len(self.records) - len(self._unused)
-
-
 @functools.cache
 def _mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("cand",))
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
-def _sample_jit(zoo, ns, stacked, x_T, data_mean, method):
+@functools.partial(jax.jit, static_argnames=("method", "thresholding"))
+def _sample_jit(zoo, ns, stacked, x_T, data_mean, method, cond=None, uncond=None, thresholding=None):
     def run(s):
-        return sampler.sample_many(zoo, ns, s, x_T, method=method, data_mean=data_mean)
+        return sampler.sample_many(zoo, ns, s, x_T, method=method, data_mean=data_mean, cond=cond, uncond=uncond,
+                                   thresholding=thresholding)  # fmt: skip
 
     ndev = len(jax.devices())
     if ndev == 1:
@@ -233,10 +96,14 @@ def sample_candidates(
     method: str = "vmap",
     data_mean=None,
     chunk: int = 8,
+    cond=None,
+    uncond=None,
+    thresholding=None,
 ) -> np.ndarray:
-    """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T`, `chunk` candidates per
-    compiled call (the last chunk is padded by repeating a candidate, so every call has one shape). With D
-    devices, each chunk (rounded up to a multiple of D) is split over them.
+    """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T` (and `cond`, `uncond`,
+    `thresholding`, as in `sample`), `chunk` candidates per compiled call (the last chunk is padded by repeating a
+    candidate, so every call has one shape). With D devices, each chunk (rounded up to a multiple of D) is split
+    over them.
 
     A chunk whose schedules all call one zoo member compiles that member alone (`models.used_members`): a solver
     search on one model of a big zoo compiles one network. Chunks that call several members keep the whole zoo in
@@ -252,6 +119,9 @@ def sample_candidates(
     for i, s in enumerate(schedules):
         try:
             check_schedule(s, len(zoo))
+            checks.check_conditioning(cond, uncond, x_T.shape[0])
+            if uncond is None and np.any(np.asarray(s.guidance) != 1.0):
+                raise ValueError("Schedule.guidance other than 1 needs uncond= (classifier-free guidance)")
         except ValueError as e:
             raise ValueError(f"candidate {i}: {e}") from None
     ndev = len(jax.devices())
@@ -261,10 +131,11 @@ def sample_candidates(
         part = schedules[start : start + chunk]
         padded = stack(part + [part[-1]] * (chunk - len(part)))
         used, model, _ = used_members(zoo, padded.model, padded.afs)
+        kw = dict(cond=cond, uncond=uncond, thresholding=thresholding_option(thresholding))
         if len(used) == 1:  # one member: compile it alone (one program per member, not one per subset of the zoo)
-            res = _sample_jit(used, noise_schedule, padded._replace(model=model), x_T, data_mean, method)
+            res = _sample_jit(used, noise_schedule, padded._replace(model=model), x_T, data_mean, method, **kw)
         else:
-            res = _sample_jit(zoo, noise_schedule, padded, x_T, data_mean, method)
+            res = _sample_jit(zoo, noise_schedule, padded, x_T, data_mean, method, **kw)
         out.append(np.asarray(res)[: len(part)])
     return np.concatenate(out)
 
@@ -292,6 +163,11 @@ class Evaluator:
     float32 (`sampler.noise`), at the prior scale of the space's t_start (without a space: the noise schedule's
     t_max).
 
+    `cond`, `uncond`, `thresholding`: conditioning, classifier-free guidance and dynamic thresholding, as in
+    `omsjax.sample`; cond's and uncond's leaves have at least `num_samples` rows (one per sample of the noise; the
+    first `num_samples` are used, so `with_noise` may ask for fewer, or for as many as given). They are part of
+    `eval_key` ("-c" and a hash), so an archive never mixes evaluations under different conditioning.
+
     `method=None` picks `map` for model schedules, and for solver schedules of one model `vmap` on an accelerator
     but `map` on the CPU: there, 8 candidates x 500 samples of the 634k digits U-Net took 47 s with `vmap` and
     6.4 s with `map` (the same as a loop of jitted calls; the batched activations no longer fit the caches).
@@ -315,6 +191,9 @@ class Evaluator:
         method: str | None = None,
         classifier=None,
         ref=None,
+        cond=None,
+        uncond=None,
+        thresholding=None,
     ):
         if num_samples < 2:
             raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {num_samples}")
@@ -347,6 +226,7 @@ class Evaluator:
                 raise ValueError("metric_name names a custom metric: pass metric= with it")
             self.metric = functools.partial(metrics.digits_fd, ref=ref, classifier=classifier)
             self.metric_name = "digits_fd"
+        self._set_conditioning(cond, uncond, thresholding)
         self.eval_key = self._eval_key()
         self.sample_shape = _sample_shape(self.zoo, sample_shape, image_shape)
         if self.sample_shape is None:
@@ -354,11 +234,31 @@ class Evaluator:
                              f"shape of one sample (the digits: {DIGITS_SHAPE})")  # fmt: skip
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
 
+    def _set_conditioning(self, cond, uncond, thresholding) -> None:
+        """Keep `cond` and `uncond` (leaves with at least num_samples rows; the first num_samples are used) and the
+        thresholding option, checked."""
+        self._cond_all, self._uncond_all = cond, uncond
+        self.thresholding = thresholding_option(thresholding)
+        rows = [np.shape(a)[0] for a in jax.tree.leaves((cond, uncond)) if np.ndim(a) >= 1]
+        if cond is not None and (not rows or min(rows) < self.num_samples):
+            raise ValueError(f"cond and uncond need at least num_samples = {self.num_samples} rows (one per sample), "
+                             f"got {min(rows, default=0)}")  # fmt: skip
+        take = lambda t: None if t is None else jax.tree.map(lambda a: a[: self.num_samples], t)  # noqa: E731
+        self.cond, self.uncond = take(cond), take(uncond)
+        checks.check_conditioning(self.cond, self.uncond, self.num_samples)
+
     def _eval_key(self) -> str:
-        """The archive's name for this noise and metric: "seed{noise_seed}-n{num_samples}", and "-{metric_name}"
-        for a custom metric."""
+        """The archive's name for this noise, metric and conditioning: "seed{noise_seed}-n{num_samples}", then
+        "-{metric_name}" for a custom metric, and "-c{hash}" of cond, uncond and thresholding when any is given."""
         key = f"seed{self.noise_seed}-n{self.num_samples}"
-        return f"{key}-{self.metric_name}" if self.custom_metric else key
+        key = f"{key}-{self.metric_name}" if self.custom_metric else key
+        if self.cond is None and self.thresholding is None:
+            return key
+        h = hashlib.sha1(repr(self.thresholding).encode())
+        for leaf in jax.tree.leaves((self.cond, self.uncond)):
+            a = np.asarray(leaf)
+            h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+        return f"{key}-c{h.hexdigest()[:10]}"
 
     def with_noise(self, noise_seed: int, num_samples: int | None = None) -> Evaluator:
         """This evaluator on other noise (`noise_seed`, `num_samples`, default the same number): the same models,
@@ -370,6 +270,7 @@ class Evaluator:
             other.__dict__.pop(cached, None)
         other.noise_seed = int(noise_seed)
         other.num_samples = self.num_samples if num_samples is None else int(num_samples)
+        other._set_conditioning(self._cond_all, self._uncond_all, self.thresholding)
         other.eval_key = other._eval_key()
         other.evaluated = 0
         return other
@@ -428,7 +329,8 @@ class Evaluator:
                 part = group[start : start + self.chunk]
                 t0 = time.perf_counter()
                 xs = sample_candidates(self.zoo, self.ns, part, self.x_T, method=self._method(part),
-                                       data_mean=self.data_mean, chunk=self.chunk)  # fmt: skip
+                                       data_mean=self.data_mean, chunk=self.chunk, cond=self.cond,
+                                       uncond=self.uncond, thresholding=self.thresholding)  # fmt: skip
                 dt = (time.perf_counter() - t0) / len(part)
                 for i, s, x in zip(part_idx, part, xs, strict=True):
                     g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
@@ -456,7 +358,16 @@ class Evaluator:
     def _why_not_finite(self, schedule: Schedule, key: str) -> str:
         """The first non-finite step of a diverged schedule and its cause (the model's output, or the solver's
         update), logged as a warning and kept in the record: the search scores it inf and says why."""
-        found = sampler.first_nonfinite_step(self.zoo, self.ns, schedule, self.x_T, data_mean=self.data_mean)
+        found = sampler.first_nonfinite_step(
+            self.zoo,
+            self.ns,
+            schedule,
+            self.x_T,
+            data_mean=self.data_mean,
+            cond=self.cond,
+            uncond=self.uncond,
+            thresholding=self.thresholding,
+        )
         note = found.message if found is not None else "non-finite samples"
         _log.warning("schedule %s scored FD = inf: %s", key, note)
         return note
@@ -477,4 +388,5 @@ class Evaluator:
         program for `chunk` candidates (the schedule repeated), which the evaluations have compiled already: `chunk`
         times the work of a program of its own, without compiling one."""
         return sample_candidates(self.zoo, self.ns, [schedule], self.x_T, method=self._method([schedule]),
-                                 data_mean=self.data_mean, chunk=self.chunk if reuse_chunk else 1)[0]  # fmt: skip
+                                 data_mean=self.data_mean, chunk=self.chunk if reuse_chunk else 1, cond=self.cond,
+                                 uncond=self.uncond, thresholding=self.thresholding)[0]  # fmt: skip

@@ -13,6 +13,11 @@ spacings at the same NFE (solver mode), or each model alone at the largest NFE i
 the search's own randomness come from three keys split from `key`, so the reported score never saw the noise it
 was picked on.
 
+Conditional models: `cond` (and `uncond` with `guidance` w != 1, classifier-free guidance at every step of every
+candidate and baseline; `thresholding`) go to every sampling call, as in `omsjax.sample`; their leaves hold one row
+per sample of the largest noise (`max(num_samples, heldout_samples)` rows; each noise takes its first rows).
+Guidance other than 1 is for solver mode; a guided step counts two evaluations in the report's NFE and cost.
+
 `quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 32 search samples); the
 default is `loop.LoopConfig()`. `out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating
 a schedule twice) and writes `schedule.json` and `report.json` atomically, under a lock on the folder.
@@ -25,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
@@ -74,6 +78,10 @@ def find_schedule(
     spacing: str = "logSNR",
     max_steps: int = 20,
     data_mean=None,
+    cond=None,
+    uncond=None,
+    guidance: float = 1.0,
+    thresholding=None,
     out: str | Path | None = None,
     progress: bool = False,
 ) -> FindResult:
@@ -96,6 +104,8 @@ def find_schedule(
       spacing: the base step spacing of the genomes, one of `schedules.SKIP_TYPES`.
       max_steps: model and joint modes: the most steps a schedule may have.
       data_mean: enables the analytical first step's data-mean guess.
+      cond, uncond, guidance, thresholding: conditioning, classifier-free guidance (one scale for every step) and
+        dynamic thresholding (module docstring; `omsjax.sample`).
       out: a folder for the archive, schedule.json and report.json.
       progress: show a progress bar.
     """
@@ -105,7 +115,7 @@ def find_schedule(
     if not callable(metric):
         raise ValueError(f"metric must be callable as metric(samples, x_T) -> float, got {metric!r}")
     lat = [m.latency for m in zoo]
-    common = dict(spacing=spacing, mean_afs=data_mean is not None)
+    common = dict(spacing=spacing, mean_afs=data_mean is not None, guidance=guidance)
     if mode == "solver":
         if budget is not None or not (isinstance(nfe, int) and nfe >= 1):
             raise ValueError(f"solver mode needs nfe= an int >= 1 (and no budget), got nfe={nfe!r}, budget={budget!r}")
@@ -136,26 +146,26 @@ def find_schedule(
     k_search, k_noise, k_held = jax.random.split(key, 3)
     seed, held_seed, select_seed = (int(jax.random.randint(k, (), 0, 2**31 - 1))
                                     for k in (k_noise, k_held, jax.random.fold_in(k_held, 1)))  # fmt: skip
+    ev_kw = dict(metric=metric, metric_name=metric_name, sample_shape=sample_shape, data_mean=data_mean, cond=cond,
+                 uncond=uncond, thresholding=thresholding)  # fmt: skip
+    seeds = (seed, held_seed, select_seed)
     if out is None:
-        return _find(zoo, noise_schedule, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held,
-                     seed, held_seed, select_seed, k_search, data_mean, None, progress)  # fmt: skip
+        return _find(zoo, noise_schedule, space, cfg, limit, ev_kw, n_search, n_held, seeds, k_search, progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with files.FolderLock(out, what="find_schedule"):
-        archive = Archive(out / "archive.jsonl")
-        res = _find(zoo, noise_schedule, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held,
-                    seed, held_seed, select_seed, k_search, data_mean, archive, progress)  # fmt: skip
+        ev_kw["archive"] = Archive(out / "archive.jsonl")
+        res = _find(zoo, noise_schedule, space, cfg, limit, ev_kw, n_search, n_held, seeds, k_search, progress)
         files.write_text(out / "schedule.json", res.schedule.to_json(score=res.score, mode=mode))
         files.write_json(out / "report.json", res.report)
     return res
 
 
-def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_search, n_held, seed, held_seed,
-          select_seed, key, data_mean, archive, progress) -> FindResult:  # fmt: skip
-    """The search and its report (arguments checked by `find_schedule`)."""
-    kw: dict[str, Any] = dict(metric=metric, metric_name=metric_name, sample_shape=sample_shape, data_mean=data_mean,
-                              archive=archive if archive is not None else Archive())  # fmt: skip
-    ev = Evaluator(zoo, ns, space, num_samples=n_search, noise_seed=seed, **kw)
+def _find(zoo, ns, space, cfg, limit, ev_kw, n_search, n_held, seeds, key, progress) -> FindResult:
+    """The search and its report (arguments checked by `find_schedule`); `seeds`: the search, held-out and
+    selection noise seeds."""
+    seed, held_seed, select_seed = seeds
+    ev = Evaluator(zoo, ns, space, num_samples=n_search, noise_seed=seed, **ev_kw)
     held = ev.with_noise(held_seed, n_held)
     t0 = time.perf_counter()
     res = loop.search(ev, space, key=key, config=cfg, budget=limit, final_evaluator=ev.with_noise(select_seed, n_held),
@@ -192,7 +202,7 @@ def _find(zoo, ns, space, cfg, limit, metric, metric_name, sample_shape, n_searc
 def _baselines(ns, space: SearchSpace, kind: str, limit) -> dict[str, Schedule]:
     """The classic solvers at the search's NFE (solver mode), or each model alone at the largest NFE that fits the
     budget (model and joint modes), as `omsjax search` reports them (`search.baselines`), from t_start to t_end."""
-    times = dict(t_start=space.t_start, t_end=space.t_end)
+    times = dict(t_start=space.t_start, t_end=space.t_end, guidance=space.guidance)
     if space.mode == "solver":
         return baselines.baselines(ns, space.nfe, space.model, **times)
     out = {}

@@ -1,0 +1,161 @@
+"""The search's archive of evaluated schedules: `Record` (one evaluation: the schedule, its score, cost, NFE, the
+genome it came from) and `Archive`, a JSONL file, one line per evaluated schedule, keyed by the schedule's canonical
+JSON (`schedule_key`) and the evaluation settings (`eval_key`: noise seed, sample count, metric, conditioning).
+
+It is appended to as results arrive (`files.append_jsonl`: whole lines, fsynced), so an interrupted search that
+reopens it re-evaluates nothing; a line torn by a killed run, or one that is not a valid record, is skipped with a
+warning naming the file and the line. `remember` adds records that are looked up but never written (a zoo's shipped
+evaluations, `search.cache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from omsjax import files
+from omsjax.schedule import Schedule
+from omsjax.search.encoding import Genome
+
+__all__ = ["Record", "Archive", "schedule_key", "genome_to_dict", "genome_from_dict"]
+
+
+def schedule_key(schedule: Schedule) -> str:
+    """A stable id of a concrete schedule: sha1 of its canonical JSON."""
+    return hashlib.sha1(schedule.to_json(indent=None).encode()).hexdigest()[:16]
+
+
+def genome_to_dict(g: Genome) -> dict:
+    """A genome as JSON-ready lists (one per gene; the archive's "genome" field)."""
+    return {k: np.asarray(v).tolist() for k, v in g._asdict().items()}
+
+
+def genome_from_dict(d: dict) -> Genome:
+    """The inverse of `genome_to_dict`: continuous genes as floats of the default precision, the others int32."""
+    f = jnp.result_type(float)
+    return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields})
+
+
+# An archive line's fields: the JSON types each may have, and how the warning about a wrong one names them.
+_NUMBER = (int, float)
+_FIELDS = {"key": (str, "a string"), "eval_key": (str, "a string"), "fd": ((*_NUMBER, type(None)), "a number or null"),
+           "cost": (_NUMBER, "a number"), "nfe": (int, "an integer"), "schedule": (dict, "an object"),
+           "genome": ((dict, type(None)), "an object or null"), "stage": (int, "an integer"),
+           "seconds": (_NUMBER, "a number"), "note": (str, "a string")}  # fmt: skip
+_REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
+
+
+@dataclasses.dataclass
+class Record:
+    """One evaluated schedule. `fd` is the evaluator's metric value, lower is better (the digits FD by default;
+    inf for a diverged schedule); it keeps the name `fd` in the archive JSON, and `score` is the same value."""
+
+    key: str
+    eval_key: str
+    fd: float
+    cost: float
+    nfe: int
+    schedule: dict
+    genome: dict | None = None
+    stage: int = 0
+    seconds: float = 0.0
+    note: str = ""  # why the score is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
+
+    @property
+    def score(self) -> float:
+        """The metric's value (the field `fd`)."""
+        return self.fd
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["fd"] = None if not np.isfinite(self.fd) else self.fd  # JSON has no inf
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Record:
+        """The record of an archive line's object; raises `ValueError` naming the field that is missing or of the
+        wrong type. `fd` is a number or null (inf: a diverged schedule); fields it does not know are ignored."""
+        missing = [f for f in _REQUIRED if f not in d]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        kw = {f: d[f] for f in _FIELDS if f in d}
+        for f, v in kw.items():
+            types, what = _FIELDS[f]
+            if isinstance(v, bool) or not isinstance(v, types):
+                raise ValueError(f"{f} is {v!r}, not {what}")
+        fd = math.inf if kw["fd"] is None else float(kw["fd"])
+        kw["fd"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst FD
+        kw.update({f: float(kw[f]) for f in ("cost", "seconds") if f in kw})
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, line: str) -> Record:
+        return cls.from_dict(json.loads(line))
+
+    def to_schedule(self) -> Schedule:
+        return Schedule.from_json(self.schedule)
+
+
+class Archive:
+    """Append-only JSONL of `Record`s, written with `files.append_jsonl`: a record is one whole line, flushed and
+    fsynced, and a line torn by a killed run is ended before the next record. Reading skips a line that is torn,
+    not JSON, or not a valid record (`Record.from_dict`) with a warning naming the file and the line number."""
+
+    def __init__(self, path=None):
+        self.path = None if path is None else Path(path)
+        self.records: list[Record] = []
+        self._index: dict[tuple[str, str], Record] = {}
+        self._cached: set[tuple[str, str]] = set()  # remembered (`remember`), not in the file
+        self._unused: set[tuple[str, str]] = set()  # remembered and not yet returned by `get`
+        if self.path is not None:
+            for d in files.read_jsonl(self.path, check=Record.from_dict):
+                self._add(Record.from_dict(d))
+
+    def _add(self, r: Record) -> None:
+        if (r.key, r.eval_key) not in self._index:
+            self.records.append(r)
+        self._index[(r.key, r.eval_key)] = r
+
+    def get(self, key: str, eval_key: str) -> Record | None:
+        r = self._index.get((key, eval_key))
+        if r is not None:
+            self._unused.discard((key, eval_key))
+        return r
+
+    def remember(self, records) -> None:
+        """Make `records` (e.g. a zoo's cached evaluations, `search.cache`) known without writing them to the file;
+        records already in the archive win. A remembered record joins `select` and `len` once `get` has returned
+        it (a search used it), not before: a cache of other NFEs or noise stays out of a search's records.
+        `cache_hits` holds the (key, eval_key) pairs of those used."""
+        for r in records:
+            if (r.key, r.eval_key) not in self._index:
+                self._add(r)
+                self._cached.add((r.key, r.eval_key))
+                self._unused.add((r.key, r.eval_key))
+
+    @property
+    def cache_hits(self) -> set[tuple[str, str]]:
+        """The remembered records that `get` has returned."""
+        return self._cached - self._unused
+
+    def append(self, r: Record) -> None:
+        """Add `r` and append it to the file (flushed and fsynced before this returns)."""
+        self._add(r)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            files.append_jsonl(self.path, [r.to_dict()])
+
+    def select(self, eval_key: str) -> list[Record]:
+        return [r for r in self.records if r.eval_key == eval_key and (r.key, r.eval_key) not in self._unused]
+
+    def __len__(self) -> int:
+        return len(self.records) - len(self._unused)
