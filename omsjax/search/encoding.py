@@ -136,8 +136,9 @@ class SearchSpace:
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
             raise ValueError(f"guidance must be a real number, got {self.guidance!r}")
         if not math.isfinite(self.guidance) or (self.guidance != 1 and self.mode != "solver"):
-            raise ValueError(f"guidance must be finite, and other than 1 only in solver mode (the budgets of model "
-                             f"and joint modes count unguided calls), got {self.guidance} in {self.mode} mode")  # fmt: skip
+            raise ValueError(f"guidance must be finite, and other than 1 only in solver mode (the budgets of "
+                             f"model and joint modes count unguided calls), got {self.guidance} in {self.mode} "
+                             "mode")  # fmt: skip
 
     @property
     def num_models(self) -> int:
