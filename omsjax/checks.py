@@ -21,6 +21,7 @@ __all__ = [
     "check_x_T",
     "check_sample_shape",
     "check_conditioning",
+    "check_guidance",
     "thresholding_option",
     "check_inputs",
 ]
@@ -104,6 +105,15 @@ def check_conditioning(cond, uncond, batch: int) -> None:
                                  f"{tuple(np.shape(a))} {a.dtype}: they must match")  # fmt: skip
 
 
+def check_guidance(schedule: Schedule, uncond) -> None:
+    """A concrete schedule with a guidance scale other than 1 needs `uncond`; the error names the step."""
+    guided = np.flatnonzero(np.asarray(schedule.guidance) != 1.0)
+    if uncond is None and guided.size:
+        i = int(guided[0])
+        raise ValueError(f"Schedule.guidance at step {i}: scale {float(np.asarray(schedule.guidance)[i])} needs "
+                         "classifier-free guidance: pass cond= and uncond= to the sampler")  # fmt: skip
+
+
 def thresholding_option(value) -> tuple[float, float] | None:
     """The samplers' `thresholding` argument as (ratio, max_val), or None: None or False is off, True is
     `THRESHOLDING_DEFAULT` (0.995, 1.0), a pair (ratio in (0, 1], max_val > 0) is taken as given."""
@@ -143,8 +153,4 @@ def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mea
         check_schedule(schedule, len(zoo), noise_schedule)
         if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
             raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")
-        guided = np.flatnonzero(np.asarray(schedule.guidance) != 1.0)
-        if uncond is None and guided.size:
-            i = int(guided[0])
-            raise ValueError(f"Schedule.guidance at step {i}: scale {float(np.asarray(schedule.guidance)[i])} needs "
-                             "classifier-free guidance: pass cond= and uncond= to the sampler")  # fmt: skip
+        check_guidance(schedule, uncond)

@@ -252,7 +252,8 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
     assert ev.with_noise(5, rows).cond.shape == (rows,)
     with pytest.raises(ValueError, match="at least num_samples = 16 rows"):
         ev.with_noise(5, 16)
-    with pytest.raises(ValueError, match="candidate 0: Schedule.guidance other than 1 needs uncond"):
+    unguided = "candidate 0: Schedule.guidance at step 0: scale 3.0 needs classifier-free guidance"
+    with pytest.raises(ValueError, match=unguided):
         EV.Evaluator(EV_MODEL, NS, cond=labels, **kw).evaluate_schedules([s])
     with pytest.raises(ValueError, match="other than 1 only in solver mode"):
         encoding.SearchSpace(num_positions=6, latencies=[1.0, 2.0], mode="model", guidance=2.0)

@@ -116,12 +116,11 @@ def sample_candidates(
         raise ValueError(f"method must be 'vmap' or 'map', got {method!r}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    checks.check_conditioning(cond, uncond, x_T.shape[0])
     for i, s in enumerate(schedules):
         try:
             check_schedule(s, len(zoo))
-            checks.check_conditioning(cond, uncond, x_T.shape[0])
-            if uncond is None and np.any(np.asarray(s.guidance) != 1.0):
-                raise ValueError("Schedule.guidance other than 1 needs uncond= (classifier-free guidance)")
+            checks.check_guidance(s, uncond)
         except ValueError as e:
             raise ValueError(f"candidate {i}: {e}") from None
     ndev = len(jax.devices())
@@ -138,6 +137,11 @@ def sample_candidates(
             res = _sample_jit(zoo, noise_schedule, padded, x_T, data_mean, method, **kw)
         out.append(np.asarray(res)[: len(part)])
     return np.concatenate(out)
+
+
+def _check_num_samples(n) -> None:
+    if n < 2:
+        raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {n}")
 
 
 DIGITS_SHAPE = metrics.IMAGE_SHAPE  # the one sample shape the default metric, the digits FD, scores
@@ -195,8 +199,7 @@ class Evaluator:
         uncond=None,
         thresholding=None,
     ):
-        if num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {num_samples}")
+        _check_num_samples(num_samples)
         self.zoo = as_zoo(zoo)
         self.ns = noise_schedule
         if space is not None:
@@ -263,8 +266,8 @@ class Evaluator:
     def with_noise(self, noise_seed: int, num_samples: int | None = None) -> Evaluator:
         """This evaluator on other noise (`noise_seed`, `num_samples`, default the same number): the same models,
         space, metric and archive, its own `eval_key` and count of evaluations (e.g. a search's held-out noise)."""
-        if num_samples is not None and num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {num_samples}")
+        if num_samples is not None:
+            _check_num_samples(num_samples)
         other = copy.copy(self)
         for cached in ("x_T", "_x_T_host"):  # the noise is this evaluator's own
             other.__dict__.pop(cached, None)
