@@ -126,12 +126,15 @@ class ConditionalGaussianMixture:
         """The label of the unconditional mixture (num_classes)."""
         return self.num_classes
 
+    def _log_weights(self, c):
+        """[B, K]: log w_k for the components of class c[b] (every component for the null label), -inf elsewhere."""
+        own = (self.labels[None, :] == c[:, None]) | (c[:, None] == self.num_classes)
+        return jnp.where(own, jnp.log(self.mixture.weights)[None], -jnp.inf)
+
     def eps(self, noise_schedule: NoiseSchedule, x, t, c):
         """Exact noise prediction of p_t(x | c); x [B, D] (or [B, ...]), t scalar or [B], c int scalar or [B]."""
         c = jnp.broadcast_to(jnp.asarray(c, jnp.int32), (x.shape[0],))
-        own = (self.labels[None, :] == c[:, None]) | (c[:, None] == self.num_classes)  # [B, K]
-        log_w = jnp.where(own, jnp.log(self.mixture.weights)[None], -jnp.inf)
-        return self.mixture._eps(noise_schedule, x, t, log_w)
+        return self.mixture._eps(noise_schedule, x, t, self._log_weights(c))
 
     def guided_eps(self, noise_schedule: NoiseSchedule, x, t, c, w):
         """Classifier-free guidance: eps(null) + w (eps(c) - eps(null)); w scalar or [B]."""
@@ -145,9 +148,7 @@ class ConditionalGaussianMixture:
         """One draw of p_0(x | c[i]) per label of c int [n] (0..C-1; the null label draws the whole mixture)."""
         c = jnp.asarray(c, jnp.int32)
         k1, k2 = jax.random.split(key)
-        own = (self.labels[None, :] == c[:, None]) | (c[:, None] == self.num_classes)
-        logits = jnp.where(own, jnp.log(self.mixture.weights)[None], -jnp.inf)
-        comp = jax.random.categorical(k1, logits, axis=-1)
+        comp = jax.random.categorical(k1, self._log_weights(c), axis=-1)
         m = self.mixture
         z = jax.random.normal(k2, (c.shape[0], m.means.shape[1]), m.means.dtype)
         return m.means[comp] + m.stds[comp][:, None] * z
