@@ -29,9 +29,12 @@ def main():
 
     tiny = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                            heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
-    # `quick=True` is the small configuration for a first look (2 stages); one stage of it takes about a minute here.
+    # `quick=True` is the small configuration for a first look (2 stages); this runs one stage of it. Search and
+    # held-out noise have one size, so each schedule length compiles one sampling program: compiling, not
+    # sampling, is most of the time here.
     first_look = dataclasses.replace(QUICK, stages=1)
-    kw = dict(config=tiny, num_samples=8) if a.small else dict(config=first_look, num_samples=16)
+    n = 8 if a.small else 32
+    kw = dict(config=tiny if a.small else first_look, num_samples=n, heldout_samples=n)
     res = find_schedule(model, ns, nfe=4, metric=mse, key=jax.random.PRNGKey(0), **kw)
     best = res.report["best_baseline"]
     print(f"searched NFE-4 schedule: MSE {res.score:.4f} on held-out noise")

@@ -301,6 +301,19 @@ def test_sample_candidates_matches_sample(tiny):
         EV.sample_candidates(tiny, NS, [scheds[0], scheds[0]._replace(model=jnp.asarray([0, 5, 0]))], x_T)
 
 
+def test_sample_candidates_one_program_per_length_whatever_the_count(tiny):
+    """1, 3 and 5 candidates at chunk 4 run one compiled program (short chunks are padded), and padding changes
+    no candidate's samples."""
+    x_T = omsjax.sampler.noise(3, 7, (8, 8, 1), jnp.float64)  # a batch no other test uses: a fresh cache entry
+    scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1, skip="time_uniform"),
+              presets.dpm_solver_pp(NS, 3, 2, model=1), presets.ddim(NS, 3, model=1, skip="logSNR"),
+              presets.dpm_solver_pp(NS, 3, 3, model=1)]  # fmt: skip
+    before = EV._sample_jit._cache_size()
+    outs = [EV.sample_candidates(tiny, NS, scheds[:n], x_T, chunk=4) for n in (1, 3, 5)]
+    assert EV._sample_jit._cache_size() == before + 1
+    for out in outs:
+        np.testing.assert_array_equal(out, outs[-1][: len(out)])
+
 def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     pop = E.random_genomes(space, jax.random.PRNGKey(7), 6)

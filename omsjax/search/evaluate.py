@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from omsjax import checks, metrics, sampler
+from omsjax import checks, config, metrics, sampler
 from omsjax.checks import thresholding_option
 from omsjax.models import Model, as_zoo, used_members
 from omsjax.schedule import Schedule, check_schedule, stack
@@ -101,9 +101,11 @@ def sample_candidates(
     thresholding=None,
 ) -> np.ndarray:
     """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T` (and `cond`, `uncond`,
-    `thresholding`, as in `sample`), `chunk` candidates per compiled call (the last chunk is padded by repeating a
-    candidate, so every call has one shape). With D devices, each chunk (rounded up to a multiple of D) is split
-    over them.
+    `thresholding`, as in `sample`), `chunk` candidates per compiled call. A short chunk (the last one, or all of
+    fewer than `chunk` schedules) is padded by repeating a candidate, so every call of a length has one shape: a
+    search compiles one program per schedule length and noise batch, not one per leftover count (the final
+    re-evaluation of 3 and the held-out score of 1 would each compile their own). With D devices, each chunk
+    (rounded up to a multiple of D) is split over them.
 
     A chunk whose schedules all call one zoo member compiles that member alone (`models.used_members`): a solver
     search on one model of a big zoo compiles one network. Chunks that call several members keep the whole zoo in
@@ -124,7 +126,7 @@ def sample_candidates(
         except ValueError as e:
             raise ValueError(f"candidate {i}: {e}") from None
     ndev = len(jax.devices())
-    chunk = -(-min(chunk, len(schedules)) // ndev) * ndev
+    chunk = -(-chunk // ndev) * ndev
     out = []
     for start in range(0, len(schedules), chunk):
         part = schedules[start : start + chunk]
@@ -209,7 +211,7 @@ class Evaluator:
         self.noise_seed = int(noise_seed)
         self.data_mean = data_mean
         self.archive = archive if isinstance(archive, Archive) else Archive(archive)
-        self.chunk = chunk
+        self.chunk = config.positive_int("chunk", chunk)
         if method not in (None, "vmap", "map"):
             raise ValueError(f"method must be None (automatic), 'vmap' or 'map', got {method!r}")
         self.method = method
@@ -263,12 +265,15 @@ class Evaluator:
             h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
         return f"{key}-c{h.hexdigest()[:10]}"
 
-    def with_noise(self, noise_seed: int, num_samples: int | None = None) -> Evaluator:
+    def with_noise(self, noise_seed: int, num_samples: int | None = None, *, chunk: int | None = None) -> Evaluator:
         """This evaluator on other noise (`noise_seed`, `num_samples`, default the same number): the same models,
-        space, metric and archive, its own `eval_key` and count of evaluations (e.g. a search's held-out noise)."""
+        space, metric and archive, its own `eval_key` and count of evaluations (e.g. a search's held-out noise).
+        `chunk` (default the same) sets its candidates per compiled call: a few schedules on many samples (a final
+        re-evaluation, a held-out score) run best one at a time, in one program for both evaluators."""
         if num_samples is not None:
             _check_num_samples(num_samples)
         other = copy.copy(self)
+        other.chunk = self.chunk if chunk is None else config.positive_int("chunk", chunk)
         for cached in ("x_T", "_x_T_host"):  # the noise is this evaluator's own
             other.__dict__.pop(cached, None)
         other.noise_seed = int(noise_seed)

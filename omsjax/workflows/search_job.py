@@ -145,8 +145,10 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
     ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
                    archive=archive)  # fmt: skip
-    held = ev.with_noise(seed + 1000, final_samples)
-    select = ev.with_noise(seed + SELECTION_SEED_OFFSET, final_samples)
+    # The final re-evaluation (a few schedules) and the held-out score (one) on 1,000 samples: one candidate per
+    # call, one program for both (padding them to the search's chunk would sample the padding too).
+    held = ev.with_noise(seed + 1000, final_samples, chunk=1)
+    select = ev.with_noise(seed + SELECTION_SEED_OFFSET, final_samples, chunk=1)
     t0 = time.perf_counter()
     res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, final_evaluator=select,
                       heldout_evaluator=held, progress=progress)  # fmt: skip
