@@ -314,6 +314,7 @@ def test_sample_candidates_one_program_per_length_whatever_the_count(tiny):
     for out in outs:
         np.testing.assert_array_equal(out, outs[-1][: len(out)])
 
+
 def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     pop = E.random_genomes(space, jax.random.PRNGKey(7), 6)
