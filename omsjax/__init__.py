@@ -14,6 +14,7 @@ __all__ = [
     "Schedule",
     "as_zoo",
     "check_schedule",
+    "conditional",
     "data",
     "generate",
     "load_zoo",
@@ -34,9 +35,9 @@ __all__ = [
     "zoo",
 ]
 
-# Training, data, metric, zoo, stage and timestep modules pull in orbax, optax, scikit-learn and scipy:
-# import them on first use.
-_LAZY_MODULES = ("data", "metrics", "stages", "timesteps", "train", "zoo")
+# Training, data, metric (conditional too), zoo, stage and timestep modules pull in orbax, optax, scikit-learn and
+# scipy: import them on first use.
+_LAZY_MODULES = ("conditional", "data", "metrics", "stages", "timesteps", "train", "zoo")
 
 
 def __getattr__(name):

@@ -51,6 +51,7 @@ __all__ = [
     "feature_stats",
     "fd_from_features",
     "load_classifier",
+    "shipped_classifier",
     "reference_stats",
     "fd",
     "digits_fd",
@@ -308,7 +309,8 @@ def reference_stats(path: Any = None) -> RefStats:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_classifier() -> Any:
+def shipped_classifier() -> Any:
+    """The shipped classifier's parameters (`load_classifier()`), loaded once per process."""
     return load_classifier()
 
 
@@ -335,7 +337,7 @@ def fd(samples: Any, *, ref: Any = None, classifier: Any = None) -> float:
     if not np.all(np.isfinite(x)):
         raise ValueError("samples have non-finite entries (NaN or inf)")
     x = np.clip(x.astype(np.float32), -1.0, 1.0)
-    params = _default_classifier() if classifier is None else classifier
+    params = shipped_classifier() if classifier is None else classifier
     mu_r, cov_r = (_default_ref() if ref is None else ref)[:2]
     return frechet_distance(*feature_stats(features(params, x)), mu_r, cov_r)
 
@@ -353,7 +355,7 @@ def fd_floor(
     `repeats` random subsets of `n` train images without replacement (mean, std; optimistic, as the subsets are
     part of the reference). FD grows as N shrinks, so compare a model's FD with the floor at its sample count.
     """
-    params = _default_classifier() if classifier is None else classifier
+    params = shipped_classifier() if classifier is None else classifier
     ref = _default_ref() if ref is None else ref
     heldout, _ = _load_digits("heldout")
     train, _ = _load_digits("train")

@@ -3,9 +3,11 @@
 `UNet(config)(x, t)` maps a noisy image batch `x` of shape [B, H, W, C] (NHWC) and a continuous time `t`
 of shape [B] (or a scalar, broadcast over the batch) to an output of shape [B, H, W, out_channels] (by
 default C), e.g. a noise prediction. `t` (or EDM's c_noise) is multiplied by `config.time_scale` before the
-sinusoidal embedding.
+sinusoidal embedding. A class-conditional network (`config.num_classes` K > 0) also takes labels `y` int[B] in
+0..K, where K is the null label (unconditional: classifier-free guidance's second call); `y` None means all null.
 
-Architecture (DDPM-style): sinusoidal time embedding -> MLP; a 3x3 input conv; per resolution level
+Architecture (DDPM-style): sinusoidal time embedding -> MLP (plus a learned class embedding, K + 1 rows, when
+conditional); a 3x3 input conv; per resolution level
 `num_res_blocks` ResBlocks (GroupNorm, SiLU, 3x3 conv, + projected time embedding, GroupNorm, SiLU, 3x3 conv,
 1x1 skip conv when the width changes), optionally followed by single-head self-attention; stride-2 conv
 downsampling between levels; a middle ResBlock / (attention) / ResBlock; a mirrored decoder that concatenates
@@ -46,6 +48,8 @@ class UNetConfig:
       time_embed_dim: width of the time-embedding MLP (None: 4 * channels).
       time_scale: t is multiplied by this before the sinusoidal embedding.
       groups: GroupNorm groups, clipped to the largest divisor of each layer's width that does not exceed it.
+      num_classes: K > 0: class-conditional on labels 0..K-1, K being the null label; 0: unconditional (no class
+        embedding parameters, so an unconditional network is unchanged by this field).
     """
 
     channels: int = 32
@@ -56,6 +60,7 @@ class UNetConfig:
     time_embed_dim: int | None = None
     time_scale: float = 1000.0
     groups: int = 8
+    num_classes: int = 0
 
     def __post_init__(self):
         # Accept lists for the tuple fields, but store tuples so that the config stays hashable.
@@ -78,6 +83,8 @@ class UNetConfig:
             _check_positive_int("out_channels", self.out_channels)
         if self.time_embed_dim is not None:
             _check_positive_int("time_embed_dim", self.time_embed_dim)
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: unconditional), got {self.num_classes!r}")
         if not (isinstance(self.time_scale, numbers.Real) and math.isfinite(self.time_scale)):
             raise ValueError(f"time_scale must be a finite number, got {self.time_scale!r}")
         _check_positive_int("groups", self.groups)
@@ -185,7 +192,7 @@ class AttentionBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net `(x [B, H, W, C], t [B]) -> [B, H, W, out_channels]`; see the module docstring.
+    """U-Net `(x [B, H, W, C], t [B], y int[B] | None) -> [B, H, W, out_channels]`; see the module docstring.
 
     Attributes:
       config: the `UNetConfig`.
@@ -198,7 +205,7 @@ class UNet(nn.Module):
     param_dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         x = jnp.asarray(x)
         if x.ndim != 4:
@@ -227,6 +234,11 @@ class UNet(nn.Module):
         emb = sinusoidal_embedding(t.astype(dtype) * cfg.time_scale, cfg.channels)
         emb = nn.Dense(emb_dim, name="time_dense_0", **kw)(emb)
         emb = nn.Dense(emb_dim, name="time_dense_1", **kw)(nn.silu(emb))
+        if cfg.num_classes:
+            y = _labels(y, batch, cfg.num_classes)
+            emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, name="class_embed", **kw)(y)
+        elif y is not None:
+            raise ValueError("labels given to an unconditional U-Net (config.num_classes is 0)")
 
         def res(features: int, h: jax.Array, name: str) -> jax.Array:
             return ResBlock(features, groups, name=name, **kw)(h, emb)
@@ -273,6 +285,17 @@ class UNet(nn.Module):
         return nn.Conv(out_channels, (3, 3), kernel_init=zeros, bias_init=zeros, name="conv_out", **kw)(h)
 
 
+def _labels(y, batch: int, num_classes: int) -> jax.Array:
+    """Labels int32 [B] (None: the null label `num_classes` for every row); shape errors name the argument.
+    Values are not checked under tracing; an out-of-range label reads a clamped row (`nn.Embed`'s indexing)."""
+    if y is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    y = jnp.asarray(y)
+    if y.shape != (batch,) or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"labels y must be integers of shape [B] = ({batch},), got {y.dtype}{list(y.shape)}")
+    return y.astype(jnp.int32)
+
+
 # Standard deviation of a standard normal truncated to [-2, 2] (as in flax's `variance_scaling`).
 _TRUNCATED_NORMAL_STD = 0.87962566103423978
 
@@ -301,13 +324,16 @@ def _init_unet(config: UNetConfig, key: jax.Array, image_shape: tuple[int, int, 
 
 def init_from_shapes(shapes: Any, key: jax.Array, dtype: Any) -> Any:
     """Parameters for a tree of `jax.ShapeDtypeStruct`s (a flax module's `eval_shape`d params) with flax's default
-    initialisation: kernels `lecun_normal` (truncated normal of variance 1/fan_in), zero biases, unit GroupNorm
-    scales, and zero kernels in any layer named `conv_out`. All random kernels come from one random call, in the
-    order of the flattened tree (the U-Net and the multi-decoder network share this rule)."""
+    initialisation: kernels `lecun_normal` (truncated normal of variance 1/fan_in), embeddings [K, D] truncated
+    normal of variance 1/D, zero biases, unit GroupNorm scales, and zero kernels in any layer named `conv_out`.
+    All random kernels come from one random call, in the order of the flattened tree (the U-Net and the
+    multi-decoder network share this rule)."""
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
 
     def kind(path: tuple) -> str:
         names = [getattr(p, "key", None) for p in path]
+        if names[-1] == "embedding":  # rows [K + 1, D]: variance 1/D, as flax's Embed
+            return "embedding"
         if names[-1] == "kernel":
             return "zeros" if "conv_out" in names else "lecun_normal"
         if names[-1] == "bias":
@@ -317,12 +343,13 @@ def init_from_shapes(shapes: Any, key: jax.Array, dtype: Any) -> Any:
         raise NotImplementedError(f"no initialisation rule for parameter {jax.tree_util.keystr(path)}")
 
     kinds = [kind(path) for path, _ in path_leaves]
-    total = sum(leaf.size for (_, leaf), k in zip(path_leaves, kinds, strict=True) if k == "lecun_normal")
+    random = ("lecun_normal", "embedding")
+    total = sum(leaf.size for (_, leaf), k in zip(path_leaves, kinds, strict=True) if k in random)
     noise = jax.random.truncated_normal(key, -2.0, 2.0, (total,), dtype) * (1.0 / _TRUNCATED_NORMAL_STD)
     leaves, offset = [], 0
     for (_, leaf), k in zip(path_leaves, kinds, strict=True):
-        if k == "lecun_normal":
-            fan_in = math.prod(leaf.shape[:-1])
+        if k in random:
+            fan_in = leaf.shape[-1] if k == "embedding" else math.prod(leaf.shape[:-1])
             leaves.append(noise[offset : offset + leaf.size].reshape(leaf.shape) * (1.0 / math.sqrt(fan_in)))
             offset += leaf.size
         else:
@@ -331,8 +358,9 @@ def init_from_shapes(shapes: Any, key: jax.Array, dtype: Any) -> Any:
 
 
 @functools.cache
-def unet_apply_fn(config: UNetConfig) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """The pure function `apply_fn(params, x, t) = UNet(config).apply({"params": params}, x, t)`.
+def unet_apply_fn(config: UNetConfig) -> Callable[..., jax.Array]:
+    """The pure function `apply_fn(params, x, t, cond=None) = UNet(config).apply({"params": params}, x, t, cond)`
+    (`cond`: a conditional network's labels int[B], None: the null label; the sampler's `cond=` / `uncond=`).
 
     Cached per config: equal configs return the same function object, so it can be a static argument of
     `jax.jit` / a branch of `jax.lax.switch` without recompilation. Floating-point parameters are cast to the
@@ -340,7 +368,7 @@ def unet_apply_fn(config: UNetConfig) -> Callable[[Any, jax.Array, jax.Array], j
     """
     module = UNet(config)
 
-    def apply_fn(params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+    def apply_fn(params: Any, x: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         if jnp.issubdtype(x.dtype, jnp.floating):
 
@@ -350,7 +378,7 @@ def unet_apply_fn(config: UNetConfig) -> Callable[[Any, jax.Array, jax.Array], j
                 return p
 
             params = jax.tree_util.tree_map(cast, params)
-        return module.apply({"params": params}, x, t)
+        return module.apply({"params": params}, x, t, cond)
 
     return apply_fn
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from omsjax import files
 
-__all__ = ["image_grid", "save", "save_grid", "timesteps_plot"]
+__all__ = ["image_grid", "save", "save_grid", "timesteps_plot", "fd_accuracy"]
 
 
 def _format(path: Path) -> str:
@@ -84,6 +84,33 @@ def timesteps_plot(noise_schedule, schedules: dict, path, title: str = "") -> Pa
     ax.set_ylabel("log-SNR lambda")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        return save(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def fd_accuracy(fd, accuracy, scales, path, title: str = "") -> Path:
+    """The FD-accuracy trade-off of classifier-free guidance: one point per guidance scale (FD on x, lower is
+    better; accuracy on y, higher is better), joined in order of the scale and labelled with it; a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fd, accuracy, scales = (np.asarray(v, np.float64) for v in (fd, accuracy, scales))
+    if not fd.shape == accuracy.shape == scales.shape or fd.ndim != 1 or fd.size == 0:
+        raise ValueError(f"fd, accuracy and scales must be non-empty and of one length, got shapes {fd.shape}, "
+                         f"{accuracy.shape}, {scales.shape}")  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(fd, 100 * accuracy, marker="o")
+    for f, a, w in zip(fd, accuracy, scales, strict=True):
+        ax.annotate(f"w={w:g}", (f, 100 * a), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.set_xlabel("FD (classifier features, lower is better)")
+    ax.set_ylabel("accuracy of the requested class (%)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:

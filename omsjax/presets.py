@@ -21,7 +21,7 @@ from omsjax.schedule import AFS_NAMES, Schedule, make
 from omsjax.schedules import NoiseSchedule, time_steps
 from omsjax.spacing import SKIP_TYPES
 
-__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset", "NAMED"]
+__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset", "NAMED", "with_guidance"]
 
 _PRED = {"noise": usf.NOISE, "data": usf.DATA}
 
@@ -56,7 +56,7 @@ def _build(ts, orders, starts, d1, relax_types, prediction, correctors, model, a
     )
 
 
-def _guided(schedule: Schedule, guidance) -> Schedule:
+def with_guidance(schedule: Schedule, guidance) -> Schedule:
     """`schedule` with the classifier-free guidance scale `guidance`: a real number for every step, or one per step
     (its number of steps, e.g. `dpm_solver`'s sub-steps); 1 everywhere is the unguided schedule."""
     n = schedule.num_steps
@@ -90,7 +90,7 @@ def ddim(
     n = _steps_for(nfe, afs)
     ts = time_steps(noise_schedule, n, skip, t_start=t_start, t_end=t_end)
     z = np.zeros(n, int)
-    return _guided(_build(ts, np.ones(n, int), z, z, z, prediction, np.zeros(n, bool), model, afs), guidance)
+    return with_guidance(_build(ts, np.ones(n, int), z, z, z, prediction, np.zeros(n, bool), model, afs), guidance)
 
 
 def _multistep_orders(n, order, lower_order_final):
@@ -139,7 +139,7 @@ def dpm_solver_pp(
     # The published order-3 multistep update uses D_2 = (D1_0 - D1_1)/(r_0 + r_1): half the Taylor term.
     d2_scale = np.where(orders == 3, 0.5, 1.0)
     z = np.zeros(n, int)
-    return _guided(_build(ts, orders, z, z, relax, prediction, np.zeros(n, bool), model, afs, d2_scale), guidance)
+    return with_guidance(_build(ts, orders, z, z, relax, prediction, np.zeros(n, bool), model, afs, d2_scale), guidance)
 
 
 def _singlestep_outer(noise_schedule, nfe, order, skip, t_start, t_end):
@@ -214,7 +214,7 @@ def dpm_solver(
     n = len(orders)
     z = np.zeros(n, int)
     sched = _build(np.asarray(ts), orders, starts, z, relax, prediction, np.zeros(n, bool), model, "none")
-    return _guided(sched, guidance)
+    return with_guidance(sched, guidance)
 
 
 def unipc(
@@ -249,7 +249,7 @@ def unipc(
     relax = np.where(orders <= 2, bh, usf.RELAX_LINEAR)
     correctors = np.arange(n) < n - 1
     z = np.zeros(n, int)
-    return _guided(_build(ts, orders, z, z, relax, prediction, correctors, model, afs), guidance)
+    return with_guidance(_build(ts, orders, z, z, relax, prediction, correctors, model, afs), guidance)
 
 
 PRESETS = {"ddim": ddim, "dpm_solver": dpm_solver, "dpm_solver_pp": dpm_solver_pp, "unipc": unipc}

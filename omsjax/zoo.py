@@ -54,6 +54,8 @@ __all__ = [
     "measure_latency",
     "machine_name",
     "data_mean",
+    "num_classes",
+    "COND_ZOO",
     "add_member",
     "check_member",
     "load_zoo",
@@ -64,10 +66,11 @@ __all__ = [
 
 _VERSION = 1
 DEFAULT_ZOO = checkpoints_dir() / "digits"
+COND_ZOO = checkpoints_dir() / "digits-cond"  # class-conditional: labels 0..9, null label 10
 
 
-def _digits(channels, mults=(1, 2), steps=6000, **kw) -> train.TrainConfig:
-    net = nets.UNetConfig(channels=channels, channel_mults=mults)
+def _digits(channels, mults=(1, 2), steps=6000, net_kw=None, **kw) -> train.TrainConfig:
+    net = nets.UNetConfig(channels=channels, channel_mults=mults, **(net_kw or {}))
     return train.TrainConfig(net=net, steps=steps, **kw)
 
 
@@ -81,6 +84,10 @@ CONFIGS: dict[str, train.TrainConfig] = {
     "digits-l": _digits(48),
     "tiny": _digits(8, (1,), steps=200, batch_size=32, warmup=20, checkpoint_every=100),
 }
+# The class-conditional family (checkpoints/digits-cond): the same U-Nets with a class embedding, trained with 10%
+# label dropout (classifier-free guidance).
+CONFIGS.update({f"digits-cond-{size}": _digits(ch, net_kw={"num_classes": 10})
+                for size, ch in (("xxs", 10), ("xs", 16), ("s", 24), ("m", 32))})  # fmt: skip
 
 
 def named_config(name: str, steps: int | None = None) -> train.TrainConfig:
@@ -378,6 +385,11 @@ def _check_fits(manifest: dict, name: str, config: Any) -> None:
     ns = schedules.to_dict(rec.noise_schedule(config))
     if list(config.image_shape) != manifest["image_shape"]:
         raise ValueError(f"member {name!r} has image shape {config.image_shape}, the zoo {manifest['image_shape']}")
+    others = {_entry_classes(m) for m in manifest["models"] if m.get("name") != name}
+    k = int(getattr(getattr(config, "net", None), "num_classes", 0))
+    if others and others != {k}:
+        raise ValueError(f"member {name!r} has net.num_classes {k}, the zoo's other members {sorted(others)}: a zoo's "
+                         f"members all take the same labels (0 = unconditional)")  # fmt: skip
     if manifest["noise_schedule"] != ns:
         what = rec.describe(config)
         raise ValueError(
@@ -409,6 +421,21 @@ def data_mean(manifest: dict) -> jax.Array | None:
     or None when the zoo has none."""
     mean = manifest.get("data_mean")
     return None if mean is None else jnp.asarray(np.asarray(mean, np.float32))
+
+
+def _entry_classes(entry: dict) -> int:
+    net = entry.get("config", {}).get("net", {}) if isinstance(entry.get("config"), dict) else {}
+    return int(net.get("num_classes", 0)) if isinstance(net, dict) else 0
+
+
+def num_classes(manifest: dict) -> int:
+    """K > 0 for a class-conditional zoo (every member takes labels 0..K-1, and K is the null label: the `uncond`
+    of classifier-free guidance), 0 for an unconditional one; a ValueError when the members disagree (every member
+    of a zoo is called with the same conditioning)."""
+    ks = {m.get("name", i): _entry_classes(m) for i, m in enumerate(manifest["models"])}
+    if len(set(ks.values())) > 1:
+        raise ValueError(f"the zoo's members disagree on their classes (net.num_classes): {ks}")
+    return next(iter(ks.values()), 0)
 
 
 def _load_member(zoo_dir: Path, i: int, entry: dict, image_shape: tuple) -> Model:

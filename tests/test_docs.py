@@ -91,7 +91,7 @@ PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsja
           "omsjax.usf", "omsjax.oracles", "omsjax.spacing", "omsjax.precond", "omsjax.search", "omsjax.search.find",
           "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.loop", "omsjax.search.ga",
           "omsjax.search.predictor", "omsjax.train", "omsjax.stages", "omsjax.timesteps", "omsjax.zoo",
-          "omsjax.metrics", "omsjax.nets", "omsjax.data", "omsjax.optim"]  # fmt: skip
+          "omsjax.metrics", "omsjax.conditional", "omsjax.nets", "omsjax.data", "omsjax.optim"]  # fmt: skip
 
 
 def test_every_exported_function_and_class_has_a_docstring():

@@ -1,4 +1,4 @@
-"""Sample grids."""
+"""Sample grids and plots."""
 
 import numpy as np
 import pytest
@@ -26,3 +26,10 @@ def test_grid_errors():
         plots.image_grid(np.zeros((8, 8)))
     with pytest.raises(ValueError, match="NaN or inf"):
         plots.image_grid(np.full((1, 2, 2, 1), np.nan))
+
+
+def test_fd_accuracy_plot(tmp_path):
+    path = plots.fd_accuracy([5.0, 4.0, 9.0], [0.1, 0.9, 1.0], [0, 1, 4], tmp_path / "fa.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="of one length"):
+        plots.fd_accuracy([1.0, 2.0], [0.5], [0, 1], tmp_path / "bad.png")

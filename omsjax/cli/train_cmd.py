@@ -110,11 +110,12 @@ def cmd_train(args) -> int:
     cfg, name = train_config(args)
     if args.add_to_zoo:  # a zoo that cannot take the model fails now, not after the training
         zoo.check_member(args.add_to_zoo, name, cfg)
-    images = data.load_digits("train")
+    images, labels = data.load_digits("train", return_labels=True)
     if isinstance(cfg, stages.StageTrainConfig):
         state = _train_stages(args, cfg, images)
     else:
-        state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
+        labels = labels if cfg.net.num_classes else None  # a class-conditional net learns from the digits' labels
+        state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet, labels=labels)
         train.save_params(Path(args.out) / "params", state.ema_params)
         files.write_json(Path(args.out) / "config.json", cfg.to_dict())
     if args.add_to_zoo:

@@ -33,17 +33,47 @@ def _schedule_from_args(args, ns, num_models):
     return sched, label
 
 
+def _conditioning(args, manifest, sched):
+    """(schedule, cond, uncond, labels) of a class-conditional zoo: --labels cycled over the samples (default every
+    class), the null label as uncond, --guidance at every step; (schedule, None, None, None) on an unconditional
+    zoo, which refuses both flags."""
+    import numpy as np
+
+    from omsjax import conditional, presets, zoo
+
+    k = zoo.num_classes(manifest)
+    if k == 0:
+        given = [f for f, v in (("--guidance", args.guidance), ("--labels", args.labels)) if v is not None]
+        if given:
+            where = args.zoo or zoo.DEFAULT_ZOO
+            raise ValueError(f"{' and '.join(given)}: the zoo {where} is unconditional (its members take no "
+                             f"labels); use a class-conditional zoo such as {zoo.COND_ZOO}")  # fmt: skip
+        return sched, None, None, None
+    if getattr(args, "ref_samples", 0) > 0:
+        raise ValueError("--ref-samples: the trajectory error's ODE reference is unconditional, so it is not "
+                         "available on a class-conditional zoo")  # fmt: skip
+    if args.guidance is not None:
+        if args.schedule is not None and np.any(np.asarray(sched.guidance) != 1.0):
+            raise ValueError(f"--guidance {args.guidance}: the schedule file {args.schedule} sets its own guidance "
+                             f"per step; drop one of them")  # fmt: skip
+        sched = presets.with_guidance(sched, args.guidance)
+    labels = conditional.balanced_labels(args.num_samples, k, args.labels)
+    cond, uncond = conditional.conditioning(labels, k)
+    return sched, cond, uncond, labels
+
+
 def _zoo_samples(args):
     from omsjax import sampler
 
     models, ns, manifest, mean = _load_zoo(args.zoo)
     sched, label = _schedule_from_args(args, ns, len(models))
+    sched, cond, uncond, labels = _conditioning(args, manifest, sched)
     shape = tuple(manifest["image_shape"])
     t0 = time.perf_counter()
     x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed, batch_size=args.batch_size,
-                         data_mean=mean)  # fmt: skip
+                         data_mean=mean, cond=cond, uncond=uncond)  # fmt: skip
     seconds = time.perf_counter() - t0
-    return x, sched, label, seconds, models, ns
+    return x, sched, label, seconds, models, ns, labels
 
 
 def _trajectory_error(args, x, sched, models, ns):
@@ -65,11 +95,20 @@ def _trajectory_error(args, x, sched, models, ns):
 
 
 def cmd_evaluate(args) -> int:
+    import numpy as np
+
     from omsjax import metrics
 
-    x, sched, label, seconds, models, ns = _zoo_samples(args)
-    result = {
-        "fd": float(metrics.fd(x)),
+    x, sched, label, seconds, models, ns, labels = _zoo_samples(args)
+    if labels is None:
+        result = {"fd": float(metrics.fd(x))}
+    else:  # a class-conditional zoo: the conditional FD and the accuracy of the requested classes
+        from omsjax import conditional
+
+        g = np.asarray(sched.guidance, np.float64)
+        result = {**conditional.scores(x, labels), "guidance": float(g[0]) if np.all(g == g[0]) else g.tolist(),
+                  "labels": "balanced" if args.labels is None else [int(c) for c in args.labels]}  # fmt: skip
+    result |= {
         "nfe": int(sched.nfe()),
         "cost": float(sched.cost([m.latency for m in models])),
         "seconds": seconds,
@@ -92,7 +131,7 @@ def cmd_sample(args) -> int:
     from omsjax import plots
 
     check_out(args.out, suffixes=IMAGE_SUFFIXES)  # before the zoo is loaded or anything sampled
-    x, _, label, seconds, _, _ = _zoo_samples(args)
+    x, _, label, seconds, _, _, _ = _zoo_samples(args)
     path = plots.save_grid(x, args.out)
     print(f"wrote {path} ({args.num_samples} samples, {label}, {seconds:.1f} s)")
     return 0
@@ -139,6 +178,12 @@ def _add_schedule_args(p, num_samples):
     p.add_argument("--num-samples", type=int, default=num_samples)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="class-conditional zoo: classifier-free guidance scale at every step (1: the conditional "
+                   "model, the default; 0: unconditional; a guided step costs two model calls)")  # fmt: skip
+    p.add_argument("--labels", type=int, nargs="+", default=None, metavar="L",
+                   help="class-conditional zoo: the classes to sample, cycled over the samples (default every class, "
+                   "balanced)")  # fmt: skip
 
 
 def add_evaluate(sub) -> None:

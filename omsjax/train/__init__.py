@@ -41,7 +41,7 @@ from omsjax.train.checkpoints import (
 )
 from omsjax.train.config import DTYPE as _DTYPE
 from omsjax.train.config import TrainConfig
-from omsjax.train.loop import check_resume, mean_loss, reset_log, run, train
+from omsjax.train.loop import check_labels, check_resume, mean_loss, reset_log, run, train
 from omsjax.train.losses import P_MEAN, P_STD, _denoise, clamp_cap, loss_fn
 from omsjax.train.model import _preconditioned_apply_fn, model_from_params
 from omsjax.train.step import (
@@ -50,6 +50,7 @@ from omsjax.train.step import (
     _keys,
     _mesh,
     data_sharding,
+    drop_labels,
     ema_decay_at,
     init_state,
     lr_schedule,
@@ -92,6 +93,8 @@ __all__ = [
     "mean_loss",
     "check_resume",
     "reset_log",
+    "check_labels",
+    "drop_labels",
 ]
 
 # Private names of the former single module, kept importable for old callers.

@@ -45,6 +45,9 @@ class TrainConfig:
         used by the fdm_* preconditionings only.
       weight_clamp_warmup: W: for optimiser steps < W the per-sample loss weight is min(weight, 5 * 100^(step / W));
         0 turns the clamp off.
+      label_dropout: a class-conditional net (`net.num_classes` K > 0): the probability that a training image's
+        label is replaced by the null label K, so that one network learns the conditional and the unconditional
+        model (classifier-free guidance). Ignored when K = 0.
     """
 
     net: nets.UNetConfig
@@ -64,6 +67,7 @@ class TrainConfig:
     focus_prob: float = 0.0
     fdm_m: float = 2.0
     weight_clamp_warmup: int = 0
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         if not isinstance(self.net, nets.UNetConfig):
@@ -88,6 +92,7 @@ class TrainConfig:
             raise ValueError(f"{self.precond} focus_times are times in (0, 1], got {self.focus_times}")
         _set("fdm_m", _cfg.real("fdm_m", self.fdm_m, gt=0))
         _set("weight_clamp_warmup", _cfg.nonneg_int("weight_clamp_warmup", self.weight_clamp_warmup))
+        _set("label_dropout", _cfg.real("label_dropout", self.label_dropout, ge=0, lt=1))
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (the net config nested, tuples as lists)."""

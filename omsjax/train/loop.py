@@ -37,7 +37,7 @@ from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, _check_batch, _keys, init_state, make_optimizer, replicated_sharding
 from omsjax.train.step import train_step as _train_step
 
-__all__ = ["run", "train", "check_resume", "reset_log", "mean_loss"]
+__all__ = ["run", "train", "check_resume", "reset_log", "mean_loss", "check_labels"]
 
 
 def mean_loss(step: int, window: list[dict]) -> dict:
@@ -128,6 +128,7 @@ def train(
     log_every: int = 50,
     stop_at: int | None = None,
     init_params: Any = None,
+    labels=None,
 ) -> TrainState:
     """Train to `config.steps` (or stop after step `stop_at`, as if interrupted there); returns the final state.
 
@@ -140,7 +141,9 @@ def train(
     warning naming it, and the run continues from the newest intact step; none intact: a `ValueError` naming the
     step directories. `resume=False` refuses a non-empty checkpoint directory. `init_params`
     (fine-tuning) starts from those parameters (EMA too, fresh optimiser state) instead of a fresh initialisation;
-    they must have the network's structure and shapes.
+    they must have the network's structure and shapes. `labels` int[N] in 0..K-1: the images' classes, required by
+    a class-conditional net (`config.net.num_classes` K > 0) and refused otherwise; each step drops them to the
+    null label K at rate `config.label_dropout`.
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -153,6 +156,7 @@ def train(
         raise ValueError(f"data must have shape [N, *image_shape] = [N, {config.image_shape}], got {data.shape}")
     if data.shape[0] < 1:
         raise ValueError("data is empty")
+    labels = check_labels(labels, data.shape[0], config.net.num_classes)
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "ckpt"
@@ -176,6 +180,7 @@ def train(
 
     rep = replicated_sharding()
     data_dev = jax.device_put(data, rep)
+    labels_dev = None if labels is None else jax.device_put(labels, rep)
     key = jax.device_put(_keys(config)[1], rep)
     if state is None:
         state = jax.device_put(_fresh_state(config, init_params), rep)
@@ -183,7 +188,7 @@ def train(
     try:
         _truncate_log(log_path, int(state.step))
         state, _ = run(
-            lambda state, step: _train_step(config, state, data_dev, key),
+            lambda state, step: _train_step(config, state, data_dev, key, labels_dev),
             state,
             end=end,
             total=config.steps,
@@ -198,6 +203,25 @@ def train(
     finally:
         mngr.close()
     return state
+
+
+def check_labels(labels, n: int, num_classes: int) -> np.ndarray | None:
+    """Training labels as int32 [n] in 0..num_classes-1 (None for an unconditional net); errors name what is
+    wrong: labels missing or unexpected, their shape, a value out of range."""
+    if num_classes == 0:
+        if labels is not None:
+            raise ValueError("labels given, but config.net.num_classes is 0 (an unconditional net)")
+        return None
+    if labels is None:
+        raise ValueError(f"config.net.num_classes is {num_classes}: a class-conditional net needs the images' labels")
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers of shape [N] = ({n},), got {y.dtype}{list(y.shape)}")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise ValueError(f"labels must be in 0..{num_classes - 1} (config.net.num_classes = {num_classes}); "
+                         f"label {int(y[bad[0]])} at row {int(bad[0])}")  # fmt: skip
+    return y.astype(np.int32)
 
 
 def _resume_state(ckpt_dir: Path, config: TrainConfig) -> TrainState | None:

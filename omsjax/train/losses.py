@@ -46,25 +46,33 @@ def clamp_cap(step, warmup: int) -> jax.Array:
     return jnp.where(step < warmup, 5.0 * jnp.exp(frac * math.log(100.0)), jnp.inf).astype(DTYPE)
 
 
-def _denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: jax.Array, level: jax.Array):
-    """pred = c_skip x + c_out F(c_in x; c_noise) for x [B, ...], level [B] (coefficients in x's dtype)."""
+def _denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: jax.Array, level: jax.Array,
+             y: jax.Array | None = None):  # fmt: skip
+    """pred = c_skip x + c_out F(c_in x; c_noise, y) for x [B, ...], level [B] (coefficients in x's dtype), labels
+    y int[B] of a class-conditional net (None: the null label)."""
 
     def bc(v):
         v = jnp.asarray(v).astype(x.dtype)
         return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
     c_skip, c_out, c_in, c_noise = precondition(precond, level, SIGMA_DATA, fdm_m=fdm_m)
-    f = nets.unet_apply_fn(net)(params, bc(c_in) * x, jnp.asarray(c_noise).astype(x.dtype))
+    f = nets.unet_apply_fn(net)(params, bc(c_in) * x, jnp.asarray(c_noise).astype(x.dtype), y)
     return bc(c_skip) * x + bc(c_out) * f
 
 
 def loss_fn(
-    config: TrainConfig, params: Any, batch: jax.Array, key: jax.Array, step: jax.Array | int | None = None
+    config: TrainConfig,
+    params: Any,
+    batch: jax.Array,
+    key: jax.Array,
+    step: jax.Array | int | None = None,
+    labels: jax.Array | None = None,
 ) -> jax.Array:
     """Mean diffusion loss of `params` on `batch` [B, H, W, C] (float32), noise levels and noise from `key`.
 
     `step` (the optimiser step, may be traced) sets the loss-weight cap `clamp_cap(step, W)`; it is required when
-    `config.weight_clamp_warmup` W > 0 and ignored otherwise.
+    `config.weight_clamp_warmup` W > 0 and ignored otherwise. `labels` int[B]: a class-conditional net's labels
+    (already dropped to the null label where `train_step` drew so; None: all null).
     """
     if config.weight_clamp_warmup > 0 and step is None:
         raise ValueError(f"loss_fn: weight_clamp_warmup={config.weight_clamp_warmup} needs the optimiser step")
@@ -104,6 +112,6 @@ def loss_fn(
     weight = loss_weight(config.precond, level, SIGMA_DATA)
     if config.weight_clamp_warmup > 0:
         weight = jnp.minimum(weight, clamp_cap(step, config.weight_clamp_warmup))
-    pred = _denoise(config.precond, config.net, config.fdm_m, params, x, level)
+    pred = _denoise(config.precond, config.net, config.fdm_m, params, x, level, labels)
     per_sample = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, batch.ndim)))
     return jnp.mean(weight * per_sample)

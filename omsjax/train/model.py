@@ -19,13 +19,13 @@ __all__ = ["model_from_params"]
 
 @functools.cache
 def _preconditioned_apply_fn(precond: str, net: nets.UNetConfig, fdm_m: float):
-    """apply_fn(params, x, t) = the trained network with its preconditioning, at time t of `noise_schedule(precond)`
-    (cached: equal arguments give the same function, so samplers do not recompile)."""
+    """apply_fn(params, x, t, cond=None) = the trained network with its preconditioning, at time t of
+    `noise_schedule(precond)` (cached: equal arguments give the same function, so samplers do not recompile)."""
 
-    def apply_fn(params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+    def apply_fn(params: Any, x: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         t = jnp.broadcast_to(jnp.asarray(t).astype(x.dtype), x.shape[:1])
-        return _denoise(precond, net, fdm_m, params, x, t)
+        return _denoise(precond, net, fdm_m, params, x, t, cond)
 
     return apply_fn
 
@@ -36,7 +36,8 @@ def model_from_params(config: TrainConfig, params: Any, latency: float = 1.0, na
     "vp": the raw network, parameterisation "noise"; "edm": the raw network, parameterisation "edm_raw" (sigma_data
     0.5, the preconditioning applied by `Model`); "fdm_vp": the network with its c_in = s(sigma_VP(t)) / alpha_t,
     "noise"; "ve", "fdm_edm", "fdm_ve": the denoiser D(x; sigma = t) with the training preconditioning, "data"
-    (t is the noise level sigma of an EDM-type schedule, alpha = 1).
+    (t is the noise level sigma of an EDM-type schedule, alpha = 1). A class-conditional net takes its labels
+    int[B] as the sampler's `cond` (and the null label `config.net.num_classes` as `uncond`).
     """
     precond = config.precond
     if precond == "vp":

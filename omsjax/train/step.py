@@ -31,6 +31,7 @@ __all__ = [
     "make_optimizer",
     "init_state",
     "train_step",
+    "drop_labels",
     "data_sharding",
     "replicated_sharding",
 ]
@@ -122,19 +123,37 @@ def _check_batch(config: TrainConfig) -> None:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of devices ({n})")
 
 
+def drop_labels(config: TrainConfig, labels: jax.Array, key: jax.Array) -> jax.Array:
+    """Classifier-free guidance's label dropout: each label int[B] becomes the null label K = `net.num_classes`
+    with probability `config.label_dropout`."""
+    drop = jax.random.uniform(key, labels.shape, DTYPE) < config.label_dropout
+    return jnp.where(drop, config.net.num_classes, labels).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def train_step(config: TrainConfig, state: TrainState, data: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
-    """One optimiser step on a batch drawn from `data` [N, H, W, C] with `fold_in(key, state.step)`.
+def train_step(
+    config: TrainConfig, state: TrainState, data: jax.Array, key: jax.Array, labels: jax.Array | None = None
+) -> tuple[TrainState, dict]:
+    """One optimiser step on a batch drawn from `data` [N, H, W, C] with `fold_in(key, state.step)`; a
+    class-conditional net (`config.net.num_classes` > 0) needs the images' `labels` int[N], dropped to the null
+    label at rate `config.label_dropout` (from a key of their own: the batch and noise are an unconditional
+    run's).
 
     Pure (jitted, `config` static). Returns the new state and metrics {"loss", "grad_norm", "lr"}. The batch is
     sharded over the devices' "data" axis; the new parameters and optimiser state are replicated.
     """
     _check_batch(config)
+    if (labels is None) != (config.net.num_classes == 0):
+        raise ValueError("labels are needed by a class-conditional net (config.net.num_classes > 0) and only by one")
     step_key = jax.random.fold_in(key, state.step)
     k_idx, k_loss = jax.random.split(step_key)
     idx = jax.random.randint(k_idx, (config.batch_size,), 0, data.shape[0], dtype=jnp.int32)
     batch = jax.lax.with_sharding_constraint(jnp.asarray(data, DTYPE)[idx], data_sharding())
-    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(config, state.params, batch, k_loss, state.step)
+    y = None
+    if labels is not None:
+        y = drop_labels(config, jnp.asarray(labels)[idx], jax.random.fold_in(step_key, 3))
+        y = jax.lax.with_sharding_constraint(y, data_sharding())
+    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(config, state.params, batch, k_loss, state.step, y)
     tx = make_optimizer(config)
     # optax mixes Python floats with its int32 step count (e.g. Adam's bias correction b1**count), which strict
     # dtype promotion rejects; the results are float32 either way.
