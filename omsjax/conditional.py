@@ -10,8 +10,8 @@ the model output is out(K) + w (out(y) - out(K)); w = 1 is the plain conditional
 - `scores(samples, labels)`: the conditional FD (the digits FD of the samples, class-balanced when the labels
   are, against the train split, itself nearly balanced) and the accuracy, the share of samples that the shipped
   digits classifier labels as their requested class: the digits analogue of FID and CLIP score.
-- `ConditionalFD`: the conditional FD as a search metric `metric(samples, x_T) -> float`, with the accuracy of
-  every evaluation kept beside it.
+- `ConditionalFD`: the search objective `metric(samples, x_T) -> float`: the conditional FD plus a stated
+  weight per percentage point of accuracy lost.
 """
 
 from __future__ import annotations
@@ -66,16 +66,23 @@ def scores(samples: Any, labels: Any, *, classifier: Any = None, ref: Any = None
 
 
 class ConditionalFD:
-    """A search metric: the conditional FD of samples asked for `labels` (the evaluator's `cond`, its rows in
-    order), with the accuracy of each call appended to `self.accuracies` (the score ignores it; a report shows
-    both). `metric(samples, x_T) -> float`, lower is better."""
+    """A search metric `metric(samples, x_T) -> float` (lower is better) for samples asked for `labels` (the
+    evaluator's `cond`, its first rows in order):
 
-    def __init__(self, labels: Any, *, classifier: Any = None, ref: Any = None):
+        score = FD + accuracy_weight * (100 - accuracy in %)
+
+    the conditional FD, plus `accuracy_weight` FD points per percentage point of accuracy lost (0: the FD alone),
+    so that a schedule cannot win on FD by drawing the wrong classes. `name` says which (the archive's metric
+    name); every call's {"fd", "accuracy"} is appended to `self.history`."""
+
+    def __init__(self, labels: Any, *, accuracy_weight: float = 0.0, classifier: Any = None, ref: Any = None):
         self.labels = np.asarray(labels)
+        self.accuracy_weight = config.real("accuracy_weight", accuracy_weight, ge=0)
         self.classifier, self.ref = classifier, ref
-        self.accuracies: list[float] = []
+        self.history: list[dict[str, float]] = []
+        self.name = "cond_fd" + (f"+{self.accuracy_weight:g}x_err_pct" if self.accuracy_weight else "")
 
     def __call__(self, samples, x_T=None) -> float:
         s = scores(samples, self.labels[: len(samples)], classifier=self.classifier, ref=self.ref)
-        self.accuracies.append(s["accuracy"])
-        return s["fd"]
+        self.history.append(s)
+        return s["fd"] + self.accuracy_weight * 100.0 * (1.0 - s["accuracy"])

@@ -142,7 +142,13 @@ def test_scores_on_real_digits():
     wrong = conditional.scores(x, (y + 1) % 10)
     assert wrong["accuracy"] < 0.1 and wrong["fd"] == good["fd"]
     metric = conditional.ConditionalFD(y)
-    assert metric(x[:100]) == pytest.approx(metrics.fd(x[:100])) and metric.accuracies[0] > 0.9
+    assert metric(x[:100]) == pytest.approx(metrics.fd(x[:100])) and metric.history[0]["accuracy"] > 0.9
+    weighted = conditional.ConditionalFD((y + 1) % 10, accuracy_weight=0.5)
+    s = weighted(x)
+    assert s == pytest.approx(good["fd"] + 0.5 * 100 * (1 - wrong["accuracy"]))
+    assert (metric.name, weighted.name) == ("cond_fd", "cond_fd+0.5x_err_pct")
+    with pytest.raises(ValueError, match="accuracy_weight"):
+        conditional.ConditionalFD(y, accuracy_weight=-1)
     with pytest.raises(ValueError, match="labels must have one entry per sample"):
         conditional.scores(x, y[:3])
 
@@ -169,3 +175,27 @@ def test_cli_evaluate_and_sample_with_guidance_and_labels(cond_zoo, tmp_path, ca
     ):
         rc = cli.main(argv)
         assert rc == 2 and re.search(msg, capsys.readouterr().err), argv
+
+
+def test_search_refuses_guidance_on_an_unconditional_zoo(tmp_path, capsys):
+    rc = cli.main(["search", "--nfe", "3", "--guidance", "2", "--out", str(tmp_path / "s")])
+    assert rc == 2 and re.search("guidance 2.0: the zoo .* is unconditional", capsys.readouterr().err)
+
+
+@pytest.mark.slow  # two small searches: about two minutes on 2 cores
+def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
+    small = ["--quick", "--num-samples", "12", "--final-samples", "24", "--json"]
+    out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "2", "--out",
+                        str(tmp_path / "solver"), *small])  # fmt: skip
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["guidance"] == 2.0 and rep["objective"].startswith("cond_fd+1x_err_pct")
+    assert rep["searched"]["nfe"] == 4 and rep["best_baseline"]["nfe"] == 4  # 2 guided steps: 4 model calls
+    for part in ("searched", "best_baseline"):
+        c = rep["conditional"][part]
+        assert 0 <= c["accuracy"] <= 1 and c["fd"] > 0
+    sched = omsjax.Schedule.load(tmp_path / "solver" / "schedule.json", num_models=2)
+    assert np.all(np.asarray(sched.guidance) == 2.0)
+    out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "3", "--mode", "model",
+                        "--out", str(tmp_path / "model"), *small])  # fmt: skip
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["searched"]["nfe"] <= 6 and all(r["nfe"] == 6 for r in rep["baselines"].values())

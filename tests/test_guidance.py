@@ -2,6 +2,8 @@
 test_transcriptions.py driven by an independent numpy guided eps, guidance as schedule data (JSON, checks, cost,
 vmap, grad), and the sampler's conditioning arguments."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -255,8 +257,26 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
     unguided = "candidate 0: Schedule.guidance at step 0: scale 3.0 needs classifier-free guidance"
     with pytest.raises(ValueError, match=unguided):
         EV.Evaluator(EV_MODEL, NS, cond=labels, **kw).evaluate_schedules([s])
-    with pytest.raises(ValueError, match="other than 1 only in solver mode"):
-        encoding.SearchSpace(num_positions=6, latencies=[1.0, 2.0], mode="model", guidance=2.0)
+
+
+def test_guided_genomes_count_two_calls_per_step_in_every_mode():
+    from omsjax.search import baselines, encoding
+
+    for mode in ("model", "joint"):
+        plain = encoding.SearchSpace(num_positions=6, latencies=[1.0, 2.5], mode=mode)
+        guided = dataclasses.replace(plain, guidance=2.0)
+        assert (plain.calls_per_step, guided.calls_per_step) == (1, 2)
+        pop = encoding.random_genomes(plain, jax.random.PRNGKey(3), 5)
+        for i in range(5):
+            g = jax.tree.map(lambda a, i=i: a[i], pop)
+            assert float(encoding.cost(guided, g)) == 2 * float(encoding.cost(plain, g))
+            assert int(encoding.nfe(guided, g)) == 2 * int(encoding.nfe(plain, g))
+            s = encoding.to_schedule(guided, NS, g)  # the decoded schedule's own cost model agrees
+            assert s.cost([1.0, 2.5]) == pytest.approx(float(encoding.cost(guided, g)))
+            assert s.nfe() == int(encoding.nfe(guided, g))
+    assert baselines.baseline_nfe(2.0, "nfe", 10, 20, 2) == 5 and baselines.baseline_nfe(2.0, "cost", 10, 20, 2) == 2
+    with pytest.raises(ValueError, match="guidance must be finite"):
+        encoding.SearchSpace(num_positions=6, latencies=[1.0], mode="model", guidance=float("inf"))
 
 
 @pytest.mark.slow  # a whole (quick) search: about a minute on 2 cores
@@ -279,3 +299,12 @@ def test_find_schedule_under_guidance():
     assert rep["searched"]["nfe"] == 8 and all(row["nfe"] == 8 for row in rep["baselines"].values())
     assert np.isfinite(res.score) and res.score == rep["searched"]["score"]
     assert rep["best_baseline"]["score"] == min(row["score"] for row in rep["baselines"].values())
+
+
+def test_find_schedule_budgets_pay_for_guided_steps():
+    from omsjax.search import find_schedule
+
+    model = omsjax.Model(EV_MODEL.apply_fn, EV_MODEL.params, latency=1.0, sample_shape=EV_MODEL.sample_shape)
+    with pytest.raises(ValueError, match=r"budget must pay for at least one step of the cheapest model \(2.0\)"):
+        find_schedule(model, NS, mode="model", budget=1.5, guidance=2.0, metric=lambda x, x_T: 0.0,
+                      key=jax.random.PRNGKey(0))  # fmt: skip

@@ -40,16 +40,22 @@ def cmd_search(args) -> int:
                           ga=ga.GAConfig(pop_size=pop, num_children=pop))  # fmt: skip
     report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
                      config=cfg, num_samples=v["num_samples"], final_samples=args.final_samples, seed=args.seed,
-                     spacing=args.spacing, progress=not args.quiet, use_cache=not args.recompute_baselines)  # fmt: skip
+                     spacing=args.spacing, progress=not args.quiet, use_cache=not args.recompute_baselines,
+                     guidance=args.guidance, accuracy_weight=args.accuracy_weight)  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0
     s, b = report["searched"], report["best_baseline"]
-    print(f"searched ({args.mode} mode): FD {s['fd']:.3f} at NFE {s['nfe']}, cost {s['cost']:.1f} ms "
+    score = "FD" if "conditional" not in report else "score"
+    print(f"searched ({args.mode} mode): {score} {s['fd']:.3f} at NFE {s['nfe']}, cost {s['cost']:.1f} ms "
           f"(held-out noise, {report['heldout_samples']} samples)")  # fmt: skip
     if b is not None:
-        print(f"best baseline: {b['name']}: FD {b['fd']:.3f} at NFE {b['nfe']}, cost {b['cost']:.1f} ms; "
+        print(f"best baseline: {b['name']}: {score} {b['fd']:.3f} at NFE {b['nfe']}, cost {b['cost']:.1f} ms; "
               f"ratio {report['fd_ratio_to_best_baseline']:.3f}")  # fmt: skip
+    if "conditional" in report:  # a class-conditional zoo: the score's two parts
+        print(f"guidance {report['guidance']:g}; score = {report['objective']}")
+        for name, c in report["conditional"].items():
+            print(f"  {name}: FD {c['fd']:.3f}, accuracy {100 * c['accuracy']:.1f}%")
     print(f"{report['evaluated']} schedules evaluated ({report['new_evaluations']} new) in "
           f"{report['search_seconds']:.0f} s; predictor Kendall tau on held-out schedules "
           f"{report['predictor_heldout_tau']:.2f}; wrote {args.out}/schedule.json, report.json, pareto.png, "
@@ -63,7 +69,8 @@ def add_search(sub) -> None:
 
     r = sub.add_parser("search", help="search a schedule (solver, model or joint) under an NFE or a time budget")
     r.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
-    r.add_argument("--nfe", type=int, default=None, help="model calls (solver mode: exactly; else at most)")
+    r.add_argument("--nfe", type=int, default=None,
+                   help="model calls (solver mode: exactly; else at most); under --guidance, steps")  # fmt: skip
     r.add_argument(
         "--budget",
         type=float,
@@ -71,6 +78,12 @@ def add_search(sub) -> None:
         help="seconds to sample one batch by the zoo's measured latencies (the sum over the calls)",
     )
     r.add_argument("--mode", default="solver", choices=["solver", "model", "joint"])
+    r.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="class-conditional zoo: classifier-free guidance scale at every step (default 1: the "
+                   "conditional model); --nfe then counts steps, each two model calls")  # fmt: skip
+    r.add_argument("--accuracy-weight", type=float, default=1.0, metavar="A",
+                   help="class-conditional zoo: the objective is FD + A x (100 - accuracy %%), accuracy being the "
+                   "share of samples classified as their requested class (default 1; 0: FD alone)")  # fmt: skip
     r.add_argument("--model", type=int, default=None, help="solver mode: the zoo model (default: the largest)")
     r.add_argument("--out", required=True, help="output folder (schedule.json, report.json, pareto.png, ...); "
                    "locked while the search runs, so a second one on it is refused")  # fmt: skip

@@ -39,7 +39,10 @@ def largest_nfe(latency: float, budget: float, cap: int) -> int:
     return min(int(math.floor(budget / latency + 1e-9)), cap) if latency > 0 else cap
 
 
-def baseline_nfe(latency: float, kind: str, budget: float, positions: int) -> int:
-    """The NFE of a single-model baseline under a model/joint-mode budget: `budget` itself when `kind` is "nfe",
-    else the largest NFE of this latency within the cost `budget`, at most `positions`."""
-    return int(budget) if kind == "nfe" else largest_nfe(latency, budget, positions)
+def baseline_nfe(latency: float, kind: str, budget: float, positions: int, calls_per_step: int = 1) -> int:
+    """The steps of a single-model baseline under a model/joint-mode budget: `budget` // `calls_per_step` when
+    `kind` is "nfe" (a guided step makes 2 calls), else the largest number of steps of this latency (times
+    `calls_per_step`) within the cost `budget`, at most `positions`."""
+    if kind == "nfe":
+        return int(budget) // calls_per_step
+    return largest_nfe(latency * calls_per_step, budget, positions)

@@ -89,8 +89,8 @@ class SearchSpace:
       t_start, t_end: the fixed end times. The defaults (1.0, 1e-3) suit the VP schedules; for any other noise
         schedule build the space with `for_noise_schedule` (or `for_nfe(..., noise_schedule=ns)`), which takes
         t_start = ns.t_max and t_end = ns.default_t_end. `check_times(ns)` says whether they fit a schedule.
-      guidance: the classifier-free guidance scale of every decoded step (`Schedule.guidance`; 1: unguided).
-        Solver mode only for now: the GA's budgets of model and joint modes count unguided calls.
+      guidance: the classifier-free guidance scale of every decoded step (`Schedule.guidance`; 1: unguided). A
+        guided step calls its model twice: `cost`, `nfe` and the budgets of model and joint modes count both.
     """
 
     num_positions: int
@@ -135,14 +135,17 @@ class SearchSpace:
             raise ValueError(f"need t_start > t_end > 0, got {self.t_start}, {self.t_end}")
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
             raise ValueError(f"guidance must be a real number, got {self.guidance!r}")
-        if not math.isfinite(self.guidance) or (self.guidance != 1 and self.mode != "solver"):
-            raise ValueError(f"guidance must be finite, and other than 1 only in solver mode (the budgets of "
-                             f"model and joint modes count unguided calls), got {self.guidance} in {self.mode} "
-                             "mode")  # fmt: skip
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be finite, got {self.guidance}")
 
     @property
     def num_models(self) -> int:
         return len(self.latencies)
+
+    @property
+    def calls_per_step(self) -> int:
+        """Model calls of one step: 2 under guidance (the conditional and the unconditional output), else 1."""
+        return 1 if self.guidance == 1 else 2
 
     @property
     def skip(self) -> int:
@@ -346,19 +349,21 @@ def to_schedule(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) ->
 
 
 def cost(space: SearchSpace, g: Genome) -> jax.Array:
-    """Sum of the latencies of the models called (the first step's call is skipped under AFS)."""
+    """Sum of the latencies of the models called (the first step's call is skipped under AFS; a guided step
+    counts twice)."""
     f = jnp.result_type(float)
     model, length = decode_models(space, g)
     lat = jnp.asarray(space.latencies, f)[model]
     called = (jnp.arange(space.num_positions, dtype=jnp.int32) < length) & ~(
         (jnp.arange(space.num_positions, dtype=jnp.int32) == 0) & (_afs(space, g) != 0)
     )
-    return jnp.sum(jnp.where(called, lat, 0.0))
+    return space.calls_per_step * jnp.sum(jnp.where(called, lat, 0.0))
 
 
 def nfe(space: SearchSpace, g: Genome) -> jax.Array:
-    """Model calls: the number of steps, minus one under AFS."""
-    return jnp.sum(active_mask(space, g)).astype(jnp.int32) - (_afs(space, g) != AFS_NONE).astype(jnp.int32)
+    """Model calls: the number of steps, minus one under AFS; twice that under guidance."""
+    steps = jnp.sum(active_mask(space, g)).astype(jnp.int32) - (_afs(space, g) != AFS_NONE).astype(jnp.int32)
+    return space.calls_per_step * steps
 
 
 def decode_models(space: SearchSpace, g: Genome) -> tuple[jax.Array, jax.Array]:
@@ -453,7 +458,7 @@ def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: f
         name = {"unipc": "UniPC-2 (bh2)", "dpm_solver_pp": "DPM-Solver++(2M)"}[space.base_solver]
         for m, lat in enumerate(space.latencies):
             for k in range(1, space.num_positions + 1):
-                if budget is not None and k * lat > budget:
+                if budget is not None and k * lat * space.calls_per_step > budget:
                     break
                 try:
                     s = presets.named(name, noise_schedule, k, model=m, skip=space.spacing, t_start=space.t_start,

@@ -92,8 +92,9 @@ def find_schedule(
       metric: `metric(samples, x_T) -> float`, lower is better, on numpy [n, *sample_shape] arrays.
       key: a `jax.random` key.
       sample_shape: the shape of one sample; default the models' declared `Model.sample_shape`.
-      nfe: solver mode: the NFE (required); model and joint modes: a budget in NFE instead of `budget`.
-      budget: model and joint modes: the budget as a sum of the models' latencies.
+      nfe: solver mode: the NFE (required); model and joint modes: a budget in NFE instead of `budget`. Under
+        guidance it counts steps, as the presets' `nfe` does: each guided step is two model calls.
+      budget: model and joint modes: the budget as a sum of the models' latencies (a guided step pays twice).
       mode: "solver" (every solver decision for one model), "model" (which model at each step) or "joint".
       model: solver mode's zoo index (default the last member).
       num_samples, heldout_samples: draws of search and held-out noise (default 32 / 64 with `quick`, else
@@ -127,15 +128,16 @@ def find_schedule(
             raise ValueError(f"model= picks solver mode's model; {mode} mode chooses the models itself")
         if (nfe is None) == (budget is None):
             raise ValueError(f"{mode} mode needs exactly one of nfe= (an NFE budget) and budget= (a latency budget)")
-        if nfe is not None:
+        calls = 1 if guidance == 1 else 2  # a guided step calls its model twice
+        if nfe is not None:  # nfe counts steps, as the presets' nfe does; the budget counts calls
             if not (isinstance(nfe, int) and nfe >= 1):
                 raise ValueError(f"nfe must be an int >= 1, got {nfe!r}")
-            positions, limit, kind = min(nfe + 1, max_steps), float(nfe), "nfe"
+            positions, limit, kind = min(nfe + 1, max_steps), float(nfe * calls), "nfe"
         else:
-            if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= min(lat)):
-                raise ValueError(f"budget must pay for at least one call of the cheapest model ({min(lat)}), got "
-                                 f"{budget!r}")  # fmt: skip
-            positions = min(baselines.largest_nfe(min(lat), budget, max_steps - 1) + 1, max_steps)
+            if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= calls * min(lat)):
+                raise ValueError(f"budget must pay for at least one step of the cheapest model ({calls * min(lat)}), "
+                                 f"got {budget!r}")  # fmt: skip
+            positions = min(baselines.largest_nfe(calls * min(lat), budget, max_steps - 1) + 1, max_steps)
             limit, kind = float(budget), "cost"
         space = SearchSpace.for_noise_schedule(noise_schedule, num_positions=positions, latencies=lat, mode=mode,
                                                **common)  # fmt: skip
@@ -207,7 +209,7 @@ def _baselines(ns, space: SearchSpace, kind: str, limit) -> dict[str, Schedule]:
         return baselines.baselines(ns, space.nfe, space.model, **times)
     out = {}
     for m, lat in enumerate(space.latencies):
-        n = baselines.baseline_nfe(lat, kind, limit, space.num_positions)
+        n = baselines.baseline_nfe(lat, kind, limit, space.num_positions, space.calls_per_step)
         if n >= 1:
             grid = baselines.baselines(ns, n, m, solvers=baselines.MODEL_MODE_BASELINES,
                                        spacings=baselines.MODEL_MODE_SPACINGS, **times)  # fmt: skip

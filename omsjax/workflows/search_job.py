@@ -58,6 +58,8 @@ def run(
     spacing: str | None = None,
     progress: bool = True,
     use_cache: bool = True,
+    guidance: float | None = None,
+    accuracy_weight: float = 1.0,
 ) -> dict:
     """Search and report (module docstring); returns the report dict.
 
@@ -69,7 +71,13 @@ def run(
     is refused at once (`files.FolderLocked`). Every result file is written atomically.
 
     `use_cache`: look up the zoo's shipped evaluations of the presets (`search.cache`, made by `cache_presets`)
-    instead of evaluating them again; the report counts the evaluations it took from there."""
+    instead of evaluating them again; the report counts the evaluations it took from there.
+
+    A class-conditional zoo (`zoo.num_classes` > 0) is searched for class-balanced samples (`conditional`), at
+    classifier-free guidance scale `guidance` on every step (default 1: the conditional model; `nfe` counts steps,
+    each guided one two model calls), on the objective `conditional.ConditionalFD`: the FD plus `accuracy_weight`
+    FD points per percentage point of accuracy lost. The report gives the FD and the accuracy of the searched
+    schedule and of the best baseline apart. An unconditional zoo refuses `guidance`."""
     if (nfe is None) == (budget_seconds is None):
         raise ValueError("give exactly one of nfe and budget_seconds")
     if nfe is not None and nfe < 1:
@@ -85,10 +93,11 @@ def run(
     out = Path(out_dir)
     with files.FolderLock(out, what="omsjax search"):
         return _search(zoo_dir, out, mode, nfe, budget_seconds, model, config or loop.LoopConfig(), num_samples,
-                       final_samples, seed, max_steps, spacing, progress, use_cache)  # fmt: skip
+                       final_samples, seed, max_steps, spacing, progress, use_cache, guidance,
+                       accuracy_weight)  # fmt: skip
 
 
-def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps):
+def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, guidance=1.0):
     """(space, k, budget, kind, positions) of a search: the search space, the solver-mode model, the GA's budget
     and its kind ("cost" or "nfe"), and the number of time positions (model and joint modes)."""
     lat = [m.latency for m in models]
@@ -96,16 +105,18 @@ def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_step
     if not 0 <= k < len(models):
         raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(ns.default_t_end))
+    common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(ns.default_t_end),
+                  guidance=float(guidance))  # fmt: skip
     if mode == "solver":
         n = nfe if nfe is not None else _largest_nfe(lat[k], budget_ms, 10**6)
         if n < 1:
             raise ValueError(f"the budget {budget_seconds} s does not pay for one call of model {k} ({lat[k]} ms)")
         return encoding.SearchSpace.for_nfe(n, lat, model=k, **common), k, None, "cost", None
+    calls = 1 if guidance == 1 else 2  # a guided step calls its model twice; --nfe counts steps
     if nfe is not None:
-        positions, budget, kind = nfe + 1, float(nfe), "nfe"
+        positions, budget, kind = nfe + 1, float(nfe * calls), "nfe"
     else:
-        positions = min(_largest_nfe(min(lat), budget_ms, max_steps - 1) + 1, max_steps)
+        positions = min(_largest_nfe(calls * min(lat), budget_ms, max_steps - 1) + 1, max_steps)
         budget, kind = budget_ms, "cost"
     space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
     return space, k, budget, kind, positions
@@ -115,20 +126,37 @@ def _baseline_schedules(ns, space, mode, k, lat, kind, budget, positions):
     """({name: Schedule} of the published solvers, {name: Schedule} of the same with an analytical first step)."""
     base, base_afs = {}, {}
     for m in [k] if mode == "solver" else range(len(lat)):
-        n_m = space.nfe if mode == "solver" else _baseline_nfe(lat[m], kind, budget, positions)
+        n_m = space.nfe if mode == "solver" else _baseline_nfe(lat[m], kind, budget, positions, space.calls_per_step)
         if n_m < 1:
             continue
+        w = space.guidance
         if mode == "solver":
-            base.update(baselines(ns, n_m, m))
-            base_afs.update(baselines(ns, n_m, m, afs="zero_x0"))
+            base.update(baselines(ns, n_m, m, guidance=w))
+            base_afs.update(baselines(ns, n_m, m, afs="zero_x0", guidance=w))
         else:
-            grid = baselines(ns, n_m, m, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS)
+            grid = baselines(ns, n_m, m, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS, guidance=w)
             base.update({f"{name}, model {m}": s for name, s in grid.items()})
     return base, base_afs
 
 
+def _conditioning(zoo_dir, manifest, guidance, n, accuracy_weight) -> tuple[dict, np.ndarray | None]:
+    """The Evaluator's conditioning and objective on a class-conditional zoo (balanced labels for `n` samples, the
+    null label as uncond, `conditional.ConditionalFD`), and the labels; ({}, None) on an unconditional zoo."""
+    from omsjax import conditional, zoo
+
+    k = zoo.num_classes(manifest)
+    if k == 0:
+        if guidance is not None:
+            raise ValueError(f"guidance {guidance}: the zoo {zoo_dir} is unconditional (its members take no labels)")
+        return {}, None
+    labels = conditional.balanced_labels(n, k)
+    cond, uncond = conditional.conditioning(labels, k)
+    metric = conditional.ConditionalFD(labels, accuracy_weight=accuracy_weight)
+    return dict(cond=cond, uncond=uncond, metric=metric, metric_name=metric.name), labels
+
+
 def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples, final_samples, seed, max_steps,
-            spacing, progress, use_cache) -> dict:  # fmt: skip
+            spacing, progress, use_cache, guidance=None, accuracy_weight=1.0) -> dict:  # fmt: skip
     """`run` (its arguments checked) with the folder lock held."""
     from omsjax import plots, zoo
 
@@ -137,14 +165,17 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    space, k, budget, kind, positions = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps)
+    cond_kw, labels = _conditioning(zoo_dir, manifest, guidance, max(num_samples, final_samples), accuracy_weight)
+    w = 1.0 if guidance is None else float(guidance)
+    space, k, budget, kind, positions = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps,
+                                               w)  # fmt: skip
     cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
 
     archive = Archive(out / "archive.jsonl")  # one archive for both evaluators: read (and checked) once
     cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
     ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
-                   archive=archive)  # fmt: skip
+                   archive=archive, **cond_kw)  # fmt: skip
     # The final re-evaluation (a few schedules) and the held-out score (one) on 1,000 samples: one candidate per
     # call, one program for both (padding them to the search's chunk would sample the padding too).
     held = ev.with_noise(seed + 1000, final_samples, chunk=1)
@@ -201,6 +232,14 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
         "cached_evaluations": len(used),
         "cache_machine": cache_machine if used else None,
     }
+    if labels is not None:  # the objective's two parts, apart, on the held-out noise
+        from omsjax import conditional
+
+        report |= {"guidance": w, "objective": f"{cond_kw['metric_name']}: FD + {accuracy_weight:g} x (100 - "
+                   "accuracy %); the fd fields above hold this score", "conditional": {
+                       name: conditional.scores(held.samples(s), labels[:final_samples])
+                       for name, s in (("searched", res.schedule), ("best_baseline", both.get(best_base)))
+                       if s is not None}}  # fmt: skip
     meta = dict(mode=mode, fd=best.fd, nfe=best.nfe, cost=best.cost, heldout_samples=final_samples,
                 heldout_noise_seed=held.noise_seed)  # fmt: skip
     files.write_text(out / "schedule.json", res.schedule.to_json(**meta))
