@@ -172,6 +172,7 @@ def test_cli_evaluate_and_sample_with_guidance_and_labels(cond_zoo, tmp_path, ca
         (["evaluate", "--solver", "ddim", "--nfe", "2", "--guidance", "2"], "--guidance: the zoo .* is unconditional"),
         (["evaluate", *base, "--labels", "3"], r"label 3 is not a class of this zoo \(0..2"),
         (["evaluate", *base, "--ref-samples", "4"], "--ref-samples: the trajectory error's ODE reference"),
+        (["compare", "--zoo", str(cond_zoo), "--nfe", "2"], "compare samples without labels"),
     ):
         rc = cli.main(argv)
         assert rc == 2 and re.search(msg, capsys.readouterr().err), argv

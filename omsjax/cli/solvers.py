@@ -78,9 +78,12 @@ def cmd_gmm(args) -> int:
 def cmd_compare(args) -> int:
     import numpy as np
 
-    from omsjax import metrics, sampler
+    from omsjax import metrics, sampler, zoo
 
     models, ns, manifest, mean = _load_zoo(args.zoo)
+    if zoo.num_classes(manifest):
+        raise ValueError(f"--zoo {args.zoo}: compare samples without labels; for a class-conditional zoo use "
+                         f"`omsjax evaluate --zoo {args.zoo} --guidance W` (FD and accuracy per schedule)")  # fmt: skip
     k = len(models) - 1 if args.model is None else args.model
     if not 0 <= k < len(models):
         raise ValueError(f"--model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
