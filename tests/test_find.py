@@ -49,7 +49,7 @@ def _mse_to_reference(model):
         (dict(nfe=0), "solver mode needs nfe="),
         (dict(mode="model"), "exactly one of nfe="),
         (dict(mode="joint", nfe=3, budget=3.0), "exactly one of nfe="),
-        (dict(mode="model", budget=0.5), "at least one call of the cheapest model"),
+        (dict(mode="model", budget=0.5), "at least one step of the cheapest model"),
         (dict(mode="model", nfe=3, model=0), "model= picks solver mode's model"),
         (dict(nfe=3, metric="mse"), "metric must be callable"),
     ],
