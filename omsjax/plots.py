@@ -82,14 +82,8 @@ def timesteps_plot(noise_schedule, schedules: dict, path, title: str = "") -> Pa
         ax.plot(np.arange(len(ts)), np.asarray(noise_schedule.lam(ts)), marker="o", label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("log-SNR lambda")
-    ax.set_title(title)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        return save(fig, path, dpi=100)
-    finally:
-        plt.close(fig)
+    return _finish(fig, ax, title, path)
 
 
 def fd_accuracy(fd, accuracy, scales, path, title: str = "") -> Path:
@@ -110,6 +104,13 @@ def fd_accuracy(fd, accuracy, scales, path, title: str = "") -> Path:
         ax.annotate(f"w={w:g}", (f, 100 * a), textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax.set_xlabel("FD (classifier features, lower is better)")
     ax.set_ylabel("accuracy of the requested class (%)")
+    return _finish(fig, ax, title, path)
+
+
+def _finish(fig, ax, title: str, path) -> Path:
+    """Title, grid and tight layout of a one-axes plot; written to `path` (PNG at 100 dpi) and closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
