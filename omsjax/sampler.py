@@ -116,10 +116,16 @@ def sample_many(
     """Run a stacked batch of schedules (leading axis C) on the same x_T (and the same `cond`, `uncond` and
     `thresholding`, as in `sample`); returns [C, *x_T.shape].
 
+    A field other than `ts` may be given once, unstacked (one schedule's shape: `afs` a scalar, a per-step field
+    [N]), to share it across the candidates: under "vmap" it then stays unbatched, so a shared `model` or `afs`
+    keeps its `lax.switch` a branch (not a `select` over every branch) and a shared `guidance` keeps the w == 1
+    shortcut of `models.guided_eps_x0` (a batched scale runs both halves at every step). Under jit the values
+    are traced, so this is the only way to say they are shared.
+
     method="vmap": one vectorised program. Fast for *solver* schedules of one model. Fields that choose a
-      `lax.switch` branch (`model`, `afs`) are passed unbatched when every candidate shares them; otherwise the
-      batched index turns the switch into `select` over *every* zoo model, with its parameters broadcast over
-      the candidates (a grouped convolution per layer): correct, but slow.
+      `lax.switch` branch (`model`, `afs`) and `guidance` are shared when every concrete candidate has the same
+      ones; otherwise the batched index turns the switch into `select` over *every* zoo model, with its
+      parameters broadcast over the candidates (a grouped convolution per layer): correct, but slow.
     method="map": `lax.map` over candidates; each runs only the models it schedules, so the cost is the sum of
       the scheduled models' latencies (use it for model schedules).
     """
@@ -128,16 +134,24 @@ def sample_many(
         raise ValueError(f"sample_many method must be 'map' or 'vmap', got {method!r}")
     if not isinstance(schedules, Schedule) or np.ndim(schedules.ts) != 2:
         raise ValueError("sample_many needs a stacked Schedule (use omsjax.schedule.stack), ts of shape [C, N+1]")
+    shared = set(shared_fields(schedules))
+    num = np.shape(schedules.ts)[0]
+
+    def candidate(c):
+        return Schedule(**{f: (v if f in shared else v[c]) for f, v in schedules._asdict().items()})
+
     if not _is_traced(schedules):
-        for c in range(np.shape(schedules.ts)[0]):
-            one = jax.tree_util.tree_map(lambda a, c=c: a[c], schedules)
+        for c in range(num):
             try:
-                check_inputs(zoo, noise_schedule, one, x_T, data_mean, cond, uncond)
+                check_inputs(zoo, noise_schedule, candidate(c), x_T, data_mean, cond, uncond)
             except ValueError as e:
                 raise ValueError(f"candidate {c}: {e}") from None
+        for name in ("model", "afs", "guidance"):
+            v = np.asarray(getattr(schedules, name))
+            if name not in shared and np.all(v == v[:1]):
+                schedules, shared = schedules._replace(**{name: getattr(schedules, name)[0]}), shared | {name}
     else:
-        check_inputs(zoo, noise_schedule, jax.tree_util.tree_map(lambda a: a[0], schedules), x_T, data_mean, cond,
-                     uncond)  # fmt: skip
+        check_inputs(zoo, noise_schedule, candidate(0), x_T, data_mean, cond, uncond)
 
     thr = thresholding_option(thresholding)
 
@@ -146,15 +160,26 @@ def sample_many(
                        thresholding=thr)  # fmt: skip
 
     if method == "vmap":
-        shared = {}
-        if not _is_traced(schedules):
-            for name in ("model", "afs"):
-                v = np.asarray(getattr(schedules, name))
-                if np.all(v == v[:1]):
-                    shared[name] = getattr(schedules, name)[0]
         axes = Schedule(**{f: (None if f in shared else 0) for f in Schedule._fields})
-        return jax.vmap(lambda s: one(s, True), in_axes=(axes,))(schedules._replace(**shared))
-    return jax.lax.map(one, schedules)
+        return jax.vmap(lambda s: one(s, True), in_axes=(axes,))(schedules)
+    full = {f: jnp.broadcast_to(v, (num, *jnp.shape(v))) for f, v in schedules._asdict().items() if f in shared}
+    return jax.lax.map(one, schedules._replace(**full))
+
+
+def shared_fields(schedules: Schedule) -> tuple[str, ...]:
+    """The fields of a stacked Schedule (ts [C, N + 1]) given once, unstacked (`sample_many`); raises ValueError
+    naming a field whose shape is neither one schedule's nor C of them."""
+    num, steps = np.shape(schedules.ts)[0], np.shape(schedules.ts)[1] - 1
+    out = []
+    for f, v in schedules._asdict().items():
+        one = () if f == "afs" else (steps + 1,) if f == "ts" else (steps,)
+        shape = tuple(np.shape(v))
+        if f != "ts" and shape == one:
+            out.append(f)
+        elif shape != (num, *one):
+            raise ValueError(f"stacked schedule field {f!r} has shape {shape}: need {(num, *one)} (C candidates) "
+                             f"or {one} (shared)")  # fmt: skip
+    return tuple(out)
 
 
 def sample_heun(model: Model, noise_schedule: NoiseSchedule, ts, x_T: jax.Array) -> jax.Array:

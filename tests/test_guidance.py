@@ -151,6 +151,28 @@ def test_guidance_is_schedule_data_json_cost_and_checks(tmp_path):
         Schedule.from_json(s.to_json().replace('"guidance": [\n    3.0', '"guidance": [\n    "a"'))
 
 
+def test_sample_many_shares_a_field_given_once():
+    """A field given unstacked is shared: the same samples, and under jit a shared guidance array keeps the w == 1
+    shortcut (a `cond` in the program) where a batched one turns it into a `select` that runs both halves."""
+    x = jnp.asarray(X_T)
+    ws = np.array([1.0, 3.0, 1.0, 7.5, 3.0, 1.0])
+    many = omsjax.stack([presets.dpm_solver_pp(NS, 6, 2, guidance=ws), presets.ddim(NS, 6, guidance=ws)])
+    kw = dict(method="vmap", cond=COND, uncond=UNCOND)
+    ref = omsjax.sample_many(NOISE_MODEL, NS, many, x, **kw)
+    once = many._replace(guidance=jnp.asarray(ws))
+    for method in ("vmap", "map"):
+        out = omsjax.sample_many(NOISE_MODEL, NS, once, x, **{**kw, "method": method})
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-12, atol=1e-12)
+
+    def program(s):
+        return str(jax.make_jaxpr(lambda s: omsjax.sample_many(NOISE_MODEL, NS, s, x, **kw))(s))
+
+    # Batched, the guidance `cond` becomes a `select` (both halves run); the program's other conds are unchanged.
+    assert program(once).count(" cond[") > program(many).count(" cond[")
+    with pytest.raises(ValueError, match=r"field 'guidance' has shape \(5,\): need \(2, 6\)"):
+        omsjax.sample_many(NOISE_MODEL, NS, many._replace(guidance=jnp.ones(5)), x, **kw)
+
+
 def test_vmap_over_guidance_grad_and_generate():
     x = jnp.asarray(X_T)
     ws = (1.0, 3.0, 7.5)
