@@ -183,6 +183,16 @@ def test_search_refuses_guidance_on_an_unconditional_zoo(tmp_path, capsys):
     assert rc == 2 and re.search("guidance 2.0: the zoo .* is unconditional", capsys.readouterr().err)
 
 
+def test_search_guidance_flag_errors(cond_zoo, tmp_path, capsys):
+    for argv, msg in (
+        (["--search-guidance", "2"], r"needs the guidance scale W \(--guidance\)"),
+        (["--guidance", "1", "--search-guidance"], "guidance w != 1, got 1"),
+        (["--guidance", "3", "--search-guidance", "1", "2"], r"must include the space's guidance 3"),
+    ):
+        rc = cli.main(["search", "--zoo", str(cond_zoo), "--nfe", "3", "--out", str(tmp_path / "s"), *argv])
+        assert rc == 2 and re.search(msg, capsys.readouterr().err), argv
+
+
 @pytest.mark.slow  # two small searches: about two minutes on 2 cores
 def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
     small = ["--quick", "--num-samples", "12", "--final-samples", "24", "--json"]
@@ -196,7 +206,12 @@ def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
         assert 0 <= c["accuracy"] <= 1 and c["fd"] > 0
     sched = omsjax.Schedule.load(tmp_path / "solver" / "schedule.json", num_models=2)
     assert np.all(np.asarray(sched.guidance) == 2.0)
+    # Model mode with the per-step guidance gene: the budget of 3 guided steps (6 calls) may buy up to 6 steps.
     out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "3", "--mode", "model",
-                        "--out", str(tmp_path / "model"), *small])  # fmt: skip
+                        "--search-guidance", "--out", str(tmp_path / "model"), *small])  # fmt: skip
     rep = json.loads(out.strip().splitlines()[-1])
     assert rep["searched"]["nfe"] <= 6 and all(r["nfe"] == 6 for r in rep["baselines"].values())
+    assert rep["guidance_choices"] == [1.0, 2.0, 3.0]
+    sched = omsjax.Schedule.load(tmp_path / "model" / "schedule.json", num_models=2)
+    np.testing.assert_array_equal(sched.guidance, rep["searched_guidance"])
+    assert set(rep["searched_guidance"]) <= {1.0, 2.0, 3.0} and sched.nfe() == rep["searched"]["nfe"]

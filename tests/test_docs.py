@@ -89,9 +89,10 @@ def test_the_site_builds_and_documents_every_public_name_and_command(tmp_path):
 # The modules of the public API whose every exported function and class must say what it does.
 PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsjax.schedules", "omsjax.presets",
           "omsjax.usf", "omsjax.oracles", "omsjax.spacing", "omsjax.precond", "omsjax.search", "omsjax.search.find",
-          "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.loop", "omsjax.search.ga",
-          "omsjax.search.predictor", "omsjax.train", "omsjax.stages", "omsjax.timesteps", "omsjax.zoo",
-          "omsjax.metrics", "omsjax.conditional", "omsjax.nets", "omsjax.data", "omsjax.optim"]  # fmt: skip
+          "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.space", "omsjax.search.loop",
+          "omsjax.search.ga", "omsjax.search.predictor", "omsjax.train", "omsjax.stages", "omsjax.timesteps",
+          "omsjax.zoo", "omsjax.metrics", "omsjax.conditional", "omsjax.nets", "omsjax.data",
+          "omsjax.optim"]  # fmt: skip
 
 
 def test_every_exported_function_and_class_has_a_docstring():

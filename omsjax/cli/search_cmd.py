@@ -41,7 +41,8 @@ def cmd_search(args) -> int:
     report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
                      config=cfg, num_samples=v["num_samples"], final_samples=args.final_samples, seed=args.seed,
                      spacing=args.spacing, progress=not args.quiet, use_cache=not args.recompute_baselines,
-                     guidance=args.guidance, accuracy_weight=args.accuracy_weight)  # fmt: skip
+                     guidance=args.guidance, accuracy_weight=args.accuracy_weight,
+                     guidance_choices=args.search_guidance)  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0
@@ -54,6 +55,8 @@ def cmd_search(args) -> int:
               f"ratio {report['fd_ratio_to_best_baseline']:.3f}")  # fmt: skip
     if "conditional" in report:  # a class-conditional zoo: the score's two parts
         print(f"guidance {report['guidance']:g}; score = {report['objective']}")
+        if "searched_guidance" in report:
+            print("searched guidance per step: " + " ".join(f"{w:g}" for w in report["searched_guidance"]))
         for name, c in report["conditional"].items():
             print(f"  {name}: FD {c['fd']:.3f}, accuracy {100 * c['accuracy']:.1f}%")
     print(f"{report['evaluated']} schedules evaluated ({report['new_evaluations']} new) in "
@@ -81,6 +84,9 @@ def add_search(sub) -> None:
     r.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="class-conditional zoo: classifier-free guidance scale at every step (default 1: the "
                    "conditional model); --nfe then counts steps, each two model calls")  # fmt: skip
+    r.add_argument("--search-guidance", type=float, nargs="*", default=None, metavar="S",
+                   help="with --guidance W: also search the guidance scale of every step among the scales S (W among "
+                   "them; none given: 1, W/2, W, 3W/2); a step at 1 calls the model once")  # fmt: skip
     r.add_argument("--accuracy-weight", type=float, default=1.0, metavar="A",
                    help="class-conditional zoo: the objective is FD + A x (100 - accuracy %%), accuracy being the "
                    "share of samples classified as their requested class (default 1; 0: FD alone)")  # fmt: skip

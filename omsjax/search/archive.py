@@ -32,14 +32,18 @@ def schedule_key(schedule: Schedule) -> str:
 
 
 def genome_to_dict(g: Genome) -> dict:
-    """A genome as JSON-ready lists (one per gene; the archive's "genome" field)."""
-    return {k: np.asarray(v).tolist() for k, v in g._asdict().items()}
+    """A genome as JSON-ready lists (one per gene; the archive's "genome" field). A gene the space does not search
+    (None: the guidance gene) has no entry, so unguided archives are what they were before it existed."""
+    return {k: np.asarray(v).tolist() for k, v in g._asdict().items() if v is not None}
 
 
 def genome_from_dict(d: dict) -> Genome:
-    """The inverse of `genome_to_dict`: continuous genes as floats of the default precision, the others int32."""
+    """The inverse of `genome_to_dict`: continuous genes as floats of the default precision, the others int32; a
+    missing optional gene (`guidance`) is None."""
     f = jnp.result_type(float)
-    return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields})
+    optional = {k for k, v in Genome._field_defaults.items() if v is None}
+    return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields
+                     if k in d or k not in optional})  # fmt: skip
 
 
 # An archive line's fields: the JSON types each may have, and how the warning about a wrong one names them.

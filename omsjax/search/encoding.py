@@ -1,7 +1,7 @@
 """Genomes: fixed-length arrays that decode to valid sampler schedules with pure JAX ops (so under `vmap`).
 
-A `SearchSpace` (static, hashable) fixes the structure: the number of positions N (the most steps a schedule may
-have), the zoo's latencies (the cost model), and the mode:
+A `SearchSpace` (`search.space`; static, hashable) fixes the structure: the number of positions N (the most steps
+a schedule may have), the zoo's latencies (the cost model), and the mode:
 
 - "solver" (S3): one zoo model; every solver decision is searched; the NFE is fixed: N = nfe + 1 positions, of
   which the first nfe + (afs != none) are active (an analytical first step buys one more step for free).
@@ -13,7 +13,9 @@ have), the zoo's latencies (the cost model), and the mode:
 
 A `Genome` holds one integer gene per position and decision (model, order, prediction, corrector, D_1 stencil,
 relaxation type, half D_2 term), the AFS gene, and two continuous genes per position: `u`, the increment logits of
-the time coordinate, and `relax`, the linear relaxation coefficient c. Decoding (`decode`):
+the time coordinate, and `relax`, the linear relaxation coefficient c; with the space's `guidance_choices`, also
+a per-step guidance gene (the index of the step's scale among them; None otherwise, so that unguided genomes,
+their random draws and their archives are what they were before the gene existed). Decoding (`decode`):
 
 1. active positions (not skipped, or within the NFE) are moved to the front, in order (a stable sort);
 2. times: the active steps split [c(t_start), c(t_end)] in fractions softmax(B tanh(u / B)) (B = 8), where c is
@@ -25,14 +27,13 @@ the time coordinate, and `relax`, the linear relaxation coefficient c. Decoding 
 
 The result is a `Schedule` of N steps padded past `length` (the padding repeats t_end and is not a valid
 schedule); `to_schedule` cuts it to `length` on the host, where `check_schedule` accepts it. The cost of a genome is
-the sum of the latencies of the models it calls (AFS skips the first call); its NFE is the number of calls.
+the sum of the latencies of the models it calls (AFS skips the first call; a guided step calls twice); its NFE is
+the number of calls (`step_calls`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -42,6 +43,7 @@ import numpy as np
 from omsjax import presets, usf
 from omsjax.schedule import AFS_NONE, Schedule, check_schedule
 from omsjax.schedules import NoiseSchedule
+from omsjax.search.space import BASE_SOLVERS, MODES, SearchSpace, default_guidance_choices
 from omsjax.spacing import SPACINGS, U_BOUND, coordinate, times
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "U_BOUND",
     "ORDER_PRIOR",
     "SearchSpace",
+    "default_guidance_choices",
     "Genome",
     "random_genomes",
     "active_mask",
@@ -59,144 +62,20 @@ __all__ = [
     "encode",
     "cost",
     "nfe",
+    "step_calls",
     "preset_seeds",
 ]
 
-MODES = ("solver", "model", "joint")
-BASE_SOLVERS = ("unipc", "dpm_solver_pp")
 ORDER_PRIOR = (0.2, 0.4, 0.3, 0.1)  # S3's prior over orders 1..4
 # Solver-mode seeds: `presets.BASELINES` in the order the seeds have always had (the search's results depend on it).
 SEED_SOLVERS = ("DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)", "UniPC-2 (bh1)",
                 "UniPC-3 (bh1)")  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class SearchSpace:
-    """The static structure of a search.
-
-    Attributes:
-      num_positions: N, the most steps a decoded schedule has.
-      latencies: the zoo's per-model latencies (ms per batch): the cost model; the zoo size Z is its length.
-      mode: "solver", "model" or "joint" (module docstring).
-      model: the zoo index of solver mode.
-      nfe: solver mode: the exact NFE (then num_positions must be nfe + 1).
-      max_order: the highest order the search may pick (1..4).
-      mean_afs: whether the AFS "data-set mean" guess is allowed (needs the zoo's data mean).
-      base_solver: model mode's fixed solver: "unipc" (UniPC-2 bh2, corrector on every step but the last, lower
-        order final) or "dpm_solver_pp" (DPM-Solver++(2M), lower order final under 10 steps).
-      spacing: the base step spacing, one of SPACINGS: the time coordinate the `u` genes split (module docstring).
-        Model mode's steps follow it exactly; solver and joint modes search around it.
-      t_start, t_end: the fixed end times. The defaults (1.0, 1e-3) suit the VP schedules; for any other noise
-        schedule build the space with `for_noise_schedule` (or `for_nfe(..., noise_schedule=ns)`), which takes
-        t_start = ns.t_max and t_end = ns.default_t_end. `check_times(ns)` says whether they fit a schedule.
-      guidance: the classifier-free guidance scale of every decoded step (`Schedule.guidance`; 1: unguided). A
-        guided step calls its model twice: `cost`, `nfe` and the budgets of model and joint modes count both.
-    """
-
-    num_positions: int
-    latencies: tuple
-    mode: str = "solver"
-    model: int = 0
-    nfe: int | None = None
-    max_order: int = 3
-    mean_afs: bool = False
-    base_solver: str = "unipc"
-    spacing: str = "logSNR"
-    t_start: float = 1.0
-    t_end: float = 1e-3
-    guidance: float = 1.0
-
-    def __post_init__(self):
-        object.__setattr__(self, "latencies", tuple(float(v) for v in self.latencies))
-        if not _is_int(self.num_positions) or self.num_positions < 1:
-            raise ValueError(f"num_positions must be an int >= 1, got {self.num_positions!r}")
-        if not self.latencies or not all(math.isfinite(v) and v >= 0 for v in self.latencies):
-            raise ValueError(f"latencies must be a non-empty sequence of finite numbers >= 0, got {self.latencies}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not _is_int(self.model) or not 0 <= self.model < self.num_models:
-            raise ValueError(f"model {self.model!r} is not in the zoo of {self.num_models} model(s)")
-        if self.mode == "solver":
-            if not _is_int(self.nfe) or self.nfe < 1:
-                raise ValueError(f"solver mode needs nfe >= 1, got {self.nfe!r}")
-            if self.num_positions != self.nfe + 1:
-                raise ValueError(
-                    f"solver mode: num_positions must be nfe + 1 = {self.nfe + 1}, got {self.num_positions}"
-                )
-        elif self.nfe is not None:
-            raise ValueError(f"nfe is fixed only in solver mode; {self.mode} mode has a budget instead")
-        if not _is_int(self.max_order) or not 1 <= self.max_order <= usf.MAX_ORDER:
-            raise ValueError(f"max_order must be in 1..{usf.MAX_ORDER}, got {self.max_order!r}")
-        if self.base_solver not in BASE_SOLVERS:
-            raise ValueError(f"base_solver must be one of {BASE_SOLVERS}, got {self.base_solver!r}")
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
-        if not (math.isfinite(self.t_start) and math.isfinite(self.t_end) and self.t_start > self.t_end > 0):
-            raise ValueError(f"need t_start > t_end > 0, got {self.t_start}, {self.t_end}")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
-            raise ValueError(f"guidance must be a real number, got {self.guidance!r}")
-        if not math.isfinite(self.guidance):
-            raise ValueError(f"guidance must be finite, got {self.guidance}")
-
-    @property
-    def num_models(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def calls_per_step(self) -> int:
-        """Model calls of one step: 2 under guidance (the conditional and the unconditional output), else 1."""
-        return 1 if self.guidance == 1 else 2
-
-    @property
-    def skip(self) -> int:
-        """The model index that removes a position (model and joint modes)."""
-        return self.num_models
-
-    @property
-    def searches_models(self) -> bool:
-        return self.mode in ("model", "joint")
-
-    @property
-    def searches_solver(self) -> bool:
-        return self.mode in ("solver", "joint")
-
-    @property
-    def num_afs(self) -> int:
-        return 3 if self.mean_afs else 2
-
-    @classmethod
-    def for_nfe(cls, nfe: int, latencies, *, model: int = 0, noise_schedule: NoiseSchedule | None = None,
-                **kw) -> SearchSpace:  # fmt: skip
-        """Solver mode at a fixed NFE; with `noise_schedule`, its end times (`for_noise_schedule`)."""
-        kw = dict(num_positions=int(nfe) + 1, latencies=latencies, mode="solver", model=model, nfe=int(nfe), **kw)
-        return cls(**kw) if noise_schedule is None else cls.for_noise_schedule(noise_schedule, **kw)
-
-    @classmethod
-    def for_noise_schedule(cls, noise_schedule: NoiseSchedule, **kw) -> SearchSpace:
-        """A space whose end times are the noise schedule's: t_start = t_max, t_end = default_t_end (explicit
-        `t_start` / `t_end` in `kw` win); the other fields as in `SearchSpace(**kw)`."""
-        ns = noise_schedule
-        return cls(**{"t_start": float(ns.t_max), "t_end": float(ns.default_t_end), **kw})
-
-    def check_times(self, noise_schedule: NoiseSchedule) -> None:
-        """Raise `ValueError` naming the field unless t_min <= t_end < t_start <= t_max of `noise_schedule`."""
-        ns, name = noise_schedule, type(noise_schedule).__name__
-        hint = "build it with SearchSpace.for_noise_schedule(ns, ...) or SearchSpace.for_nfe(..., noise_schedule=ns)"
-        if self.t_start > float(ns.t_max):
-            raise ValueError(f"SearchSpace.t_start = {self.t_start:g} is above the noise schedule's t_max = "
-                             f"{float(ns.t_max):g} ({name}); {hint}")  # fmt: skip
-        if self.t_end < float(ns.t_min):
-            raise ValueError(f"SearchSpace.t_end = {self.t_end:g} is below the noise schedule's t_min = "
-                             f"{float(ns.t_min):g} ({name}); {hint}")  # fmt: skip
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 class Genome(NamedTuple):
     """One candidate (or, with a leading axis, a population). Integer genes int32[N], `afs` int32[], `u` and
-    `relax` float[N]. Genes the mode does not search are carried but ignored by `decode`."""
+    `relax` float[N], `guidance` int32[N] where the space searches it (else None). Genes the mode does not search
+    are carried but ignored by `decode`."""
 
     model: jax.Array  # 0..Z-1, or Z = skip
     order: jax.Array  # 1..max_order (repaired to the available history)
@@ -208,6 +87,7 @@ class Genome(NamedTuple):
     afs: jax.Array  # 0 none, 1 zero x0, 2 mean x0
     u: jax.Array  # log-SNR increment logits
     relax: jax.Array  # linear relaxation coefficient c
+    guidance: jax.Array | None = None  # index into SearchSpace.guidance_choices (None: not searched)
 
 
 # Categorical genes and the number of values each takes (a function of the space).
@@ -221,14 +101,15 @@ def gene_cardinalities(space: SearchSpace) -> dict:
         "relax_type": 3,
         "d2_half": 2,
         "afs": space.num_afs,
+        **({"guidance": len(space.guidance_choices)} if space.searches_guidance else {}),
     }
 
 
 @functools.partial(jax.jit, static_argnames=("space", "n", "skip_rate"))
 def random_genomes(space: SearchSpace, key: jax.Array, n: int, *, skip_rate=(0.2, 0.8)) -> Genome:
     """`n` random genomes (leading axis n). Orders follow S3's prior, model mixes a Dirichlet(0.4) over the zoo
-    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the logSNR spacing; c ~ N(0, 0.05^2).
-    One compiled program per (space, n, skip_rate)."""
+    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the logSNR spacing; c ~ N(0, 0.05^2);
+    a searched guidance gene uniform over the choices. One compiled program per (space, n, skip_rate)."""
     f = jnp.result_type(float)
     N = space.num_positions
     k = jax.random.split(key, 12)
@@ -255,7 +136,23 @@ def random_genomes(space: SearchSpace, key: jax.Array, n: int, *, skip_rate=(0.2
         afs=jax.random.randint(k[10], (n,), 0, space.num_afs, jnp.int32),
         u=0.5 * jax.random.normal(k[11], (n, N), f),
         relax=0.05 * jax.random.normal(jax.random.fold_in(key, 99), (n, N), f),
+        guidance=_random_guidance(space, jax.random.fold_in(key, 100), (n, N)),
     )
+
+
+def _random_guidance(space: SearchSpace, key, shape):
+    if not space.searches_guidance:
+        return None
+    return jax.random.randint(key, shape, 0, len(space.guidance_choices), jnp.int32)
+
+
+def _guidance(space: SearchSpace, g: Genome, perm) -> jax.Array:
+    """float[N]: the scale of each compacted step (`perm`: active positions first)."""
+    f = jnp.result_type(float)
+    if not space.searches_guidance:
+        return jnp.full((space.num_positions,), space.guidance, f)
+    idx = jnp.clip(jnp.take(g.guidance, perm), 0, len(space.guidance_choices) - 1)
+    return jnp.asarray(space.guidance_choices, f)[idx]
 
 
 def active_mask(space: SearchSpace, g: Genome) -> jax.Array:
@@ -331,7 +228,7 @@ def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tupl
         relax_type=pad(relax_type, usf.RELAX_LINEAR).astype(jnp.int32),
         d2_scale=pad(d2_scale, 1.0).astype(f),
         corrector=pad(corrector, False).astype(jnp.bool_),
-        guidance=jnp.full((N,), space.guidance, f),
+        guidance=pad(_guidance(space, g, perm), space.guidance).astype(f),
         afs=afs,
     )
     return sched, length
@@ -348,22 +245,29 @@ def to_schedule(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) ->
     return out
 
 
+def step_calls(space: SearchSpace, g: Genome) -> jax.Array:
+    """int32[N]: the model calls of each compacted step: 2 at a guided step (scale != 1), 1 at an unguided one, 0
+    past the length and at the first step under AFS (it calls no model)."""
+    active = active_mask(space, g)
+    length = jnp.sum(active).astype(jnp.int32)
+    pos = jnp.arange(space.num_positions, dtype=jnp.int32)
+    called = (pos < length) & ~((pos == 0) & (_afs(space, g) != AFS_NONE))
+    per_step = jnp.where(_guidance(space, g, jnp.argsort(~active, stable=True)) != 1, 2, 1)
+    return jnp.where(called, per_step, 0).astype(jnp.int32)
+
+
 def cost(space: SearchSpace, g: Genome) -> jax.Array:
-    """Sum of the latencies of the models called (the first step's call is skipped under AFS; a guided step
-    counts twice)."""
+    """Sum of the latencies of the models called, each step's latency times its calls (`step_calls`: none at the
+    first step under AFS, two at a guided step)."""
     f = jnp.result_type(float)
-    model, length = decode_models(space, g)
+    model, _ = decode_models(space, g)
     lat = jnp.asarray(space.latencies, f)[model]
-    called = (jnp.arange(space.num_positions, dtype=jnp.int32) < length) & ~(
-        (jnp.arange(space.num_positions, dtype=jnp.int32) == 0) & (_afs(space, g) != 0)
-    )
-    return space.calls_per_step * jnp.sum(jnp.where(called, lat, 0.0))
+    return jnp.sum(step_calls(space, g).astype(f) * lat)
 
 
 def nfe(space: SearchSpace, g: Genome) -> jax.Array:
-    """Model calls: the number of steps, minus one under AFS; twice that under guidance."""
-    steps = jnp.sum(active_mask(space, g)).astype(jnp.int32) - (_afs(space, g) != AFS_NONE).astype(jnp.int32)
-    return space.calls_per_step * steps
+    """Model calls: the number of steps, minus one under AFS, a guided step counting twice (`step_calls`)."""
+    return jnp.sum(step_calls(space, g))
 
 
 def decode_models(space: SearchSpace, g: Genome) -> tuple[jax.Array, jax.Array]:
@@ -411,6 +315,7 @@ def encode(space: SearchSpace, noise_schedule: NoiseSchedule, schedule: Schedule
     if np.any(np.abs(v) >= U_BOUND * (1 - 1e-9)):
         raise ValueError(f"the {space.spacing} increments differ by more than e^(2 * {U_BOUND}): not representable")
     u = U_BOUND * np.arctanh(v / U_BOUND)
+    guidance = _encode_guidance(space, s["guidance"])
 
     def full(a, fill, dtype):
         out = np.full((N,), fill, dtype)
@@ -429,7 +334,22 @@ def encode(space: SearchSpace, noise_schedule: NoiseSchedule, schedule: Schedule
         afs=jnp.asarray(afs, jnp.int32),
         u=jnp.asarray(full(u, 0.0, np.float64), jnp.result_type(float)),
         relax=jnp.asarray(full(s["relax"], 0.0, np.float64), jnp.result_type(float)),
+        guidance=None if guidance is None else jnp.asarray(full(guidance, 0, np.int32)),
     )
+
+
+def _encode_guidance(space: SearchSpace, scales) -> np.ndarray | None:
+    """The guidance genes (indices into the space's choices) of a schedule's per-step scales; None when the space
+    does not search them. Raises ValueError naming the first step whose scale the space cannot represent."""
+    scales = np.asarray(scales, np.float64)
+    allowed = np.asarray(space.guidance_choices if space.searches_guidance else (space.guidance,), np.float64)
+    hit = np.isclose(scales[:, None], allowed[None, :], rtol=1e-9, atol=0.0)
+    bad = np.flatnonzero(~hit.any(1))
+    if bad.size:
+        what = f"the choices {space.guidance_choices}" if space.searches_guidance else f"{space.guidance:g}"
+        raise ValueError(f"the schedule's guidance at step {bad[0]} is {scales[bad[0]]:g}; the space guides every "
+                         f"step at {what}")  # fmt: skip
+    return hit.argmax(1).astype(np.int32) if space.searches_guidance else None
 
 
 def _stack(genomes) -> Genome:
@@ -437,7 +357,8 @@ def _stack(genomes) -> Genome:
 
 
 def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: float | None = None) -> Genome:
-    """The classic solvers as genomes (a population with a leading axis): S3's seeding.
+    """The classic solvers as genomes (a population with a leading axis): S3's seeding, every step guided at the
+    space's `guidance`.
 
     Solver and joint modes: DDIM, DPM-Solver++(2M/3M) and UniPC-2/3 (bh1, bh2) over the four step spacings,
     with and without AFS (zero x0) -- every one the space can represent at its NFE. Joint and model modes: the
@@ -451,19 +372,19 @@ def preset_seeds(space: SearchSpace, noise_schedule: NoiseSchedule, *, budget: f
                     try:
                         s = presets.named(name, noise_schedule, space.nfe, skip=skip, model=space.model, afs=afs,
                                           t_start=space.t_start, t_end=space.t_end)  # fmt: skip
-                        out.append(encode(space, noise_schedule, s))
+                        out.append(encode(space, noise_schedule, presets.with_guidance(s, space.guidance)))
                     except ValueError:
                         continue
     else:
         name = {"unipc": "UniPC-2 (bh2)", "dpm_solver_pp": "DPM-Solver++(2M)"}[space.base_solver]
         for m, lat in enumerate(space.latencies):
             for k in range(1, space.num_positions + 1):
-                if budget is not None and k * lat * space.calls_per_step > budget:
+                if budget is not None and k * lat * (1 if space.guidance == 1 else 2) > budget:
                     break
                 try:
                     s = presets.named(name, noise_schedule, k, model=m, skip=space.spacing, t_start=space.t_start,
                                       t_end=space.t_end)  # fmt: skip
-                    g = encode(space, noise_schedule, s)
+                    g = encode(space, noise_schedule, presets.with_guidance(s, space.guidance))
                 except ValueError:
                     continue
                 if space.mode == "model":  # model mode ignores the solver genes; keep them neutral

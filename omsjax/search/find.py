@@ -16,7 +16,8 @@ was picked on.
 Conditional models: `cond` (and `uncond` with `guidance` w != 1, classifier-free guidance at every step of every
 candidate and baseline; `thresholding`) go to every sampling call, as in `omsjax.sample`; their leaves hold one row
 per sample of the largest noise (`max(num_samples, heldout_samples)` rows; each noise takes its first rows).
-Guidance other than 1 is for solver mode; a guided step counts two evaluations in the report's NFE and cost.
+A guided step counts two evaluations in the report's NFE and cost; `guidance_choices` also searches the scale of
+every step (the per-step guidance gene).
 
 `quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 32 search samples); the
 default is `loop.LoopConfig()`. `out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating
@@ -81,6 +82,7 @@ def find_schedule(
     cond=None,
     uncond=None,
     guidance: float = 1.0,
+    guidance_choices: Sequence[float] = (),
     thresholding=None,
     out: str | Path | None = None,
     progress: bool = False,
@@ -107,6 +109,9 @@ def find_schedule(
       data_mean: enables the analytical first step's data-mean guess.
       cond, uncond, guidance, thresholding: conditioning, classifier-free guidance (one scale for every step) and
         dynamic thresholding (module docstring; `omsjax.sample`).
+      guidance_choices: search each step's guidance scale among these (`SearchSpace.guidance_choices`, `guidance`
+        among them; e.g. `encoding.default_guidance_choices(w)`); a step at 1 calls once, so an NFE or latency
+        budget of model and joint modes may buy up to twice the steps.
       out: a folder for the archive, schedule.json and report.json.
       progress: show a progress bar.
     """
@@ -116,7 +121,8 @@ def find_schedule(
     if not callable(metric):
         raise ValueError(f"metric must be callable as metric(samples, x_T) -> float, got {metric!r}")
     lat = [m.latency for m in zoo]
-    common = dict(spacing=spacing, mean_afs=data_mean is not None, guidance=guidance)
+    common = dict(spacing=spacing, mean_afs=data_mean is not None, guidance=guidance,
+                  guidance_choices=tuple(guidance_choices))  # fmt: skip
     if mode == "solver":
         if budget is not None or not (isinstance(nfe, int) and nfe >= 1):
             raise ValueError(f"solver mode needs nfe= an int >= 1 (and no budget), got nfe={nfe!r}, budget={budget!r}")
@@ -133,11 +139,14 @@ def find_schedule(
             if not (isinstance(nfe, int) and nfe >= 1):
                 raise ValueError(f"nfe must be an int >= 1, got {nfe!r}")
             positions, limit, kind = min(nfe + 1, max_steps), float(nfe * calls), "nfe"
+            if guidance_choices:  # unguided steps call once: the budget may pay for more of them
+                positions = max(positions, min(nfe * calls + 1, max_steps))
         else:
             if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= calls * min(lat)):
                 raise ValueError(f"budget must pay for at least one step of the cheapest model ({calls * min(lat)}), "
                                  f"got {budget!r}")  # fmt: skip
-            positions = min(baselines.largest_nfe(calls * min(lat), budget, max_steps - 1) + 1, max_steps)
+            cheapest = (1 if 1.0 in tuple(guidance_choices) else calls) * min(lat)
+            positions = min(baselines.largest_nfe(cheapest, budget, max_steps - 1) + 1, max_steps)
             limit, kind = float(budget), "cost"
         space = SearchSpace.for_noise_schedule(noise_schedule, num_positions=positions, latencies=lat, mode=mode,
                                                **common)  # fmt: skip

@@ -104,8 +104,14 @@ def _feasible(space, gcfg, pop, budget):
     return np.asarray(_within_budget(space, gcfg, pop, budget))
 
 
-def _training_set(records: list[Record]) -> tuple[Genome, np.ndarray]:
-    rs = [r for r in records if r.genome is not None]
+def _training_set(space: SearchSpace, records: list[Record]) -> tuple[Genome, np.ndarray]:
+    """The genomes of this space's structure (N positions, the guidance gene where it is searched) and their
+    scores; an archive may hold other spaces' genomes under the same evaluation key."""
+
+    def fits(d) -> bool:
+        return len(d["model"]) == space.num_positions and ("guidance" in d) == space.searches_guidance
+
+    rs = [r for r in records if r.genome is not None and fits(r.genome)]
     return _stack([genome_from_dict(r.genome) for r in rs]), np.asarray([r.fd for r in rs], np.float64)
 
 
@@ -183,7 +189,7 @@ def search(
         # Only what earlier stages evaluated: a resumed search retraces the interrupted one exactly.
         records = [r for r in evaluator.archive.select(evaluator.eval_key) if r.genome is not None and r.stage < s]
         known = {r.key for r in records}
-        genomes, fds = _training_set(records)
+        genomes, fds = _training_set(space, records)
         fit = predictor.fit(space, ns, genomes, fds, jax.random.fold_in(k_pred, s), epochs=config.predictor_epochs,
                             loss=config.predictor_loss, threshold=config.predictor_threshold,
                             params=params)  # fmt: skip
@@ -229,7 +235,7 @@ def search(
     final = sorted(final, key=lambda r: r.fd)
     tau = float("nan")
     if config.heldout_tau:
-        genomes, fds = _training_set(records)
+        genomes, fds = _training_set(space, records)
         tau = _heldout_tau(space, ns, genomes, fds, k_tau, config)
     chosen = final[0].to_schedule()
     held = None

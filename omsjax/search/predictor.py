@@ -2,7 +2,8 @@
 
 Architecture (OMS-DPM's, with USF's decisions added): per step, embeddings of the model (dim 32), order (16),
 prediction, corrector, D_1 stencil, relaxation type and the AFS decision (8 each), the relaxation coefficient and
-D_2 scale as numbers, and sinusoidal embeddings of the step's two log-SNRs (32 each) -> MLP (64) -> a one-layer
+D_2 scale as numbers, sinusoidal embeddings of the step's two log-SNRs (32 each), and, where the space searches
+it, an embedding of the step's guidance choice (8) -> MLP (64) -> a one-layer
 LSTM (128) over the steps (padding masked) -> masked mean -> L2 normalisation -> MLP [200, 200, 200] -> score.
 
 Training (`fit`): optax Adam on OMS-DPM's pairwise hinge ranking loss (`hinge_loss`: for every pair whose true
@@ -71,6 +72,7 @@ class Features(NamedTuple):
     lam_s: jax.Array  # log-SNR of the step's start and end, scaled to [0, 1] over the space's range
     lam_t: jax.Array
     mask: jax.Array
+    guidance: jax.Array | None = None  # the index of the step's guidance choice, where the space searches it
 
 
 def features(space: SearchSpace, noise_schedule, g: Genome) -> Features:
@@ -95,7 +97,16 @@ def features(space: SearchSpace, noise_schedule, g: Genome) -> Features:
         lam_s=lam[:-1],
         lam_t=lam[1:],
         mask=jnp.arange(n, dtype=jnp.int32) < length,
+        guidance=_guidance_index(space, sched.guidance),
     )
+
+
+def _guidance_index(space: SearchSpace, scales: jax.Array) -> jax.Array | None:
+    """The index of each step's scale among the space's guidance choices (None where they are not searched)."""
+    if not space.searches_guidance:
+        return None
+    choices = jnp.asarray(space.guidance_choices, scales.dtype)
+    return jnp.argmin(jnp.abs(scales[:, None] - choices[None, :]), axis=1).astype(jnp.int32)
 
 
 def _sinusoidal(x, dim):
@@ -111,6 +122,7 @@ class Predictor(nn.Module):
     num_models: int
     max_order: int
     config: PredictorConfig = PredictorConfig()
+    num_guidance: int = 0  # the number of guidance choices (0: not searched, no "guidance" parameters)
 
     @nn.compact
     def __call__(self, x: Features) -> jax.Array:
@@ -128,6 +140,8 @@ class Predictor(nn.Module):
             _sinusoidal(x.lam_s, c.time_dim),
             _sinusoidal(x.lam_t, c.time_dim),
         ]
+        if self.num_guidance:
+            parts.append(nn.Embed(self.num_guidance, c.small_dim, name="guidance", param_dtype=dt)(x.guidance))
         h = jnp.concatenate([p.astype(dt) for p in parts], axis=-1)
         h = nn.Dense(c.step_dim, param_dtype=dt)(h)
         h = nn.Dense(c.step_dim, param_dtype=dt)(nn.relu(h))
@@ -142,7 +156,8 @@ class Predictor(nn.Module):
 
 
 def _module(space: SearchSpace, config: PredictorConfig) -> Predictor:
-    return Predictor(num_models=space.num_models, max_order=space.max_order, config=config)
+    return Predictor(num_models=space.num_models, max_order=space.max_order, config=config,
+                     num_guidance=len(space.guidance_choices))  # fmt: skip
 
 
 # The host-side entry points below are jitted (space and config static): run eagerly, featurising and

@@ -60,6 +60,7 @@ def run(
     use_cache: bool = True,
     guidance: float | None = None,
     accuracy_weight: float = 1.0,
+    guidance_choices=None,
 ) -> dict:
     """Search and report (module docstring); returns the report dict.
 
@@ -77,7 +78,13 @@ def run(
     classifier-free guidance scale `guidance` on every step (default 1: the conditional model; `nfe` counts steps,
     each guided one two model calls), on the objective `conditional.ConditionalFD`: the FD plus `accuracy_weight`
     FD points per percentage point of accuracy lost. The report gives the FD and the accuracy of the searched
-    schedule and of the best baseline apart. An unconditional zoo refuses `guidance`."""
+    schedule and of the best baseline apart. An unconditional zoo refuses `guidance`.
+
+    `guidance_choices`: search the guidance scale of every step among these values (`SearchSpace.guidance_choices`;
+    `guidance` must be one of them, and is the scale of the presets that seed the search and of the baselines);
+    () for `encoding.default_guidance_choices(guidance)`; None (the default) guides every step at `guidance`. A
+    step at scale 1 calls its model once, so under an NFE budget of model and joint modes the search may buy more
+    steps by guiding fewer."""
     if (nfe is None) == (budget_seconds is None):
         raise ValueError("give exactly one of nfe and budget_seconds")
     if nfe is not None and nfe < 1:
@@ -86,6 +93,9 @@ def run(
         raise ValueError(f"the budget must be a number of seconds > 0, got {budget_seconds}")
     if mode not in encoding.MODES:
         raise ValueError(f"mode must be one of {encoding.MODES}, got {mode!r}")
+    if guidance_choices is not None and guidance is None:
+        raise ValueError("a searched guidance scale (guidance_choices, --search-guidance) needs the guidance scale "
+                         "W (--guidance) that seeds it")  # fmt: skip
     if spacing is None:
         spacing = "logSNR" if mode == "solver" else "time_quadratic"
     if spacing not in encoding.SPACINGS:
@@ -93,30 +103,35 @@ def run(
     out = Path(out_dir)
     with files.FolderLock(out, what="omsjax search"):
         return _search(zoo_dir, out, mode, nfe, budget_seconds, model, config or loop.LoopConfig(), num_samples,
-                       final_samples, seed, max_steps, spacing, progress, use_cache, guidance,
-                       accuracy_weight)  # fmt: skip
+                       final_samples, seed, max_steps, spacing, progress, use_cache, guidance, accuracy_weight,
+                       guidance_choices)  # fmt: skip
 
 
-def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, guidance=1.0):
+def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, guidance=1.0, guidance_choices=()):
     """(space, k, budget, kind, positions) of a search: the search space, the solver-mode model, the GA's budget
-    and its kind ("cost" or "nfe"), and the number of time positions (model and joint modes)."""
+    and its kind ("cost" or "nfe"), and the number of time positions (model and joint modes). With
+    `guidance_choices` (the per-step guidance gene), an NFE budget of model and joint modes may buy up to twice
+    the steps (every step unguided), up to `max_steps`."""
     lat = [m.latency for m in models]
     k = len(models) - 1 if model is None else model
     if not 0 <= k < len(models):
         raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
     common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(ns.default_t_end),
-                  guidance=float(guidance))  # fmt: skip
+                  guidance=float(guidance), guidance_choices=tuple(guidance_choices))  # fmt: skip
+    calls = 1 if guidance == 1 else 2  # a guided step calls its model twice; --nfe counts steps
     if mode == "solver":
-        n = nfe if nfe is not None else _largest_nfe(lat[k], budget_ms, 10**6)
+        n = nfe if nfe is not None else _largest_nfe(calls * lat[k], budget_ms, 10**6)
         if n < 1:
             raise ValueError(f"the budget {budget_seconds} s does not pay for one call of model {k} ({lat[k]} ms)")
         return encoding.SearchSpace.for_nfe(n, lat, model=k, **common), k, None, "cost", None
-    calls = 1 if guidance == 1 else 2  # a guided step calls its model twice; --nfe counts steps
     if nfe is not None:
         positions, budget, kind = nfe + 1, float(nfe * calls), "nfe"
+        if guidance_choices:
+            positions = max(positions, min(nfe * calls + 1, max_steps))
     else:
-        positions = min(_largest_nfe(calls * min(lat), budget_ms, max_steps - 1) + 1, max_steps)
+        cheapest = (1 if guidance_choices and 1.0 in guidance_choices else calls) * min(lat)
+        positions = min(_largest_nfe(cheapest, budget_ms, max_steps - 1) + 1, max_steps)
         budget, kind = budget_ms, "cost"
     space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
     return space, k, budget, kind, positions
@@ -156,7 +171,8 @@ def _conditioning(zoo_dir, manifest, guidance, n, accuracy_weight) -> tuple[dict
 
 
 def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples, final_samples, seed, max_steps,
-            spacing, progress, use_cache, guidance=None, accuracy_weight=1.0) -> dict:  # fmt: skip
+            spacing, progress, use_cache, guidance=None, accuracy_weight=1.0,
+            guidance_choices=None) -> dict:  # fmt: skip
     """`run` (its arguments checked) with the folder lock held."""
     from omsjax import plots, zoo
 
@@ -167,8 +183,9 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
     cond_kw, labels = _conditioning(zoo_dir, manifest, guidance, max(num_samples, final_samples), accuracy_weight)
     w = 1.0 if guidance is None else float(guidance)
+    choices = () if guidance_choices is None else tuple(guidance_choices) or encoding.default_guidance_choices(w)
     space, k, budget, kind, positions = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps,
-                                               w)  # fmt: skip
+                                               w, choices)  # fmt: skip
     cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
 
     archive = Archive(out / "archive.jsonl")  # one archive for both evaluators: read (and checked) once
@@ -235,6 +252,9 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     if labels is not None:  # the objective's two parts, apart, on the held-out noise
         from omsjax import conditional
 
+        if space.searches_guidance:
+            report |= {"guidance_choices": list(space.guidance_choices),
+                       "searched_guidance": np.asarray(res.schedule.guidance).tolist()}  # fmt: skip
         report |= {"guidance": w, "objective": f"{cond_kw['metric_name']}: FD + {accuracy_weight:g} x (100 - "
                    "accuracy %); the fd fields above hold this score", "conditional": {
                        name: conditional.scores(held.samples(s), labels[:final_samples])

@@ -1,0 +1,125 @@
+"""The per-step guidance gene (`SearchSpace.guidance_choices`): decoding, the cost model against the decoded
+schedule's own, encoding round trips, the GA and predictor with and without the gene, and archives."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from omsjax import presets, schedules
+from omsjax.search import encoding, ga, predictor
+from omsjax.search.archive import genome_from_dict, genome_to_dict
+
+NS = schedules.vp_linear()
+LAT = [1.0, 2.5]
+CHOICES = (1.0, 2.0, 4.0, 6.0)
+
+
+def _one(pop, i):
+    return jax.tree.map(lambda a: a[i], pop)
+
+
+def test_default_choices_and_space_checks():
+    assert encoding.default_guidance_choices(4.0) == CHOICES
+    assert encoding.default_guidance_choices(2.0) == (1.0, 2.0, 3.0)  # w/2 = 1 is not repeated
+    with pytest.raises(ValueError, match="guidance w != 1, got 1"):
+        encoding.default_guidance_choices(1.0)
+    base = dict(num_positions=5, latencies=LAT, mode="joint", guidance=4.0)
+    with pytest.raises(ValueError, match=r"must include the space's guidance 3"):
+        encoding.SearchSpace(**{**base, "guidance": 3.0}, guidance_choices=CHOICES)
+    with pytest.raises(ValueError, match="at least two distinct finite scales"):
+        encoding.SearchSpace(**base, guidance_choices=(4.0, 4.0))
+    with pytest.raises(ValueError, match="guidance_choices must be real numbers"):
+        encoding.SearchSpace(**base, guidance_choices=(1.0, "4"))
+    space = encoding.SearchSpace(**base, guidance_choices=[1, 4])
+    assert space.guidance_choices == (1.0, 4.0) and space.searches_guidance and space.calls_per_step == 2
+    assert not encoding.SearchSpace(**base).searches_guidance
+
+
+@pytest.mark.parametrize("mode", ["solver", "model", "joint"])
+def test_decoded_guidance_and_the_cost_model_agree_with_the_schedule(mode):
+    kw = dict(num_positions=7, nfe=6) if mode == "solver" else dict(num_positions=7)
+    space = encoding.SearchSpace(latencies=LAT, mode=mode, guidance=4.0, guidance_choices=CHOICES, **kw)
+    pop = encoding.random_genomes(space, jax.random.PRNGKey(5), 12)
+    assert pop.guidance.shape == (12, 7)
+    steps_at_1 = 0
+    for i in range(12):
+        g = _one(pop, i)
+        s = encoding.to_schedule(space, NS, g)
+        w = np.asarray(s.guidance)
+        assert set(w.tolist()) <= set(CHOICES)
+        # The genes of the active positions, in order, are the scales (the decoder compacts skipped positions).
+        active = np.asarray(encoding.active_mask(space, g))
+        np.testing.assert_array_equal(w, np.asarray(CHOICES)[np.asarray(g.guidance)[active]])
+        # Schedule.nfe / cost count one call at a step at scale 1 and two elsewhere: an independent path.
+        assert int(encoding.nfe(space, g)) == s.nfe()
+        assert float(encoding.cost(space, g)) == pytest.approx(s.cost(LAT))
+        calls = np.asarray(encoding.step_calls(space, g))[: s.num_steps]
+        want = np.where(w == 1, 1, 2) * np.where((np.arange(s.num_steps) == 0) & (int(s.afs) != 0), 0, 1)
+        np.testing.assert_array_equal(calls, want)
+        steps_at_1 += int(np.sum(w == 1))
+    assert steps_at_1 > 0  # the draw did reach the unguided choice
+
+
+def test_encode_round_trip_and_errors():
+    space = encoding.SearchSpace.for_nfe(5, LAT, noise_schedule=NS, guidance=4.0, guidance_choices=CHOICES)
+    w = np.array([6.0, 4.0, 1.0, 2.0, 1.0])
+    s = presets.with_guidance(presets.dpm_solver_pp(NS, 5, 2), w)
+    g = encoding.encode(space, NS, s)
+    np.testing.assert_array_equal(np.asarray(g.guidance)[:5], [3, 2, 0, 1, 0])
+    np.testing.assert_array_equal(encoding.to_schedule(space, NS, g).guidance, w)
+    with pytest.raises(ValueError, match=r"guidance at step 3 is 3; the space guides every step at the choices"):
+        encoding.encode(space, NS, presets.with_guidance(s, [6.0, 4.0, 1.0, 3.0, 1.0]))
+    fixed = dataclasses.replace(space, guidance_choices=())
+    assert encoding.encode(fixed, NS, presets.with_guidance(s, 4.0)).guidance is None
+    with pytest.raises(ValueError, match=r"guidance at step 0 is 6; the space guides every step at 4"):
+        encoding.encode(fixed, NS, s)
+    # The seeds are the presets guided at the space's scale, whichever choices the gene has.
+    seeds = encoding.preset_seeds(space, NS)
+    assert np.all(np.asarray(seeds.guidance)[:, :5] == CHOICES.index(4.0))
+
+
+def test_ga_mutates_the_gene_and_an_unguided_search_is_unchanged():
+    space = encoding.SearchSpace(num_positions=6, latencies=LAT, mode="joint", guidance=4.0, guidance_choices=CHOICES)
+    cfg = ga.GAConfig(pop_size=16, num_children=16)
+    solver = encoding.SearchSpace.for_nfe(6, LAT, guidance=4.0, guidance_choices=CHOICES)
+
+    def guided_steps(pop):  # fewest guided steps wins: the GA must drive the gene to the scale-1 choice
+        return jax.vmap(lambda g: jnp.sum(encoding.step_calls(solver, g) == 2).astype(float))(pop)
+
+    fit = jax.jit(guided_steps)
+    start = ga.init(solver, cfg, fit, jax.random.PRNGKey(0))
+    state, _ = jax.jit(lambda s: ga.run(solver, cfg, fit, s, 20))(start)
+    assert float(state.fitness[0]) == 0.0 < float(start.fitness[0])
+    # Without the gene: no guidance leaf, so mutation, crossover and draws are those of an unguided space.
+    plain = dataclasses.replace(space, guidance_choices=())
+    a = encoding.random_genomes(plain, jax.random.PRNGKey(2), 4)
+    b = encoding.random_genomes(space, jax.random.PRNGKey(2), 4)
+    assert a.guidance is None and "guidance" not in encoding.gene_cardinalities(plain)
+    for name in encoding.Genome._fields[:-1]:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    m_a = ga.mutate(plain, cfg, _one(a, 0), jax.random.PRNGKey(3))
+    m_b = ga.mutate(space, cfg, _one(b, 0), jax.random.PRNGKey(3))
+    for name in ("u", "relax"):  # continuous genes draw from the same keys
+        np.testing.assert_array_equal(getattr(m_a, name), getattr(m_b, name))
+
+
+def test_predictor_and_archive_carry_the_gene_only_where_searched():
+    space = encoding.SearchSpace(num_positions=5, latencies=LAT, mode="model", guidance=4.0, guidance_choices=CHOICES)
+    plain = dataclasses.replace(space, guidance_choices=())
+    key = jax.random.PRNGKey(0)
+    small = predictor.PredictorConfig(model_dim=4, order_dim=4, small_dim=4, time_dim=4, step_dim=8, hidden=8, mlp=(8,))
+    p_gene, p_plain = predictor.init_params(space, NS, key, small), predictor.init_params(plain, NS, key, small)
+    assert "guidance" in p_gene["params"] and "guidance" not in p_plain["params"]
+    pop = encoding.random_genomes(space, key, 6)
+    other = pop._replace(guidance=(pop.guidance + 1) % len(CHOICES))
+    score = lambda p: predictor.score(space, NS, p_gene, p, small)  # noqa: E731
+    assert not np.allclose(score(pop), score(other))
+    g = _one(pop, 0)
+    d = genome_to_dict(g)
+    back = genome_from_dict(d)
+    np.testing.assert_array_equal(back.guidance, g.guidance)
+    d_plain = genome_to_dict(_one(encoding.random_genomes(plain, key, 1), 0))
+    assert "guidance" not in d_plain and genome_from_dict(d_plain).guidance is None
