@@ -1,15 +1,16 @@
 """Classifier-free guidance on the class-conditional digits zoo (`checkpoints/digits-cond`): quality and its limits.
 
 (a) The FD-accuracy trade-off over the guidance scale w = 0..8 at 50 steps of DPM-Solver++(2M) (logSNR spacing;
-    a guided step calls the model twice, so 100 model calls), for the largest member: the digits analogue of
+    a guided step calls the model twice, so 100 model calls), for `--model` (default 1, digits-cond-xs, the
+    member of the shipped guided searches; 3x faster than digits-cond-m on a CPU): the digits analogue of
     Stable Diffusion's FID-CLIP curves. FD: the digits FD of class-balanced samples (`conditional.scores`);
     accuracy: the share that the shipped classifier labels as the requested class.
 (b) Every preset of `SOLVERS` at 4..10 steps and w = 3 and 6 (logSNR spacing), on the same noise and labels:
     where guided few-step sampling breaks down.
 
 Every cell is the mean over three noise seeds of `--samples` class-balanced samples (the seeds' spread is given);
-all schedules of a cell's row share those seeds (paired). Schedules of one length run in one compiled program
-(`sample_candidates`: guidance is schedule data). Writes `benchmarks/figures/guidance-fd-accuracy.png`,
+all schedules of a cell's row share those seeds (paired). Schedules of one length and guidance run in one
+compiled program (`sample_candidates`). Writes `benchmarks/figures/guidance-fd-accuracy.png`,
 `benchmarks/guidance.json` and the section between the `guidance` markers of benchmarks/RESULTS.md.
 Run: `python benchmarks/bench_guidance.py [--quick]` (one process at a time on the machine).
 """
@@ -34,13 +35,16 @@ SKIP = "logSNR"
 
 def scored(models, ns, scheds, k, n, seeds, mean):
     """{"fd": [S, seeds], "accuracy": [S, seeds]} of schedules `scheds` (one length) on `n` balanced samples per
-    seed."""
+    seed. Schedules whose guidance differs run one per call: batched under vmap, a guidance array makes every step
+    run both halves of the guided call and the unguided one (`sample_candidates`)."""
     labels = conditional.balanced_labels(n, k)
     cond, uncond = conditional.conditioning(labels, k)
     fd, acc = np.zeros((len(scheds), len(seeds))), np.zeros((len(scheds), len(seeds)))
     for j, seed in enumerate(seeds):
         x_T = float(ns.prior_std(float(scheds[0].ts[0]))) * sampler.noise(seed, n, (8, 8, 1))
-        xs = sample_candidates(models, ns, scheds, x_T, data_mean=mean, cond=cond, uncond=uncond, chunk=len(scheds))
+        same = all(np.array_equal(s.guidance, scheds[0].guidance) for s in scheds)
+        xs = sample_candidates(models, ns, scheds, x_T, data_mean=mean, cond=cond, uncond=uncond,
+                               chunk=len(scheds) if same else 1)  # fmt: skip
         for i, x in enumerate(xs):
             s = conditional.scores(x, labels)
             fd[i, j], acc[i, j] = s["fd"], s["accuracy"]
@@ -57,9 +61,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test): 2 scales, 2 solvers, 1 seed")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--zoo", default=str(zoo.COND_ZOO))
+    ap.add_argument("--model", type=int, default=1, help="the zoo member (default 1: digits-cond-xs)")
     a = ap.parse_args()
     models, ns, manifest = zoo.load_zoo(a.zoo)
-    k, mean, m = zoo.num_classes(manifest), zoo.data_mean(manifest), len(models) - 1
+    k, mean, m = zoo.num_classes(manifest), zoo.data_mean(manifest), a.model
     name = manifest["models"][m]["name"]
     scales, solvers, steps, seeds, n = SCALES, SOLVERS, STEPS, SEEDS, a.samples
     if a.quick:
@@ -89,7 +94,7 @@ def main():
     lines = [
         "## Classifier-free guidance on the class-conditional zoo (`benchmarks/bench_guidance.py`)",
         "",
-        f"Machine: {machine()}. Model: {name} (the largest member of `checkpoints/digits-cond`). Every cell: the "
+        f"Machine: {machine()}. Model: {name} (member {m} of `checkpoints/digits-cond`). Every cell: the "
         f"mean ± spread (std) over noise seeds {list(seeds)} of {n} class-balanced samples each, the same noise "
         f"and labels for every schedule; FD in the shipped classifier's features (lower is better) / accuracy (the "
         f"share classified as the requested class). {seconds / 60:.1f} minutes in all.",

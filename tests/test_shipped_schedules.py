@@ -111,3 +111,54 @@ def test_learned_timesteps_keep_the_solver_and_reproduce_their_fd(path, capsys):
     out = _evaluate(path, meta, capsys)
     assert out["nfe"] == meta["nfe"]
     assert out["fd"] == pytest.approx(meta["fd"], rel=0.02)
+
+
+# ------------------------------------------------------- guided schedules of the class-conditional zoo (issue 16)
+
+COND_DIR = zoo.COND_ZOO / "schedules"
+GUIDED = sorted(p for p in COND_DIR.glob("*.json") if not p.name.endswith(".report.json"))
+
+
+def test_guided_schedules_are_shipped_for_nfe_4_5_6_8():
+    assert {f"solver-w4-nfe{n}" for n in (4, 5, 6, 8)} <= {p.stem for p in GUIDED}
+
+
+def _check_guided(path):
+    """A shipped guided schedule: the guidance gene's scales, its calls and cost on the zoo's latencies, and the
+    objective and its parts in its report."""
+    import numpy as np
+
+    text = path.read_text()
+    meta = json.loads(text)["metadata"]
+    report = json.loads((COND_DIR / f"{path.stem}.report.json").read_text())
+    lat = [m["latency_ms"] for m in json.loads((zoo.COND_ZOO / "manifest.json").read_text())["models"]]
+    sched = Schedule.from_json(text, num_models=len(lat))
+    w = np.asarray(sched.guidance)
+    assert report["guidance"] == 4.0 and report["guidance_choices"] == [1.0, 2.0, 4.0, 6.0]
+    assert set(w.tolist()) <= set(report["guidance_choices"]) and w.tolist() == report["searched_guidance"]
+    assert int(sched.nfe()) == meta["nfe"] == report["searched"]["nfe"] <= 2 * report["nfe"]
+    assert float(sched.cost(lat)) == pytest.approx(meta["cost"], rel=1e-6)
+    assert np.all(np.asarray(sched.model) == report["model"])
+    assert report["searched"]["fd"] == meta["fd"]
+    return meta, report
+
+
+@pytest.mark.parametrize("path", GUIDED, ids=[p.stem for p in GUIDED])
+def test_guided_schedule_fits_the_zoo_and_its_report(path):
+    _check_guided(path)
+
+
+@pytest.mark.slow  # 1,000 guided samples of each shipped file
+@pytest.mark.parametrize("path", GUIDED, ids=[p.stem for p in GUIDED])
+def test_guided_schedule_reproduces_its_fd_and_accuracy(path, capsys):
+    meta, report = _check_guided(path)
+    rc = cli.main(["evaluate", "--zoo", str(zoo.COND_ZOO), "--schedule", str(path), "--num-samples",
+                   str(meta["heldout_samples"]), "--seed", str(meta["heldout_noise_seed"]), "--ref-samples", "0",
+                   "--json"])  # fmt: skip
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = report["conditional"]["searched"]
+    scales = report["searched_guidance"]  # evaluate gives one number when every step has the same scale
+    assert out["nfe"] == meta["nfe"] and out["guidance"] == (scales[0] if len(set(scales)) == 1 else scales)
+    assert out["fd"] == pytest.approx(want["fd"], rel=0.02)  # other CPUs round the U-Net's float32 differently
+    assert out["accuracy"] == pytest.approx(want["accuracy"], abs=0.005)
