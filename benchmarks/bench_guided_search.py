@@ -17,7 +17,8 @@ costs at least 1.5x less at equal quality when it has an FD no higher and an acc
 them (picked on the selection seed).
 
 Writes `benchmarks/guided_search.json` and the `guided-search` section of benchmarks/RESULTS.md.
-Run: `python benchmarks/bench_guided_search.py [--quick]` (one process at a time on the machine).
+Run: `python benchmarks/bench_guided_search.py [--fixed-run DIR] [--model-run DIR] [--quick]` (one process at a
+time on the machine).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def main():
     fixed = None
     if a.fixed_run is not None:
         sched = Schedule.load(Path(a.fixed_run) / "schedule.json", num_models=len(models))
-        fixed = {"run": a.fixed_run, "nfe": int(sched.nfe()), **scored(models, ns, [sched], k, n, report_seeds, mean)}
+        fixed = {"run": f"runs/{Path(a.fixed_run).name}", "nfe": int(sched.nfe()),
+                 **scored(models, ns, [sched], k, n, report_seeds, mean)}  # fmt: skip
     model_cmp = None if a.model_run is None else _model_schedule(a.model_run, models, ns, k, n, report_seeds, mean)
     seconds = time.perf_counter() - t0
     out = {"model": manifest["models"][MODEL]["name"], "guidance": W, "samples": n, "seconds": seconds,
@@ -181,7 +183,7 @@ def _model_schedule(run, models, ns, k, n, report_seeds, mean) -> dict:
     names = list(cands)
     picks = [scored(models, ns, [cands[c]], k, n, SELECT, mean)["fd"][0][0] for c in names]
     best = names[int(np.argmin(picks))]
-    return {"run": str(run), "budget_ms": rep["budget_ms"], "cost_ms": float(sched.cost(lat)),
+    return {"run": f"runs/{run.name}", "budget_ms": rep["budget_ms"], "cost_ms": float(sched.cost(lat)),
             "models": " ".join(str(int(v)) for v in np.asarray(sched.model)),
             "searched": scored(models, ns, [sched], k, n, report_seeds, mean),
             "best_single": {"name": best, "cost_ms": float(cands[best].cost(lat)),
