@@ -126,7 +126,9 @@ def ga_run(tmp: Path) -> dict:
     return {
         "curve": np.asarray(curve),
         "fitness": np.asarray(final.fitness),
-        **{f"population_{k}": np.asarray(v, np.float64) for k, v in final.population._asdict().items()},
+        **{
+            f"population_{k}": np.asarray(v, np.float64) for k, v in final.population._asdict().items() if v is not None
+        },  # a gene the space does not search (guidance) is None
     }
 
 
