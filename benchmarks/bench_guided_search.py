@@ -9,7 +9,8 @@ mean, the paired difference and its spread. The target: the searched 5-step sche
 10 steps (S3's 2x claim), FD no higher with accuracy no lower.
 
 With `--fixed-run DIR` (an `omsjax search --model 1 --guidance 4 --nfe 5` folder: every step at guidance 4, no
-guidance gene), the same target for the fixed-scale search: the searched solver decisions alone.
+guidance gene) and `--accuracy-run DIR` (the gene search at 5 steps with `--accuracy-weight 20`), the same target
+for those searches.
 
 With `--model-run DIR` (an `omsjax search --mode model --guidance 4 --budget B` folder), also the model schedule
 against every member alone (the model-mode baselines, every step guided) at 1.5x its budget: the searched schedule
@@ -59,6 +60,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a smoke test: 40 samples, one report seed, two solvers")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--fixed-run", default=None, help="an omsjax search --guidance 4 --nfe 5 folder (no gene)")
+    ap.add_argument(
+        "--accuracy-run",
+        default=None,
+        help="an omsjax search --guidance 4 --search-guidance --nfe 5 --accuracy-weight 20 folder",
+    )
     ap.add_argument("--model-run", default=None, help="an omsjax search --mode model folder on the conditional zoo")
     a = ap.parse_args()
     models, ns, manifest = zoo.load_zoo(zoo.COND_ZOO)
@@ -77,15 +83,18 @@ def main():
                        **scored(models, ns, [sched], k, n, report_seeds, mean)}  # fmt: skip
     best = {s: _best_preset(models, ns, solvers, s, W, k, n, report_seeds, mean) for s in STEPS}
     plain = {s: _best_preset(models, ns, solvers, s, 1.0, k, n, report_seeds, mean) for s in (5, 10)}
-    fixed = None
-    if a.fixed_run is not None:
-        sched = Schedule.load(Path(a.fixed_run) / "schedule.json", num_models=len(models))
-        fixed = {"run": f"runs/{Path(a.fixed_run).name}", "nfe": int(sched.nfe()),
-                 **scored(models, ns, [sched], k, n, report_seeds, mean)}  # fmt: skip
+    runs5 = {}  # other 5-step searches against the best preset at 10 steps
+    for what, run in (("fixed scale: every step at guidance 4, no guidance gene", a.fixed_run),
+                      ("guidance gene, accuracy weight 20", a.accuracy_run)):  # fmt: skip
+        if run is not None:
+            sched = Schedule.load(Path(run) / "schedule.json", num_models=len(models))
+            runs5[what] = {"run": f"runs/{Path(run).name}", "nfe": int(sched.nfe()),
+                           "guidance": np.asarray(sched.guidance).tolist(),
+                           **scored(models, ns, [sched], k, n, report_seeds, mean)}  # fmt: skip
     model_cmp = None if a.model_run is None else _model_schedule(a.model_run, models, ns, k, n, report_seeds, mean)
     seconds = time.perf_counter() - t0
     out = {"model": manifest["models"][MODEL]["name"], "guidance": W, "samples": n, "seconds": seconds,
-           "fixed_scale": fixed, "model_schedule": model_cmp, "selection_seeds": list(SELECT),
+           "other_5_step_searches": runs5, "model_schedule": model_cmp, "selection_seeds": list(SELECT),
            "report_seeds": list(report_seeds), "searched": searched, "best_preset": best,
            "best_unguided_preset": plain}  # fmt: skip
     if a.quick:
@@ -129,14 +138,14 @@ def main():
     ]  # fmt: skip
     lines += ["", "Unguided (every step at guidance 1, the plain conditional model; one call a step), best preset: "
               + "; ".join(f"{s} steps: {plain[s]['name']}: {cell(plain[s])}" for s in plain) + "."]  # fmt: skip
-    if fixed is not None:
-        d_fd, d_acc = np.asarray(fixed["fd"][0]) - np.asarray(b["fd"][0]), _acc(fixed) - _acc(b)
+    for what, r5 in runs5.items():
+        d_fd, d_acc = np.asarray(r5["fd"][0]) - np.asarray(b["fd"][0]), _acc(r5) - _acc(b)
         met = d_fd.mean() <= 0 and d_acc.mean() >= 0
         lines += [
             "",
-            f"**Fixed scale** (`{fixed['run']}`: the solver search at 5 steps with every step at guidance 4, no "
-            f"guidance gene; {fixed['nfe']} model calls): {cell(fixed)}. Against the best preset at 10 steps: FD "
-            f"{_paired(fixed['fd'][0], b['fd'][0])}, accuracy {_paired(_acc(fixed), _acc(b))} points: "
+            f"**5 steps, {what}** (`{r5['run']}`; scales {' '.join(f'{w:g}' for w in r5['guidance'])}; "
+            f"{r5['nfe']} model calls): {cell(r5)}. Against the best preset at 10 steps: FD "
+            f"{_paired(r5['fd'][0], b['fd'][0])}, accuracy {_paired(_acc(r5), _acc(b))} points: "
             f"**{'met' if met else 'not met'}**.",
         ]
     if model_cmp is not None:
