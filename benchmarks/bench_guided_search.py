@@ -55,6 +55,14 @@ def _acc(r) -> np.ndarray:
     return 100 * np.asarray(r["accuracy"][0])
 
 
+def _versus(r, b) -> tuple[str, bool]:
+    """("FD d ± s, accuracy d ± s points", whether `r` has a mean FD no higher and accuracy no lower than `b`),
+    paired per report seed."""
+    d_fd, d_acc = np.asarray(r["fd"][0]) - np.asarray(b["fd"][0]), _acc(r) - _acc(b)
+    text = f"FD {_paired(r['fd'][0], b['fd'][0])}, accuracy {_paired(_acc(r), _acc(b))} points"
+    return text, bool(d_fd.mean() <= 0 and d_acc.mean() >= 0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke test: 40 samples, one report seed, two solvers")
@@ -127,39 +135,32 @@ def main():
         lines.append(f"| {s} | {cell(r)} | {r['nfe']} | {' '.join(f'{w:g}' for w in r['guidance'])} | {b['name']}: "
                      f"{cell(b)} | {_paired(r['fd'][0], b['fd'][0])} | {_paired(_acc(r), _acc(b))} |")  # fmt: skip
     r, b = searched[5], best[10]
-    d_fd = np.asarray(r["fd"][0]) - np.asarray(b["fd"][0])
-    d_acc = _acc(r) - _acc(b)
-    met = d_fd.mean() <= 0 and d_acc.mean() >= 0
+    text, met = _versus(r, b)
     lines += [
         "",
         f"Best presets at 10 steps: {b['name']}: {cell(b)}. **Target (searched 5 steps vs the best preset at 10 "
-        f"steps): FD {_paired(r['fd'][0], b['fd'][0])}, accuracy {_paired(_acc(r), _acc(b))} points: "
-        f"{'met' if met else 'not met'}.**",
+        f"steps): {text}: {'met' if met else 'not met'}.**",
     ]  # fmt: skip
     lines += ["", "Unguided (every step at guidance 1, the plain conditional model; one call a step), best preset: "
               + "; ".join(f"{s} steps: {plain[s]['name']}: {cell(plain[s])}" for s in plain) + "."]  # fmt: skip
     for what, r5 in runs5.items():
-        d_fd, d_acc = np.asarray(r5["fd"][0]) - np.asarray(b["fd"][0]), _acc(r5) - _acc(b)
-        met = d_fd.mean() <= 0 and d_acc.mean() >= 0
+        text, met = _versus(r5, b)
         lines += [
             "",
             f"**5 steps, {what}** (`{r5['run']}`; scales {' '.join(f'{w:g}' for w in r5['guidance'])}; "
-            f"{r5['nfe']} model calls): {cell(r5)}. Against the best preset at 10 steps: FD "
-            f"{_paired(r5['fd'][0], b['fd'][0])}, accuracy {_paired(_acc(r5), _acc(b))} points: "
+            f"{r5['nfe']} model calls): {cell(r5)}. Against the best preset at 10 steps: {text}: "
             f"**{'met' if met else 'not met'}**.",
         ]
     if model_cmp is not None:
         m, b = model_cmp["searched"], model_cmp["best_single"]
-        d_fd, d_acc = np.asarray(m["fd"][0]) - np.asarray(b["fd"][0]), _acc(m) - _acc(b)
-        met = d_fd.mean() <= 0 and d_acc.mean() >= 0
+        text, met = _versus(m, b)
         lines += [
             "",
             f"**Model schedule** (`{model_cmp['run']}`: `omsjax search --mode model --guidance 4 --budget "
             f"{model_cmp['budget_ms'] / 1000:g}`): models per step {model_cmp['models']}, cost "
             f"{model_cmp['cost_ms']:.0f} ms: {cell(m)}. Best member alone at 1.5x the budget "
-            f"({1.5 * model_cmp['budget_ms']:.0f} ms): {b['name']} ({b['cost_ms']:.0f} ms): {cell(b)}. Paired: FD "
-            f"{_paired(m['fd'][0], b['fd'][0])}, accuracy {_paired(_acc(m), _acc(b))} points. **Target (1.5x cheaper "
-            f"at equal FD and accuracy): {'met' if met else 'not met'}.**",
+            f"({1.5 * model_cmp['budget_ms']:.0f} ms): {b['name']} ({b['cost_ms']:.0f} ms): {cell(b)}. Paired: {text}. "
+            f"**Target (1.5x cheaper at equal FD and accuracy): {'met' if met else 'not met'}.**",
         ]  # fmt: skip
     write_section("\n".join(lines), "guided-search")
     print("\n".join(lines))
