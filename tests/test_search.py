@@ -332,11 +332,14 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     # Interrupted mid-write: a partial last line is ignored; a new evaluator on the same file evaluates nothing.
     with open(path, "a") as fh:
         fh.write('{"key": "abc", "eval_')
-    ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
+    with pytest.warns(UserWarning, match="line 7 skipped, not a valid record"):
+        ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
     recs2 = ev2.evaluate(pop)
     assert ev2.evaluated == 0 and [r.fd for r in recs2] == [r.fd for r in recs]
     # Other noise is another evaluation.
-    ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4, sample_shape=(8, 8, 1))
+    with pytest.warns(UserWarning, match="skipped"):
+        ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4,
+                           sample_shape=(8, 8, 1))  # fmt: skip
     ev3.evaluate(jax.tree.map(lambda a: a[:1], pop))
     assert ev3.evaluated == 1
     # A recorded FD equals metrics.fd of the evaluator's samples.
