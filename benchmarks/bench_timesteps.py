@@ -79,7 +79,7 @@ class Bench:
         self._evals: dict = {}
         self._cache: dict = {}
         cls = metrics.load_classifier()
-        self.embed = lambda x: metrics._apply(cls, x.astype(jnp.float32), True)  # noqa: E731
+        self.embed = lambda x: metrics.apply_classifier(cls, x.astype(jnp.float32), True)  # noqa: E731
 
     def save(self):
         mine = {k: v for k, v in self.rows.items() if v["solver"] in self.solvers and v["nfe"] in self.nfes}
@@ -223,7 +223,7 @@ class Bench:
     def traj_rmse(self, zoo_, sched):
         r = self.refs()
         out = sampler.sample(zoo_, self.ns, sched, jnp.asarray(r["x_H"]), data_mean=self.mean)
-        return metrics.trajectory_error(out, r["ref_H"])
+        return metrics.reference_rmse(out, r["ref_H"])
 
 
 # ------------------------------------------------------------------------------------------------------ report

@@ -61,7 +61,7 @@ def main():
         x_T = sampler.noise(0, 64, SHAPE)
         x = sampler.sample(models, ns, sched, x_T, data_mean=mean)
         ref = metrics.ode_reference(models[k], ns, x_T, float(sched.ts[0]), float(sched.ts[-1]))
-        rows.append((entry, fds, metrics.trajectory_error(x, ref)))
+        rows.append((entry, fds, metrics.reference_rmse(x, ref)))
         print(entry["name"], [f"{v:.2f}" for v in fds], f"traj {rows[-1][2]:.4f}", flush=True)
     plots.save_grid(data.load_digits("heldout")[:100], FIGURES / "real-heldout.png")
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from omsjax import files
 
-__all__ = ["image_grid", "save", "save_grid", "timesteps_plot", "fd_accuracy"]
+__all__ = ["image_grid", "save", "save_grid", "timesteps_plot", "fd_accuracy", "pareto_front", "search_pareto",
+           "side_by_side"]  # fmt: skip
 
 
 def _format(path: Path) -> str:
@@ -105,6 +106,78 @@ def fd_accuracy(fd, accuracy, scales, path, title: str = "") -> Path:
     ax.set_xlabel("FD (classifier features, lower is better)")
     ax.set_ylabel("accuracy of the requested class (%)")
     return _finish(fig, ax, title, path)
+
+
+def pareto_front(points) -> list[tuple[float, float]]:
+    """The (cost, score) points no other point beats on both (lower is better on both), by cost."""
+    front, best = [], math.inf
+    for c, v in sorted((c, v) for c, v in points if math.isfinite(v)):
+        if v < best:
+            front.append((c, v))
+            best = v
+    return front
+
+
+def search_pareto(points, chosen, path, *, xlabel: str, ylabel: str, title: str = "", jitter: bool = False,
+                  best_baseline: float | None = None) -> Path:  # fmt: skip
+    """A search's candidates: `points` [(cost, score, is_baseline)] (lower is better on both; inf scores, diverged,
+    are left out and counted in the legend), the Pareto front of all of them as a step line, the baselines as
+    crosses and `chosen` (cost, score) as a star; a log score axis. `jitter`: spread points of one cost sideways
+    (solver mode, where every candidate has the same NFE). `best_baseline`: the best baseline's score, drawn as a
+    dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(float(c), float(v), bool(b)) for c, v, b in points]
+    ok = [p for p in pts if math.isfinite(p[1])]
+    if not ok:
+        raise ValueError("search_pareto: no finite score to plot")
+    rng = np.random.RandomState(0)
+    dx = (lambda n: rng.uniform(-0.3, 0.3, n)) if jitter else (lambda n: np.zeros(n))  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for is_base, style in ((False, dict(s=10, alpha=0.5, label="searched candidates")),
+                           (True, dict(marker="x", color="k", s=30, label="baselines (presets, +AFS)"))):  # fmt: skip
+        sel = np.asarray([(c, v) for c, v, b in ok if b == is_base], float).reshape(-1, 2)
+        if len(sel):
+            ax.scatter(sel[:, 0] + dx(len(sel)), sel[:, 1], **style)
+    front = np.asarray(pareto_front([(c, v) for c, v, _ in ok]), float)
+    ax.step(front[:, 0], front[:, 1], where="post", color="tab:green", lw=1.2, label="Pareto front")
+    if best_baseline is not None and math.isfinite(best_baseline):
+        ax.axhline(best_baseline, color="k", ls="--", lw=1, label=f"best baseline ({best_baseline:.4g})")
+    ax.scatter([chosen[0]], [chosen[1]], marker="*", s=200, color="r", zorder=5, label=f"returned ({chosen[1]:.4g})")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel + (" (jittered)" if jitter else ""))
+    ax.set_ylabel(f"{ylabel} (lower is better)")
+    if len(pts) > len(ok):
+        ax.plot([], [], " ", label=f"{len(pts) - len(ok)} diverged (not shown)")
+    ax.legend(fontsize=7)
+    return _finish(fig, ax, title, path)
+
+
+def side_by_side(panels: dict, path, *, title: str = "", scale: int = 8) -> Path:
+    """Image grids side by side, one per entry of `panels` {panel title: images [N, H, W, C] in [-1, 1]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError("side_by_side needs at least one panel")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.2), squeeze=False)
+    for ax, (name, images) in zip(axes[0], panels.items(), strict=True):
+        grid = image_grid(images)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid[..., :3], cmap="gray", vmin=0.0, vmax=1.0,
+                  interpolation="nearest")  # fmt: skip
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        return save(fig, path, dpi=max(60, 12 * scale))
+    finally:
+        plt.close(fig)
 
 
 def _finish(fig, ax, title: str, path) -> Path:

@@ -193,20 +193,20 @@ def test_ode_reference_and_trajectory_error_on_exact_gmm():
     ref = metrics.ode_reference(model, ns, x_T, 1.0, t_end, rtol=1e-10, atol=1e-10)
     direct = oracles.reference_solution(lambda x, t: gmm.eps(ns, x, t), ns, x_T, 1.0, t_end)
     np.testing.assert_allclose(np.asarray(ref), np.asarray(direct), rtol=1e-8, atol=1e-8)
-    errs = [metrics.trajectory_error(omsjax.sample(model, ns, presets.ddim(ns, n), x_T), ref) for n in (5, 10, 20, 40)]
+    errs = [metrics.reference_rmse(omsjax.sample(model, ns, presets.ddim(ns, n), x_T), ref) for n in (5, 10, 20, 40)]
     assert all(b < a for a, b in zip(errs, errs[1:], strict=False))  # first order: halving h about halves it
     assert 1.6 < errs[2] / errs[3] < 2.4
     x = np.asarray(omsjax.sample(model, ns, presets.ddim(ns, 5), x_T))
-    assert metrics.trajectory_error(x, ref) == pytest.approx(float(np.sqrt(np.mean((x - np.asarray(ref)) ** 2))))
+    assert metrics.reference_rmse(x, ref) == pytest.approx(float(np.sqrt(np.mean((x - np.asarray(ref)) ** 2))))
 
 
 def test_trajectory_error_errors():
     with pytest.raises(ValueError, match="same shape"):
-        metrics.trajectory_error(np.zeros((2, 3)), np.zeros((3, 2)))
+        metrics.reference_rmse(np.zeros((2, 3)), np.zeros((3, 2)))
     bad = np.zeros((2, 3))
     bad[0, 0] = np.nan
-    assert metrics.trajectory_error(bad, np.zeros((2, 3))) == float("inf")
+    assert metrics.reference_rmse(bad, np.zeros((2, 3))) == float("inf")
     with pytest.raises(ValueError, match="reference has non-finite"):
-        metrics.trajectory_error(np.zeros((2, 3)), bad)
+        metrics.reference_rmse(np.zeros((2, 3)), bad)
     with pytest.raises(ValueError, match="one omsjax.Model"):
         metrics.ode_reference(lambda x, t: x, None, np.zeros((1, 2)), 1.0, 0.01)

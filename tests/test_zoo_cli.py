@@ -89,7 +89,7 @@ def test_cli_evaluate_trajectory_error(tiny_zoo, capsys):
     mean = jnp.asarray(np.asarray(manifest["data_mean"], np.float32))
     x = omsjax.sample(models, ns, s, x_T, data_mean=mean)
     ref = metrics.ode_reference(models[0], ns, x_T, float(s.ts[0]), float(s.ts[-1]))
-    assert a["traj_rmse"] == pytest.approx(metrics.trajectory_error(x, ref), rel=1e-4)
+    assert a["traj_rmse"] == pytest.approx(metrics.reference_rmse(x, ref), rel=1e-4)
     rc, out, _ = _run(capsys, argv[:-3] + ["--ref-samples", "0", "--json"])
     assert rc == 0 and "traj_rmse" not in json.loads(out)
     rc, _, err = _run(capsys, argv[:-1] + ["--ref-model", "4"])

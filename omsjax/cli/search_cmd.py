@@ -38,32 +38,75 @@ def cmd_search(args) -> int:
                           explore_fraction=v["explore_fraction"], generations=v["generations"],
                           predictor_epochs=v["predictor_epochs"], final_top=v["final_top"],
                           ga=ga.GAConfig(pop_size=pop, num_children=pop))  # fmt: skip
+    choices = None if args.search_guidance is None else tuple(args.search_guidance)
+    objective = job.Objective(metric=args.metric, guidance=args.guidance, accuracy_weight=args.accuracy_weight,
+                              guidance_choices=choices)  # fmt: skip
     report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
                      config=cfg, num_samples=v["num_samples"], final_samples=args.final_samples, seed=args.seed,
                      spacing=args.spacing, progress=not args.quiet, use_cache=not args.recompute_baselines,
-                     guidance=args.guidance, accuracy_weight=args.accuracy_weight,
-                     guidance_choices=args.search_guidance)  # fmt: skip
+                     objective=objective)  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0
-    s, b = report["searched"], report["best_baseline"]
-    score = "FD" if "conditional" not in report else "score"
-    print(f"searched ({args.mode} mode): {score} {s['fd']:.3f} at NFE {s['nfe']}, cost {s['cost']:.1f} ms "
-          f"(held-out noise, {report['heldout_samples']} samples)")  # fmt: skip
-    if b is not None:
-        print(f"best baseline: {b['name']}: {score} {b['fd']:.3f} at NFE {b['nfe']}, cost {b['cost']:.1f} ms; "
-              f"ratio {report['fd_ratio_to_best_baseline']:.3f}")  # fmt: skip
-    if "conditional" in report:  # a class-conditional zoo: the score's two parts
-        print(f"guidance {report['guidance']:g}; score = {report['objective']}")
-        if "searched_guidance" in report:
-            print("searched guidance per step: " + " ".join(f"{w:g}" for w in report["searched_guidance"]))
-        for name, c in report["conditional"].items():
-            print(f"  {name}: FD {c['fd']:.3f}, accuracy {100 * c['accuracy']:.1f}%")
+    for line in verdict_lines(report):
+        print(line)
     print(f"{report['evaluated']} schedules evaluated ({report['new_evaluations']} new) in "
           f"{report['search_seconds']:.0f} s; predictor Kendall tau on held-out schedules "
           f"{report['predictor_heldout_tau']:.2f}; wrote {args.out}/schedule.json, report.json, pareto.png, "
           f"samples.png")  # fmt: skip
     return 0
+
+
+def _mean_se(scores) -> str:
+    v = [x for x in scores if x is not None]
+    if len(v) < len(scores):
+        return "inf (diverged)"
+    m = sum(v) / len(v)
+    se = (sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) ** 0.5
+    return f"{m:.4g} +- {se:.2g}"
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """The lines `omsjax search` prints of a report: what it returned, the best baseline, the verdict (paired
+    over the held-out draws), the other metrics of the same samples, the noise check."""
+    s, b, p = report["searched"], report["best_baseline"], report["paired_difference"]
+    m = report["metric"].split("[")[0]
+    draws = f"{len(s['scores'])} held-out draws x {report['heldout_samples']} samples"
+    lines = [f"metric: {report['metric']}" + (f" (reference: {report['reference']})" if report.get("reference")
+                                              and report["reference"] not in report["metric"] else "")]  # fmt: skip
+    if report["returned"] == "searched":
+        lines.append(f"searched ({report['mode']} mode): {m} {_mean_se(s['scores'])} at NFE {s['nfe']}, cost "
+                     f"{s['cost']:.1f} ms ({draws})")  # fmt: skip
+    else:
+        lines.append(f"no better schedule found: the search returns the best baseline, {report['returned'][10:]} "
+                     f"(no candidate beat it beyond the noise of the selection draws)")  # fmt: skip
+    lines.append(f"best baseline (of {len(report['baselines'])}, presets and +AFS): {b['name']}: {m} "
+                 f"{_mean_se(b['scores'])} at NFE {b['nfe']}")  # fmt: skip
+    if p is not None:
+        diff = f"{p['mean']:+.4g} +- {p['se']:.2g}" if p["mean"] is not None and p["se"] is not None else "inf"
+        noise = report["metric_noise"]
+        lines.append(f"verdict: {report['verdict']} (paired difference {diff} over {len(p['diffs'])} held-out "
+                     f"draws; the best baseline's own std over the draws: {noise:.2g})")  # fmt: skip
+    else:
+        lines.append(f"verdict: {report['verdict']}")
+    names = {"fd": "FD to data", "error_pct": "error rate of the requested class (%)"}
+    for name, v in report["also"].items():
+        q = v["paired"]
+        diff = f"{q['mean']:+.4g} +- {q['se']:.2g}" if q["mean"] is not None and q["se"] is not None else "inf"
+        lines.append(f"  {names.get(name, name)}: {_mean_se(v['searched'])} vs {_mean_se(v['best_baseline'])}: "
+                     f"{diff}, {q['verdict']}")  # fmt: skip
+    if "guidance" in report:
+        unguided = " (it samples the unguided conditional model)" if report["guided_calls"] == 0 else ""
+        lines.append(f"guidance {report['guidance']:g}; model calls at a guided scale: {report['guided_calls']}"
+                     f"{unguided}")  # fmt: skip
+        if "searched_guidance" in report:
+            lines.append("searched guidance per step: " + " ".join(f"{w:g}" for w in report["searched_guidance"]))
+    c = report.get("noise_check") or {}
+    if c.get("ok") is False:
+        lines.append(f"warning: the search noise cannot rank candidates (a gap of {c['spread']:.3g} between the best "
+                     f"and the fifth best preset changes by {c['noise']:.3g} on a second draw): raise "
+                     "--num-samples")  # fmt: skip
+    return lines
 
 
 def add_search(sub) -> None:
@@ -87,9 +130,14 @@ def add_search(sub) -> None:
     r.add_argument("--search-guidance", type=float, nargs="*", default=None, metavar="S",
                    help="with --guidance W: also search the guidance scale of every step among the scales S (W among "
                    "them; none given: 1, W/2, W, 3W/2); a step at 1 calls the model once")  # fmt: skip
+    r.add_argument("--metric", default="reference-fd", choices=["reference-fd", "reference-rmse", "fd"],
+                   help="what the search minimises: reference-fd (default), the FD in the digits classifier's features "
+                   "to the target model's own converged samples from the same noise, labels and guidance; "
+                   "reference-rmse, the per-sample RMSE to them; fd, the FD to the data")  # fmt: skip
     r.add_argument("--accuracy-weight", type=float, default=1.0, metavar="A",
-                   help="class-conditional zoo: the objective is FD + A x (100 - accuracy %%), accuracy being the "
-                   "share of samples classified as their requested class (default 1; 0: FD alone)")  # fmt: skip
+                   help="--metric fd on a class-conditional zoo: the objective is FD + A x (100 - accuracy %%), "
+                   "accuracy being the share of samples classified as their requested class (default 1; 0: FD "
+                   "alone)")  # fmt: skip
     r.add_argument("--model", type=int, default=None, help="solver mode: the zoo model (default: the largest)")
     r.add_argument("--out", required=True, help="output folder (schedule.json, report.json, pareto.png, ...); "
                    "locked while the search runs, so a second one on it is refused")  # fmt: skip

@@ -91,7 +91,7 @@ def _trajectory_error(args, x, sched, models, ns):
     ts = np.asarray(sched.ts, np.float64)
     x_T = float(ns.prior_std(ts[0])) * sampler.noise(args.seed, k, x.shape[1:])  # the noise of `generate`
     ref = metrics.ode_reference(models[ref_model], ns, x_T, ts[0], ts[-1])
-    return metrics.trajectory_error(x[:k], ref), k, ref_model
+    return metrics.reference_rmse(x[:k], ref), k, ref_model
 
 
 def cmd_evaluate(args) -> int:

@@ -23,12 +23,27 @@ from omsjax import files
 from omsjax.schedule import Schedule
 from omsjax.search.encoding import Genome
 
-__all__ = ["Record", "Archive", "schedule_key", "genome_to_dict", "genome_from_dict"]
+__all__ = ["Record", "Archive", "schedule_key", "same_schedule_key", "genome_to_dict", "genome_from_dict"]
 
 
 def schedule_key(schedule: Schedule) -> str:
     """A stable id of a concrete schedule: sha1 of its canonical JSON."""
     return hashlib.sha1(schedule.to_json(indent=None).encode()).hexdigest()[:16]
+
+
+def same_schedule_key(schedule: Schedule, digits: int = 9) -> str:
+    """A schedule's id up to float rounding: sha1 of its canonical JSON with every real number rounded to `digits`
+    significant digits. A genome decoded from a preset gives the preset's times up to the last bits (another
+    `schedule_key`, the same samples): this key tells them apart from genuinely new schedules."""
+    d = json.loads(schedule.to_json(indent=None))
+
+    def rounded(v):
+        if isinstance(v, float):
+            return float(f"{v:.{digits}g}")
+        return [rounded(x) for x in v] if isinstance(v, list) else v
+
+    text = json.dumps({k: rounded(v) for k, v in d.items()}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def genome_to_dict(g: Genome) -> dict:
@@ -51,7 +66,7 @@ _NUMBER = (int, float)
 _FIELDS = {"key": (str, "a string"), "eval_key": (str, "a string"), "fd": ((*_NUMBER, type(None)), "a number or null"),
            "cost": (_NUMBER, "a number"), "nfe": (int, "an integer"), "schedule": (dict, "an object"),
            "genome": ((dict, type(None)), "an object or null"), "stage": (int, "an integer"),
-           "seconds": (_NUMBER, "a number"), "note": (str, "a string")}  # fmt: skip
+           "seconds": (_NUMBER, "a number"), "note": (str, "a string"), "extras": (dict, "an object")}  # fmt: skip
 _REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
 
 
@@ -70,6 +85,7 @@ class Record:
     stage: int = 0
     seconds: float = 0.0
     note: str = ""  # why the score is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
+    extras: dict = dataclasses.field(default_factory=dict)  # other metrics of the same samples (`Evaluator.also`)
 
     @property
     def score(self) -> float:
@@ -79,6 +95,9 @@ class Record:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["fd"] = None if not np.isfinite(self.fd) else self.fd  # JSON has no inf
+        d["extras"] = {k: None if not np.isfinite(v) else v for k, v in self.extras.items()}
+        if not d["extras"]:
+            del d["extras"]  # records without them keep their JSON
         return d
 
     def to_json(self) -> str:
@@ -99,6 +118,15 @@ class Record:
         fd = math.inf if kw["fd"] is None else float(kw["fd"])
         kw["fd"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst FD
         kw.update({f: float(kw[f]) for f in ("cost", "seconds") if f in kw})
+        if "extras" in kw:
+            bad = [
+                k
+                for k, v in kw["extras"].items()
+                if v is not None and (isinstance(v, bool) or not isinstance(v, _NUMBER))
+            ]
+            if bad:
+                raise ValueError(f"extras {bad[0]!r} is {kw['extras'][bad[0]]!r}, not a number or null")
+            kw["extras"] = {k: math.inf if v is None else float(v) for k, v in kw["extras"].items()}
         return cls(**kw)
 
     @classmethod

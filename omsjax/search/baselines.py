@@ -1,10 +1,13 @@
 """The classic solvers that searched schedules are compared with, and the NFE a single model gets under a budget.
 
-Solver mode: every solver of `BASELINES` (DDIM, DPM-Solver++(2M, 3M), UniPC-2/3 bh1/bh2) over the four step
-spacings at the search's NFE (`baselines`; `afs="zero_x0"` gives the same solvers with an analytical first step).
-Model and joint modes: the smaller grid `MODEL_MODE_BASELINES` x `MODEL_MODE_SPACINGS` with each zoo model alone at
-the largest NFE that fits the budget (`baseline_nfe`). Shared by `omsjax search` (`workflows.search_job`) and
-`find_schedule`.
+`for_space(ns, space, kind, budget)` is the one list of a search's baselines, everything its space can express:
+- solver mode: every solver of `BASELINES` (DDIM, DPM-Solver++(2M, 3M), UniPC-2/3 bh1/bh2) over the four step
+  spacings at the search's NFE, each also with an analytical first step ("+AFS": one more step at the same NFE),
+  since the searched schedules may use one: 56 settings;
+- model and joint modes: the smaller grid `MODEL_MODE_BASELINES` x `MODEL_MODE_SPACINGS` with each zoo model
+  alone at the largest NFE that fits the budget (`baseline_nfe`), in joint mode (which searches AFS) also +AFS.
+Every step at the space's guidance scale, from its t_start to t_end. Shared by `omsjax search`
+(`workflows.search_job`) and `find_schedule`.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import math
 
 from omsjax import presets, schedules
 from omsjax.schedule import Schedule
+from omsjax.search.space import SearchSpace
 
-__all__ = ["BASELINES", "MODEL_MODE_BASELINES", "MODEL_MODE_SPACINGS", "baselines", "baseline_nfe", "largest_nfe"]
+__all__ = ["BASELINES", "MODEL_MODE_BASELINES", "MODEL_MODE_SPACINGS", "baselines", "for_space", "baseline_nfe",
+           "largest_nfe"]  # fmt: skip
 
 BASELINES = presets.BASELINES  # the published solvers searched schedules are compared with
 
@@ -46,3 +51,27 @@ def baseline_nfe(latency: float, kind: str, budget: float, positions: int, calls
     if kind == "nfe":
         return int(budget) // calls_per_step
     return largest_nfe(latency * calls_per_step, budget, positions)
+
+
+def for_space(
+    noise_schedule, space: SearchSpace, kind: str = "cost", budget: float | None = None
+) -> dict[str, Schedule]:
+    """{name: Schedule} of every baseline of a search in `space` (module docstring): the solver-mode grid at the
+    space's NFE, or each zoo model alone at the largest NFE its latency (`kind` "cost") or the NFE budget
+    (`kind` "nfe") pays for, named "solver[ +AFS], spacing[, model m, NFE n]". +AFS variants come whenever the
+    space searches the analytical first step (solver and joint modes)."""
+    times = dict(t_start=space.t_start, t_end=space.t_end, guidance=space.guidance)
+    afs = ("none", "zero_x0") if space.mode != "model" else ("none",)
+    if space.mode == "solver":
+        return {name: s for a in afs for name, s in baselines(noise_schedule, space.nfe, space.model, afs=a,
+                                                                 **times).items()}  # fmt: skip
+    if budget is None:
+        raise ValueError(f"{space.mode} mode's baselines need the search's budget")
+    out = {}
+    for m, lat in enumerate(space.latencies):
+        n = baseline_nfe(lat, kind, budget, space.num_positions, space.calls_per_step)
+        for a in afs if n >= 1 else ():
+            grid = baselines(noise_schedule, n, m, afs=a, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS,
+                             **times)  # fmt: skip
+            out.update({f"{name}, model {m}, NFE {n}": s for name, s in grid.items()})
+    return out

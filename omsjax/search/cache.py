@@ -25,13 +25,15 @@ from omsjax.search.evaluate import Record
 __all__ = ["FILENAME", "fingerprint", "load", "write"]
 
 FILENAME = "evaluations.json"
-_SKIP = {FILENAME, "schedules"}  # neither changes what an evaluation of the zoo gives
+# None of these changes what an evaluation of the zoo gives (references.npz: the reference samples it ships,
+# `workflows.search_job.REFERENCES`, fingerprinted by this too).
+_SKIP = {FILENAME, "schedules", "references.npz"}
 _log = logging.getLogger(__name__)
 
 
 def fingerprint(zoo_dir) -> str:
-    """SHA-256 of the zoo's files (relative paths and contents, in sorted order), without the cache itself and
-    the searched schedules."""
+    """SHA-256 of the zoo's files (relative paths and contents, in sorted order), without the cache itself, the
+    shipped reference samples and the searched schedules."""
     root = Path(zoo_dir)
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):

@@ -62,7 +62,10 @@ def _sample_jit(zoo, ns, stacked, x_T, data_mean, method, cond=None, uncond=None
 
 
 def _metric_name(metric) -> str:
-    """A metric's `__qualname__` (a partial's: its function's)."""
+    """A metric's `name` attribute if it has one (`metrics.ReferenceFD`, `conditional.ConditionalFD`), else its
+    `__qualname__` (a partial's: its function's)."""
+    if isinstance(getattr(metric, "name", None), str) and metric.name:
+        return metric.name
     f = metric.func if isinstance(metric, functools.partial) else metric
     return getattr(f, "__qualname__", None) or type(f).__qualname__
 
@@ -168,9 +171,9 @@ class Evaluator:
     in each `Record` (field `fd`, alias `score`). NaN and -inf are errors; a diverged candidate (non-finite samples)
     scores inf without calling it. By default (`metric=None`) the digits FD `metrics.digits_fd`, with
     `classifier` and `ref` if given; it scores only samples of shape (8, 8, 1) (others: a ValueError asking for
-    `metric=` when it is first called). `metric_name` (default: the
-    metric's `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics apart (give one to
-    tell apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as before.
+    `metric=` when it is first called). `metric_name` (default: the metric's `name` attribute if it has one, else
+    its `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics apart (give one to tell
+    apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as before.
 
     `sample_shape` (alias `image_shape`): the shape of one sample, e.g. (16,), (T, D) or (H, W, C); by default the
     shape the models declare (`Model.sample_shape`, set on zoo members by `zoo.load_zoo`); a shape that differs
@@ -247,6 +250,7 @@ class Evaluator:
             raise ValueError("the models declare no sample_shape (Model.sample_shape): pass sample_shape=, the "
                              f"shape of one sample (the digits: {DIGITS_SHAPE})")  # fmt: skip
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
+        self.also: dict[str, Callable] = {}  # other metrics of the same samples, kept in `Record.extras`
 
     def _set_conditioning(self, cond, uncond, thresholding) -> None:
         """Keep `cond` and `uncond` (leaves with at least num_samples rows; the first num_samples are used) and the
@@ -274,11 +278,16 @@ class Evaluator:
             h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
         return f"{key}-c{h.hexdigest()[:10]}"
 
-    def with_noise(self, noise_seed: int, num_samples: int | None = None, *, chunk: int | None = None) -> Evaluator:
+    def with_noise(self, noise_seed: int, num_samples: int | None = None, *, chunk: int | None = None,
+                   also: dict[str, Callable] | None = None) -> Evaluator:  # fmt: skip
         """This evaluator on other noise (`noise_seed`, `num_samples`, default the same number): the same models,
         space, metric and archive, its own `eval_key` and count of evaluations (e.g. a search's held-out noise).
         `chunk` (default the same) sets its candidates per compiled call: a few schedules on many samples (a final
-        re-evaluation, a held-out score) run best one at a time, in one program for both evaluators."""
+        re-evaluation, a held-out score) run best one at a time, in one program for both evaluators.
+
+        `also`: {name: metric(samples, x_T) -> float} scored on the same samples as the evaluator's own metric (e.g.
+        the FD to data beside a reference metric) and kept in each record's `extras` (inf for diverged samples);
+        an archived record without them is evaluated again."""
         if num_samples is not None:
             _check_num_samples(num_samples)
         other = copy.copy(self)
@@ -290,6 +299,10 @@ class Evaluator:
         other._set_conditioning(self._cond_all, self._uncond_all, self.thresholding)
         other.eval_key = other._eval_key()
         other.evaluated = 0
+        other.also = dict(also or {})
+        for name, fn in other.also.items():
+            if not (isinstance(name, str) and name and callable(fn)):
+                raise ValueError(f"also must map names to metrics metric(samples, x_T) -> float, got {name!r}: {fn!r}")
         return other
 
     @functools.cached_property
@@ -314,14 +327,20 @@ class Evaluator:
         if not self.custom_metric and tuple(x.shape[1:]) != DIGITS_SHAPE:
             raise ValueError(f"the default metric, the digits FD, scores samples of shape {DIGITS_SHAPE}, not "
                              f"{tuple(x.shape[1:])}: pass metric=, a metric(samples, x_T) -> float")  # fmt: skip
+        return self._score(self.metric, self.metric_name, x, key)
+
+    def _score(self, metric, name: str, x: np.ndarray, key: str) -> float:
+        """`metric(x, x_T)` checked: a real number, finite or +inf; inf without calling it for non-finite x."""
+        if not np.all(np.isfinite(x)):
+            return float("inf")
         try:
-            v = self.metric(np.asarray(x), self._x_T_host)
+            v = metric(np.asarray(x), self._x_T_host)
         except Exception as e:
-            raise ValueError(f"metric {self.metric_name} raised on schedule {key}: {type(e).__name__}: {e}") from e
+            raise ValueError(f"metric {name} raised on schedule {key}: {type(e).__name__}: {e}") from e
         a = np.asarray(v) if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) else None
         if a is None or a.shape != () or a.dtype.kind not in "iuf" or np.isnan(a) or a == -np.inf:
-            raise ValueError(f"metric {self.metric_name} returned {v!r} on schedule {key}: it must return a real "
-                             "number, finite or +inf (lower is better)")  # fmt: skip
+            raise ValueError(f"metric {name} returned {v!r} on schedule {key}: it must return a real number, "
+                             "finite or +inf (lower is better)")  # fmt: skip
         return float(a)
 
     @functools.cached_property
@@ -332,7 +351,7 @@ class Evaluator:
         """A `Record` per schedule (from the archive where it has one); new results are appended as they come."""
         latencies = [m.latency for m in self.zoo]
         keys = [schedule_key(s) for s in schedules]
-        out: list[Record | None] = [self.archive.get(k, self.eval_key) for k in keys]
+        out: list[Record | None] = [self._known(k) for k in keys]
         todo: dict[int, list[int]] = {}
         seen: dict[str, int] = {}
         for i, (k, r) in enumerate(zip(keys, out, strict=True)):
@@ -352,6 +371,7 @@ class Evaluator:
                 for i, s, x in zip(part_idx, part, xs, strict=True):
                     g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
                     fd = self.fd_of_samples(x, keys[i])
+                    extras = {name: self._score(fn, name, x, keys[i]) for name, fn in self.also.items()}
                     rec = Record(
                         key=keys[i],
                         eval_key=self.eval_key,
@@ -363,14 +383,20 @@ class Evaluator:
                         genome=g,
                         stage=stage,
                         seconds=dt,
+                        extras=extras,
                     )
                     self.archive.append(rec)
                     self.evaluated += 1
                     out[i] = rec
         for i, k in enumerate(keys):  # duplicates within the call
             if out[i] is None:
-                out[i] = self.archive.get(k, self.eval_key)
+                out[i] = self._known(k)
         return out
+
+    def _known(self, key: str) -> Record | None:
+        """The archived record of a schedule on this noise and metric, if it has every metric of `also`."""
+        r = self.archive.get(key, self.eval_key)
+        return r if r is not None and set(self.also) <= set(r.extras) else None
 
     def _why_not_finite(self, schedule: Schedule, key: str) -> str:
         """The first non-finite step of a diverged schedule and its cause (the model's output, or the solver's

@@ -4,14 +4,19 @@
     result.schedule, result.score, result.report
 
 It builds the search space from the noise schedule (`SearchSpace.for_noise_schedule`), evaluates candidates with
-`metric(samples, x_T) -> float` (lower is better) on `num_samples` draws of search noise, runs the multi-stage
-loop (`loop.search`), picks among its finalists on selection noise (`heldout_samples` other draws), scores the
-winner on held-out noise (as many draws again), and compares it with the classic solvers on the same held-out
-noise, as `omsjax search` reports them (`search.baselines`): every solver of `BASELINES` over the four step
-spacings at the same NFE (solver mode), or each model alone at the largest NFE its latency fits into the budget
-(model and joint modes). The search noise, the held-out noise (the selection noise is folded from its key) and
-the search's own randomness come from three keys split from `key`, so the reported score never saw the noise it
-was picked on.
+`metric(samples, x_T) -> float` (lower is better; or "reference-fd" / "reference-rmse", the distance to the
+target model's own converged samples from the same noise, `metrics.ReferenceFD` / `ReferenceRMSE`) on
+`num_samples` draws of search noise, checks that this noise can rank candidates (`loop.check_noise`: the best
+preset on a second draw), runs the multi-stage loop (`loop.search`) and ends as `omsjax search` does
+(`search.final.finish`): its finalists and the best classic solvers (`baselines.for_space`: every solver of
+`BASELINES` over the four step spacings, each also with an analytical first step, at the same NFE in solver mode;
+each model alone at the largest NFE its latency fits into the budget in model and joint modes) are compared on 3
+draws of selection noise, a candidate is returned only when it beats the best baseline beyond that noise (else
+the baseline is, "no better schedule found"), and the result and the best baseline are scored on 3 draws of
+held-out noise (`heldout_samples` each), paired: the report's `verdict` ("beats", "tie", "loses") and
+`paired_difference` (mean and standard error). The search, noise-check, held-out and selection noise and the
+search's own randomness come from keys split from `key`, so the reported score never saw the noise it was picked
+on.
 
 Conditional models: `cond` (and `uncond` with `guidance` w != 1, classifier-free guidance at every step of every
 candidate and baseline; `thresholding`) go to every sampling call, as in `omsjax.sample`; their leaves hold one row
@@ -19,14 +24,16 @@ per sample of the largest noise (`max(num_samples, heldout_samples)` rows; each 
 A guided step counts two evaluations in the report's NFE and cost; `guidance_choices` also searches the scale of
 every step (the per-step guidance gene).
 
-`quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 32 search samples); the
-default is `loop.LoopConfig()`. `out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating
-a schedule twice) and writes `schedule.json` and `report.json` atomically, under a lock on the folder.
+`quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 256 search samples and 3 x 512
+held-out ones: enough for a 2-D distributional metric to rank candidates); the default is `loop.LoopConfig()`.
+`out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating a schedule twice) and writes
+`schedule.json` and `report.json` atomically, under a lock on the folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,15 +42,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omsjax import files
+from omsjax import files, metrics
 from omsjax.models import Model, as_zoo
 from omsjax.schedule import Schedule
 from omsjax.schedules import NoiseSchedule
-from omsjax.search import baselines, ga, loop
+from omsjax.search import baselines, final, ga, loop
 from omsjax.search.encoding import MODES, SearchSpace
 from omsjax.search.evaluate import Archive, Evaluator
 
-__all__ = ["FindResult", "QUICK", "find_schedule"]
+__all__ = ["FindResult", "QUICK", "REFERENCE_METRICS", "find_schedule"]
+
+REFERENCE_METRICS = ("reference-fd", "reference-rmse")
 
 # A first look: about 50 true evaluations in all.
 QUICK = loop.LoopConfig(stages=2, initial_random=16, per_stage=16, generations=20, predictor_epochs=100,
@@ -52,8 +61,9 @@ QUICK = loop.LoopConfig(stages=2, initial_random=16, per_stage=16, generations=2
 
 @dataclasses.dataclass
 class FindResult:
-    """schedule: the best schedule found; score: its metric on the held-out noise; report: a JSON-ready dict (the
-    baselines' held-out scores, the best of them, the search's stages and timings)."""
+    """schedule: the schedule returned (the best searched one, or the best baseline when no candidate beat it);
+    score: its mean metric over the held-out draws; report: a JSON-ready dict (the verdict against the best
+    baseline, paired, every baseline with its schedule, the noise check, the search's stages and timings)."""
 
     schedule: Schedule
     score: float
@@ -64,7 +74,7 @@ def find_schedule(
     models: Model | Sequence[Model],
     noise_schedule: NoiseSchedule,
     *,
-    metric: Callable[[np.ndarray, np.ndarray], float],
+    metric: Callable[[np.ndarray, np.ndarray], float] | str,
     key: jax.Array,
     sample_shape: Sequence[int] | None = None,
     nfe: int | None = None,
@@ -91,7 +101,10 @@ def find_schedule(
 
     Args:
       models: one `omsjax.Model` or a zoo; their `latency` is the cost model of model and joint modes.
-      metric: `metric(samples, x_T) -> float`, lower is better, on numpy [n, *sample_shape] arrays.
+      metric: `metric(samples, x_T) -> float`, lower is better, on numpy [n, *sample_shape] arrays; or
+        "reference-rmse" (any model) or "reference-fd" (digits-shaped samples; for others pass
+        `metrics.ReferenceFD(reference, features=...)`), against the target member (solver mode's `model`, else
+        the last) sampled by `metrics.ReferenceSampler()` from the same noise.
       key: a `jax.random` key.
       sample_shape: the shape of one sample; default the models' declared `Model.sample_shape`.
       nfe: solver mode: the NFE (required); model and joint modes: a budget in NFE instead of `budget`. Under
@@ -99,11 +112,11 @@ def find_schedule(
       budget: model and joint modes: the budget as a sum of the models' latencies (a guided step pays twice).
       mode: "solver" (every solver decision for one model), "model" (which model at each step) or "joint".
       model: solver mode's zoo index (default the last member).
-      num_samples, heldout_samples: draws of search and held-out noise (default 32 / 64 with `quick`, else
-        128 / 256).
+      num_samples, heldout_samples: samples of the search noise and of each selection and held-out draw (default
+        256 / 512 with `quick`, else 512 / 1000).
       quick: the small `QUICK` configuration (ignored when `config` is given).
       config: a `loop.LoopConfig` (its GA's budget kind is set from `nfe` / `budget`).
-      metric_name: names the metric in the archive (default its `__qualname__`).
+      metric_name: names the metric in the archive and the report (default its `name` or `__qualname__`).
       spacing: the base step spacing of the genomes, one of `schedules.SKIP_TYPES`.
       max_steps: model and joint modes: the most steps a schedule may have.
       data_mean: enables the analytical first step's data-mean guess.
@@ -118,8 +131,9 @@ def find_schedule(
     zoo = as_zoo(models)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not callable(metric):
-        raise ValueError(f"metric must be callable as metric(samples, x_T) -> float, got {metric!r}")
+    if not callable(metric) and metric not in REFERENCE_METRICS:
+        raise ValueError(f"metric must be callable as metric(samples, x_T) -> float or one of {REFERENCE_METRICS}, "
+                         f"got {metric!r}")  # fmt: skip
     lat = [m.latency for m in zoo]
     common = dict(spacing=spacing, mean_afs=data_mean is not None, guidance=guidance,
                   guidance_choices=tuple(guidance_choices))  # fmt: skip
@@ -152,14 +166,17 @@ def find_schedule(
                                                **common)  # fmt: skip
     cfg = config if config is not None else (QUICK if quick else loop.LoopConfig())
     cfg = dataclasses.replace(cfg, ga=dataclasses.replace(cfg.ga, budget_kind=kind))
-    n_search = num_samples or (32 if quick else 128)
-    n_held = heldout_samples or 2 * n_search
+    n_search = num_samples or (256 if quick else 512)
+    n_held = heldout_samples or (512 if quick else 1000)
     k_search, k_noise, k_held = jax.random.split(key, 3)
-    seed, held_seed, select_seed = (int(jax.random.randint(k, (), 0, 2**31 - 1))
-                                    for k in (k_noise, k_held, jax.random.fold_in(k_held, 1)))  # fmt: skip
+    # Held-out and selection noise take 3 draws each from their seeds on (`final.FinalConfig`): seeds drawn below
+    # 2**30, the selection's shifted by 2**30, cannot overlap.
+    seed, held_seed, select_seed, check_seed = (int(jax.random.randint(k, (), 0, 2**30 - 8)) + off for k, off in
+                                                ((k_noise, 0), (k_held, 0), (jax.random.fold_in(k_held, 1), 2**30),
+                                                 (jax.random.fold_in(k_noise, 1), 0)))  # fmt: skip
     ev_kw = dict(metric=metric, metric_name=metric_name, sample_shape=sample_shape, data_mean=data_mean, cond=cond,
                  uncond=uncond, thresholding=thresholding)  # fmt: skip
-    seeds = (seed, held_seed, select_seed)
+    seeds = (seed, held_seed, select_seed, check_seed)
     if out is None:
         return _find(zoo, noise_schedule, space, cfg, limit, ev_kw, n_search, n_held, seeds, k_search, progress)
     out = Path(out)
@@ -172,68 +189,51 @@ def find_schedule(
     return res
 
 
+def _metric(metric, zoo, ns, space, ev_kw) -> Callable:
+    """The metric of `find_schedule`'s `metric`: a callable as given; "reference-fd" / "reference-rmse":
+    the distance to the target member's own converged samples (`metrics.ReferenceFD` / `ReferenceRMSE`), from
+    the same noise, conditioning and guidance, over the space's [t_start, t_end]."""
+    if callable(metric):
+        return metric
+    member = space.model if space.mode == "solver" else len(zoo) - 1
+    ref = metrics.Reference(zoo[member], ns, t_start=space.t_start, t_end=space.t_end, guidance=space.guidance,
+                            cond=ev_kw["cond"], uncond=ev_kw["uncond"], thresholding=ev_kw["thresholding"])  # fmt: skip
+    return metrics.ReferenceFD(ref) if metric == "reference-fd" else metrics.ReferenceRMSE(ref)
+
+
 def _find(zoo, ns, space, cfg, limit, ev_kw, n_search, n_held, seeds, key, progress) -> FindResult:
-    """The search and its report (arguments checked by `find_schedule`); `seeds`: the search, held-out and
-    selection noise seeds."""
-    seed, held_seed, select_seed = seeds
+    """The search and its report (arguments checked by `find_schedule`); `seeds`: the search, held-out,
+    selection and noise-check seeds."""
+    seed, held_seed, select_seed, check_seed = seeds
+    ev_kw = dict(ev_kw)
+    ev_kw["metric"] = _metric(ev_kw["metric"], zoo, ns, space, ev_kw)
     ev = Evaluator(zoo, ns, space, num_samples=n_search, noise_seed=seed, **ev_kw)
-    held = ev.with_noise(held_seed, n_held)
     t0 = time.perf_counter()
-    res = loop.search(ev, space, key=key, config=cfg, budget=limit, final_evaluator=ev.with_noise(select_seed, n_held),
-                      heldout_evaluator=held, progress=progress)  # fmt: skip
-    best = res.heldout
-    seconds = time.perf_counter() - t0
-    base = _baselines(ns, space, cfg.ga.budget_kind, limit)
-    recs = held.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
-    rows = {name: {"score": r.score, "nfe": r.nfe, "cost": r.cost} for name, r in zip(base, recs, strict=True)}
-    best_name = min(rows, key=lambda n: rows[n]["score"]) if rows else None
+    res = loop.search(ev, space, key=key, config=cfg, budget=limit, noise_evaluator=ev.with_noise(check_seed),
+                      progress=progress)  # fmt: skip
+    fcfg = final.FinalConfig(samples=n_held, candidates=cfg.final_top, selection_seed=select_seed,
+                             heldout_seed=held_seed)  # fmt: skip
+    fin = final.finish(ev, res.pool, baselines.for_space(ns, space, cfg.ga.budget_kind, limit), fcfg,
+                       stage=cfg.stages + 2)  # fmt: skip
     report = {
         "mode": space.mode,
-        "metric": ev.metric_name,
         "nfe": space.nfe if space.mode == "solver" else None,
         "budget": limit,
         "budget_kind": cfg.ga.budget_kind,
-        "searched": {"score": best.score, "nfe": best.nfe, "cost": best.cost},
-        "best_baseline": None if best_name is None else {"name": best_name, **rows[best_name]},
-        "beats_best_baseline": None if best_name is None else bool(best.score < rows[best_name]["score"]),
-        "baselines": rows,
+        **fin.report(ev.metric_name),
         "search_samples": n_search,
         "heldout_samples": n_held,
         "search_noise_seed": seed,
-        "heldout_noise_seed": held_seed,
-        "selection_noise_seed": select_seed,
+        "noise_check": res.noise_check,
         "evaluated": len(res.records),
         "stages": res.stages,
-        "search_seconds": seconds,
+        "search_seconds": time.perf_counter() - t0,
     }
-    report = {k: _plain(v) for k, v in report.items()}
-    return FindResult(res.schedule, float(best.score), report)
-
-
-def _baselines(ns, space: SearchSpace, kind: str, limit) -> dict[str, Schedule]:
-    """The classic solvers at the search's NFE (solver mode), or each model alone at the largest NFE that fits the
-    budget (model and joint modes), as `omsjax search` reports them (`search.baselines`), from t_start to t_end."""
-    times = dict(t_start=space.t_start, t_end=space.t_end, guidance=space.guidance)
-    if space.mode == "solver":
-        return baselines.baselines(ns, space.nfe, space.model, **times)
-    out = {}
-    for m, lat in enumerate(space.latencies):
-        n = baselines.baseline_nfe(lat, kind, limit, space.num_positions, space.calls_per_step)
-        if n >= 1:
-            grid = baselines.baselines(ns, n, m, solvers=baselines.MODEL_MODE_BASELINES,
-                                       spacings=baselines.MODEL_MODE_SPACINGS, **times)  # fmt: skip
-            out.update({f"{name}, model {m}, NFE {n}": s for name, s in grid.items()})
-    return out
+    return FindResult(fin.schedule, fin.score, json.loads(json.dumps(report, default=_plain)))
 
 
 def _plain(v):
-    """JSON-ready: numpy scalars to Python numbers, inf to None (JSON has no inf)."""
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    """JSON-ready numpy scalars (`json.dumps(default=)`); inf is written as None by `final`."""
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")

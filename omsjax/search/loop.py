@@ -2,6 +2,10 @@
 
 `search(evaluator, space, ...)`:
   stage 0: the presets (`encoding.preset_seeds`) and random genomes (repaired to the budget) are evaluated;
+    with a `noise_evaluator` (a second draw of search noise), the best and the fifth best preset are scored again
+    on it: when the gap between them changes by more than its size from one draw to the other, the search noise
+    cannot tell good candidates apart, and a warning names `num_samples` (`check_noise`,
+    `SearchResult.noise_check`);
   stage s = 1..K: the predictor is (re)trained on every schedule evaluated so far; a GA seeded with the best
     evaluated genomes runs `generations` generations on the predictor's scores (one jitted `lax.scan`), and its
     best genomes not yet evaluated are evaluated (exploitation); a share `explore_fraction` of the stage's
@@ -22,6 +26,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +41,7 @@ from omsjax.search import encoding, ga, predictor
 from omsjax.search.encoding import Genome, SearchSpace
 from omsjax.search.evaluate import Evaluator, Record, genome_from_dict, schedule_key
 
-__all__ = ["LoopConfig", "SearchResult", "search"]
+__all__ = ["LoopConfig", "SearchResult", "search", "check_noise"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,10 @@ class SearchResult:
     stages: list[dict]  # per stage: evaluated, best FD so far, predictor taus, seconds
     heldout_tau: float  # predictor trained on half the evaluated schedules, Kendall tau on the other half
     heldout: Record | None = None  # the chosen schedule on `heldout_evaluator`'s noise (when one was given)
+    noise_check: dict | None = None  # the best and fifth best preset on two search-noise draws (`check_noise`)
+    pool: list[Record] = dataclasses.field(
+        default_factory=list
+    )  # every evaluated schedule within the budget, best first
 
 
 # Populations are small: stacking, indexing and concatenating them on the host (numpy) avoids compiling a program
@@ -137,6 +146,7 @@ def search(
     budget: float | None = None,
     final_evaluator: Evaluator | None = None,
     heldout_evaluator: Evaluator | None = None,
+    noise_evaluator: Evaluator | None = None,
     progress: bool = True,
     log: Callable[[str], Any] | None = None,
 ) -> SearchResult:
@@ -167,6 +177,8 @@ def search(
     recs = evaluator.evaluate(pop0, stage=0)
     stages.append({"stage": 0, "evaluated": len(recs), "best_fd": min(r.fd for r in recs),
                    "seconds": time.perf_counter() - start})  # fmt: skip
+    n_seeds = int(np.sum(_feasible(space, gcfg, seeds, budget)))  # the presets lead pop0 (the feasible ones)
+    noise = None if noise_evaluator is None else check_noise(evaluator, noise_evaluator, recs[:n_seeds])
     bar.update(1)
 
     @jax.jit
@@ -229,7 +241,8 @@ def search(
     pool = [r for r in records if budget is None or _record_fits(r, gcfg, budget)]
     if not pool:
         raise ValueError("no evaluated schedule fits the budget")
-    top = sorted(pool, key=lambda r: r.fd)[: config.final_top]
+    pool = sorted(pool, key=lambda r: r.fd)
+    top = pool[: config.final_top]
     final_eval = final_evaluator or evaluator
     final = final_eval.evaluate_schedules([r.to_schedule() for r in top], stage=config.stages + 1)
     final = sorted(final, key=lambda r: r.fd)
@@ -241,7 +254,32 @@ def search(
     held = None
     if heldout_evaluator is not None:
         held = heldout_evaluator.evaluate_schedules([chosen], stage=config.stages + 1)[0]
-    return SearchResult(chosen, final, records, stages, tau, held)
+    return SearchResult(chosen, final, records, stages, tau, held, noise, pool)
+
+
+def check_noise(evaluator: Evaluator, other: Evaluator, presets: list[Record], rank: int = 5) -> dict:
+    """Can the search noise tell candidates apart? Every candidate is scored on the same noise, so what decides
+    its rank is the difference between scores, not their level: the best of the `presets` (records on
+    `evaluator`'s noise) and the `rank`-th best are scored again on `other` (a second draw of the same size). The
+    gap between them on the search noise is the spread the search must resolve; how much that gap changes from
+    one draw to the other is the noise of a comparison. When the noise exceeds the spread, a warning names
+    `num_samples`. Returns {"presets": [best, rank-th] keys, "scores": {key: [search, other]}, "spread",
+    "noise", "ok"}."""
+    ranked = sorted({r.key: r for r in presets if math.isfinite(r.fd)}.values(), key=lambda r: r.fd)
+    if len(ranked) < 2:
+        return {"presets": [], "scores": {}, "spread": None, "noise": None, "ok": None}
+    pair = [ranked[0], ranked[min(rank, len(ranked)) - 1]]
+    again = [r.fd for r in other.evaluate_schedules([r.to_schedule() for r in pair], stage=0)]
+    spread = pair[1].fd - pair[0].fd
+    noise = abs((again[1] - again[0]) - spread) if all(map(math.isfinite, again)) else math.inf
+    ok = bool(noise <= spread)
+    if not ok:
+        warnings.warn(f"the search noise cannot rank candidates: the gap between the best and the "
+                      f"{min(rank, len(ranked))}th best preset is {spread:.3g} on the search noise and "
+                      f"{again[1] - again[0]:.3g} on a second draw of num_samples = {evaluator.num_samples}; raise "
+                      "num_samples", stacklevel=2)  # fmt: skip
+    return {"presets": [r.key for r in pair], "scores": {r.key: [r.fd, a] for r, a in zip(pair, again, strict=True)},
+            "spread": spread, "noise": noise, "ok": ok}  # fmt: skip
 
 
 def _fresh(space, ns, pop: Genome, fitness: np.ndarray, keys: set, n: int) -> list[int]:

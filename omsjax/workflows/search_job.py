@@ -1,23 +1,31 @@
 """The schedule-search workflow (`omsjax search` as a function): search a zoo under an NFE or a time budget and
 report against the baselines.
 
-`run(zoo_dir, out_dir, mode=..., nfe=... | budget_seconds=...)` writes
-  out/schedule.json   the searched schedule (metadata: its held-out FD, NFE, cost)
-  out/report.json     the searched schedule's FD and every baseline's FD at the same NFE or budget, all measured
-                      on held-out noise (a seed the search never saw), with more samples than the search used;
-                      the search's best few are compared on a third noise (`seed` + 3000, the selection noise;
-                      `benchmarks/bench_search.py` re-scores on 2000-2002) and only the winner is evaluated on
-                      the held-out noise
-  out/pareto.png      cost vs. FD of everything evaluated during the search, the preset baselines marked
-  out/samples.png     64 samples of the searched schedule (on the search noise)
+`run(zoo_dir, out_dir, mode=..., nfe=... | budget_seconds=..., objective=Objective(...))` writes
+  out/schedule.json   the schedule returned (metadata: its held-out score, the verdict, NFE, cost)
+  out/report.json     the verdict against the best baseline (`search.final`): the metric, the returned schedule
+                      and the best baseline on 3 draws of held-out noise (seed + 1000 ..), their paired difference
+                      (mean, standard error) and verdict, the FD to data (and, on a class-conditional zoo, the
+                      error rate of the requested class) of the same samples, compared the same way; every
+                      baseline with its schedule and its score on the search noise; the noise check
+  out/pareto.png      cost (NFE in solver mode) against the search-noise score of everything evaluated, with the
+                      Pareto front and the baselines
+  out/samples.png     the returned schedule's and the best baseline's samples from the same held-out noise
+  out/references.npz  the reference samples the metric compared with (`metrics.ReferenceStore`)
   out/archive.jsonl   every evaluation (rerunning the same command resumes from it)
+
+Metrics (`Objective.metric`): "reference-fd" (the default), the FD in the digits classifier's features between
+a schedule's samples and the target model's own converged samples from the same noise, labels and guidance
+(`metrics.ReferenceFD`; the target is the solver-mode model, else the zoo's last); "reference-rmse", the
+per-sample RMSE to them; "fd", the FD to the data (on a class-conditional zoo plus `accuracy_weight` points per
+point of accuracy lost). A zoo may ship the references of its default noise (`references.npz`, made by
+`cache_presets` with its evaluations of the presets), fingerprinted like them.
 
 Budgets: `nfe` (model calls) or `budget_seconds`, the time to sample one batch of the zoo's `latency_batch`
 images by the zoo's measured latencies (cost in ms = 1000 x seconds). In solver mode a time budget becomes the
-largest NFE of the chosen model that fits. Baselines: solver mode, DDIM, DPM-Solver++(2M, 3M) and UniPC-2/3 (bh1,
-bh2) over the four spacings (and, reported apart, the same with an analytical first step); model and joint modes,
-DPM-Solver++(2M) and UniPC-2/3 (bh2) with logSNR and time-quadratic spacing, with each single zoo model at the
-largest NFE that fits the budget.
+largest NFE of the chosen model that fits. Baselines: `baselines.for_space`, the classic solvers with their +AFS
+variants in solver mode; the strongest solvers with each single zoo model at the largest NFE that fits the budget
+in model and joint modes.
 """
 
 from __future__ import annotations
@@ -30,16 +38,45 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omsjax import files
-from omsjax.search import cache, encoding, loop
-from omsjax.search.baselines import BASELINES, MODEL_MODE_BASELINES, MODEL_MODE_SPACINGS, baselines
-from omsjax.search.baselines import baseline_nfe as _baseline_nfe
+from omsjax import files, metrics
+from omsjax.schedule import AFS_NONE
+from omsjax.search import baselines, cache, encoding, final, loop
+from omsjax.search.baselines import BASELINES
 from omsjax.search.baselines import largest_nfe as _largest_nfe
 from omsjax.search.evaluate import Archive, Evaluator
 
-SELECTION_SEED_OFFSET = 3000  # the finalists' noise: seed + 3000 (search noise: seed; held-out noise: seed + 1000)
+# The search's noises: search `seed`; held-out seed + 1000 ..; selection seed + 3000 ..; the noise check seed + 4000.
+HELDOUT_SEED_OFFSET, SELECTION_SEED_OFFSET, NOISE_CHECK_SEED_OFFSET = 1000, 3000, 4000
+METRICS = ("reference-fd", "reference-rmse", "fd")
+REFERENCES = "references.npz"  # a zoo's shipped reference samples, and a run's own
 
-__all__ = ["BASELINES", "baselines", "run", "cache_presets"]
+__all__ = ["BASELINES", "METRICS", "Objective", "run", "cache_presets"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a search minimises (module docstring): `metric` (one of `METRICS`); on a class-conditional zoo the
+    guidance scale `guidance` W of every step (None: 1, the conditional model; refused on an unconditional zoo),
+    `accuracy_weight` (metric "fd" only) and `guidance_choices`, the per-step guidance gene's scales (None: not
+    searched; (): `encoding.default_guidance_choices(W)`); `reference`: the converged sampler of the reference
+    metrics."""
+
+    metric: str = "reference-fd"
+    guidance: float | None = None
+    accuracy_weight: float = 1.0
+    guidance_choices: tuple | None = None
+    reference: metrics.ReferenceSampler = metrics.ReferenceSampler()
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.guidance_choices is not None and self.guidance is None:
+            raise ValueError("a searched guidance scale (guidance_choices, --search-guidance) needs the guidance "
+                             "scale W (--guidance) that seeds it")  # fmt: skip
+
+    @property
+    def w(self) -> float:
+        return 1.0 if self.guidance is None else float(self.guidance)
 
 
 def run(
@@ -56,11 +93,9 @@ def run(
     seed: int = 0,
     max_steps: int = 16,
     spacing: str | None = None,
+    objective: Objective = Objective(),
     progress: bool = True,
     use_cache: bool = True,
-    guidance: float | None = None,
-    accuracy_weight: float = 1.0,
-    guidance_choices=None,
 ) -> dict:
     """Search and report (module docstring); returns the report dict.
 
@@ -75,16 +110,12 @@ def run(
     instead of evaluating them again; the report counts the evaluations it took from there.
 
     A class-conditional zoo (`zoo.num_classes` > 0) is searched for class-balanced samples (`conditional`), at
-    classifier-free guidance scale `guidance` on every step (default 1: the conditional model; `nfe` counts steps,
-    each guided one two model calls), on the objective `conditional.ConditionalFD`: the FD plus `accuracy_weight`
-    FD points per percentage point of accuracy lost. The report gives the FD and the accuracy of the searched
-    schedule and of the best baseline apart. An unconditional zoo refuses `guidance`.
-
-    `guidance_choices`: search the guidance scale of every step among these values (`SearchSpace.guidance_choices`;
-    `guidance` must be one of them, and is the scale of the presets that seed the search and of the baselines);
-    () for `encoding.default_guidance_choices(guidance)`; None (the default) guides every step at `guidance`. A
-    step at scale 1 calls its model once, so under an NFE budget of model and joint modes the search may buy more
-    steps by guiding fewer."""
+    classifier-free guidance scale `objective.guidance` W on every step (`nfe` counts steps, each guided one two
+    model calls), against the target model's own samples at W (the reference metrics keep the user's target: a
+    schedule cannot win by guiding less); the report gives the FD to data and the error rate of the requested class
+    beside the metric. With `objective.guidance_choices` the scale of every step is searched too (W seeds it and
+    guides the presets and the baselines); a step at scale 1 calls its model once, so under an NFE budget of model
+    and joint modes the search may buy more steps by guiding fewer."""
     if (nfe is None) == (budget_seconds is None):
         raise ValueError("give exactly one of nfe and budget_seconds")
     if nfe is not None and nfe < 1:
@@ -93,9 +124,6 @@ def run(
         raise ValueError(f"the budget must be a number of seconds > 0, got {budget_seconds}")
     if mode not in encoding.MODES:
         raise ValueError(f"mode must be one of {encoding.MODES}, got {mode!r}")
-    if guidance_choices is not None and guidance is None:
-        raise ValueError("a searched guidance scale (guidance_choices, --search-guidance) needs the guidance scale "
-                         "W (--guidance) that seeds it")  # fmt: skip
     if spacing is None:
         spacing = "logSNR" if mode == "solver" else "time_quadratic"
     if spacing not in encoding.SPACINGS:
@@ -103,8 +131,7 @@ def run(
     out = Path(out_dir)
     with files.FolderLock(out, what="omsjax search"):
         return _search(zoo_dir, out, mode, nfe, budget_seconds, model, config or loop.LoopConfig(), num_samples,
-                       final_samples, seed, max_steps, spacing, progress, use_cache, guidance, accuracy_weight,
-                       guidance_choices)  # fmt: skip
+                       final_samples, seed, max_steps, spacing, progress, use_cache, objective)  # fmt: skip
 
 
 def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, guidance=1.0, guidance_choices=()):
@@ -137,87 +164,74 @@ def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_step
     return space, k, budget, kind, positions
 
 
-def _baseline_schedules(ns, space, mode, k, lat, kind, budget, positions):
-    """({name: Schedule} of the published solvers, {name: Schedule} of the same with an analytical first step)."""
-    base, base_afs = {}, {}
-    for m in [k] if mode == "solver" else range(len(lat)):
-        n_m = space.nfe if mode == "solver" else _baseline_nfe(lat[m], kind, budget, positions, space.calls_per_step)
-        if n_m < 1:
-            continue
-        w = space.guidance
-        if mode == "solver":
-            base.update(baselines(ns, n_m, m, guidance=w))
-            base_afs.update(baselines(ns, n_m, m, afs="zero_x0", guidance=w))
-        else:
-            grid = baselines(ns, n_m, m, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS, guidance=w)
-            base.update({f"{name}, model {m}": s for name, s in grid.items()})
-    return base, base_afs
-
-
-def _conditioning(zoo_dir, manifest, guidance, n, accuracy_weight) -> tuple[dict, np.ndarray | None]:
-    """The Evaluator's conditioning and objective on a class-conditional zoo (balanced labels for `n` samples, the
-    null label as uncond, `conditional.ConditionalFD`), and the labels; ({}, None) on an unconditional zoo."""
+def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
+    """(evaluator keywords: metric, metric_name, cond, uncond; `also`: the report's other metrics of the held-out
+    samples; labels or None) of a search with `objective` on the zoo (module docstring). `n`: the most samples of
+    one noise (balanced labels for them on a class-conditional zoo)."""
     from omsjax import conditional, zoo
 
-    k = zoo.num_classes(manifest)
-    if k == 0:
-        if guidance is not None:
-            raise ValueError(f"guidance {guidance}: the zoo {zoo_dir} is unconditional (its members take no labels)")
-        return {}, None
-    labels = conditional.balanced_labels(n, k)
-    cond, uncond = conditional.conditioning(labels, k)
-    metric = conditional.ConditionalFD(labels, accuracy_weight=accuracy_weight)
-    return dict(cond=cond, uncond=uncond, metric=metric, metric_name=metric.name), labels
+    num_classes = zoo.num_classes(manifest)
+    if num_classes == 0 and objective.guidance is not None:
+        raise ValueError(f"guidance {objective.guidance}: the zoo {zoo_dir} is unconditional (its members take no "
+                         "labels)")  # fmt: skip
+    kw, labels = {}, None
+    if num_classes:
+        labels = conditional.balanced_labels(n, num_classes)
+        kw["cond"], kw["uncond"] = conditional.conditioning(labels, num_classes)
+
+        def fd(x, x_T):
+            return conditional.scores(x, labels[: len(x)])["fd"]
+
+        def error_pct(x, x_T):
+            return 100.0 * (1.0 - conditional.scores(x, labels[: len(x)])["accuracy"])
+
+        also = {"fd": fd, "error_pct": error_pct}
+    else:
+        also = {"fd": metrics.digits_fd}
+    if objective.metric == "fd":
+        if num_classes:
+            kw["metric"] = conditional.ConditionalFD(labels, accuracy_weight=objective.accuracy_weight)
+            kw["metric_name"] = kw["metric"].name
+        else:
+            also = {}  # the metric is the FD to data itself
+        return kw, also, labels
+    store = metrics.ReferenceStore(out / REFERENCES, cache.fingerprint(zoo_dir), shipped=Path(zoo_dir) / REFERENCES)
+    target = space.model if space.mode == "solver" else len(models) - 1
+    ref = metrics.Reference(models[target], ns, sampler=objective.reference, t_start=space.t_start,
+                            t_end=space.t_end, guidance=objective.w, cond=kw.get("cond"), uncond=kw.get("uncond"),
+                            store=store)  # fmt: skip
+    kw["metric"] = metrics.ReferenceFD(ref) if objective.metric == "reference-fd" else metrics.ReferenceRMSE(ref)
+    return kw, also, labels
 
 
 def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples, final_samples, seed, max_steps,
-            spacing, progress, use_cache, guidance=None, accuracy_weight=1.0,
-            guidance_choices=None) -> dict:  # fmt: skip
+            spacing, progress, use_cache, objective: Objective) -> dict:  # fmt: skip
     """`run` (its arguments checked) with the folder lock held."""
-    from omsjax import plots, zoo
+    from omsjax import zoo
 
     models, ns, manifest = zoo.load_zoo(zoo_dir)
-    lat = [m.latency for m in models]
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
     budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    cond_kw, labels = _conditioning(zoo_dir, manifest, guidance, max(num_samples, final_samples), accuracy_weight)
-    w = 1.0 if guidance is None else float(guidance)
-    choices = () if guidance_choices is None else tuple(guidance_choices) or encoding.default_guidance_choices(w)
-    space, k, budget, kind, positions = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps,
-                                               w, choices)  # fmt: skip
+    w = objective.w
+    gc = objective.guidance_choices
+    choices = () if gc is None else tuple(gc) or encoding.default_guidance_choices(w)
+    space, k, budget, kind, _ = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, w,
+                                       choices)  # fmt: skip
     cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
+    kw, also, labels = _objective(zoo_dir, out, models, ns, space, manifest, objective, max(num_samples, final_samples))
 
-    archive = Archive(out / "archive.jsonl")  # one archive for both evaluators: read (and checked) once
+    archive = Archive(out / "archive.jsonl")  # one archive for every evaluator: read (and checked) once
     cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
     ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
-                   archive=archive, **cond_kw)  # fmt: skip
-    # The final re-evaluation (a few schedules) and the held-out score (one) on 1,000 samples: one candidate per
-    # call, one program for both (padding them to the search's chunk would sample the padding too).
-    held = ev.with_noise(seed + 1000, final_samples, chunk=1)
-    select = ev.with_noise(seed + SELECTION_SEED_OFFSET, final_samples, chunk=1)
+                   archive=archive, **kw)  # fmt: skip
     t0 = time.perf_counter()
-    res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, final_evaluator=select,
-                      heldout_evaluator=held, progress=progress)  # fmt: skip
-    best = res.heldout
-    search_seconds = time.perf_counter() - t0
-
-    # Baselines on the held-out noise, at the same NFE or budget.
-    # The published solvers (no AFS) are the baselines; the same solvers with an analytical first step are
-    # reported beside them, to show what the search adds beyond AFS.
-    base, base_afs = _baseline_schedules(ns, space, mode, k, lat, kind, budget, positions)
-    both = {**base, **base_afs}
-    names = list(both)
-    recs = held.evaluate_schedules(list(both.values()), stage=cfg.stages + 2)
-    rows = {n: {"fd": r.fd, "nfe": r.nfe, "cost": r.cost} for n, r in zip(names, recs, strict=True)}
-    base_rows = {n: rows[n] for n in base}
-    afs_rows = {n: rows[n] for n in base_afs}
-    best_base = min(base_rows, key=lambda n: base_rows[n]["fd"]) if base_rows else None
-    best_afs = min(afs_rows, key=lambda n: afs_rows[n]["fd"]) if afs_rows else None
-    # The plot compares like with like: everything on the search noise (the baselines' search-noise FDs).
-    base_search = ev.evaluate_schedules(list(base.values()), stage=cfg.stages + 2)
-    best_search = ev.evaluate_schedules([res.schedule], stage=cfg.stages + 2)[0]
+    res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, progress=progress,
+                      noise_evaluator=ev.with_noise(seed + NOISE_CHECK_SEED_OFFSET))  # fmt: skip
+    fcfg = _final_config(seed, final_samples, cfg.final_top)
+    fin = final.finish(ev, res.pool, baselines.for_space(ns, space, kind, budget), fcfg, also=also,
+                       stage=cfg.stages + 2)  # fmt: skip
     used = archive.cache_hits
     report = {
         "mode": mode,
@@ -227,55 +241,62 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
         "budget_ms": budget_ms,
         "model": k if mode == "solver" else None,
         "spacing": spacing,
-        "searched": {"fd": best.fd, "nfe": best.nfe, "cost": best.cost},
-        "best_baseline": None if best_base is None else {"name": best_base, **base_rows[best_base]},
-        "fd_ratio_to_best_baseline": None if best_base is None else best.fd / base_rows[best_base]["fd"],
-        "baselines": base_rows,
-        "best_baseline_with_afs": None if best_afs is None else {"name": best_afs, **afs_rows[best_afs]},
-        "baselines_with_afs": afs_rows,
-        "heldout_noise_seed": held.noise_seed,
-        "heldout_samples": final_samples,
+        **fin.report(ev.metric_name),
+        "reference": None if objective.metric == "fd" else ev.metric.reference.name,
         "search_noise_seed": seed,
         "search_samples": num_samples,
-        "selection_noise_seed": select.noise_seed,
-        "selection_samples": final_samples,
+        "heldout_samples": final_samples,
+        "noise_check": res.noise_check,
         "evaluated": len(res.records),
         "new_evaluations": ev.evaluated,
         "stages": res.stages,
         "predictor_heldout_tau": res.heldout_tau,
-        "search_seconds": search_seconds,
-        "final_candidates": [{"fd": r.fd, "nfe": r.nfe, "cost": r.cost} for r in res.final],  # selection noise
+        "search_seconds": time.perf_counter() - t0,
         "machine": zoo.machine_name(),
         "cached_evaluations": len(used),
         "cache_machine": cache_machine if used else None,
     }
-    if labels is not None:  # the objective's two parts, apart, on the held-out noise
-        from omsjax import conditional
-
+    if labels is not None:
+        report["guidance"] = w
+        report["guided_calls"] = _guided_calls(fin.schedule)
+        if objective.metric == "fd":
+            report["objective"] = f"{kw['metric_name']}: FD + {objective.accuracy_weight:g} x (100 - accuracy %)"
         if space.searches_guidance:
-            report |= {"guidance_choices": list(space.guidance_choices),
-                       "searched_guidance": np.asarray(res.schedule.guidance).tolist()}  # fmt: skip
-        report |= {"guidance": w, "objective": f"{cond_kw['metric_name']}: FD + {accuracy_weight:g} x (100 - "
-                   "accuracy %); the fd fields above hold this score", "conditional": {
-                       name: conditional.scores(held.samples(s), labels[:final_samples])
-                       for name, s in (("searched", res.schedule), ("best_baseline", both.get(best_base)))
-                       if s is not None}}  # fmt: skip
-    meta = dict(mode=mode, fd=best.fd, nfe=best.nfe, cost=best.cost, heldout_samples=final_samples,
-                heldout_noise_seed=held.noise_seed)  # fmt: skip
-    files.write_text(out / "schedule.json", res.schedule.to_json(**meta))
+            report["guidance_choices"] = list(space.guidance_choices)
+            report["searched_guidance"] = np.asarray(fin.schedule.guidance).tolist()
+    meta = dict(mode=mode, metric=ev.metric_name, score=report["searched"]["score"], verdict=fin.verdict,
+                nfe=fin.searched_record.nfe, cost=fin.searched_record.cost, heldout_samples=final_samples,
+                heldout_noise_seeds=fcfg.seeds("heldout"), returned=report["returned"])  # fmt: skip
+    files.write_text(out / "schedule.json", fin.schedule.to_json(**meta))
     files.write_json(out / "report.json", report, default=_jsonable)
-    _pareto(out / "pareto.png", res.records, base_search, best_search, mode)
-    plots.save_grid(ev.samples(res.schedule, reuse_chunk=True)[:64], out / "samples.png")  # nothing to compile
+    _figures(out, ev, res.records, fin, report, fcfg)
     return report
 
 
+def _final_config(seed: int, samples: int, candidates: int = 3) -> final.FinalConfig:
+    """The end of a search from `seed` (`search.final`): 3 draws of selection noise and of held-out noise."""
+    return final.FinalConfig(samples=samples, candidates=candidates, selection_seed=seed + SELECTION_SEED_OFFSET,
+                             heldout_seed=seed + HELDOUT_SEED_OFFSET)  # fmt: skip
+
+
+def _guided_calls(schedule) -> int:
+    """The model calls of `schedule` made at a guidance scale other than 1, two per such step (an analytical first
+    step calls no model, so its scale does not count): 0 means the schedule samples the unguided conditional
+    model, whatever its guidance field says."""
+    guided = np.asarray(schedule.guidance) != 1.0
+    guided[0] &= int(np.asarray(schedule.afs)) == AFS_NONE
+    return 2 * int(np.sum(guided))
+
+
 def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int = 1000, seed: int = 0,
-                  spacing: str = "logSNR", progress: bool = True) -> Path:  # fmt: skip
+                  spacing: str = "logSNR", objective: Objective = Objective(),
+                  progress: bool = True) -> Path:  # fmt: skip
     """Evaluate the presets of solver-mode searches on the largest model of `zoo_dir` once, at each NFE of `nfes`,
-    and ship them with the zoo (`search.cache`): the stage-0 preset seeds and the baselines on the search noise
-    (`seed`, `num_samples`), and the baselines on the held-out noise (`seed` + 1000, `final_samples`): what
-    `omsjax search --nfe N` with these settings would evaluate first. Adds to the records already cached for the
-    same zoo files; returns the cache's path."""
+    and ship them with the zoo (`search.cache`), with the reference samples they were compared with
+    (`references.npz`): what `omsjax search --nfe N` with these settings evaluates without a searched candidate
+    (the preset seeds and every baseline on the search noise, the noise check, the best baselines on the selection
+    noise and the best one on the held-out noise, `search.final`). Adds to the records already cached for the same
+    zoo files; returns the cache's path."""
     from omsjax import zoo
 
     nfes = list(nfes)
@@ -284,65 +305,52 @@ def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int =
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
-    lat = [m.latency for m in models]
     archive = Archive()
     archive.remember(cache.load(zoo_dir)[0])
     for n in nfes:
-        space, k, budget, kind, positions = _space(models, ns, mean, "solver", n, None, None, spacing, 16)
+        space, k, budget, kind, _ = _space(models, ns, mean, "solver", n, None, None, spacing, 16, objective.w)
+        kw, also, _ = _objective(zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective,
+                                 max(num_samples, final_samples))  # fmt: skip
         ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
-                       archive=archive)  # fmt: skip
-        held = ev.with_noise(seed + 1000, final_samples)
-        base, base_afs = _baseline_schedules(ns, space, "solver", k, lat, kind, budget, positions)
+                       archive=archive, **kw)  # fmt: skip
         t0 = time.perf_counter()
-        ev.evaluate(encoding.preset_seeds(space, ns))
-        ev.evaluate_schedules(list(base.values()))
-        held.evaluate_schedules([*base.values(), *base_afs.values()])
+        recs = ev.evaluate(encoding.preset_seeds(space, ns))
+        loop.check_noise(ev, ev.with_noise(seed + NOISE_CHECK_SEED_OFFSET), recs)
+        fcfg = _final_config(seed, final_samples)
+        final.finish(ev, [], baselines.for_space(ns, space, kind, budget), fcfg, also=also, stage=2)
         if progress:
-            print(f"NFE {n}: {ev.evaluated + held.evaluated} evaluations in {time.perf_counter() - t0:.0f} s")
+            print(f"NFE {n}: {len(archive)} evaluations in {time.perf_counter() - t0:.0f} s")
     return cache.write(zoo_dir, archive.records, zoo.machine_name())
 
 
 def _jsonable(v):
-    if isinstance(v, (np.floating, np.integer)):
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
         return v.item()
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-def _pareto(path, records, base_records, best, mode):
-    """Model and joint modes: cost vs. FD. Solver mode (one cost): FD against the evaluation order, by stage."""
-    import matplotlib
-
+def _figures(out: Path, ev: Evaluator, records, fin: final.Final, report: dict, fcfg: final.FinalConfig) -> None:
+    """pareto.png (cost, or NFE in solver mode, against the search-noise score of everything evaluated, the Pareto
+    front drawn, the baselines marked) and samples.png (the returned schedule's and the best baseline's samples from
+    the first held-out noise, side by side, titled with their scores there)."""
     from omsjax import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    ys = np.asarray([r.fd for r in records], float)
-    if mode == "solver":
-        xs = np.arange(len(records), dtype=float)
-        stage = np.asarray([r.stage for r in records])
-        for st in np.unique(stage):
-            m = (stage == st) & np.isfinite(ys)
-            ax.scatter(xs[m], ys[m], s=8, alpha=0.6, label=f"stage {st}")
-        fb = min(r.fd for r in base_records)
-        ax.axhline(fb, color="k", ls="--", lw=1, label=f"best baseline ({fb:.2f})")
-        ax.axhline(best.fd, color="r", ls=":", lw=1, label=f"searched ({best.fd:.2f})")
-        ax.set_xlabel(f"evaluation (NFE {best.nfe})")
-    else:
-        xs = np.asarray([r.cost for r in records], float)
-        ok = np.isfinite(ys)
-        ax.scatter(xs[ok], ys[ok], s=8, alpha=0.5, label="evaluated during the search")
-        ax.scatter([r.cost for r in base_records], [r.fd for r in base_records], marker="x", color="k",
-                   label="baselines")  # fmt: skip
-        ax.scatter([best.cost], [best.fd], marker="*", s=160, color="r", label="searched")
-        ax.set_xlabel("cost: sum of model latencies (ms per batch)")
-    ax.set_yscale("log")
-    ax.set_ylabel("FD (digits classifier features)")
-    ax.set_title(f"omsjax search, {mode} mode (FD on the search noise)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        plots.save(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    mode, metric = report["mode"], report["metric"]
+    short = metric.split("[")[0]
+    cost = "nfe" if mode == "solver" else "cost"
+    pts = [(getattr(r, cost), r.score, False) for r in records]
+    pts += [(row[cost], math.inf if row["score"] is None else row["score"], True) for row in fin.baselines.values()]
+    chosen = ev.evaluate_schedules([fin.schedule])[0]  # on the search noise: in the archive
+    xlabel = "model calls (NFE)" if mode == "solver" else "cost: sum of model latencies (ms per batch)"
+    title = (f"{mode} mode, {short} on the search noise (seed {ev.noise_seed}, {ev.num_samples} samples)\n"
+             f"held-out verdict against the best baseline: {fin.verdict}")  # fmt: skip
+    best = fin.baselines[fin.best_baseline]["score"]
+    plots.search_pareto(pts, (getattr(chosen, cost), chosen.score), out / "pareto.png", xlabel=xlabel, ylabel=short,
+                        title=title, jitter=mode == "solver", best_baseline=best)  # fmt: skip
+    held = ev.with_noise(fcfg.seeds("heldout")[0], fcfg.samples, chunk=1)
+    s, b = report["searched"], report["best_baseline"]
+    panels = {f"returned: {'searched' if fin.name is None else fin.name}\n{short} {s['scores'][0]:.4g}":
+              held.samples(fin.schedule)[:64]}  # fmt: skip
+    if fin.name is None:
+        panels[f"best baseline: {b['name']}\n{short} {b['scores'][0]:.4g}"] = held.samples(fin.baseline_schedule)[:64]
+    plots.side_by_side(panels, out / "samples.png", title=f"held-out noise (seed {held.noise_seed}), the same x_T")

@@ -209,7 +209,7 @@ def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldou
         return x_T, ref(x_T), (x_H, ref(x_H))
 
     cls = metrics.load_classifier()
-    feats = lambda x: metrics._apply(cls, x.astype(jnp.float32), True)  # noqa: E731
+    feats = lambda x: metrics.apply_classifier(cls, x.astype(jnp.float32), True)  # noqa: E731
     cfg = {"grid": 256, "g_samples": 128, "bound_steps": 500, "ays_samples": 256, "traj_steps": traj_steps,
            "traj_lr": 0.05, "traj_data": traj_data, "embed": feats if distance == "features" else None,
            "fd_embed": feats, "data_mean": mean}  # fmt: skip
@@ -235,7 +235,7 @@ def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldou
 
     def row(zoo_, sched, ev_, ref_):
         out_h = sampler.sample(zoo_, ns, sched, x_H, data_mean=mean)
-        return {"fd": ev_.evaluate_schedules([sched])[0].fd, "traj_rmse": metrics.trajectory_error(out_h, ref_)}
+        return {"fd": ev_.evaluate_schedules([sched])[0].fd, "traj_rmse": metrics.reference_rmse(out_h, ref_)}
 
     for sp in SPACINGS:
         s = template._replace(ts=jnp.asarray(_spacing_ts(ns, template, sp), jnp.asarray(template.ts).dtype))

@@ -1,28 +1,23 @@
-"""Sample-quality metric for the digits data: a Fréchet distance in the features of a small digits classifier.
+"""The digits metric: a Fréchet distance in the features of a small digits classifier.
 
 FID's Inception network is not available offline, and it is meaningless on 8x8 grey images anyway, so omsjax
 measures digits samples as FID does but in the penultimate layer (128 ReLU features) of `Classifier`, a small CNN
 trained on the digits train split. The classifier and the feature statistics of the train split ship in
 `checkpoints/digits/classifier/` (made by `python -m omsjax.metrics --train`):
 
-- `Classifier`, `train_classifier`, `accuracy`, `features`: the network, its training, and its features.
+- `Classifier`, `train_classifier`, `apply_classifier`, `accuracy`, `features`: the network, its training, its
+  logits and its features.
 - `frechet_distance`, `feature_stats`, `fd_from_features`: the distance between Gaussians fitted to features.
 - `load_classifier`, `reference_stats`, `fd`: the shipped metric; `fd(samples)` is the Fréchet distance between
   the features of `samples` ([N, 8, 8, 1], N >= 2) and those of the train split. `digits_fd` is the same as a
   search metric (`metric(samples, x_T) -> float`), the default of `omsjax.search.Evaluator`.
 - `fd_floor`: what real data scores (held-out split; random train subsets of a given size). FD is biased upwards
   for small N, so compare a model's FD with the floor at the same sample count.
-- `ode_reference`, `trajectory_error`: the second metric, independent of the classifier: the RMSE between a
-  sampler's outputs and the diffrax endpoint of the same model's probability-flow ODE from the same x_T.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import io
-import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +30,8 @@ import optax
 import orbax.checkpoint as ocp
 import scipy.linalg
 
-from omsjax import files, optim
+from omsjax import optim
+from omsjax.data import load_digits
 from omsjax.paths import checkpoints_dir
 
 __all__ = [
@@ -43,22 +39,24 @@ __all__ = [
     "RefStats",
     "FEATURE_DIM",
     "NUM_CLASSES",
+    "IMAGE_SHAPE",
+    "ARCHITECTURE",
     "DEFAULT_DIR",
     "train_classifier",
+    "apply_classifier",
     "accuracy",
     "features",
     "frechet_distance",
     "feature_stats",
     "fd_from_features",
+    "classifier_dir",
+    "save_classifier",
     "load_classifier",
     "shipped_classifier",
     "reference_stats",
     "fd",
     "digits_fd",
     "fd_floor",
-    "ode_reference",
-    "trajectory_error",
-    "main",
 ]
 
 FEATURE_DIM = 128
@@ -98,18 +96,7 @@ class RefStats(NamedTuple):
 
 
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Digits images [N, 8, 8, 1] float32 in [-1, 1] and int labels, from `omsjax.data` when present."""
-    try:
-        from omsjax.data import load_digits
-    except ImportError:  # omsjax.data not there yet: the same fixed split, computed here
-        from sklearn.datasets import load_digits as _sk
-
-        d = _sk()
-        x = (d.images.astype(np.float32) / 8.0 - 1.0)[..., None]
-        y = d.target.astype(np.int32)
-        perm = np.random.RandomState(0).permutation(len(x))
-        idx = {"heldout": perm[:300], "train": perm[300:], "all": np.arange(len(x))}[split]
-        return x[idx], y[idx]
+    """Digits images [N, 8, 8, 1] float32 in [-1, 1] and int labels (`omsjax.data.load_digits`)."""
     x, y = load_digits(split, return_labels=True)
     return np.asarray(x, np.float32), np.asarray(y)
 
@@ -129,7 +116,9 @@ def _check_images(images: Any, name: str = "images") -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames="features")
-def _apply(params: Any, x: jax.Array, features: bool) -> jax.Array:
+def apply_classifier(params: Any, x: jax.Array, features: bool = False) -> jax.Array:
+    """The classifier's logits [B, 10] (or, `features=True`, its 128 features) of images x [B, 8, 8, 1]: one
+    jitted call, differentiable (the timestep objectives differentiate the FD through it)."""
     return Classifier().apply({"params": params}, x, features=features)
 
 
@@ -140,7 +129,7 @@ def _apply_batched(params: Any, images: Any, features: bool, batch: int) -> np.n
     pad = (-n) % b  # pad the last chunk so that one compiled shape serves all chunks
     if pad:
         x = np.concatenate([x, np.zeros((pad, *IMAGE_SHAPE), np.float32)])
-    out = [np.asarray(_apply(params, jnp.asarray(x[i : i + b]), features)) for i in range(0, x.shape[0], b)]
+    out = [np.asarray(apply_classifier(params, jnp.asarray(x[i : i + b]), features)) for i in range(0, x.shape[0], b)]
     return np.concatenate(out)[:n]
 
 
@@ -272,7 +261,8 @@ def _abstract_params() -> Any:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev), shapes)
 
 
-def _dir(path: Any) -> Path:
+def classifier_dir(path: Any = None) -> Path:
+    """The classifier folder `path` (default the shipped one), resolved; FileNotFoundError when it is missing."""
     p = DEFAULT_DIR if path is None else Path(path)
     p = p.resolve()
     if not p.is_dir():
@@ -292,7 +282,7 @@ def save_classifier(params: Any, path: Any = None) -> Path:
 
 def load_classifier(path: Any = None) -> Any:
     """Classifier parameters from `path/params` (default: `checkpoints/digits/classifier/` of the repository)."""
-    p = _dir(path) / "params"
+    p = classifier_dir(path) / "params"
     if not p.exists():
         raise FileNotFoundError(f"no classifier parameters at {p} {_HOW}")
     with ocp.StandardCheckpointer() as ckptr:
@@ -301,7 +291,7 @@ def load_classifier(path: Any = None) -> Any:
 
 def reference_stats(path: Any = None) -> RefStats:
     """The shipped classifier-feature statistics of the digits train split (`path/ref_stats.npz`)."""
-    p = _dir(path) / "ref_stats.npz"
+    p = classifier_dir(path) / "ref_stats.npz"
     if not p.exists():
         raise FileNotFoundError(f"no reference statistics at {p} {_HOW}")
     with np.load(p) as z:
@@ -378,103 +368,3 @@ def fd_floor(
         "train_resample_mean": float(np.mean(vals)),
         "train_resample_std": float(np.std(vals)),
     }
-
-
-def ode_reference(model, noise_schedule, x_T, t_start, t_end, *, rtol: float = 1e-5, atol: float = 1e-5):
-    """Endpoint at `t_end` of the probability-flow ODE of `model` (an `omsjax.Model`) from `x_T` at `t_start`:
-    `oracles.reference_solution` (diffrax Dopri8, adaptive steps) on the model's noise prediction. The tolerances
-    suit float32 networks; pass float64 `x_T` (with x64 enabled) and tighter ones for an exact model."""
-    from omsjax import oracles
-    from omsjax.models import Model, to_eps_x0
-
-    if not isinstance(model, Model):
-        raise ValueError(f"ode_reference needs one omsjax.Model, got {type(model).__name__}")
-    ns = noise_schedule
-    t_start, t_end = float(t_start), float(t_end)
-    if not t_start > t_end:
-        raise ValueError(f"ode_reference integrates backwards in time: need t_start > t_end, got {t_start}, {t_end}")
-
-    def eps_fn(x, t):
-        return to_eps_x0(model, model.params, x, t, ns.log_alpha(t), ns.sigma(t))[0]
-
-    x_T = jnp.asarray(x_T)
-    run = jax.jit(lambda x: oracles.reference_solution(eps_fn, ns, x, t_start, t_end, rtol=rtol, atol=atol))
-    return run(x_T)
-
-
-def trajectory_error(samples: Any, reference: Any) -> float:
-    """RMSE sqrt(mean (x - x_ref)^2) over every sample and pixel: how far a few-step sampler lands from the ODE
-    endpoint it approximates (same x_T, same model). Shapes must match; non-finite samples give inf."""
-    x, r = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
-    if x.shape != r.shape:
-        raise ValueError(f"samples {x.shape} and reference {r.shape} must have the same shape")
-    if not np.all(np.isfinite(r)):
-        raise ValueError("the reference has non-finite entries")
-    if not np.all(np.isfinite(x)):
-        return float("inf")
-    return float(np.sqrt(np.mean((x - r) ** 2)))
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def _train_and_ship(out: Path, steps: int, seed: int) -> dict[str, Any]:
-    x_tr, y_tr = _load_digits("train")
-    x_ho, y_ho = _load_digits("heldout")
-    t0 = time.perf_counter()
-    params = train_classifier(x_tr, y_tr, steps=steps, seed=seed)
-    train_s = time.perf_counter() - t0
-    acc = accuracy(params, x_ho, y_ho)
-    print(f"held-out accuracy {acc:.4f} ({x_ho.shape[0]} images), trained {steps} steps in {train_s:.1f} s")
-    save_classifier(params, out)
-    mu, cov = feature_stats(features(params, x_tr))
-    buf = io.BytesIO()
-    np.savez(buf, mu=mu, cov=cov, n=np.int64(x_tr.shape[0]))
-    files.write_bytes(out / "ref_stats.npz", buf.getvalue())
-    ref = RefStats(mu, cov, x_tr.shape[0])
-    floors = {k: fd_floor(n=k, repeats=10, ref=ref, classifier=params) for k in (300, 1000)}
-    stat = ("mean", "std", "repeats")
-    noise = np.clip(np.random.RandomState(1).randn(x_ho.shape[0], *IMAGE_SHAPE), -1, 1).astype(np.float32)
-    info = {
-        "heldout_accuracy": acc,
-        "train_accuracy": accuracy(params, x_tr, y_tr),
-        "train_seconds": round(train_s, 2),
-        "steps": steps,
-        "batch": 128,
-        "lr": 1e-3,
-        "seed": seed,
-        "augmentation": "random shift by up to 1 pixel (background -1)",
-        "architecture": ARCHITECTURE,
-        "feature_dim": FEATURE_DIM,
-        "train_n": int(x_tr.shape[0]),
-        "heldout_n": int(x_ho.shape[0]),
-        "fd_floors": {
-            "heldout_n300": floors[300]["heldout"],
-            **{f"train_resample_n{k}": {key: f[f"train_resample_{key}"] for key in stat} for k, f in floors.items()},
-        },
-        "fd_clipped_noise_n300": fd(noise, ref=ref, classifier=params),
-        "fd_note": "FD vs train-split stats; it grows as N shrinks, so compare with the floor at the same N. "
-        "Train-resample subsets are part of the reference (optimistic); the held-out split is unseen.",
-        "jax_version": jax.__version__,
-    }
-    files.write_json(out / "info.json", info)
-    return info
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m omsjax.metrics --train` builds the shipped classifier; without `--train` it prints its info."""
-    ap = argparse.ArgumentParser(prog="python -m omsjax.metrics", description=__doc__.splitlines()[0])
-    ap.add_argument("--train", action="store_true", help="train the classifier and write the shipped folder")
-    ap.add_argument("--out", type=Path, default=DEFAULT_DIR, help="classifier folder (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.train:
-        info = _train_and_ship(args.out.resolve(), args.steps, args.seed)
-    else:
-        info = json.loads((_dir(args.out) / "info.json").read_text())
-    print(json.dumps(info, indent=2))
-
-
-if __name__ == "__main__":
-    main()
