@@ -4,8 +4,6 @@ the metric being the MSE to a 100-step run from the same noise (how far few step
     python examples/search_your_model.py [--small]
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,6 @@ from _common import args, mixture
 import omsjax
 from omsjax import presets, schedules
 from omsjax.search import find_schedule, ga, loop
-from omsjax.search.find import QUICK
 
 
 def main():
@@ -29,16 +26,15 @@ def main():
 
     tiny = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                            heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
-    # `quick=True` is the small configuration for a first look (2 stages); this runs one stage of it. Search and
-    # held-out noise have one size, so each schedule length compiles one sampling program: compiling, not
-    # sampling, is most of the time here.
-    first_look = dataclasses.replace(QUICK, stages=1)
-    n = 8 if a.small else 32
-    kw = dict(config=tiny if a.small else first_look, num_samples=n, heldout_samples=n)
+    # `quick=True`: a first look (2 stages of 16 evaluations on 1,024 samples; 3 held-out draws of 1,024).
+    kw = dict(config=tiny, num_samples=8, heldout_samples=8) if a.small else dict(quick=True)
     res = find_schedule(model, ns, nfe=4, metric=mse, key=jax.random.PRNGKey(0), **kw)
-    best = res.report["best_baseline"]
-    print(f"searched NFE-4 schedule: MSE {res.score:.4f} on held-out noise")
-    print(f"best classic solver:     MSE {best['score']:.4f} ({best['name']})")
+    r = res.report
+    best, p = r["best_baseline"], r["paired_difference"]
+    print(f"returned: {r['returned']}: MSE {res.score:.4f} (mean of {len(r['heldout_noise_seeds'])} held-out draws)")
+    print(f"best classic solver (of {len(r['baselines'])}, +AFS included): {best['name']}: MSE {best['score']:.4f}")
+    diff = "" if p is None else f", paired difference {p['mean']:+.4f} +- {p['se']:.4f}"
+    print(f"verdict: {r['verdict']}{diff}; noise check {'passed' if r['noise_check']['ok'] else 'FAILED'}")
     print(res.schedule.to_json())
 
 

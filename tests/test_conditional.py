@@ -199,13 +199,20 @@ def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
     out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "2", "--out",
                         str(tmp_path / "solver"), *small])  # fmt: skip
     rep = json.loads(out.strip().splitlines()[-1])
-    assert rep["guidance"] == 2.0 and rep["objective"].startswith("cond_fd+1x_err_pct")
+    # The default metric keeps the user's target: the distance to the model's own samples at guidance 2.
+    assert rep["guidance"] == 2.0 and rep["metric"].startswith("reference_fd[") and ", w 2, " in rep["metric"]
     assert rep["searched"]["nfe"] == 4 and rep["best_baseline"]["nfe"] == 4  # 2 guided steps: 4 model calls
-    for part in ("searched", "best_baseline"):
-        c = rep["conditional"][part]
-        assert 0 <= c["accuracy"] <= 1 and c["fd"] > 0
+    assert rep["guided_calls"] == rep["searched"]["nfe"] == 4  # every call guided (an AFS step calls none)
+    for part in ("searched", "best_baseline"):  # the FD to data and the error rate beside it, per held-out draw
+        assert len(rep["also"]["fd"][part]) == 3 and all(f > 0 for f in rep["also"]["fd"][part])
+        assert all(0 <= e <= 100 for e in rep["also"]["error_pct"][part])
     sched = omsjax.Schedule.load(tmp_path / "solver" / "schedule.json", num_models=2)
     assert np.all(np.asarray(sched.guidance) == 2.0)
+    # --metric fd: the FD to data plus the accuracy weight, as before.
+    out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "2", "--metric", "fd",
+                        "--out", str(tmp_path / "fd"), *small])  # fmt: skip
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["objective"].startswith("cond_fd+1x_err_pct") and rep["metric"] == "cond_fd+1x_err_pct"
     # Model mode with the per-step guidance gene: the budget of 3 guided steps (6 calls) may buy up to 6 steps.
     out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "3", "--mode", "model",
                         "--search-guidance", "--out", str(tmp_path / "model"), *small])  # fmt: skip

@@ -90,8 +90,9 @@ def test_the_site_builds_and_documents_every_public_name_and_command(tmp_path):
 PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsjax.schedules", "omsjax.presets",
           "omsjax.usf", "omsjax.oracles", "omsjax.spacing", "omsjax.precond", "omsjax.search", "omsjax.search.find",
           "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.space", "omsjax.search.loop",
-          "omsjax.search.ga", "omsjax.search.predictor", "omsjax.train", "omsjax.stages", "omsjax.timesteps",
-          "omsjax.zoo", "omsjax.metrics", "omsjax.conditional", "omsjax.nets", "omsjax.data",
+          "omsjax.search.ga", "omsjax.search.predictor", "omsjax.search.final", "omsjax.search.guided",
+          "omsjax.search.baselines", "omsjax.verdict", "omsjax.metrics.reference", "omsjax.train", "omsjax.stages",
+          "omsjax.timesteps", "omsjax.zoo", "omsjax.metrics", "omsjax.conditional", "omsjax.nets", "omsjax.data",
           "omsjax.optim"]  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import omsjax
 from omsjax import oracles, presets, schedules
-from omsjax.search import find_schedule, ga, loop
+from omsjax.search import baselines, encoding, find_schedule, ga, loop
 
 NS = schedules.vp_linear()
 KEY = jax.random.PRNGKey(0)
@@ -51,7 +51,7 @@ def _mse_to_reference(model):
         (dict(mode="joint", nfe=3, budget=3.0), "exactly one of nfe="),
         (dict(mode="model", budget=0.5), "at least one step of the cheapest model"),
         (dict(mode="model", nfe=3, model=0), "model= picks solver mode's model"),
-        (dict(nfe=3, metric="mse"), "metric must be callable"),
+        (dict(nfe=3, metric="mse"), "metric must be callable .* or one of"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(kw, match):
@@ -62,7 +62,7 @@ def test_bad_arguments_name_what_is_wrong(kw, match):
 
 
 @pytest.mark.slow  # a whole (tiny) search, and again from its archive: about a minute on 2 cores
-def test_a_small_search_reports_held_out_scores_and_resumes(tmp_path):
+def test_a_small_search_reports_a_paired_verdict_and_resumes(tmp_path):
     cfg = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                           heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
     metric = _mse_to_reference(MODEL)
@@ -71,18 +71,45 @@ def test_a_small_search_reports_held_out_scores_and_resumes(tmp_path):
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep == res.report and rep["mode"] == "solver" and rep["nfe"] == 3 and rep["search_samples"] == 8
     assert rep["searched"]["score"] == res.score and int(res.schedule.nfe()) == 3
-    # Three noises: the search's, the finalists' (selection) and the held-out one that the score is reported on.
-    assert len({rep["search_noise_seed"], rep["selection_noise_seed"], rep["heldout_noise_seed"]}) == 3
-    best = rep["best_baseline"]
-    assert best["score"] == min(r["score"] for r in rep["baselines"].values())
-    assert rep["beats_best_baseline"] == (res.score < best["score"])
-    # The score is the metric on the held-out noise, and the saved schedule is the result.
+    assert rep["metric"] == "_mse_to_reference.<locals>.mse" and "best_fd" not in json.dumps(rep)
+    # Every baseline of the space, +AFS variants included, with its schedule.
+    space = encoding.SearchSpace.for_nfe(3, [1.0], model=0, noise_schedule=NS)
+    assert set(rep["baselines"]) == set(baselines.for_space(NS, space)) and any("+AFS" in n for n in rep["baselines"])
+    # Search, selection and held-out noise differ; 3 draws each of the last two.
+    seeds = [rep["search_noise_seed"], *rep["selection_noise_seeds"], *rep["heldout_noise_seeds"]]
+    assert len(set(seeds)) == 7
+    # The score is the mean of the metric over the held-out draws, and the saved schedule is the result.
     saved = omsjax.Schedule.load(tmp_path / "schedule.json")
     assert saved.to_json() == res.schedule.to_json()
-    x_T = omsjax.sampler.noise(rep["heldout_noise_seed"], 12, (4,))
-    samples = np.asarray(omsjax.sample(MODEL, NS, res.schedule, x_T))
-    assert res.score == pytest.approx(metric(samples, np.asarray(x_T)), rel=1e-6)
+    scores = []
+    for seed in rep["heldout_noise_seeds"]:
+        x_T = omsjax.sampler.noise(seed, 12, (4,))
+        scores.append(metric(np.asarray(omsjax.sample(MODEL, NS, res.schedule, x_T)), np.asarray(x_T)))
+    assert rep["searched"]["scores"] == pytest.approx(scores, rel=1e-6) and res.score == pytest.approx(np.mean(scores))
+    if rep["returned"] == "searched":  # a paired difference over the held-out draws, with its verdict
+        d = np.asarray(rep["searched"]["scores"]) - np.asarray(rep["best_baseline"]["scores"])
+        assert rep["paired_difference"]["mean"] == pytest.approx(float(d.mean()), rel=1e-9)
+    else:  # the best baseline itself
+        assert rep["verdict"] == "no better schedule found"
+        assert res.schedule.to_json() == omsjax.Schedule.from_json(rep["best_baseline"]["schedule"]).to_json()
     # A rerun finds everything in the archive.
     lines = (tmp_path / "archive.jsonl").read_text().count("\n")
     again = find_schedule(MODEL, NS, **kw)
     assert again.score == res.score and (tmp_path / "archive.jsonl").read_text().count("\n") == lines
+
+
+@pytest.mark.slow  # a whole (tiny) search: about a minute on 2 cores
+def test_a_search_that_cannot_beat_a_preset_returns_it():
+    """A metric that only one preset's own samples minimise: no candidate can beat it, and the search says so."""
+    target = presets.named("UniPC-2 (bh2)", NS, 3, skip="time_uniform")
+    run = jax.jit(lambda x: omsjax.sample(MODEL, NS, target, x))
+
+    def distance(samples, x_T):
+        return float(np.mean(np.abs(samples - np.asarray(run(jnp.asarray(x_T))))))
+
+    cfg = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
+                          heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
+    res = find_schedule(MODEL, NS, nfe=3, metric=distance, key=KEY, num_samples=8, heldout_samples=8, config=cfg)
+    assert res.report["verdict"] == "no better schedule found" and res.score == 0.0
+    assert res.report["returned"] == "baseline: UniPC-2 (bh2), time_uniform"
+    assert res.schedule.to_json() == target.to_json()

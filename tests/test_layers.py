@@ -5,7 +5,8 @@ small.
 Layers, bottom to top (README "Layout"):
 1. core: noise schedules, spacings, preconditionings, models, the USF step, the Schedule, presets, the sampler,
    oracles;
-2. shared blocks: nets, the optimisation helper, config validation, metrics (and conditional metrics), data, plots;
+2. shared blocks: nets, the optimisation helper, config validation, metrics (and conditional metrics), paired
+   verdicts, data, plots;
 3. applications: train/, stages/, timesteps/, search/;
 4. storage: the zoo;
 5. workflows: the search job, the timestep run;
@@ -36,7 +37,7 @@ LAYERS = {
         "sampler",
         "oracles",
     ),
-    "blocks": ("nets", "optim", "config", "metrics", "conditional", "data", "plots"),
+    "blocks": ("nets", "optim", "config", "metrics", "conditional", "verdict", "data", "plots"),
     "applications": ("train", "stages", "timesteps", "search"),
     "storage": ("zoo",),
     "workflows": ("workflows",),

@@ -171,9 +171,11 @@ def test_cli_search_argument_errors(tiny_zoo, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
-    """A whole (quick) solver-mode search, its held-out report and a rerun from the archive: a long CLI run (the
-    search loop, 56 baselines, plots; about 3 minutes on 2 cores), so it runs with `-m slow`."""
+    """A whole (quick) solver-mode search, its paired held-out verdict and a rerun from the archive: a long CLI run
+    (the search loop, 56 baselines, the references, plots; minutes on 2 cores), so it runs with `-m slow`."""
+    from omsjax import metrics, sampler
     from omsjax.schedule import Schedule
+    from omsjax.search import baselines, encoding
 
     path, _ = tiny_zoo
     out = tmp_path / "search"
@@ -183,32 +185,41 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     rc, text, _ = _run(capsys, argv)
     rep = json.loads(text)
     assert rc == 0 and {p.name for p in out.iterdir()} >= {"schedule.json", "report.json", "pareto.png",
-                                                          "samples.png", "archive.jsonl"}  # fmt: skip
+                                                          "samples.png", "archive.jsonl", "references.npz"}  # fmt: skip
     sched = Schedule.from_json((out / "schedule.json").read_text(), num_models=2)
     assert int(sched.nfe()) == 3 and np.all(np.asarray(sched.model) == 1)  # solver mode: the largest model
-    assert rep["searched"]["nfe"] == 3 and rep["best_baseline"]["fd"] == min(b["fd"] for b in rep["baselines"].values())
-    assert len(rep["baselines"]) == 28 == len(rep["baselines_with_afs"])  # 7 solvers x 4 spacings
-    assert rep["spacing"] == "logSNR"  # solver mode's default base spacing
+    models, ns, _ = zoo.load_zoo(path)
+    space = encoding.SearchSpace.for_nfe(3, [m.latency for m in models], model=1, noise_schedule=ns)
+    assert set(rep["baselines"]) == set(baselines.for_space(ns, space))  # 7 solvers x 4 spacings, +AFS
+    assert len(rep["baselines"]) > 28 and rep["spacing"] == "time_quadratic"  # the default base spacing
+    assert rep["metric"] == f"reference_fd[{models[1].name}, DPM-Solver++(3M), time_quadratic, 100 steps]"
     assert json.loads((out / "report.json").read_text()) == rep
-    # The held-out re-evaluation: the report's FD is that of the schedule on the held-out noise.
-    rc, text, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"),
-                                "--num-samples", "12", "--seed", "1000", "--ref-samples", "0", "--json"])  # fmt: skip
-    assert json.loads(text)["fd"] == pytest.approx(rep["searched"]["fd"], rel=1e-4)
-    # It was picked on the selection noise (seed + 3000), where it is the best of the finalists.
-    assert rep["selection_noise_seed"] == 3000 and rep["heldout_noise_seed"] == 1000
-    rc, text, _ = _run(capsys, ["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"),
-                                "--num-samples", "12", "--seed", "3000", "--ref-samples", "0", "--json"])  # fmt: skip
-    fds = [c["fd"] for c in rep["final_candidates"]]
-    assert json.loads(text)["fd"] == pytest.approx(fds[0], rel=1e-4) and fds[0] == min(fds)
-    rc, text, _ = _run(capsys, argv)  # rerun: everything comes from the archive
+    assert rep["heldout_noise_seeds"] == [1000, 1001, 1002] and rep["selection_noise_seeds"] == [3000, 3001, 3002]
+    # The held-out scores: the reference FD and the FD to data of the returned schedule's samples on each draw.
+    ref = metrics.ReferenceFD(metrics.Reference(models[1], ns))
+    for k, seed in enumerate(rep["heldout_noise_seeds"]):
+        evaluate = ["evaluate", "--zoo", str(path), "--schedule", str(out / "schedule.json"), "--num-samples", "12"]
+        rc, text, _ = _run(capsys, [*evaluate, "--seed", str(seed), "--ref-samples", "0", "--json"])
+        assert json.loads(text)["fd"] == pytest.approx(rep["also"]["fd"]["searched"][k], rel=1e-4)
+        x_T = sampler.noise(seed, 12, (8, 8, 1))
+        x = np.asarray(sampler.sample(models, ns, sched, x_T))
+        assert ref(x, np.asarray(x_T)) == pytest.approx(rep["searched"]["scores"][k], rel=1e-3, abs=1e-4)
+    assert rep["verdict"] in ("beats", "tie", "loses", "no better schedule found")
+    if rep["returned"] != "searched":
+        assert sched.to_json() == Schedule.from_json(rep["best_baseline"]["schedule"]).to_json()
+    assert rep["noise_check"]["ok"] in (True, False) and len(rep["noise_check"]["presets"]) == 2
+    rc, text, _ = _run(capsys, argv)  # rerun: everything comes from the archive (and the references from the run)
     assert rc == 0 and json.loads(text)["new_evaluations"] == 0
     assert rep["cached_evaluations"] == 0  # the tiny zoo ships no evaluations
+    rc, text, _ = _run(capsys, argv[:-1])  # the printed verdict
+    assert "verdict: " in text and "best baseline (of " in text and "FD to data" in text
 
 
 @pytest.mark.slow
 def test_cli_search_reads_the_zoos_cached_presets(tiny_zoo, capsys, tmp_path):
-    """`omsjax zoo --cache-presets` evaluates the presets once into the zoo; a search then reads them instead of
-    evaluating them, with the same report as `--recompute-baselines` (a long CLI run: three quick searches)."""
+    """`omsjax zoo --cache-presets` evaluates the presets once into the zoo, with the reference samples; a search
+    then reads them instead of evaluating them, with the same report as `--recompute-baselines` (a long CLI run:
+    three quick searches)."""
     import shutil
 
     from omsjax.workflows import search_job
@@ -216,24 +227,27 @@ def test_cli_search_reads_the_zoos_cached_presets(tiny_zoo, capsys, tmp_path):
     zoo_dir = tmp_path / "zoo"
     shutil.copytree(tiny_zoo[0], zoo_dir)  # the cache is written into the zoo: not into the shared fixture
     search_job.cache_presets(zoo_dir, [3], num_samples=12, final_samples=12, progress=False)
-    assert (zoo_dir / "evaluations.json").exists()
+    assert (zoo_dir / "evaluations.json").exists() and (zoo_dir / "references.npz").exists()
     argv = ["search", "--zoo", str(zoo_dir), "--nfe", "3", "--quick", "--num-samples", "12", "--final-samples", "12",
             "--quiet", "--json"]  # fmt: skip
     rc, text, _ = _run(capsys, argv + ["--out", str(tmp_path / "cached")])
     cached = json.loads(text)
     shipped = {(r["key"], r["eval_key"]) for r in json.loads((zoo_dir / "evaluations.json").read_text())["records"]}
-    assert rc == 0 and cached["cached_evaluations"] == len(shipped)  # the seeds, the baselines on both noises
+    # The seeds and the baselines on the search noise, the noise check, the best baselines on the selection noise
+    # and the best on the held-out noise: everything of the presets that the search needs.
+    assert rc == 0 and cached["cached_evaluations"] == len(shipped)
     assert cached["cache_machine"] == zoo.machine_name()
     written = [json.loads(line) for line in (tmp_path / "cached" / "archive.jsonl").read_text().splitlines()]
     assert written and not {(r["key"], r["eval_key"]) for r in written} & shipped  # the run's archive: only its own
+    assert not (tmp_path / "cached" / "references.npz").exists()  # every reference came from the zoo
     rc, text, _ = _run(capsys, argv + ["--out", str(tmp_path / "fresh"), "--recompute-baselines"])
     fresh = json.loads(text)
     assert rc == 0 and fresh["cached_evaluations"] == 0 and fresh["cache_machine"] is None
-    search_noise = sum(1 for _, e in shipped if e == "seed0-n12")  # the seeds and the baselines on the search noise
+    search_noise = sum(1 for _, e in shipped if e.startswith("seed0-n12-"))  # the seeds and baselines there
     assert fresh["new_evaluations"] == cached["new_evaluations"] + search_noise
     for name, row in fresh["baselines"].items():
-        assert cached["baselines"][name]["fd"] == pytest.approx(row["fd"], rel=1e-9)
-    assert cached["searched"]["fd"] == pytest.approx(fresh["searched"]["fd"], rel=1e-9)
+        assert cached["baselines"][name]["score"] == pytest.approx(row["score"], rel=1e-9)
+    assert cached["searched"]["scores"] == pytest.approx(fresh["searched"]["scores"], rel=1e-9)
 
 
 @pytest.mark.slow

@@ -101,6 +101,15 @@ def verdict_lines(report: dict) -> list[str]:
                      f"{unguided}")  # fmt: skip
         if "searched_guidance" in report:
             lines.append("searched guidance per step: " + " ".join(f"{w:g}" for w in report["searched_guidance"]))
+            t = report["guidance_tradeoff"]
+            point = f"FD to data {t['searched']['fd']:.3g}, error {t['searched']['error_pct']:.3g}%"
+            if t["dominated_by"]:
+                lines.append(f"  dominated ({point}) by {len(t['dominated_by'])} preset(s) with at most {t['calls']} "
+                             f"calls, e.g. {t['dominated_by'][0]}")  # fmt: skip
+            else:
+                scales = sorted({p["guidance"] for p in t["presets"].values()})
+                lines.append(f"  on the Pareto front ({point}): no preset at w in {scales} with at most {t['calls']} "
+                             "calls does better on both")  # fmt: skip
     c = report.get("noise_check") or {}
     if c.get("ok") is False:
         lines.append(f"warning: the search noise cannot rank candidates (a gap of {c['spread']:.3g} between the best "
@@ -145,8 +154,7 @@ def add_search(sub) -> None:
         "--spacing",
         default=None,
         choices=list(SKIP_TYPES),
-        help="base step spacing the time genes vary around (model mode follows it); default: logSNR in solver "
-        "mode, time_quadratic in model and joint modes",
+        help="base step spacing the time genes vary around (model mode follows it); default: time_quadratic",
     )
     sizes = ", ".join(f"{k} {DEFAULT[k]} / {THOROUGH[k]}" for k in DEFAULT)
     r.add_argument("--thorough", action="store_true",

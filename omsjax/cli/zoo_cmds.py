@@ -231,8 +231,9 @@ def add_zoo(sub) -> None:
         nargs="+",
         metavar="NFE",
         default=None,
-        help="evaluate the presets of `omsjax search --nfe NFE` (solver mode, largest model, default sizes and seed) "
-        "once and store them in the zoo (evaluations.json), so that such a search does not evaluate them again",
+        help="evaluate the presets of `omsjax search --nfe NFE` (solver mode, largest model, default sizes, seed and "
+        "metric) once and store them in the zoo (evaluations.json), with the reference samples of its noise "
+        "(references.npz), so that such a search does not evaluate or sample them again",
     )
     z.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_zoo)

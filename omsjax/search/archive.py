@@ -23,7 +23,7 @@ from omsjax import files
 from omsjax.schedule import Schedule
 from omsjax.search.encoding import Genome
 
-__all__ = ["Record", "Archive", "schedule_key", "same_schedule_key", "genome_to_dict", "genome_from_dict"]
+__all__ = ["Record", "Archive", "schedule_key", "same_schedule", "genome_to_dict", "genome_from_dict"]
 
 
 def schedule_key(schedule: Schedule) -> str:
@@ -31,19 +31,21 @@ def schedule_key(schedule: Schedule) -> str:
     return hashlib.sha1(schedule.to_json(indent=None).encode()).hexdigest()[:16]
 
 
-def same_schedule_key(schedule: Schedule, digits: int = 9) -> str:
-    """A schedule's id up to float rounding: sha1 of its canonical JSON with every real number rounded to `digits`
-    significant digits. A genome decoded from a preset gives the preset's times up to the last bits (another
-    `schedule_key`, the same samples): this key tells them apart from genuinely new schedules."""
-    d = json.loads(schedule.to_json(indent=None))
-
-    def rounded(v):
-        if isinstance(v, float):
-            return float(f"{v:.{digits}g}")
-        return [rounded(x) for x in v] if isinstance(v, list) else v
-
-    text = json.dumps({k: rounded(v) for k, v in d.items()}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+def same_schedule(a: Schedule, b: Schedule, rtol: float = 1e-5) -> bool:
+    """Whether two concrete schedules are the same up to float rounding: every discrete decision equal, every real
+    field (times, relaxation, D_2 scale, guidance) within `rtol`. A genome decoded from a preset gives the preset's
+    times to float32 precision only (another `schedule_key`, the same samples to ~1e-7): this tells such a twin
+    apart from a genuinely new schedule."""
+    if a.num_steps != b.num_steps:
+        return False
+    for name in Schedule._fields:
+        x, y = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+        if x.shape != y.shape:
+            return False
+        same = np.allclose(x, y, rtol=rtol, atol=0.0) if x.dtype.kind == "f" else np.array_equal(x, y)
+        if not same:
+            return False
+    return True
 
 
 def genome_to_dict(g: Genome) -> dict:

@@ -5,7 +5,7 @@
 1. every baseline (`baselines.for_space`: the classic solvers with their +AFS variants) is scored on the search
    noise (mostly archive hits: the presets seed the search); the finalists are the `candidates` best schedules
    of the search's `pool` by search score that are not baselines (a genome decoded from a preset is that preset
-   up to float rounding, `archive.same_schedule_key`) and the `baseline_top` best baselines;
+   up to float rounding, `archive.same_schedule`) and the `baseline_top` best baselines;
 2. selection: every finalist is scored on `draws` draws of selection noise (`selection_seed` + k, `samples`
    each). The best candidate and the best baseline by their mean are compared paired (`omsjax.verdict`): the
    candidate is returned only when it beats the baseline beyond the noise; otherwise the search returns that
@@ -32,7 +32,7 @@ import numpy as np
 
 from omsjax import config, verdict
 from omsjax.schedule import Schedule
-from omsjax.search.archive import Record, same_schedule_key
+from omsjax.search.archive import Record, same_schedule
 from omsjax.search.evaluate import Evaluator
 
 __all__ = ["FinalConfig", "Final", "finish", "NO_BETTER"]
@@ -120,6 +120,8 @@ class Final:
             },  # fmt: skip
             "paired_difference": None if h["paired"] is None else h["paired"].to_dict(),
             "metric_noise": _fin(std),
+            "heldout_noise_seeds": h["seeds"],
+            "selection_noise_seeds": self.selection["seeds"],
             "also": also,
             "selection": self.selection,
             "baselines": self.baselines,
@@ -154,7 +156,7 @@ def finish(
         raise ValueError("finish needs at least one baseline")
     names = list(baselines)
     base_recs = ev.evaluate_schedules([baselines[n] for n in names], stage=stage)
-    known = {same_schedule_key(baselines[n]) for n in names}
+    known = [baselines[n] for n in names]
     rows = {n: {"score": _fin(r.score), "nfe": r.nfe, "cost": r.cost, "schedule": json.loads(baselines[n].to_json())}
             for n, r in zip(names, base_recs, strict=True)}  # fmt: skip
     order = sorted(range(len(names)), key=lambda i: base_recs[i].score)
@@ -164,8 +166,8 @@ def finish(
         s = r.to_schedule()
         if len(cands) == cfg.candidates or not math.isfinite(r.score):
             break
-        if same_schedule_key(s) not in known:
-            known.add(same_schedule_key(s))
+        if not any(same_schedule(s, k) for k in known):
+            known.append(s)
             cands.append(r)
             cand_scheds.append(s)
     sel = [ev.with_noise(s, cfg.samples, chunk=1) for s in cfg.seeds("selection")]

@@ -40,7 +40,7 @@ import numpy as np
 
 from omsjax import files, metrics
 from omsjax.schedule import AFS_NONE
-from omsjax.search import baselines, cache, encoding, final, loop
+from omsjax.search import baselines, cache, encoding, final, guided, loop
 from omsjax.search.baselines import BASELINES
 from omsjax.search.baselines import largest_nfe as _largest_nfe
 from omsjax.search.evaluate import Archive, Evaluator
@@ -99,9 +99,11 @@ def run(
 ) -> dict:
     """Search and report (module docstring); returns the report dict.
 
-    `spacing` is the search space's base step spacing (`encoding.SPACINGS`); by default logSNR in solver mode (S3's
-    choice) and time-quadratic in model and joint modes, whose steps follow it at every length: on the digits zoo
-    time-quadratic is the best spacing for the multistep solvers from NFE 5 up (see `report["baselines"]`).
+    `spacing` is the search space's base step spacing (`encoding.SPACINGS`): the time genes vary around it, and
+    model mode's steps follow it at every length. Default time-quadratic in every mode: on the digits zoo it is the
+    best spacing of the multistep solvers from NFE 4 up, and a solver search around it found a 5-NFE schedule 25%
+    closer to digits-m's converged samples than the best preset, where one around logSNR (S3's choice) found none
+    (`benchmarks/RESULTS.md`).
 
     The run holds `out_dir`'s `files.FolderLock`, taken before the zoo loads: a second search on the same folder
     is refused at once (`files.FolderLocked`). Every result file is written atomically.
@@ -125,7 +127,7 @@ def run(
     if mode not in encoding.MODES:
         raise ValueError(f"mode must be one of {encoding.MODES}, got {mode!r}")
     if spacing is None:
-        spacing = "logSNR" if mode == "solver" else "time_quadratic"
+        spacing = "time_quadratic"
     if spacing not in encoding.SPACINGS:
         raise ValueError(f"spacing must be one of {encoding.SPACINGS}, got {spacing!r}")
     out = Path(out_dir)
@@ -261,9 +263,13 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
         report["guided_calls"] = _guided_calls(fin.schedule)
         if objective.metric == "fd":
             report["objective"] = f"{kw['metric_name']}: FD + {objective.accuracy_weight:g} x (100 - accuracy %)"
-        if space.searches_guidance:
+        if space.searches_guidance:  # the schedule chose its scales: its trade-off against presets at every scale
             report["guidance_choices"] = list(space.guidance_choices)
             report["searched_guidance"] = np.asarray(fin.schedule.guidance).tolist()
+            held = [ev.with_noise(s, final_samples, chunk=1, also=also) for s in fcfg.seeds("heldout")]
+            target = k if mode == "solver" else len(models) - 1
+            report["guidance_tradeoff"] = guided.tradeoff(held, fin.schedule, ns, model=target, guidance=w,
+                                                          stage=cfg.stages + 2)  # fmt: skip
     meta = dict(mode=mode, metric=ev.metric_name, score=report["searched"]["score"], verdict=fin.verdict,
                 nfe=fin.searched_record.nfe, cost=fin.searched_record.cost, heldout_samples=final_samples,
                 heldout_noise_seeds=fcfg.seeds("heldout"), returned=report["returned"])  # fmt: skip
@@ -289,7 +295,7 @@ def _guided_calls(schedule) -> int:
 
 
 def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int = 1000, seed: int = 0,
-                  spacing: str = "logSNR", objective: Objective = Objective(),
+                  spacing: str = "time_quadratic", objective: Objective = Objective(),
                   progress: bool = True) -> Path:  # fmt: skip
     """Evaluate the presets of solver-mode searches on the largest model of `zoo_dir` once, at each NFE of `nfes`,
     and ship them with the zoo (`search.cache`), with the reference samples they were compared with
