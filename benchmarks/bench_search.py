@@ -4,9 +4,9 @@
    jitted `lax.scan`: compile time, then the median of 3 runs.
 2. Predictor ranking quality: Kendall tau on held-out evaluated schedules (train on a random half of a search's
    archive, test on the other half), hinge vs. MSE loss.
-3. Searched schedules vs. baselines: for every search folder given (made by `omsjax search`), the searched
-   schedule and the best baseline of its report, both evaluated on three held-out noise seeds (1,000 samples each;
-   none was used in the search): mean +- std and the ratio.
+
+The verdicts of searched schedules against the baselines are in every search's report (paired over 3 held-out
+draws, `search.final`) and in `bench_reference.py` (digits-m, every preset with and without AFS, three metrics).
 
 Writes the `search` section of benchmarks/RESULTS.md.
 Run: `python benchmarks/bench_search.py --runs DIR [DIR ...]` (each DIR an `omsjax search --out` folder).
@@ -26,10 +26,8 @@ import numpy as np
 from common import machine, write_section
 
 from omsjax import schedules, zoo
-from omsjax.schedule import Schedule
 from omsjax.search import encoding, ga, predictor
-from omsjax.search.evaluate import Archive, Evaluator, genome_from_dict
-from omsjax.workflows.search_job import BASELINES, baselines
+from omsjax.search.evaluate import Archive, genome_from_dict
 
 
 def bench_ga(generations: int, lat):
@@ -60,7 +58,8 @@ def bench_ga(generations: int, lat):
 def bench_tau(run_dir: Path):
     report = json.loads((run_dir / "report.json").read_text())
     arch = Archive(run_dir / "archive.jsonl")
-    recs = [r for r in arch.select(f"seed{report['search_noise_seed']}-n{report['search_samples']}") if r.genome]
+    key = f"seed{report['search_noise_seed']}-n{report['search_samples']}"  # the search noise, whatever the metric
+    recs = [r for r in arch.records if r.genome and (r.eval_key == key or r.eval_key.startswith(key + "-"))]
     models, ns, _ = zoo.load_zoo(report["zoo"])
     lat = [m.latency for m in models]
     t_end = float(ns.default_t_end)
@@ -85,35 +84,6 @@ def bench_tau(run_dir: Path):
             taus.append(res.heldout_tau)
         out[loss] = (float(np.mean(taus)), float(np.std(taus)))
     return len(fd), out
-
-
-def bench_table(run_dir: Path, seeds=(2000, 2001, 2002), n=1000):
-    report = json.loads((run_dir / "report.json").read_text())
-    models, ns, manifest = zoo.load_zoo(report["zoo"])
-    mean = jnp.asarray(np.asarray(manifest["data_mean"], np.float32))
-    searched = Schedule.from_json((run_dir / "schedule.json").read_text())
-    name = report["best_baseline"]["name"]
-    if report["mode"] == "solver":
-        base = baselines(ns, report["searched"]["nfe"], report["model"])[name]
-    else:
-        stem, model = name.rsplit(", model ", 1)
-        nfe = report["best_baseline"]["nfe"]
-        base = baselines(ns, nfe, int(model))[stem]
-    rows = {"searched": [], "baseline": []}
-    for seed in seeds:
-        ev = Evaluator(models, ns, num_samples=n, noise_seed=seed, data_mean=mean,
-                       archive=run_dir / "archive.jsonl")  # fmt: skip
-        a, b = ev.evaluate_schedules([searched, base], stage=99)
-        rows["searched"].append(a.fd)
-        rows["baseline"].append(b.fd)
-    return report, name, {k: (float(np.mean(v)), float(np.std(v))) for k, v in rows.items()}
-
-
-def _resumed(report) -> str:
-    """A note when the search resumed from its archive (its time then covers only the resumed part)."""
-    if report["new_evaluations"] < report["evaluated"]:
-        return f" (resumed; {report['new_evaluations']} of {report['evaluated']} evaluated in this run)"
-    return ""
 
 
 def main():
@@ -147,22 +117,6 @@ def main():
             n, taus = bench_tau(d)
             L.append(f"| {d.name} | {n} | {taus['hinge'][0]:.2f} +- {taus['hinge'][1]:.2f} | "
                      f"{taus['mse'][0]:.2f} +- {taus['mse'][1]:.2f} |")  # fmt: skip
-            print(L[-1], flush=True)
-        L += ["", "### Searched schedules vs. the best baseline", "",
-              "Baselines: " + ", ".join(BASELINES) + ", each over the four spacings (logSNR, time-uniform, "
-              "time-quadratic, Karras); the best one by its held-out FD in the search's report. FD mean +- std over "
-              "held-out noise seeds 2000, 2001, 2002 (1,000 samples each; the search used seed 0 with 500 samples, "
-              "and picked its best baseline on seed 1000 and its final schedule on seed 1000 before stop 22, on "
-              "seed 3000 since).", "",
-              "| search | mode | NFE / cost (ms) | best baseline | baseline FD | searched FD | ratio | search time |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for d in runs:
-            rep, name, t = bench_table(d)
-            s = rep["searched"]
-            size = f"{s['nfe']}" if rep["mode"] == "solver" else f"{s['nfe']} / {s['cost']:.0f}"
-            L.append(f"| {d.name} | {rep['mode']} | {size} | {name} | {t['baseline'][0]:.2f} +- {t['baseline'][1]:.2f}"
-                     f" | {t['searched'][0]:.2f} +- {t['searched'][1]:.2f} | {t['searched'][0] / t['baseline'][0]:.2f}"
-                     f" | {rep['search_seconds'] / 60:.1f} min{_resumed(rep)} |")  # fmt: skip
             print(L[-1], flush=True)
     write_section("\n".join(L), "search")
 

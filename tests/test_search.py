@@ -16,6 +16,7 @@ import scipy.stats
 import omsjax
 from omsjax import presets, schedules
 from omsjax.schedule import check_schedule
+from omsjax.search import candidates as CAND
 from omsjax.search import encoding as E
 from omsjax.search import evaluate as EV
 from omsjax.search import ga, loop, predictor
@@ -308,9 +309,9 @@ def test_sample_candidates_one_program_per_length_whatever_the_count(tiny):
     scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1, skip="time_uniform"),
               presets.dpm_solver_pp(NS, 3, 2, model=1), presets.ddim(NS, 3, model=1, skip="logSNR"),
               presets.dpm_solver_pp(NS, 3, 3, model=1)]  # fmt: skip
-    before = EV._sample_jit._cache_size()
+    before = CAND.sample_jit._cache_size()
     outs = [EV.sample_candidates(tiny, NS, scheds[:n], x_T, chunk=4) for n in (1, 3, 5)]
-    assert EV._sample_jit._cache_size() == before + 1
+    assert CAND.sample_jit._cache_size() == before + 1
     for out in outs:
         np.testing.assert_array_equal(out, outs[-1][: len(out)])
 
@@ -362,7 +363,7 @@ def test_evaluation_shards_candidates_over_devices(tmp_path):
     zoo = _tiny_zoo()
     x_T = omsjax.sampler.noise(0, 5, (8, 8, 1), jnp.float64)
     scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1), presets.dpm_solver_pp(NS, 3, 2, model=1)]
-    lowered = EV._sample_jit.lower(zoo, NS, omsjax.stack(scheds + [scheds[0]]), x_T, None, "vmap")
+    lowered = CAND.sample_jit.lower(zoo, NS, omsjax.stack(scheds + [scheds[0]]), x_T, None, "vmap")
     hlo = lowered.compile().as_text()
     out = EV.sample_candidates(zoo, NS, scheds, x_T, chunk=3)  # 3 -> padded to 4, one per device
     mixed = [s._replace(model=jnp.asarray([0, 1, 1], jnp.int32)) for s in scheds]

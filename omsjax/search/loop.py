@@ -69,7 +69,7 @@ class SearchResult:
     schedule: Schedule  # the best schedule after the final re-evaluation
     final: list[Record]  # the final re-evaluation of the top candidates, best first
     records: list[Record]  # everything evaluated during the search (search noise)
-    stages: list[dict]  # per stage: evaluated, best FD so far, predictor taus, seconds
+    stages: list[dict]  # per stage: evaluated, best score so far, predictor taus, seconds
     heldout_tau: float  # predictor trained on half the evaluated schedules, Kendall tau on the other half
     heldout: Record | None = None  # the chosen schedule on `heldout_evaluator`'s noise (when one was given)
     noise_check: dict | None = None  # the best and fifth best preset on two search-noise draws (`check_noise`)
@@ -120,7 +120,10 @@ def _training_set(space: SearchSpace, records: list[Record]) -> tuple[Genome, np
     def fits(d) -> bool:
         return len(d["model"]) == space.num_positions and ("guidance" in d) == space.searches_guidance
 
-    rs = [r for r in records if r.genome is not None and fits(r.genome)]
+    # In the order of their schedule keys, not of the archive: a search reads the same training set (and so trains
+    # the same predictor) whether its presets were evaluated in this run, resumed from its archive or read from a
+    # zoo's shipped evaluations.
+    rs = sorted((r for r in records if r.genome is not None and fits(r.genome)), key=lambda r: r.key)
     return _stack([genome_from_dict(r.genome) for r in rs]), np.asarray([r.fd for r in rs], np.float64)
 
 
@@ -175,7 +178,7 @@ def search(
     bar = tqdm(total=config.stages + 1, desc="search", unit="stage", disable=not progress)
     start = time.perf_counter()
     recs = evaluator.evaluate(pop0, stage=0)
-    stages.append({"stage": 0, "evaluated": len(recs), "best_fd": min(r.fd for r in recs),
+    stages.append({"stage": 0, "evaluated": len(recs), "best_score": min(r.fd for r in recs),
                    "seconds": time.perf_counter() - start})  # fmt: skip
     n_seeds = int(np.sum(_feasible(space, gcfg, seeds, budget)))  # the presets lead pop0 (the feasible ones)
     noise = None if noise_evaluator is None else check_noise(evaluator, noise_evaluator, recs[:n_seeds])
@@ -227,13 +230,13 @@ def search(
         fd_exploit = [r.fd for r in new[: len(exploit)]]
         fd_explore = [r.fd for r in new[len(exploit) :]]
         best = min([r.fd for r in records] + [r.fd for r in new])
-        stages.append({"stage": s, "evaluated": len(new), "best_fd": best, "train_tau": fit.train_tau,
+        stages.append({"stage": s, "evaluated": len(new), "best_score": best, "train_tau": fit.train_tau,
                        "tau_on_new": tau_new, "predicted_best": float(best_curve[-1]),
-                       "best_exploit_fd": min(fd_exploit, default=float("nan")),
-                       "best_explore_fd": min(fd_explore, default=float("nan")),
+                       "best_exploit_score": min(fd_exploit, default=float("nan")),
+                       "best_explore_score": min(fd_explore, default=float("nan")),
                        "seconds": time.perf_counter() - t_stage})  # fmt: skip
         if log is not None:
-            log(f"stage {s}: {len(new)} evaluated, best FD {best:.3f}, train tau {fit.train_tau:.2f}")
+            log(f"stage {s}: {len(new)} evaluated, best score {best:.3f}, train tau {fit.train_tau:.2f}")
         bar.update(1)
     bar.close()
 
