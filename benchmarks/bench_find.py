@@ -4,7 +4,8 @@ A 16-d Gaussian mixture (its exact model), NFE 4, metric = MSE to a 100-step Uni
 ODE's endpoint), on the continuous linear VP schedule (noise prediction) and on the rectified-flow schedule (the
 same mixture as a flow-matching velocity model). The search picks on its own search and held-out noise; the table
 then scores the searched schedule and the best baseline of the report (every solver of `presets.BASELINES` over
-the four spacings, picked on the report's held-out noise) on three further noise seeds that neither saw, paired.
+the four spacings, each also with an analytical first step, picked on the search's selection noise; or the
+schedule the search returned when it found nothing better) on three further noise seeds that neither saw, paired.
 Writes the section between the `find` markers of benchmarks/RESULTS.md.  Run: `python benchmarks/bench_find.py`.
 """
 
@@ -55,8 +56,7 @@ def one(label, ns, parameterization):
     seconds = time.perf_counter() - t0
     rep = res.report
     name = rep["best_baseline"]["name"]
-    solver, spacing = name.rsplit(", ", 1)
-    base = presets.named(solver, ns, NFE, skip=spacing)
+    base = omsjax.Schedule.from_json(rep["best_baseline"]["schedule"])
     diffs, rows = [], []
     for seed in SEEDS:
         x_T = omsjax.sampler.noise(seed, N_EVAL, (DIM,))
@@ -89,7 +89,8 @@ def main():
         "",
         f"16-d Gaussian mixture (exact model), NFE {NFE}, metric: MSE to a 100-step UniPC-3 run from the same noise; "
         "`find_schedule(..., quick=True)`, key 0. Baseline: the best of the 7 solvers of `presets.BASELINES` over the "
-        "4 spacings, picked on the search's held-out noise. Both are then scored on three further noise seeds "
+        "4 spacings, each also with an analytical first step, picked on the search's selection noise. Both are then "
+        "scored on three further noise seeds "
         f"({N_EVAL} samples each), paired. The MSE is heavy-tailed (a few samples near the boundary between modes "
         "carry most of it): with 256 samples per seed the same schedule's MSE varied up to 6x between seeds and the "
         "flow row read 2 of 3 seeds, a paired difference of -5.5e-03 ± 2.6e-02; 1,024 samples per seed measure it.",

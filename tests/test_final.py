@@ -45,6 +45,16 @@ def _pool(ev):
     return ev.evaluate(g) + ev.evaluate_schedules([twin])
 
 
+def test_same_schedule_ignores_float_rounding_and_unused_coefficients():
+    from omsjax import usf
+
+    rt = np.asarray(TARGET.relax_type)
+    unused = TARGET._replace(relax=jnp.asarray(np.where(rt != usf.RELAX_LINEAR, 0.03, 0.0)))  # read only if linear
+    assert same_schedule(unused, TARGET)
+    linear = TARGET._replace(relax_type=jnp.asarray(np.full_like(rt, usf.RELAX_LINEAR)), relax=unused.relax)
+    assert not same_schedule(linear, TARGET) and not same_schedule(TARGET._replace(ts=TARGET.ts * 0.999), TARGET)
+
+
 def test_a_search_that_cannot_beat_a_preset_returns_the_preset():
     ev = Evaluator([MODEL], NS, SPACE, num_samples=16, metric=distance_to_target)
     cfg = final.FinalConfig(samples=16, draws=3, candidates=3)

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import files
+from omsjax import files, usf
 from omsjax.schedule import Schedule
 from omsjax.search.encoding import Genome
 
@@ -33,13 +33,17 @@ def schedule_key(schedule: Schedule) -> str:
 
 def same_schedule(a: Schedule, b: Schedule, rtol: float = 1e-5) -> bool:
     """Whether two concrete schedules are the same up to float rounding: every discrete decision equal, every real
-    field (times, relaxation, D_2 scale, guidance) within `rtol`. A genome decoded from a preset gives the preset's
-    times to float32 precision only (another `schedule_key`, the same samples to ~1e-7): this tells such a twin
-    apart from a genuinely new schedule."""
+    field (times, D_2 scale, guidance, and the linear relaxation coefficient where a step's relaxation is linear:
+    the only place the USF step reads it) within `rtol`. A genome decoded from a preset gives the preset's times
+    to float32 precision only and may carry an unused coefficient (another `schedule_key`, the same samples): this
+    tells such a twin apart from a genuinely new schedule."""
     if a.num_steps != b.num_steps:
         return False
+    linear = np.asarray(a.relax_type) == usf.RELAX_LINEAR
     for name in Schedule._fields:
         x, y = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+        if name == "relax" and x.shape == y.shape == linear.shape:
+            x, y = np.where(linear, x, 0.0), np.where(linear, y, 0.0)
         if x.shape != y.shape:
             return False
         same = np.allclose(x, y, rtol=rtol, atol=0.0) if x.dtype.kind == "f" else np.array_equal(x, y)
