@@ -123,3 +123,39 @@ def test_predictor_and_archive_carry_the_gene_only_where_searched():
     np.testing.assert_array_equal(back.guidance, g.guidance)
     d_plain = genome_to_dict(_one(encoding.random_genomes(plain, key, 1), 0))
     assert "guidance" not in d_plain and genome_from_dict(d_plain).guidance is None
+
+
+def _eps32(params, x, t, cond):
+    """The conditional mixture's eps on the evaluator's float32 samples (computed in float64)."""
+    return params.eps(NS, x.astype(jnp.float64), t.astype(jnp.float64), cond).astype(x.dtype)
+
+
+def test_tradeoff_places_a_schedule_among_presets_with_no_more_calls(monkeypatch):
+    """`search.guided.tradeoff`: every preset at the scales with no more model calls than the schedule (a guided
+    step two), scored on the held-out draws' `also` metrics, and the dominance rule on their means."""
+    import omsjax
+    from omsjax import oracles
+    from omsjax.search import guided
+    from omsjax.search.evaluate import Evaluator
+
+    rng = np.random.RandomState(0)
+    cg = oracles.ConditionalGaussianMixture.create(rng.randn(3, 2), np.full(3, 0.3), np.full(3, 1 / 3), [0, 1, 2])
+    model = omsjax.Model(_eps32, cg, name="cgmm", sample_shape=(2,))
+    n = 8
+    cond, uncond = jnp.asarray(np.arange(n) % 3, jnp.int32), jnp.full((n,), cg.null_label, jnp.int32)
+    ev = Evaluator([model], NS, None, num_samples=n, metric=lambda x, x_T: 0.0, metric_name="zero", cond=cond,
+                   uncond=uncond)  # fmt: skip
+    also = {"fd": lambda x, x_T: float(np.mean(np.abs(x))), "error_pct": lambda x, x_T: float(np.mean(x[:, 0] > 0))}
+    held = [ev.with_noise(s, n, chunk=1, also=also) for s in (1, 2)]
+    monkeypatch.setattr(guided, "SCALES", (1.0,))  # the presets at w = 1 and at the schedule's W = 2
+    sched = presets.with_guidance(presets.unipc(NS, 3, 2), 2.0)  # 3 guided steps: 6 calls
+    t = guided.tradeoff(held, sched, NS, model=0, guidance=2.0)
+    assert t["calls"] == 6 and t["draws"] == 2
+    assert {p["guidance"] for p in t["presets"].values()} == {1.0, 2.0}
+    assert all(p["nfe"] <= 6 for p in t["presets"].values())
+    assert max(p["nfe"] for p in t["presets"].values() if p["guidance"] == 1.0) == 6  # 6 unguided steps
+    assert len(t["presets"]) == 2 * 3 * 2 * 2  # scales x solvers x spacings x (AFS or not)
+    want = [k for k, p in t["presets"].items() if guided.dominates(p, t["searched"], "fd", "error_pct")]
+    assert t["dominated_by"] == want
+    assert guided.dominates({"fd": 1, "error_pct": 2}, {"fd": 1, "error_pct": 3}, "fd", "error_pct")
+    assert not guided.dominates({"fd": 1, "error_pct": 2}, {"fd": 1, "error_pct": 2}, "fd", "error_pct")
