@@ -33,3 +33,21 @@ def test_fd_accuracy_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="of one length"):
         plots.fd_accuracy([1.0, 2.0], [0.5], [0, 1], tmp_path / "bad.png")
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both():
+    pts = [(3.0, 1.0), (1.0, 5.0), (2.0, 2.0), (2.0, 4.0), (4.0, 1.5), (1.5, float("inf"))]
+    assert plots.pareto_front(pts) == [(1.0, 5.0), (2.0, 2.0), (3.0, 1.0)]
+
+
+def test_search_pareto_and_side_by_side_write_pngs(tmp_path):
+    pts = [(5, 2.0, False), (5, 1.0, True), (5, float("inf"), False), (6, 0.5, False)]
+    p = plots.search_pareto(pts, (5, 0.9), tmp_path / "p.png", xlabel="NFE", ylabel="score", title="t", jitter=True,
+                            best_baseline=1.0)  # fmt: skip
+    assert p.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no finite score"):
+        plots.search_pareto([(5, float("inf"), False)], (5, 1.0), tmp_path / "q.png", xlabel="x", ylabel="y")
+    s = plots.side_by_side({"a": np.zeros((4, 8, 8, 1)), "b": np.ones((4, 8, 8, 1))}, tmp_path / "s.png", title="t")
+    assert s.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.side_by_side({}, tmp_path / "e.png")
