@@ -1,7 +1,7 @@
 """Draw the figures of the docs site: `python docs/make_figures.py` rewrites docs/img/schedule_fields.png.
 
 The figure shows the decision fields of three schedules of the shipped digits zoo, step by step: the classic
-preset DPM-Solver++(3M) at NFE 5, the searched solver schedule at NFE 5 and the searched joint (model and solver)
+preset DPM-Solver++(3M) at NFE 6, the searched solver schedule at NFE 6 and the searched joint (model and solver)
 schedule under a budget of 0.55 s. Each column is a step i (from ts[i] to ts[i+1]), each row a field of
 `omsjax.Schedule`; the top strip places the steps' times on the log-SNR axis of the noise schedule.
 """
@@ -53,8 +53,8 @@ def draw(out: Path = OUT) -> Path:
     names = [m.name for m in models]
     folder = checkpoints_dir() / "digits" / "schedules"
     cases = [
-        ("DPM-Solver++(3M), NFE 5 (preset)", presets.dpm_solver_pp(ns, 5, 3, model=len(models) - 1)),
-        ("searched solver schedule, NFE 5", Schedule.load(folder / "solver-nfe5.json", len(models))),
+        ("DPM-Solver++(3M), NFE 6 (preset)", presets.dpm_solver_pp(ns, 6, 3, model=len(models) - 1)),
+        ("searched solver schedule, NFE 6", Schedule.load(folder / "solver-nfe6.json", len(models))),
         ("searched joint schedule, budget 0.55 s", Schedule.load(folder / "joint-0.55s.json", len(models))),
     ]
     width = max(s.num_steps for _, s in cases)
