@@ -76,8 +76,8 @@ def main():
           "time-quadratic steps, with and without AFS) at each guidance scale with no more model calls: the "
           "preset of lowest FD to data at each scale, and how many presets dominate the schedule (no worse on "
           "either, better on one). Shipped (`solver-w4-gene-nfe{N}.json`) only when none does.", "",
-          "| steps | calls | searched scales | FD to data / error (%) | lowest-FD preset per scale (FD / error) "
-          "| dominated by | shipped |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+          "| steps | calls | returned | its scales | FD to data / error (%) | lowest-FD preset per scale (FD / error) "
+          "| dominated by | shipped |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for n, r in gene.items():
         t = r["guidance_tradeoff"]
         best = {}
@@ -86,7 +86,7 @@ def main():
                 best[p["guidance"]] = (name, p)
         per_w = "; ".join(f"w {w:g}: {p['fd']:.3g} / {p['error_pct']:.2g}" for w, (_, p) in sorted(best.items()))
         s = t["searched"]
-        L.append(f"| {n} | {t['calls']} | {' '.join(f'{w:g}' for w in r['searched_guidance'])} | "
+        L.append(f"| {n} | {t['calls']} | {r['returned']} | {' '.join(f'{w:g}' for w in r['searched_guidance'])} | "
                  f"{s['fd']:.3g} / {s['error_pct']:.2g} | {per_w} | {len(t['dominated_by'])} of "
                  f"{len(t['presets'])} | {'no' if t['dominated_by'] else 'yes'} |")  # fmt: skip
     write_section("\n".join(L), "guided-search")

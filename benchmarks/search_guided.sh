@@ -5,9 +5,10 @@
 #    labels, every step at guidance 4: the user's target kept. Shipped as solver-w4-nfe{N}.json with its report (the
 #    verdict against the best preset at guidance 4, paired over 3 held-out draws; the FD to data and the error rate
 #    of the requested class beside it).
-# 2. with the per-step guidance gene as well (--search-guidance: scales 1, 2, 4, 6), whose report compares the result
-#    with presets at guidance 1..4 with no more model calls on (FD to data, error rate); shipped as
-#    solver-w4-gene-nfe{N}.json only when no preset dominates it there (on the Pareto front).
+# 2. with the per-step guidance gene as well (--search-guidance: scales 1, 2, 4, 6; the same default metric), at the
+#    steps GENE_NFES (6 when measured: 13 minutes), whose report compares the result with presets at guidance 1..4
+#    with no more model calls on (FD to data, error rate); shipped as solver-w4-gene-nfe{N}.json only when no preset
+#    dominates it there (on the Pareto front).
 # Then `python benchmarks/bench_guided_search.py` tabulates both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ for n in ${NFES:-4 5 6 8}; do
   cp "$runs/guided-w4-nfe$n/schedule.json" "$dest/solver-w4-nfe$n.json"
   cp "$runs/guided-w4-nfe$n/report.json" "$dest/solver-w4-nfe$n.report.json"
 done
-for n in ${NFES:-4 5 6 8}; do
+for n in ${GENE_NFES:-6}; do
   out="$runs/guided-w4-gene-nfe$n"
   omsjax search --zoo checkpoints/digits-cond --model 1 --guidance 4 --search-guidance --nfe "$n" --out "$out" --quiet
   if python -c "import json, sys; sys.exit(bool(json.load(open('$out/report.json'))['guidance_tradeoff']['dominated_by']))"; then
