@@ -1,9 +1,8 @@
 """Draw the figures of the docs site: `python docs/make_figures.py` rewrites docs/img/schedule_fields.png.
 
 The figure shows the decision fields of three schedules of the shipped digits zoo, step by step: the classic
-preset DPM-Solver++(3M) at NFE 6, the searched solver schedule at NFE 6 and the searched joint (model and solver)
-schedule under a budget of 0.55 s. Each column is a step i (from ts[i] to ts[i+1]), each row a field of
-`omsjax.Schedule`; the top strip places the steps' times on the log-SNR axis of the noise schedule.
+preset DPM-Solver++(3M) at NFE 6 and the searched solver schedules at NFE 6 and NFE 3. Each column is a step i
+(from ts[i] to ts[i+1]), each row a field of `omsjax.Schedule`; the top strip places the steps' times on the log-SNR axis of the noise schedule.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ def draw(out: Path = OUT) -> Path:
     cases = [
         ("DPM-Solver++(3M), NFE 6 (preset)", presets.dpm_solver_pp(ns, 6, 3, model=len(models) - 1)),
         ("searched solver schedule, NFE 6", Schedule.load(folder / "solver-nfe6.json", len(models))),
-        ("searched joint schedule, budget 0.55 s", Schedule.load(folder / "joint-0.55s.json", len(models))),
+        ("searched solver schedule, NFE 3", Schedule.load(folder / "solver-nfe3.json", len(models))),
     ]
     width = max(s.num_steps for _, s in cases)
     fig, axes = plt.subplots(2 * len(cases), 1, figsize=(1.0 * width + 2.5, 4.6 * len(cases)),
