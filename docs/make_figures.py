@@ -2,7 +2,8 @@
 
 The figure shows the decision fields of three schedules of the shipped digits zoo, step by step: the classic
 preset DPM-Solver++(3M) at NFE 6 and the searched solver schedules at NFE 6 and NFE 3. Each column is a step i
-(from ts[i] to ts[i+1]), each row a field of `omsjax.Schedule`; the top strip places the steps' times on the log-SNR axis of the noise schedule.
+(from ts[i] to ts[i+1]), each row a field of `omsjax.Schedule`; the top strip places the steps' times on the
+log-SNR axis of the noise schedule.
 """
 
 from __future__ import annotations
