@@ -110,6 +110,7 @@ def test_a_search_that_cannot_beat_a_preset_returns_it():
     cfg = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                           heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
     res = find_schedule(MODEL, NS, nfe=3, metric=distance, key=KEY, num_samples=8, heldout_samples=8, config=cfg)
-    assert res.report["verdict"] == "no better schedule found" and res.score == 0.0
+    # The preset comes back; its own distance is zero up to float32 rounding of the two jitted programs.
+    assert res.report["verdict"] == "no better schedule found" and res.score == pytest.approx(0.0, abs=1e-5)
     assert res.report["returned"] == "baseline: UniPC-2 (bh2), time_uniform"
     assert res.schedule.to_json() == target.to_json()

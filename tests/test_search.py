@@ -358,16 +358,16 @@ def test_evaluation_shards_candidates_over_devices(tmp_path):
     from test_search import _tiny_zoo, NS
     import omsjax
     from omsjax import presets
-    from omsjax.search import evaluate as EV
+    from omsjax.search import candidates as CAND
     assert len(jax.devices()) == 4
     zoo = _tiny_zoo()
     x_T = omsjax.sampler.noise(0, 5, (8, 8, 1), jnp.float64)
     scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1), presets.dpm_solver_pp(NS, 3, 2, model=1)]
     lowered = CAND.sample_jit.lower(zoo, NS, omsjax.stack(scheds + [scheds[0]]), x_T, None, "vmap")
     hlo = lowered.compile().as_text()
-    out = EV.sample_candidates(zoo, NS, scheds, x_T, chunk=3)  # 3 -> padded to 4, one per device
+    out = CAND.sample_candidates(zoo, NS, scheds, x_T, chunk=3)  # 3 -> padded to 4, one per device
     mixed = [s._replace(model=jnp.asarray([0, 1, 1], jnp.int32)) for s in scheds]
-    out_m = EV.sample_candidates(zoo, NS, mixed, x_T, method="map", chunk=3)
+    out_m = CAND.sample_candidates(zoo, NS, mixed, x_T, method="map", chunk=3)
     for s, x in zip(scheds + mixed, list(out) + list(out_m)):
         np.testing.assert_allclose(x, np.asarray(omsjax.sample(zoo, NS, s, x_T)), rtol=1e-10, atol=1e-10)
     print("OK", hlo.count("sharding"))
