@@ -21,22 +21,11 @@ import argparse
 import json
 from pathlib import Path
 
-from common import machine, save_json, write_section
+from common import machine, mean_se_cell, paired_cell, save_json, write_section
 
 from omsjax import zoo
 
 STEPS = (4, 5, 6, 8)
-
-
-def _ms(values) -> str:
-    from omsjax import verdict
-
-    m, se = verdict.mean_se(values)
-    return f"{m:.3g} ± {se:.2g}"
-
-
-def _pd(p) -> str:
-    return f"{p['mean']:+.3g} ± {p['se']:.2g} ({p['verdict']})"
 
 
 def main():
@@ -65,11 +54,11 @@ def main():
     for n, r in fixed.items():
         e = r["also"]["error_pct"]
         within = abs(sum(e["searched"]) - sum(e["best_baseline"])) / len(e["searched"]) <= 0.5
-        pd = r["paired_difference"]
         L.append(f"| {n} ({r['searched']['nfe']}) | {r['returned']} | {r['best_baseline']['name']} | "
-                 f"{_ms(r['searched']['scores'])} | {_ms(r['best_baseline']['scores'])} | "
-                 f"{'-' if pd is None else _pd(pd)} | {_pd(r['also']['fd']['paired'])} | {_ms(e['searched'])} | "
-                 f"{_ms(e['best_baseline'])} | {'yes' if within else 'no'} |")  # fmt: skip
+                 f"{mean_se_cell(r['searched']['scores'])} | {mean_se_cell(r['best_baseline']['scores'])} | "
+                 f"{paired_cell(r['paired_difference'])} | {paired_cell(r['also']['fd']['paired'])} | "
+                 f"{mean_se_cell(e['searched'])} | {mean_se_cell(e['best_baseline'])} | "
+                 f"{'yes' if within else 'no'} |")  # fmt: skip
     L += ["", "### (b) Per-step guidance searched: the trade-off against presets at every scale", "",
           "`--search-guidance` (each step's scale among 1, 2, 4, 6; the same metric at guidance 4). Its point on "
           "(FD to data, error) against the presets (DPM-Solver++(2M), UniPC-2/3 (bh2) over logSNR and "

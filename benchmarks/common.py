@@ -37,6 +37,19 @@ def machine() -> str:
     return f"{zoo.machine_name()}; jax {jax.__version__}"
 
 
+def mean_se_cell(values) -> str:
+    """A RESULTS cell: the mean ± standard error of per-draw values (`omsjax.verdict.mean_se`)."""
+    from omsjax import verdict
+
+    m, se = verdict.mean_se(values)
+    return f"{m:.3g} ± {se:.2g}"
+
+
+def paired_cell(p) -> str:
+    """A RESULTS cell: a report's paired difference (dict with mean, se, verdict), or "-" when there is none."""
+    return "-" if p is None else f"{p['mean']:+.3g} ± {p['se']:.2g} ({p['verdict']})"
+
+
 def write_section(text: str, marker: str, path: Path = RESULTS) -> None:
     """Replace the block between `<!-- marker:begin -->` and `<!-- marker:end -->` of `path` (RESULTS.md), or append
     it; written atomically."""

@@ -15,18 +15,9 @@ from __future__ import annotations
 import json
 import re
 
-from common import machine, write_section
+from common import machine, mean_se_cell, paired_cell, write_section
 
-from omsjax import verdict, zoo
-
-
-def _ms(values) -> str:
-    m, se = verdict.mean_se(values)
-    return f"{m:.3g} ± {se:.2g}"
-
-
-def _pd(p) -> str:
-    return "-" if p is None else f"{p['mean']:+.3g} ± {p['se']:.2g} ({p['verdict']})"
+from omsjax import zoo
 
 
 def _order(path) -> tuple:
@@ -54,10 +45,10 @@ def main():
         s, b, fd = r["searched"], r["best_baseline"], r["also"]["fd"]
         same = r["returned"] != "searched"
         L.append(f"| {path.name.removesuffix('.report.json')} | {s['nfe']} / {s['cost']:.0f} | "
-                 f"{'the preset' if same else 'searched'} | {b['name']} | {_ms(s['scores'])} | "
-                 f"{'(the same)' if same else _ms(b['scores'])} | {_pd(r['paired_difference'])} | "
-                 f"{_ms(fd['searched'])} | {'(the same)' if same else _ms(fd['best_baseline'])} | "
-                 f"{'-' if same else _pd(fd['paired'])} |")  # fmt: skip
+                 f"{'the preset' if same else 'searched'} | {b['name']} | {mean_se_cell(s['scores'])} | "
+                 f"{'(the same)' if same else mean_se_cell(b['scores'])} | {paired_cell(r['paired_difference'])} | "
+                 f"{mean_se_cell(fd['searched'])} | {'(the same)' if same else mean_se_cell(fd['best_baseline'])} | "
+                 f"{'-' if same else paired_cell(fd['paired'])} |")  # fmt: skip
     write_section("\n".join(L), "searches")
 
 
