@@ -260,6 +260,32 @@ def test_predictor_learns_a_synthetic_ranking():
         predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(0), loss="l1")
 
 
+@pytest.mark.parametrize("loss", ["hinge", "mse"])
+def test_predictor_padding_changes_nothing(loss):
+    """Up to `batch` schedules train full-batch, padded to a bucket of rows left out of the loss: the same losses,
+    parameters and taus as the unpadded run (batch = n), up to float rounding."""
+    space = E.SearchSpace.for_nfe(4, LAT, model=0)
+    pop = E.random_genomes(space, jax.random.PRNGKey(7), 60)
+    y = _synthetic_fitness(pop)
+    y = y.at[3].set(jnp.inf)  # a diverged schedule
+    tr, ho = jax.tree.map(lambda a: a[:40], pop), jax.tree.map(lambda a: a[40:], pop)
+    cfg = predictor.PredictorConfig(hidden=16, mlp=(32,))
+    kw = dict(epochs=30, loss=loss, heldout=(ho, y[40:]), config=cfg)
+    padded = predictor.fit(space, NS, tr, y[:40], jax.random.PRNGKey(8), batch=512, **kw)  # 40 rows -> 128
+    plain = predictor.fit(space, NS, tr, y[:40], jax.random.PRNGKey(8), batch=40, **kw)
+    np.testing.assert_allclose(padded.losses, plain.losses, rtol=1e-4)
+    assert padded.losses[-1] < padded.losses[0]
+    for a, b in zip(jax.tree.leaves(padded.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert padded.train_tau == pytest.approx(plain.train_tau, abs=0.02)
+    assert padded.heldout_tau == pytest.approx(plain.heldout_tau, abs=0.02)
+
+
+def test_mse_loss_leaves_out_invalid_rows():
+    s, t = jnp.asarray([0.0, 1.0, 5.0]), jnp.asarray([0.0, 0.0, jnp.nan])
+    assert float(predictor.mse_loss(s, t, valid=jnp.asarray([True, True, False]))) == pytest.approx(0.5)
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 
 

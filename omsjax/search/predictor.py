@@ -196,10 +196,14 @@ def hinge_loss(scores, targets, *, margin: float = 1.0, threshold: float = 0.0):
     return jnp.sum(loss) / jnp.maximum(jnp.sum(pair).astype(loss.dtype), 1.0)
 
 
-def mse_loss(scores, targets, *, cap: float = 1e3):
-    """Mean squared error between scores and log(1 + FD) (FD capped at `cap`; inf counts as the cap)."""
+def mse_loss(scores, targets, *, cap: float = 1e3, valid=None):
+    """Mean squared error between scores and log(1 + FD) (FD capped at `cap`; inf counts as the cap), over the
+    rows where `valid` (bool, default all)."""
     t = jnp.log1p(jnp.minimum(jnp.where(jnp.isnan(targets), cap, targets), cap))
-    return jnp.mean((scores - t) ** 2)
+    if valid is None:
+        return jnp.mean((scores - t) ** 2)
+    w = valid.astype(scores.dtype)
+    return jnp.sum(w * (scores - t) ** 2) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def kendall_tau(x, y) -> float:
@@ -255,31 +259,54 @@ def fit(
     k_init, k_shuf = jax.random.split(key)
     if params is None:
         params = init_params(space, noise_schedule, k_init, config)
-    x_all = _features(space, noise_schedule, genomes)
+    # Up to `batch` schedules train full-batch, padded to a bucket (`_padded_size`; the padding rows are left out
+    # of the loss), so a search's stages and its held-out tau reuse one compiled program as the data grow.
+    size = min(_padded_size(n), batch) if n <= batch else n
+    x_all = _features(space, noise_schedule, _pad(genomes, size))
+    valid = jnp.arange(size) < n
+    t_pad = jnp.concatenate([targets, jnp.full((size - n,), jnp.nan, targets.dtype)])
     module = _module(space, config)
-    params, losses = _train(params, k_shuf, x_all, targets, module=module, epochs=epochs, bsz=min(batch, n), lr=lr,
-                            loss=loss, margin=margin, threshold=threshold)  # fmt: skip
-    train_tau = kendall_tau(np.asarray(_apply(module, params, x_all)), np.asarray(targets))
+    params, losses = _train(params, k_shuf, x_all, t_pad, valid, module=module, epochs=epochs,
+                            bsz=min(batch, size), lr=lr, loss=loss, margin=margin, threshold=threshold)  # fmt: skip
+    train_tau = kendall_tau(np.asarray(_apply(module, params, x_all))[:n], np.asarray(targets))
     ho_tau = float("nan")
     if heldout is not None:
         g_ho, t_ho = heldout
-        ho_tau = kendall_tau(np.asarray(score(space, noise_schedule, params, g_ho, config)), np.asarray(t_ho))
+        m = int(np.shape(t_ho)[0])
+        pred = score(space, noise_schedule, params, _pad(g_ho, _padded_size(m)), config)
+        ho_tau = kendall_tau(np.asarray(pred)[:m], np.asarray(t_ho))
     return FitResult(params, np.asarray(losses), train_tau, ho_tau)
 
 
+def _padded_size(n: int, least: int = 128) -> int:
+    """The bucket of `n` rows: the next power of two, at least `least`."""
+    return max(least, 1 << (n - 1).bit_length())
+
+
+def _pad(pop: Genome, size: int) -> Genome:
+    """`pop` [P] padded to [size] rows by repeating its first (host-side: no program per shape)."""
+    idx = np.concatenate([np.arange(_rows(pop)), np.zeros(size - _rows(pop), np.int64)])
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[idx]), pop)
+
+
+def _rows(pop: Genome) -> int:
+    return int(jax.tree_util.tree_leaves(pop)[0].shape[0])
+
+
 @functools.partial(jax.jit, static_argnames=("module", "epochs", "bsz", "lr", "loss", "margin", "threshold"))
-def _train(params, key, x_all, targets, *, module, epochs, bsz, lr, loss, margin, threshold):
+def _train(params, key, x_all, targets, valid, *, module, epochs, bsz, lr, loss, margin, threshold):
     """`fit`'s training run, one compiled program per (network, data size, settings): the data are arguments, so
-    the search's later stages and a second search of the same shapes reuse it."""
+    the search's later stages and a second search of the same shapes reuse it. Rows not `valid` (padding, target
+    NaN) are left out of the loss."""
     tx = optax.adam(lr)
     n = targets.shape[0]
     nb = n // bsz
 
     def loss_fn(p, idx):  # one minibatch: the rows `idx` of the data
         s = module.apply(p, jax.tree.map(lambda a: a[idx], x_all))
-        if loss == "hinge":
+        if loss == "hinge":  # a NaN target is in no pair
             return hinge_loss(s, targets[idx], margin=margin, threshold=threshold)
-        return mse_loss(s, targets[idx])
+        return mse_loss(s, targets[idx], valid=valid[idx])
 
     def epoch(carry, k):
         perm = jax.random.permutation(k, n)[: nb * bsz].reshape(nb, bsz)
