@@ -2,6 +2,6 @@
 
 import sys
 
-from omsjax.cli import main
+from omsjax.cli import console
 
-sys.exit(main())
+sys.exit(console())

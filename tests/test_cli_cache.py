@@ -1,4 +1,5 @@
-"""`omsjax`'s persistent compilation cache: the flags, their errors, and a second process that compiles nothing new."""
+"""`omsjax`'s process settings: the persistent compilation cache (the flags, their errors, a second process that
+compiles nothing new) and one CPU device per core for `omsjax search`."""
 
 import json
 import os
@@ -78,3 +79,21 @@ def test_a_second_process_reads_its_programs_from_the_cache(tmp_path):
     second, again = run()
     assert again == entries  # nothing new compiled and written
     assert second == first
+
+
+def test_search_takes_one_cpu_device_per_core():
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS", "JAX_PLATFORMS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    cores = len(os.sched_getaffinity(0))
+
+    def run(first="pass", **extra):
+        code = f"import jax; from omsjax.cli import common; {first}; print(common.one_device_per_core(), " \
+            "len(jax.devices()))"  # fmt: skip
+        res = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             timeout=120, cwd=REPO)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout.split()
+
+    assert run() == [str(cores), str(cores)]
+    assert run(JAX_NUM_CPU_DEVICES="1") == ["0", "1"]  # the caller's count wins
+    assert run("jax.numpy.zeros(1)") == ["0", "1"]  # JAX running already: its devices stay

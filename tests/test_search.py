@@ -375,8 +375,8 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     assert recs[0].fd == pytest.approx(omsjax.metrics.fd(x), rel=1e-9) or not np.all(np.isfinite(x))
 
 
-@pytest.mark.slow  # a subprocess with two host devices: it compiles everything again (about 40 s on 2 cores)
-def test_evaluation_shards_candidates_over_devices(tmp_path):
+@pytest.mark.slow  # a subprocess with four host devices: it compiles everything again (about 40 s on 2 cores)
+def test_evaluation_splits_samples_over_devices(tmp_path):
     script = f"""
     import jax, numpy as np, jax.numpy as jnp
     jax.config.update("jax_enable_x64", True)
@@ -387,16 +387,25 @@ def test_evaluation_shards_candidates_over_devices(tmp_path):
     from omsjax.search import candidates as CAND
     assert len(jax.devices()) == 4
     zoo = _tiny_zoo()
-    x_T = omsjax.sampler.noise(0, 5, (8, 8, 1), jnp.float64)
+    x_T = omsjax.sampler.noise(0, 5, (8, 8, 1), jnp.float64)  # 5 samples: padded to 8, two per device
     scheds = [presets.ddim(NS, 3, model=1), presets.unipc(NS, 3, 2, model=1), presets.dpm_solver_pp(NS, 3, 2, model=1)]
-    lowered = CAND.sample_jit.lower(zoo, NS, omsjax.stack(scheds + [scheds[0]]), x_T, None, "vmap")
-    hlo = lowered.compile().as_text()
-    out = CAND.sample_candidates(zoo, NS, scheds, x_T, chunk=3)  # 3 -> padded to 4, one per device
+    x8 = jnp.concatenate([x_T, x_T[:3]])
+    hlo = CAND.sample_jit.lower(zoo, NS, omsjax.stack(scheds), x8, None, "vmap").compile().as_text()
+    out = CAND.sample_candidates(zoo, NS, scheds, x_T, chunk=2)  # chunks of 2 and 1 (padded to 2)
     mixed = [s._replace(model=jnp.asarray([0, 1, 1], jnp.int32)) for s in scheds]
     out_m = CAND.sample_candidates(zoo, NS, mixed, x_T, method="map", chunk=3)
+    assert out.shape == out_m.shape == (3, 5, 8, 8, 1)
     for s, x in zip(scheds + mixed, list(out) + list(out_m)):
         np.testing.assert_allclose(x, np.asarray(omsjax.sample(zoo, NS, s, x_T)), rtol=1e-10, atol=1e-10)
-    print("OK", hlo.count("sharding"))
+    # Conditioning is split with the samples: 6 guided samples, padded to 8.
+    import test_guidance as G
+    guided = [presets.ddim(G.NS, 4, guidance=3.0), presets.unipc(G.NS, 4, 2, guidance=2.0)]
+    out_g = CAND.sample_candidates(G.NOISE_MODEL, G.NS, guided, G.X_T, cond=G.COND, uncond=G.UNCOND)
+    for s, x in zip(guided, out_g):
+        want = omsjax.sample(G.NOISE_MODEL, G.NS, s, G.X_T, cond=G.COND, uncond=G.UNCOND)
+        np.testing.assert_allclose(x, np.asarray(want), rtol=1e-10, atol=1e-10)
+    assert "sharding" in hlo
+    print("OK")
     """
     env = {
         **os.environ,

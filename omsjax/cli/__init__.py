@@ -1,4 +1,4 @@
-"""The `omsjax` command (`omsjax --help`; the `omsjax` script and `python -m omsjax` run `main`).
+"""The `omsjax` command (`omsjax --help`; the `omsjax` script and `python -m omsjax` run `console`, which runs `main`).
 
 One module per command group, each with its `add_<command>` parser function(s) and `cmd_<command>` handler(s):
 `solvers` (gmm, compare), `zoo_cmds` (evaluate, sample, zoo), `train_cmd` (train), `stages_cmds` (stages cluster,
@@ -12,7 +12,7 @@ single module keeps working.
 from __future__ import annotations
 
 from omsjax.cli.common import SOLVERS, _load_zoo, _solver_schedule
-from omsjax.cli.entry import build_parser, main
+from omsjax.cli.entry import build_parser, console, main
 from omsjax.cli.search_cmd import cmd_search
 from omsjax.cli.solvers import HEUN, _default_gmm, cmd_compare, cmd_gmm
 from omsjax.cli.stages_cmds import cmd_stages_cluster, cmd_stages_config

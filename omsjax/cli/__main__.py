@@ -2,6 +2,6 @@
 
 import sys
 
-from omsjax.cli.entry import main
+from omsjax.cli.entry import console
 
-sys.exit(main())
+sys.exit(console())

@@ -97,6 +97,24 @@ def add_cache_args(p) -> None:
     g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh and keep nothing")
 
 
+def one_device_per_core() -> int:
+    """Give JAX one CPU device per core this process may use (`jax_num_cpu_devices`), so that a search's
+    evaluations split their samples over the cores (`search.candidates`): on a 2-core AMD EPYC, 500 digits-m samples
+    at NFE 5 take 0.90 s on two devices against 1.85 s on one, whose programs leave the second core mostly idle.
+    Returns the count set, or 0 where it is left alone: a count the caller chose (`JAX_NUM_CPU_DEVICES`, or
+    `--xla_force_host_platform_device_count` in `XLA_FLAGS`) or JAX already running. GPUs and TPUs are unaffected."""
+    import jax
+
+    if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        jax.config.update("jax_num_cpu_devices", cores)
+    except RuntimeError:  # JAX has run something already: its devices stay as they are
+        return 0
+    return cores
+
+
 def enable_compile_cache(args) -> str | None:
     """Turn on JAX's persistent compilation cache for this process as the cache flags say; returns the folder in
     use, or None when it is off.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omsjax.cli.common import add_cache_args, enable_compile_cache
+from omsjax.cli.common import add_cache_args, enable_compile_cache, one_device_per_core
 from omsjax.cli.search_cmd import add_search
 from omsjax.cli.solvers import add_compare, add_gmm
 from omsjax.cli.stages_cmds import add_stages
@@ -114,6 +114,15 @@ def main(argv=None) -> int:
     except (ValueError, OSError, FolderLocked) as e:  # bad input or files: one line, exit code 2, no traceback
         print(f"omsjax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def console() -> int:
+    """The `omsjax` script and `python -m omsjax`: `main` of this process's arguments, where `omsjax search` first
+    takes one CPU device per core (`common.one_device_per_core`; in-process callers of `main` keep their devices)."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["search"]:
+        one_device_per_core()
+    return main(argv)
 
 
 def _one_line(e: BaseException) -> str:
