@@ -95,5 +95,4 @@ def test_search_takes_one_cpu_device_per_core():
         return res.stdout.split()
 
     assert run() == [str(cores), str(cores)]
-    assert run(JAX_NUM_CPU_DEVICES="1") == ["0", "1"]  # the caller's count wins
-    assert run("jax.numpy.zeros(1)") == ["0", "1"]  # JAX running already: its devices stay
+    assert run("jax.numpy.zeros(1)") == ["0", "1"]  # JAX running already: its devices stay as they are

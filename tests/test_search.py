@@ -265,14 +265,14 @@ def test_predictor_padding_changes_nothing(loss):
     """Up to `batch` schedules train full-batch, padded to a bucket of rows left out of the loss: the same losses,
     parameters and taus as the unpadded run (batch = n), up to float rounding."""
     space = E.SearchSpace.for_nfe(4, LAT, model=0)
-    pop = E.random_genomes(space, jax.random.PRNGKey(7), 60)
+    pop = E.random_genomes(space, jax.random.PRNGKey(7), 36)
     y = _synthetic_fitness(pop)
     y = y.at[3].set(jnp.inf)  # a diverged schedule
-    tr, ho = jax.tree.map(lambda a: a[:40], pop), jax.tree.map(lambda a: a[40:], pop)
-    cfg = predictor.PredictorConfig(hidden=16, mlp=(32,))
-    kw = dict(epochs=30, loss=loss, heldout=(ho, y[40:]), config=cfg)
-    padded = predictor.fit(space, NS, tr, y[:40], jax.random.PRNGKey(8), batch=512, **kw)  # 40 rows -> 128
-    plain = predictor.fit(space, NS, tr, y[:40], jax.random.PRNGKey(8), batch=40, **kw)
+    tr, ho = jax.tree.map(lambda a: a[:24], pop), jax.tree.map(lambda a: a[24:], pop)
+    cfg = predictor.PredictorConfig(hidden=8, mlp=(16,))
+    kw = dict(epochs=15, loss=loss, heldout=(ho, y[24:]), config=cfg)
+    padded = predictor.fit(space, NS, tr, y[:24], jax.random.PRNGKey(8), batch=64, **kw)  # 24 rows -> 64
+    plain = predictor.fit(space, NS, tr, y[:24], jax.random.PRNGKey(8), batch=24, **kw)
     np.testing.assert_allclose(padded.losses, plain.losses, rtol=1e-4)
     assert padded.losses[-1] < padded.losses[0]
     for a, b in zip(jax.tree.leaves(padded.params), jax.tree.leaves(plain.params), strict=True):

@@ -151,6 +151,7 @@ def test_gradient_through_sample_matches_finite_differences(name):
     assert np.max(np.abs(grad)) > 1e-4
 
 
+@pytest.mark.slow  # a reproduction: an optimisation whose gain holds on held-out noise (about 10 s)
 def test_optimize_trajectory_generalises_to_held_out_noise():
     gm = _gmm()
     model = gm.model(VP)
@@ -197,6 +198,7 @@ def test_frechet_loss_matches_the_scipy_frechet_distance_and_its_gradient():
         assert grad[i, j] == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 
+@pytest.mark.slow  # a reproduction: an FD optimisation on U-Net samples (about 10 s)
 def test_optimize_fd_lowers_the_frechet_distance_on_held_out_noise():
     gm = _gmm()
     model = gm.model(VP)

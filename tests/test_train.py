@@ -148,7 +148,8 @@ def test_precondition_edm_matches_reference_formulas():
 # ---------------------------------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("precond", ["vp", "edm"])
+# EDM's preconditioning in the slow tier (its training steps run in test_fdm's fdm_edm too): about 8 s.
+@pytest.mark.parametrize("precond", ["vp", pytest.param("edm", marks=pytest.mark.slow)])
 def test_loss_decreases(tmp_path, precond):
     cfg = train.TrainConfig(net=NET, steps=150, precond=precond, batch_size=16, lr=3e-3, warmup=10)
     state = train.train(cfg, pattern_data(), tmp_path, progress=False, log_every=1)
@@ -252,6 +253,7 @@ def test_checkpoint_manager_roundtrip_and_no_overwrite(tmp_path, reference):
     assert [s for s, _ in train.read_log(tmp_path)] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow  # a training subprocess killed mid-run, then resumed: two processes compile training (about 18 s)
 def test_resume_after_sigkill(tmp_path, data_file, reference):
     out = tmp_path / "run"
     script = f"""
@@ -302,6 +304,7 @@ def test_resume_after_sigkill(tmp_path, data_file, reference):
 # ---------------------------------------------------------------------------------------------- data parallel
 
 
+@pytest.mark.slow  # a subprocess with four host devices compiles training again (about 19 s on 2 cores)
 def test_data_parallel_matches_single_device(tmp_path, data_file):
     out = tmp_path / "dp"
     script = f"""

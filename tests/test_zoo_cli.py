@@ -51,6 +51,7 @@ def _run(capsys, argv):
     return rc, out.out, out.err
 
 
+@pytest.mark.slow  # the CLI twice and a schedule file (about 11 s); generate's batching is checked in test_sampler
 def test_cli_evaluate_is_deterministic(tiny_zoo, capsys, tmp_path):
     path, _ = tiny_zoo
     # 20 samples in batches of 12 (the last one ragged) and in one batch of 20: the batch shapes of the other tests
@@ -73,6 +74,7 @@ def test_cli_evaluate_is_deterministic(tiny_zoo, capsys, tmp_path):
     assert rc == 0 and json.loads(out)["fd"] == a["fd"]
 
 
+@pytest.mark.slow  # the diffrax ODE endpoint through the CLI (about 11 s); test_metrics checks the metric itself
 def test_cli_evaluate_trajectory_error(tiny_zoo, capsys):
     from omsjax import metrics, sampler
 
