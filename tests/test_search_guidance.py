@@ -81,6 +81,7 @@ def test_encode_round_trip_and_errors():
     assert np.all(np.asarray(seeds.guidance)[:, :5] == CHOICES.index(4.0))
 
 
+@pytest.mark.slow  # the opt-in guidance gene in a GA run (about 12 s of compiling)
 def test_ga_mutates_the_gene_and_an_unguided_search_is_unchanged():
     space = encoding.SearchSpace(num_positions=6, latencies=LAT, mode="joint", guidance=4.0, guidance_choices=CHOICES)
     cfg = ga.GAConfig(pop_size=16, num_children=16)
@@ -106,6 +107,7 @@ def test_ga_mutates_the_gene_and_an_unguided_search_is_unchanged():
         np.testing.assert_array_equal(getattr(m_a, name), getattr(m_b, name))
 
 
+@pytest.mark.slow  # the opt-in guidance gene's predictor, two variants (about 13 s of compiling)
 def test_predictor_and_archive_carry_the_gene_only_where_searched():
     space = encoding.SearchSpace(num_positions=5, latencies=LAT, mode="model", guidance=4.0, guidance_choices=CHOICES)
     plain = dataclasses.replace(space, guidance_choices=())

@@ -54,9 +54,9 @@ def cmd_search(args) -> int:
     tau = "" if tau is None else f"; predictor Kendall tau on held-out schedules {tau:.2f}"
     # The presets are judged on the search noise too: where the zoo's cache has none, they add to the runs.
     print(f"{report['evaluated']} schedules searched, {len(report['baselines'])} presets compared; "
-          f"{report['new_evaluations']} evaluations run on the search noise, {report['cached_evaluations']} read "
-          f"from the zoo's cache, in {report['search_seconds']:.0f} s{tau}; wrote {args.out}/schedule.json, "
-          "report.json, pareto.png, samples.png")  # fmt: skip
+          f"{report['new_evaluations']} evaluations run on the search noise, {report['cached_evaluations']} on "
+          f"every noise read from the zoo's cache, in {report['search_seconds']:.0f} s{tau}; wrote "
+          f"{args.out}/schedule.json, report.json, pareto.png, samples.png")  # fmt: skip
     return 0
 
 
