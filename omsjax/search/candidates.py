@@ -4,8 +4,8 @@
 call (`sample_jit`): solver schedules of one model as one `vmap` program, model schedules (`method="map"`) with
 `lax.map`, so each costs the models it schedules. With several devices, the samples (x_T, `cond`, `uncond`) are
 split over them with `jax.shard_map` (a 1-D mesh "batch"), every device running every candidate on its share: no
-device idles on a short chunk, and on a CPU host with one XLA device per core (the `omsjax` command's sampling
-commands) a search's evaluations run about twice as fast on 2 cores as on one device.
+device idles on a short chunk, and on a CPU host with one XLA device per core (as `omsjax search` sets up) a
+search's evaluations run about twice as fast on 2 cores as on one device.
 """
 
 from __future__ import annotations
