@@ -328,13 +328,15 @@ class _EquinoxApply:
         except TypeError:  # an unhashable static leaf: equal objects still hash equally
             return hash(self._key)
 
-    def __call__(self, params, x, t):
+    def __call__(self, params, x, t, *cond):
+        """`module(x, t)`, or `module(x, t, cond)` when the sampler has conditioning (its leaves [B, ...] are
+        mapped with x when the module takes one sample)."""
         import equinox as eqx
 
         module = eqx.combine(params, self.static)
         if self.channels_first:  # omsjax's x is channels-last [B, ..., C]; the module takes [B, C, ...]
             x = jnp.moveaxis(x, -1, 1)
-        out = module(x, t) if self.batched else jax.vmap(module)(x, t)
+        out = module(x, t, *cond) if self.batched else jax.vmap(module)(x, t, *cond)
         return jnp.moveaxis(out, 1, -1) if self.channels_first else out
 
 
@@ -348,7 +350,9 @@ def from_equinox(
     latency: float = 1.0,
     sample_shape: tuple[int, ...] | None = None,
 ) -> Model:
-    """A Model for an equinox module called as `module(x, t)`, its weights traced and its program compiled once.
+    """A Model for an equinox module called as `module(x, t)`, its weights traced and its program compiled once;
+    a conditional module is called as `module(x, t, cond)` when the sampler is given `cond` (and `uncond` for
+    classifier-free guidance: the unconditional half is the same call with `uncond`).
 
     The module is split with `eqx.partition(module, eqx.is_array)`: its arrays become `Model.params` (a pytree of
     the module's type, traced by the samplers, so `jax.grad`, `vmap` and new weights need no recompilation) and
@@ -358,11 +362,12 @@ def from_equinox(
     into the program as constants.
 
     Args:
-      module: an `equinox.Module` with `__call__(x, t)`.
+      module: an `equinox.Module` with `__call__(x, t)`, or `__call__(x, t, cond)` for a conditional model (one
+        sample's conditioning, e.g. a label, or the batch's with `batched=True`).
       parameterization: what the module returns (`PARAMETERIZATIONS`); it receives what `to_eps_x0` passes for
         it: the schedule's time t, or sigma / alpha for "denoiser", c_noise for "edm_raw".
-      batched: False (default): the module maps one sample, x [...] and t a scalar, and is vmapped over the
-        batch; True: it takes x [B, ...] and t [B] itself.
+      batched: False (default): the module maps one sample, x [...], t a scalar (and cond's leaves without the
+        batch axis), and is vmapped over the batch; True: it takes x [B, ...], t [B] (and cond [B, ...]) itself.
       channels_first: the module expects the channel axis first, [C, H, W] (or [B, C, H, W] when batched), while
         omsjax's samples are channels-last [B, H, W, C]: x is transposed in and the output back.
       name, latency, sample_shape: as in `Model`.

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_guidance as G
+from test_transcriptions import dpm_solver_pp_np
 
 import omsjax
 from omsjax import oracles, presets, schedules
@@ -214,3 +216,27 @@ def test_from_equinox_compiles_once_per_structure():
         m = _mlp(seed)
         omsjax.sample(Model(lambda p, x, t, m=m: jax.vmap(m)(x, t), None), VP, s, x_T)
     assert len(TRACES) == 2 * traced
+
+
+class _CondEps(eqx.Module):
+    """test_guidance's conditional mixture, its exact eps as a conditional equinox module: `(x, t, cond)` for the
+    batch (x [B, D], t [B], labels [B]) or for one sample."""
+
+    cg: object
+    batched: bool = eqx.field(static=True)
+
+    def __call__(self, x, t, cond):
+        if self.batched:
+            return self.cg.eps(G.NS, x, t, cond)
+        return self.cg.eps(G.NS, x[None], t[None], cond[None])[0]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_from_equinox_passes_cond_and_samples_with_guidance(batched):
+    model = from_equinox(_CondEps(G.CG, batched), batched=batched, sample_shape=(G.D,))
+    s = presets.dpm_solver_pp(G.NS, 6, 2, guidance=3.0)
+    out = omsjax.sample(model, G.NS, s, jnp.asarray(G.X_T), cond=G.COND, uncond=G.UNCOND)
+    want = dpm_solver_pp_np(G.NumpyGuidedGMM(G.COND, 3.0), G.X_T, 6, 2, "logSNR")  # float64 numpy transcription
+    assert G._rel(out, want) <= 1e-10
+    with pytest.raises(ValueError, match="cond"):  # a conditional module needs its conditioning
+        omsjax.sample(model, G.NS, presets.ddim(G.NS, 3), jnp.asarray(G.X_T))
