@@ -260,6 +260,27 @@ def test_predictor_learns_a_synthetic_ranking():
         predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(0), loss="l1")
 
 
+@pytest.mark.parametrize("name", ["vp_linear", "vp_cosine", "vp_discrete", "edm", "flow"])
+def test_presets_encode_on_every_noise_schedule_with_float32_times(name):
+    """Every noise schedule with its default arguments, and random valid time ranges: the presets seed the search,
+    also from float32 times (a float32 session's presets; flow()'s t_start 0.999 is 0.99900001 in float32, which a
+    float64 tolerance once rejected: "no preset fits this search space")."""
+    ns = {"vp_linear": schedules.vp_linear(), "vp_cosine": schedules.vp_cosine(), "edm": schedules.edm(),
+          "vp_discrete": schedules.vp_discrete(np.linspace(1e-4, 0.02, 1000)),
+          "flow": schedules.flow()}[name]  # fmt: skip
+    rng = np.random.RandomState(3)
+    lo, hi = float(ns.default_t_end), float(ns.t_max)
+    ranges = [{}] + [dict(zip(("t_end", "t_start"), np.sort(rng.uniform(lo, hi, 2)).tolist(), strict=True))
+                     for _ in range(4)]  # fmt: skip
+    for kw in ranges:
+        space = E.SearchSpace.for_nfe(4, LAT, noise_schedule=ns, **kw)
+        assert jax.tree.leaves(E.preset_seeds(space, ns))[0].shape[0] > 0, kw
+        s = presets.unipc(ns, 4, 2, t_start=space.t_start, t_end=space.t_end)
+        g = E.encode(space, ns, s._replace(ts=jnp.asarray(s.ts, jnp.float32)))
+        back = E.to_schedule(space, ns, g)
+        np.testing.assert_allclose(np.asarray(back.ts), np.asarray(s.ts), rtol=1e-5)  # float32 rounding
+
+
 @pytest.mark.parametrize("loss", ["hinge", "mse"])
 def test_predictor_padding_changes_nothing(loss):
     """Up to `batch` schedules train full-batch, padded to a bucket of rows left out of the loss: the same losses,

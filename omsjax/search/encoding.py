@@ -294,8 +294,11 @@ def encode(space: SearchSpace, noise_schedule: NoiseSchedule, schedule: Schedule
         raise ValueError(f"the schedule has {n} steps, the space at most {N}")
     if np.any(s["start"] != 0):
         raise ValueError("the search space is multistep only (start = 0 at every step)")
+    # At the times' own precision: float32 times of a float64 space's ends differ by up to half an ulp (1e-8 at
+    # flow()'s t_start 0.999), which a float64 tolerance rejected.
+    tol = max(1e-9, 4 * float(np.finfo(s["ts"].dtype).eps))
     ts = np.asarray(s["ts"], np.float64)
-    if not (np.isclose(ts[0], space.t_start, rtol=1e-9) and np.isclose(ts[-1], space.t_end, rtol=1e-9)):
+    if not (np.isclose(ts[0], space.t_start, rtol=tol) and np.isclose(ts[-1], space.t_end, rtol=tol)):
         raise ValueError(f"the schedule runs {ts[0]} -> {ts[-1]}, the space {space.t_start} -> {space.t_end}")
     afs = int(s["afs"])
     if afs >= space.num_afs:
