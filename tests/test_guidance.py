@@ -281,6 +281,34 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
         EV.Evaluator(EV_MODEL, NS, cond=labels, **kw).evaluate_schedules([s])
 
 
+def test_a_cond_aware_metric_gets_the_rows_sampled():
+    from omsjax.search import encoding
+    from omsjax.search import evaluate as EV
+
+    n, rows = 8, 12
+    labels, null = jnp.asarray(np.arange(rows) % 3, jnp.int32), jnp.full((rows,), CG.null_label, jnp.int32)
+    seen = []
+
+    def third(samples, x_T, cond):  # the conditioning as a third positional argument
+        seen.append(cond)
+        return float(np.mean(samples**2))
+
+    def keyword(samples, x_T, *, cond=None):  # or as the keyword cond
+        seen.append(cond)
+        return float(np.mean(samples**2))
+
+    space = encoding.SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
+    s = presets.ddim(NS, 5, guidance=3.0)
+    for fn in (third, keyword):
+        ev = EV.Evaluator(EV_MODEL, NS, space, cond=labels, uncond=null, num_samples=n, metric=fn,
+                          metric_name=fn.__name__)  # fmt: skip
+        (r,) = ev.evaluate_schedules([s])
+        assert isinstance(seen[-1], np.ndarray) and seen[-1].tolist() == (np.arange(n) % 3).tolist()
+        assert r.score == pytest.approx(float(np.mean(ev.samples(s) ** 2)), rel=1e-6)
+        ev.with_noise(5, rows).evaluate_schedules([s])  # other noise: its own rows of the labels
+        assert seen[-1].tolist() == (np.arange(rows) % 3).tolist()
+
+
 def test_guided_genomes_count_two_calls_per_step_in_every_mode():
     from omsjax.search import baselines, encoding
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -70,6 +71,19 @@ def _sample_shape(zoo, sample_shape, image_shape) -> tuple[int, ...] | None:
     return shape
 
 
+def _cond_argument(metric) -> str | None:
+    """How `metric` takes the conditioning: "cond" (a parameter named `cond`, passed by name), "third" (a third
+    positional parameter), or None: `metric(samples, x_T)` (also a metric with `*args` or `**kwargs` only)."""
+    try:
+        params = list(inspect.signature(metric).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins): called as metric(samples, x_T)
+        return None
+    if any(q.name == "cond" and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD) for q in params):
+        return "cond"
+    positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    return "third" if len(positional) >= 3 else None
+
+
 def _check_num_samples(n) -> None:
     if n < 2:
         raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {n}")
@@ -85,12 +99,14 @@ class Evaluator:
     [t_end, t_start] must lie inside the noise schedule's [t_min, t_max] (`SearchSpace.check_times`).
 
     `metric(samples, x_T) -> float`, lower is better, on numpy arrays [num_samples, *sample_shape]: the score kept
-    in each `Record` (field `fd`, alias `score`). NaN and -inf are errors; a diverged candidate (non-finite samples)
-    scores inf without calling it. By default (`metric=None`) the digits FD `metrics.digits_fd`, with
-    `classifier` and `ref` if given; it scores only samples of shape (8, 8, 1) (others: a ValueError asking for
-    `metric=` when it is first called). `metric_name` (default: the metric's `name` attribute if it has one, else
-    its `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics apart (give one to tell
-    apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as before.
+    in each `Record` (field `fd`, alias `score`); a metric with a third parameter, or a keyword `cond`, also gets
+    the evaluator's `cond` (the rows sampled, numpy leaves; None without conditioning). NaN and -inf are errors; a
+    diverged candidate (non-finite samples) scores inf without calling it. By default (`metric=None`) the digits FD
+    `metrics.digits_fd`, with `classifier` and `ref` if given; it scores only samples of shape (8, 8, 1) (others: a
+    ValueError asking for `metric=` when it is first called). `metric_name` (default: the metric's `name` attribute
+    if it has one, else its `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics
+    apart (give one to tell apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as
+    before.
 
     `sample_shape` (alias `image_shape`): the shape of one sample, e.g. (16,), (T, D) or (H, W, C); by default the
     shape the models declare (`Model.sample_shape`, set on zoo members by `zoo.load_zoo`); a shape that differs
@@ -247,11 +263,16 @@ class Evaluator:
         return self._score(self.metric, self.metric_name, x, key)
 
     def _score(self, metric, name: str, x: np.ndarray, key: str) -> float:
-        """`metric(x, x_T)` checked: a real number, finite or +inf; inf without calling it for non-finite x."""
+        """`metric(x, x_T)` (or `metric(x, x_T, cond)`, `_cond_argument`) checked: a real number, finite or +inf;
+        inf without calling it for non-finite x."""
         if not np.all(np.isfinite(x)):
             return float("inf")
         try:
-            v = metric(np.asarray(x), self._x_T_host)
+            how, args = _cond_argument(metric), (np.asarray(x), self._x_T_host)
+            if how is None:
+                v = metric(*args)
+            else:
+                v = metric(*args, self._cond_host) if how == "third" else metric(*args, cond=self._cond_host)
         except Exception as e:
             raise ValueError(f"metric {name} raised on schedule {key}: {type(e).__name__}: {e}") from e
         a = np.asarray(v) if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) else None
@@ -259,6 +280,11 @@ class Evaluator:
             raise ValueError(f"metric {name} returned {v!r} on schedule {key}: it must return a real number, "
                              "finite or +inf (lower is better)")  # fmt: skip
         return float(a)
+
+    @property
+    def _cond_host(self):
+        """The conditioning of exactly the rows sampled (numpy leaves), or None: what a cond-aware metric gets."""
+        return None if self.cond is None else jax.tree.map(np.asarray, self.cond)
 
     @functools.cached_property
     def _x_T_host(self) -> np.ndarray:

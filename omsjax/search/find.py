@@ -101,7 +101,8 @@ def find_schedule(
 
     Args:
       models: one `omsjax.Model` or a zoo; their `latency` is the cost model of model and joint modes.
-      metric: `metric(samples, x_T) -> float`, lower is better, on numpy [n, *sample_shape] arrays; or
+      metric: `metric(samples, x_T) -> float`, lower is better, on numpy [n, *sample_shape] arrays (with a third
+        parameter or a keyword `cond`, also the conditioning of exactly the rows sampled); or
         "reference-rmse" (any model) or "reference-fd" (digits-shaped samples; for others pass
         `metrics.ReferenceFD(reference, features=...)`), against the target member (solver mode's `model`, else
         the last) sampled by `metrics.ReferenceSampler()` from the same noise.
