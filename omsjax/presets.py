@@ -5,7 +5,8 @@ wl-zhao/UniPC) step for step. Every preset with the same number of steps N has t
 dtypes, so one compiled sampler runs them all.
 
 Common arguments: `noise_schedule`, `nfe` (model calls), `skip` ('logSNR', 'time_uniform', 'time_quadratic',
-'karras'), `t_start` (default T), `t_end` (default: the schedule's, 1e-3 for continuous VP, sigma_min for EDM),
+'karras'; default the noise schedule's `default_spacing`: logSNR for VP, karras for EDM, time_uniform for flow),
+`t_start` (default T), `t_end` (default: the schedule's, 1e-3 for continuous VP, sigma_min for EDM),
 `model` (the zoo index used at every step), `guidance` (the classifier-free guidance scale: a number for every
 step or one per step; 1, the default, is unguided; `nfe` counts the steps' model calls without guidance, while
 `Schedule.nfe()` counts each guided step twice).
@@ -77,7 +78,7 @@ def ddim(
     noise_schedule: NoiseSchedule,
     nfe: int,
     *,
-    skip: str = "logSNR",
+    skip: str | None = None,
     t_start: float | None = None,
     t_end: float | None = None,
     model: int = 0,
@@ -111,7 +112,7 @@ def dpm_solver_pp(
     nfe: int,
     order: int = 2,
     *,
-    skip: str = "logSNR",
+    skip: str | None = None,
     t_start: float | None = None,
     t_end: float | None = None,
     model: int = 0,
@@ -144,6 +145,7 @@ def dpm_solver_pp(
 
 def _singlestep_outer(noise_schedule, nfe, order, skip, t_start, t_end):
     """DPM-Solver-fast's outer orders and outer times (`get_orders_and_timesteps_for_singlestep_solver`)."""
+    skip = noise_schedule.default_spacing if skip is None else skip
     if order == 3:
         k = nfe // 3 + 1
         if nfe % 3 == 0:
@@ -175,7 +177,7 @@ def dpm_solver(
     nfe: int,
     order: int = 3,
     *,
-    skip: str = "logSNR",
+    skip: str | None = None,
     t_start: float | None = None,
     t_end: float | None = None,
     model: int = 0,
@@ -223,7 +225,7 @@ def unipc(
     order: int = 2,
     *,
     variant: str = "bh2",
-    skip: str = "logSNR",
+    skip: str | None = None,
     t_start: float | None = None,
     t_end: float | None = None,
     model: int = 0,

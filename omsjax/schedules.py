@@ -52,9 +52,14 @@ class NoiseSchedule:
 
     Subclasses define `log_alpha(t)`, `lam(t)`, `t_of_lambda(lam)` and the attributes `t_max` (the start T),
     `t_min` (the smallest admissible time) and `default_t_end`.
+
+    `default_spacing` names the step spacing that `time_steps` and the presets use when no `skip` is given: the
+    convention of each family's literature, 'logSNR' for VP (DPM-Solver), 'karras' for EDM (Karras et al.),
+    'time_uniform' for flow (rectified flow / flow matching practice).
     """
 
     kind: str = "abstract"
+    default_spacing = "logSNR"  # a class constant, not a pytree field
 
     def log_alpha(self, t):
         raise NotImplementedError
@@ -203,7 +208,10 @@ class VPDiscrete(NoiseSchedule):
 
 @struct.dataclass
 class EDM(NoiseSchedule):
-    """Karras et al. (EDM): alpha = 1, sigma = t, lambda = -log t, t in [sigma_min, sigma_max]."""
+    """Karras et al. (EDM): alpha = 1, sigma = t, lambda = -log t, t in [sigma_min, sigma_max]. Default spacing:
+    Karras's rho = 7 noise levels."""
+
+    default_spacing = "karras"
 
     kind: str = struct.field(pytree_node=False, default="edm")
     t_max: float = struct.field(pytree_node=False, default=80.0)
@@ -232,8 +240,11 @@ class Flow(NoiseSchedule):
 
     alpha_t = 1 - t, sigma_t = t, lambda_t = log(1 - t) - log t, t(lambda) = 1/(1 + e^lambda), for
     0 < t_min <= t <= t_max < 1 (t = 1 has alpha = 0, lambda = -inf). The prior is N(0, I) (`prior_std` = 1), the
-    flow convention at t -> 1. Every method acts elementwise on t (or lambda) of any shape, numpy or jax.
+    flow convention at t -> 1. Every method acts elementwise on t (or lambda) of any shape, numpy or jax. Default
+    spacing: uniform in t, as rectified-flow and flow-matching samplers step.
     """
+
+    default_spacing = "time_uniform"
 
     kind: str = struct.field(pytree_node=False, default="flow")
     t_max: float = struct.field(pytree_node=False, default=0.999)

@@ -36,7 +36,7 @@ KARRAS_RHO = 7.0
 def time_steps(
     noise_schedule: NoiseSchedule,
     n: int,
-    skip: str = "logSNR",
+    skip: str | None = None,
     *,
     t_start: float | None = None,
     t_end: float | None = None,
@@ -44,12 +44,15 @@ def time_steps(
 ) -> np.ndarray:
     """The n + 1 times t_0 = t_start > ... > t_n = t_end of a spacing, in float64 on the host.
 
+    `skip` None: the noise schedule's `default_spacing` (logSNR for VP, karras for EDM, time_uniform for flow).
     logSNR: uniform in lambda; time_uniform: uniform in t; time_quadratic: uniform in sqrt(t) (DDIM);
     karras: sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in the equivalent
     EDM noise level sigma = exp(-lambda).
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"time_steps needs an integer number of steps n >= 1, got {n!r}")
+    if skip is None:
+        skip = noise_schedule.default_spacing
     t_start = float(noise_schedule.t_max if t_start is None else t_start)
     t_end = float(noise_schedule.default_t_end if t_end is None else t_end)
     if not (noise_schedule.t_min <= t_end < t_start <= noise_schedule.t_max * (1 + 1e-12)):

@@ -91,6 +91,7 @@ def cmd_compare(args) -> int:
     if unknown:
         raise ValueError(f"unknown solvers {unknown}; expected some of {list(SOLVERS)}")
     shape = tuple(manifest["image_shape"])
+    args.skip = args.skip or ns.default_spacing
     table, t0 = {}, time.perf_counter()
     for name in args.solvers:
         row = {}
@@ -153,7 +154,12 @@ def add_compare(sub) -> None:
         nargs="+",
         default=["DDIM", "DPM-Solver-3", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)"],
     )
-    c.add_argument("--skip", default="logSNR", choices=list(SKIP_TYPES))
+    c.add_argument(
+        "--skip",
+        default=None,
+        choices=list(SKIP_TYPES),
+        help="step spacing (default: the zoo noise schedule's default_spacing, logSNR for VP)",
+    )
     c.add_argument("--num-samples", type=int, default=1000)
     c.add_argument("--batch-size", type=int, default=500)
     c.add_argument("--seed", type=int, default=0)

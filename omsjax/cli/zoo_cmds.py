@@ -21,6 +21,7 @@ def _schedule_from_args(args, ns, num_models):
         raise ValueError("give --schedule FILE, or --solver NAME and --nfe N")
     if not 0 <= args.model < num_models:
         raise ValueError(f"--model {args.model} is not in the zoo of {num_models} models (0..{num_models - 1})")
+    args.skip = args.skip or ns.default_spacing
     kw = dict(skip=args.skip, model=args.model)
     if args.solver != "ddim":
         kw["order"] = args.order if args.order is not None else (3 if args.solver == "dpm_solver" else 2)
@@ -172,7 +173,12 @@ def _add_schedule_args(p, num_samples):
     p.add_argument("--solver", choices=["ddim", "dpm_solver", "dpm_solver_pp", "unipc"])
     p.add_argument("--order", type=int, default=None)
     p.add_argument("--variant", default="bh2", choices=["bh1", "bh2"], help="UniPC variant")
-    p.add_argument("--skip", default="logSNR", choices=list(SKIP_TYPES))
+    p.add_argument(
+        "--skip",
+        default=None,
+        choices=list(SKIP_TYPES),
+        help="step spacing of --solver (default: the zoo noise schedule's default_spacing)",
+    )
     p.add_argument("--nfe", type=int, default=None)
     p.add_argument("--schedule", default=None, help="a schedule JSON file (Schedule.to_json)")
     p.add_argument("--num-samples", type=int, default=num_samples)

@@ -4,7 +4,8 @@
 - solver mode: every solver of `BASELINES` (DDIM, DPM-Solver++(2M, 3M), UniPC-2/3 bh1/bh2) over the four step
   spacings at the search's NFE, each also with an analytical first step ("+AFS": one more step at the same NFE),
   since the searched schedules may use one: 56 settings;
-- model and joint modes: the smaller grid `MODEL_MODE_BASELINES` x `MODEL_MODE_SPACINGS` with each zoo model
+- model and joint modes: the smaller grid `MODEL_MODE_BASELINES` x (`MODEL_MODE_SPACINGS` and the noise
+  schedule's `default_spacing`) with each zoo model
   alone at the largest NFE that fits the budget (`baseline_nfe`), in joint mode (which searches AFS) also +AFS.
 Every step at the space's guidance scale, from its t_start to t_end. Shared by `omsjax search`
 (`workflows.search_job`) and `find_schedule`.
@@ -67,11 +68,11 @@ def for_space(
                                                                  **times).items()}  # fmt: skip
     if budget is None:
         raise ValueError(f"{space.mode} mode's baselines need the search's budget")
-    out = {}
+    out, spacings = {}, tuple(dict.fromkeys((*MODEL_MODE_SPACINGS, noise_schedule.default_spacing)))
     for m, lat in enumerate(space.latencies):
         n = baseline_nfe(lat, kind, budget, space.num_positions, space.calls_per_step)
         for a in afs if n >= 1 else ():
-            grid = baselines(noise_schedule, n, m, afs=a, solvers=MODEL_MODE_BASELINES, spacings=MODEL_MODE_SPACINGS,
+            grid = baselines(noise_schedule, n, m, afs=a, solvers=MODEL_MODE_BASELINES, spacings=spacings,
                              **times)  # fmt: skip
             out.update({f"{name}, model {m}, NFE {n}": s for name, s in grid.items()})
     return out
