@@ -52,6 +52,11 @@ def _mse_to_reference(model):
         (dict(mode="model", budget=0.5), "at least one step of the cheapest model"),
         (dict(mode="model", nfe=3, model=0), "model= picks solver mode's model"),
         (dict(nfe=3, metric="mse"), "metric must be callable .* or one of"),
+        (dict(nfe=3, t_start=0.5, t_end=0.5), r"need t_min = 1e-05 <= t_end < t_start <= t_max = 1 \(VPLinear\)"),
+        (dict(nfe=3, t_start=1.5), "got t_start = 1.5"),
+        (dict(nfe=3, t_end=1e-6), "got t_start = 1, t_end = 1e-06"),
+        (dict(nfe=3, t_start="1"), "t_start must be a finite number"),
+        (dict(nfe=3, t_end=float("nan")), "t_end must be a finite number"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(kw, match):
@@ -114,3 +119,51 @@ def test_a_search_that_cannot_beat_a_preset_returns_it():
     assert res.report["verdict"] == "no better schedule found" and res.score == pytest.approx(0.0, abs=1e-5)
     assert res.report["returned"] == "baseline: UniPC-2 (bh2), time_uniform"
     assert res.schedule.to_json() == target.to_json()
+    assert res.baseline().to_json() == target.to_json()  # rebuilt from the report's JSON
+    other = res.baseline("DDIM, logSNR")
+    assert other.to_json() == presets.named("DDIM", NS, 3, skip="logSNR").to_json()
+    with pytest.raises(ValueError, match="no baseline 'DDIM' in this report"):
+        res.baseline("DDIM")
+
+
+def _gmm_eps(params, x, t):
+    """The exact noise prediction of the mixture `params[0]` on the noise schedule `params[1]` (one function for
+    every schedule: their searches share compiled programs where the schedule's class allows)."""
+    gmm, ns = params
+    return gmm.eps(ns, x.astype(jnp.float64), t.astype(jnp.float64)).astype(x.dtype)
+
+
+def _range(rng, ns):
+    """A random valid [t_end, t_start] of `ns`: two distinct times log-uniform in [t_min, t_max]."""
+    lo, hi = np.log(float(ns.t_min)), np.log(float(ns.t_max))
+    a, b = np.sort(np.exp(rng.uniform(lo, hi, 2)))
+    return float(max(b, np.nextafter(a, np.inf) * (1 + 1e-3))), float(a)
+
+
+@pytest.mark.slow  # 25 quick searches: each noise schedule compiles the search once (~40 s), then ~4 s a range
+def test_quick_search_runs_on_every_noise_schedule_at_its_defaults_and_on_random_time_ranges():
+    """Issue 27's done-when: `find_schedule(quick=True)` returns a schedule `check_schedule` accepts on the five
+    noise schedule constructors with their defaults and on 20 random valid time ranges (4 per schedule), every
+    candidate and baseline running from the requested t_start to t_end."""
+    from omsjax import metrics
+    from omsjax.schedule import check_schedule
+
+    rng = np.random.default_rng(0)
+    gmm = oracles.GaussianMixture.create(2.0 * rng.standard_normal((4, 2)), np.full(4, 0.3), np.full(4, 0.25))
+    metric = metrics.SlicedWasserstein(np.asarray(gmm.sample(jax.random.PRNGKey(1), 1000)), num_projections=32)
+    f32 = np.float32
+    for make in (schedules.vp_linear, schedules.vp_cosine, schedules.vp_discrete, schedules.edm, schedules.flow):
+        ns = make()
+        model = omsjax.Model(_gmm_eps, (gmm, ns), sample_shape=(2,))
+        ranges = [(None, None)] + [_range(rng, ns) for _ in range(4)]
+        for i, (t_start, t_end) in enumerate(ranges):
+            res = find_schedule(model, ns, nfe=3, metric=metric, key=jax.random.PRNGKey(i), quick=True,
+                                t_start=t_start, t_end=t_end)  # fmt: skip
+            where = f"{ns.kind} [{t_end}, {t_start}]"
+            check_schedule(res.schedule, 1, ns)
+            want = (ns.t_max if t_start is None else t_start, ns.default_t_end if t_end is None else t_end)
+            got = (res.schedule.ts[0], res.schedule.ts[-1])
+            assert np.allclose(np.asarray(got, f32), np.asarray(want, f32), rtol=1e-6), where
+            assert res.report["verdict"] in ("beats", "tie", "no better schedule found"), where
+            assert np.isfinite(res.score), where
+            assert res.report["best_baseline"]["name"].endswith(ns.default_spacing) or res.report["baselines"], where

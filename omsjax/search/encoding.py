@@ -105,11 +105,16 @@ def gene_cardinalities(space: SearchSpace) -> dict:
     }
 
 
-@functools.partial(jax.jit, static_argnames=("space", "n", "skip_rate"))
 def random_genomes(space: SearchSpace, key: jax.Array, n: int, *, skip_rate=(0.2, 0.8)) -> Genome:
     """`n` random genomes (leading axis n). Orders follow S3's prior, model mixes a Dirichlet(0.4) over the zoo
-    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the logSNR spacing; c ~ N(0, 0.05^2);
-    a searched guidance gene uniform over the choices. One compiled program per (space, n, skip_rate)."""
+    (OMS-DPM), skips a rate uniform in `skip_rate`; u ~ N(0, 0.5^2) around the space's base spacing; c ~ N(0,
+    0.05^2); a searched guidance gene uniform over the choices. One compiled program per (`space.timeless()`,
+    n, skip_rate): genomes do not depend on the end times."""
+    return _random_genomes(space.timeless(), key, n, skip_rate=tuple(skip_rate))
+
+
+@functools.partial(jax.jit, static_argnames=("space", "n", "skip_rate"))
+def _random_genomes(space: SearchSpace, key: jax.Array, n: int, *, skip_rate) -> Genome:
     f = jnp.result_type(float)
     N = space.num_positions
     k = jax.random.split(key, 12)
@@ -184,10 +189,17 @@ def _base_solver(space: SearchSpace, pos, length):
     return order, jnp.full_like(pos, usf.DATA), relax_type, corrector
 
 
-@functools.partial(jax.jit, static_argnames=("space",))
-def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tuple[Schedule, jax.Array]:
+def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome, bounds=None) -> tuple[Schedule, jax.Array]:
     """(padded Schedule of N steps, number of steps `length`) for one genome; pure JAX, vmappable, and jitted
-    (the space static), so a host-side call is one compiled program rather than dozens of small ones."""
+    (`space.timeless()` static, so a host-side call is one compiled program rather than dozens of small ones, and
+    spaces that differ only in their end times share it). `bounds`: (t_start, t_end), possibly traced; default
+    the space's."""
+    bounds = space.bounds if bounds is None else bounds
+    return _decode(space.timeless(), noise_schedule, g, jnp.asarray(bounds, jnp.result_type(float)))
+
+
+@functools.partial(jax.jit, static_argnames=("space",))
+def _decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome, bounds) -> tuple[Schedule, jax.Array]:
     f = jnp.result_type(float)
     N = space.num_positions
     pos = jnp.arange(N, dtype=jnp.int32)
@@ -199,7 +211,7 @@ def decode(space: SearchSpace, noise_schedule: NoiseSchedule, g: Genome) -> tupl
     last = pos == length - 1
     # Times: softmax increments of the spacing's coordinate over the active steps, fixed end points.
     u = take(jnp.asarray(g.u, f)) if space.searches_solver else jnp.zeros((N,), f)
-    ts = times(noise_schedule, u, space.t_start, space.t_end, space.spacing, valid=valid)
+    ts = times(noise_schedule, u, bounds[0], bounds[1], space.spacing, valid=valid)
     afs = _afs(space, g)
     model, _ = decode_models(space, g)
     if space.searches_solver:

@@ -24,8 +24,10 @@ per sample of the largest noise (`max(num_samples, heldout_samples)` rows; each 
 A guided step counts two evaluations in the report's NFE and cost; `guidance_choices` also searches the scale of
 every step (the per-step guidance gene).
 
-`quick=True` is a small configuration for a first look (2 stages of 16 evaluations, 256 search samples and 3 x 512
-held-out ones: enough for a 2-D distributional metric to rank candidates); the default is `loop.LoopConfig()`.
+`quick=True` is a small configuration for a first look (2 stages of 16 evaluations; about a minute for the example
+`examples/search_your_model.py` on a 2-core AMD EPYC); the default is `loop.LoopConfig()`. Both score on 1,024
+search samples and 3 x 1,024 held-out ones: enough for a 2-D sliced-Wasserstein metric or that example's MSE to
+pass the noise check.
 `out=` keeps the archive (`out/archive.jsonl`: a rerun resumes without evaluating a schedule twice) and writes
 `schedule.json` and `report.json` atomically, under a lock on the folder.
 """
@@ -63,11 +65,20 @@ QUICK = loop.LoopConfig(stages=2, initial_random=16, per_stage=16, generations=2
 class FindResult:
     """schedule: the schedule returned (the best searched one, or the best baseline when no candidate beat it);
     score: its mean metric over the held-out draws; report: a JSON-ready dict (the verdict against the best
-    baseline, paired, every baseline with its schedule, the noise check, the search's stages and timings)."""
+    baseline, paired, every baseline with its schedule, the noise check, the search's stages and timings);
+    `baseline(name)` rebuilds a baseline's schedule from the report."""
 
     schedule: Schedule
     score: float
     report: dict
+
+    def baseline(self, name: str | None = None) -> Schedule:
+        """The baseline `name` (a key of `report["baselines"]`, e.g. "UniPC-2 (bh2), logSNR"; default the best
+        one, which the verdict compares with) as a `Schedule`, rebuilt from the JSON the report carries."""
+        name = self.report["best_baseline"]["name"] if name is None else name
+        if name not in self.report["baselines"]:
+            raise ValueError(f"no baseline {name!r} in this report; it has {sorted(self.report['baselines'])}")
+        return Schedule.from_json(self.report["baselines"][name]["schedule"], source=f"baseline {name!r}")
 
 
 def find_schedule(
@@ -86,7 +97,9 @@ def find_schedule(
     quick: bool = False,
     config: loop.LoopConfig | None = None,
     metric_name: str | None = None,
-    spacing: str = "logSNR",
+    spacing: str | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
     max_steps: int = 20,
     data_mean=None,
     cond=None,
@@ -114,11 +127,14 @@ def find_schedule(
       mode: "solver" (every solver decision for one model), "model" (which model at each step) or "joint".
       model: solver mode's zoo index (default the last member).
       num_samples, heldout_samples: samples of the search noise and of each selection and held-out draw (default
-        256 / 512 with `quick`, else 512 / 1000).
+        1,024 each).
       quick: the small `QUICK` configuration (ignored when `config` is given).
       config: a `loop.LoopConfig` (its GA's budget kind is set from `nfe` / `budget`).
       metric_name: names the metric in the archive and the report (default its `name` or `__qualname__`).
-      spacing: the base step spacing of the genomes, one of `schedules.SKIP_TYPES`.
+      spacing: the base step spacing of the genomes, one of `schedules.SKIP_TYPES` (default the noise schedule's
+        `default_spacing`: logSNR for VP, karras for EDM, time_uniform for flow).
+      t_start, t_end: the first and last time of every candidate and baseline (default the noise schedule's
+        t_max and default_t_end); t_min <= t_end < t_start <= t_max.
       max_steps: model and joint modes: the most steps a schedule may have.
       data_mean: enables the analytical first step's data-mean guess.
       cond, uncond, guidance, thresholding: conditioning, classifier-free guidance (one scale for every step) and
@@ -136,8 +152,9 @@ def find_schedule(
         raise ValueError(f"metric must be callable as metric(samples, x_T) -> float or one of {REFERENCE_METRICS}, "
                          f"got {metric!r}")  # fmt: skip
     lat = [m.latency for m in zoo]
-    common = dict(spacing=spacing, mean_afs=data_mean is not None, guidance=guidance,
-                  guidance_choices=tuple(guidance_choices))  # fmt: skip
+    common = dict(mean_afs=data_mean is not None, guidance=guidance, guidance_choices=tuple(guidance_choices))
+    given = {"spacing": spacing, **_times(noise_schedule, t_start, t_end)}
+    common.update({k: v for k, v in given.items() if v is not None})
     if mode == "solver":
         if budget is not None or not (isinstance(nfe, int) and nfe >= 1):
             raise ValueError(f"solver mode needs nfe= an int >= 1 (and no budget), got nfe={nfe!r}, budget={budget!r}")
@@ -167,8 +184,8 @@ def find_schedule(
                                                **common)  # fmt: skip
     cfg = config if config is not None else (QUICK if quick else loop.LoopConfig())
     cfg = dataclasses.replace(cfg, ga=dataclasses.replace(cfg.ga, budget_kind=kind))
-    n_search = num_samples or (256 if quick else 512)
-    n_held = heldout_samples or (512 if quick else 1000)
+    n_search = num_samples or 1024
+    n_held = heldout_samples or 1024
     k_search, k_noise, k_held = jax.random.split(key, 3)
     # Held-out and selection noise take 3 draws each from their seeds on (`final.FinalConfig`): seeds drawn below
     # 2**30, the selection's shifted by 2**30, cannot overlap.
@@ -188,6 +205,24 @@ def find_schedule(
         files.write_text(out / "schedule.json", res.schedule.to_json(score=res.score, mode=mode))
         files.write_json(out / "report.json", res.report)
     return res
+
+
+def _times(ns, t_start, t_end) -> dict:
+    """find_schedule's `t_start` / `t_end` as floats, checked against the noise schedule (None: its default)."""
+    out = {}
+    for name, v in (("t_start", t_start), ("t_end", t_end)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
+                              or not math.isfinite(v)):  # fmt: skip
+            raise ValueError(f"find_schedule: {name} must be a finite number, got {v!r}")
+        out[name] = None if v is None else float(v)
+    lo = float(ns.default_t_end) if out["t_end"] is None else out["t_end"]
+    hi = float(ns.t_max) if out["t_start"] is None else out["t_start"]
+    if not float(ns.t_min) <= lo < hi <= float(ns.t_max):
+        raise ValueError(
+            f"find_schedule: need t_min = {float(ns.t_min):g} <= t_end < t_start <= t_max = "
+            f"{float(ns.t_max):g} ({type(ns).__name__}), got t_start = {hi:g}, t_end = {lo:g}"
+        )
+    return out
 
 
 def _metric(metric, zoo, ns, space, ev_kw) -> Callable:

@@ -102,15 +102,55 @@ def _within_budget(space, gcfg, pop, budget):
 
 
 @functools.partial(jax.jit, static_argnames=("space", "gcfg"))
-def _repair(space, gcfg, pop, key, budget):
+def _repair_jit(space, gcfg, pop, key, budget):
     keys = jax.random.split(key, _size(pop))
     return jax.vmap(lambda g, k: ga.repair(space, gcfg, g, k, budget))(pop, keys)
+
+
+# The GA's programs are compiled once per (space.timeless(), GA config, generations) and reused by every later
+# search: the noise schedule, end times, predictor parameters and budget are traced arguments (the GA's operators
+# never read the times; the predictor's fitness gets them as `bounds`).
+def _repair(space, gcfg, pop, key, budget):
+    return _repair_jit(space.timeless(), gcfg, pop, key, budget)
+
+
+def _run_ga(space, gcfg, generations, ns, params, state, budget):
+    return _run_ga_jit(space.timeless(), gcfg, generations, ns, params, state, budget, _bounds(space))
+
+
+@functools.partial(jax.jit, static_argnames=("space", "gcfg", "generations"))
+def _run_ga_jit(space, gcfg, generations, ns, params, state, budget, bounds):
+    fitness = lambda pop: predictor.score(space, ns, params, pop, bounds=bounds)  # noqa: E731
+    return ga.run(space, gcfg, fitness, state, generations, budget)
+
+
+def _init_ga(space, gcfg, ns, params, seeds, key, budget):
+    return _init_ga_jit(space.timeless(), gcfg, ns, params, seeds, key, budget, _bounds(space))
+
+
+@functools.partial(jax.jit, static_argnames=("space", "gcfg"))
+def _init_ga_jit(space, gcfg, ns, params, seeds, key, budget, bounds):
+    fitness = lambda pop: predictor.score(space, ns, params, pop, bounds=bounds)  # noqa: E731
+    return ga.init(space, gcfg, fitness, key, seeds, budget)
+
+
+def _explore(space, gcfg, pop, fit, key, budget):
+    return _explore_jit(space.timeless(), gcfg, pop, fit, key, budget)
+
+
+@functools.partial(jax.jit, static_argnames=("space", "gcfg"))
+def _explore_jit(space, gcfg, pop, fit, key, budget):
+    return ga.children(space, gcfg, pop, fit, key, budget)
+
+
+def _bounds(space: SearchSpace) -> jax.Array:
+    return jnp.asarray(space.bounds, jnp.result_type(float))
 
 
 def _feasible(space, gcfg, pop, budget):
     if budget is None:
         return np.ones(_size(pop), bool)
-    return np.asarray(_within_budget(space, gcfg, pop, budget))
+    return np.asarray(_within_budget(space.timeless(), gcfg, pop, budget))
 
 
 def _training_set(space: SearchSpace, records: list[Record]) -> tuple[Genome, np.ndarray]:
@@ -184,20 +224,6 @@ def search(
     noise = None if noise_evaluator is None else check_noise(evaluator, noise_evaluator, recs[:n_seeds])
     bar.update(1)
 
-    @jax.jit
-    def run_ga(params, state):
-        fitness = lambda pop: predictor.score(space, ns, params, pop)  # noqa: E731
-        return ga.run(space, gcfg, fitness, state, config.generations, b)
-
-    @jax.jit
-    def explore(pop, fit, k):
-        return ga.children(space, gcfg, pop, fit, k, b)
-
-    @jax.jit
-    def init_ga(params, seeds, k):
-        fitness = lambda pop: predictor.score(space, ns, params, pop)  # noqa: E731
-        return ga.init(space, gcfg, fitness, k, seeds, b)
-
     params = None
     for s in range(1, config.stages + 1):
         t_stage = time.perf_counter()
@@ -210,13 +236,13 @@ def search(
                             params=params)  # fmt: skip
         params = fit.params
         order = np.argsort(fds, kind="stable")[: gcfg.pop_size]
-        state = init_ga(params, _take(genomes, order), jax.random.fold_in(k_ga, s))
-        state, best_curve = run_ga(params, state)
+        state = _init_ga(space, gcfg, ns, params, _take(genomes, order), jax.random.fold_in(k_ga, s), b)
+        state, best_curve = _run_ga(space, gcfg, config.generations, ns, params, state, b)
         n_explore = int(round(config.per_stage * config.explore_fraction))
         keys = set(known)
         exploit = _fresh(space, ns, state.population, np.asarray(state.fitness), keys, config.per_stage - n_explore)
         fit_true = jnp.asarray(np.where(np.isfinite(fds[order]), fds[order], np.inf))
-        kids = explore(_take(genomes, order), fit_true, jax.random.fold_in(k_ga, 1000 + s))
+        kids = _explore(space, gcfg, _take(genomes, order), fit_true, jax.random.fold_in(k_ga, 1000 + s), b)
         kid_ok = np.where(_feasible(space, gcfg, kids, budget), 0.0, np.inf)
         explore_idx = _fresh(space, ns, kids, kid_ok, keys, n_explore)
         picked = [_take(g, idx) for g, idx in ((state.population, exploit), (kids, explore_idx)) if idx]

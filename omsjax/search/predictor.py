@@ -75,13 +75,15 @@ class Features(NamedTuple):
     guidance: jax.Array | None = None  # the index of the step's guidance choice, where the space searches it
 
 
-def features(space: SearchSpace, noise_schedule, g: Genome) -> Features:
-    """The predictor's inputs for one genome (pure JAX; vmap over a population)."""
+def features(space: SearchSpace, noise_schedule, g: Genome, bounds=None) -> Features:
+    """The predictor's inputs for one genome (pure JAX; vmap over a population); `bounds` (t_start, t_end),
+    possibly traced, default the space's."""
     f = jnp.result_type(float)
-    sched, length = encoding.decode(space, noise_schedule, g)
+    bounds = jnp.asarray(space.bounds if bounds is None else bounds, f)
+    sched, length = encoding.decode(space, noise_schedule, g, bounds)
     ns = noise_schedule
     lam = ns.lam(sched.ts)
-    lam0, lam1 = ns.lam(jnp.asarray(space.t_start, f)), ns.lam(jnp.asarray(space.t_end, f))
+    lam0, lam1 = ns.lam(bounds[0]), ns.lam(bounds[1])
     lam = (lam - lam0) / (lam1 - lam0)
     n = space.num_positions
     return Features(
@@ -160,24 +162,40 @@ def _module(space: SearchSpace, config: PredictorConfig) -> Predictor:
                      num_guidance=len(space.guidance_choices))  # fmt: skip
 
 
-# The host-side entry points below are jitted (space and config static): run eagerly, featurising and
-# initialising would compile dozens of small programs, one per operation and shape.
-@functools.partial(jax.jit, static_argnames=("space", "config"))
+# The host-side entry points below are jitted (`space.timeless()` and config static, the end times a traced
+# `bounds`): run eagerly, featurising and initialising would compile dozens of small programs, one per operation
+# and shape; and searches that differ only in their time range share the programs.
 def init_params(space: SearchSpace, noise_schedule, key: jax.Array, config: PredictorConfig = PredictorConfig()):
     """Fresh predictor parameters (initialised on one random genome's features)."""
-    return _module(space, config).init(key, _features(space, noise_schedule, encoding.random_genomes(space, key, 1)))
+    return _init_params(space.timeless(), noise_schedule, key, config, _bounds(space, None))
+
+
+@functools.partial(jax.jit, static_argnames=("space", "config"))
+def _init_params(space, noise_schedule, key, config, bounds):
+    return _module(space, config).init(key, _features(space, noise_schedule, encoding.random_genomes(space, key, 1),
+                                                      bounds))  # fmt: skip
+
+
+def _bounds(space: SearchSpace, bounds) -> jax.Array:
+    return jnp.asarray(space.bounds if bounds is None else bounds, jnp.result_type(float))
 
 
 @functools.partial(jax.jit, static_argnames=("space",))
-def _features(space: SearchSpace, noise_schedule, pop: Genome) -> Features:
+def _features(space: SearchSpace, noise_schedule, pop: Genome, bounds) -> Features:
     """`features` of a population [P]."""
-    return jax.vmap(lambda g: features(space, noise_schedule, g))(pop)
+    return jax.vmap(lambda g: features(space, noise_schedule, g, bounds))(pop)
+
+
+def score(space: SearchSpace, noise_schedule, params, pop: Genome, config: PredictorConfig = PredictorConfig(),
+          bounds=None):  # fmt: skip
+    """Predicted scores of a population [P] (lower = better): decode, featurise, run the network. `bounds`:
+    the end times (t_start, t_end), possibly traced (default the space's)."""
+    return _score(space.timeless(), noise_schedule, params, pop, config, _bounds(space, bounds))
 
 
 @functools.partial(jax.jit, static_argnames=("space", "config"))
-def score(space: SearchSpace, noise_schedule, params, pop: Genome, config: PredictorConfig = PredictorConfig()):
-    """Predicted scores of a population [P] (lower = better): decode, featurise, run the network."""
-    return _module(space, config).apply(params, _features(space, noise_schedule, pop))
+def _score(space, noise_schedule, params, pop, config, bounds):
+    return _module(space, config).apply(params, _features(space, noise_schedule, pop, bounds))
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -262,7 +280,7 @@ def fit(
     # Up to `batch` schedules train full-batch, padded to a bucket (`_padded_size`; the padding rows are left out
     # of the loss), so a search's stages and its held-out tau reuse one compiled program as the data grow.
     size = min(_padded_size(n), batch) if n <= batch else n
-    x_all = _features(space, noise_schedule, _pad(genomes, size))
+    x_all = _features(space.timeless(), noise_schedule, _pad(genomes, size), _bounds(space, None))
     valid = jnp.arange(size) < n
     t_pad = jnp.concatenate([targets, jnp.full((size - n,), jnp.nan, targets.dtype)])
     module = _module(space, config)

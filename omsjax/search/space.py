@@ -34,7 +34,8 @@ class SearchSpace:
       base_solver: model mode's fixed solver: "unipc" (UniPC-2 bh2, corrector on every step but the last, lower
         order final) or "dpm_solver_pp" (DPM-Solver++(2M), lower order final under 10 steps).
       spacing: the base step spacing, one of SPACINGS: the time coordinate the `u` genes split (module docstring).
-        Model mode's steps follow it exactly; solver and joint modes search around it.
+        Model mode's steps follow it exactly; solver and joint modes search around it. `for_noise_schedule`
+        takes the noise schedule's `default_spacing`.
       t_start, t_end: the fixed end times. The defaults (1.0, 1e-3) suit the VP schedules; for any other noise
         schedule build the space with `for_noise_schedule` (or `for_nfe(..., noise_schedule=ns)`), which takes
         t_start = ns.t_max and t_end = ns.default_t_end. `check_times(ns)` says whether they fit a schedule.
@@ -106,6 +107,17 @@ class SearchSpace:
                                  "(the scale of the presets that seed the search)")  # fmt: skip
 
     @property
+    def bounds(self) -> tuple[float, float]:
+        """(t_start, t_end)."""
+        return (self.t_start, self.t_end)
+
+    def timeless(self) -> SearchSpace:
+        """This space with placeholder end times (1, 0.5): the static key of the compiled search programs
+        (`encoding.decode`, the predictor, the GA), which take the real `bounds` as a traced argument, so searches
+        that differ only in their time range share one compilation."""
+        return dataclasses.replace(self, t_start=1.0, t_end=0.5)
+
+    @property
     def num_models(self) -> int:
         return len(self.latencies)
 
@@ -146,10 +158,12 @@ class SearchSpace:
 
     @classmethod
     def for_noise_schedule(cls, noise_schedule: NoiseSchedule, **kw) -> SearchSpace:
-        """A space whose end times are the noise schedule's: t_start = t_max, t_end = default_t_end (explicit
-        `t_start` / `t_end` in `kw` win); the other fields as in `SearchSpace(**kw)`."""
+        """A space whose end times and base spacing are the noise schedule's: t_start = t_max, t_end =
+        default_t_end, spacing = default_spacing (explicit `t_start` / `t_end` / `spacing` in `kw` win); the other
+        fields as in `SearchSpace(**kw)`."""
         ns = noise_schedule
-        return cls(**{"t_start": float(ns.t_max), "t_end": float(ns.default_t_end), **kw})
+        own = {"t_start": float(ns.t_max), "t_end": float(ns.default_t_end), "spacing": ns.default_spacing}
+        return cls(**{**own, **kw})
 
     def check_times(self, noise_schedule: NoiseSchedule) -> None:
         """Raise `ValueError` naming the field unless t_min <= t_end < t_start <= t_max of `noise_schedule`."""
