@@ -13,7 +13,7 @@ import numpy as np
 from omsjax import files
 
 __all__ = ["image_grid", "save", "save_grid", "timesteps_plot", "fd_accuracy", "pareto_front", "search_pareto",
-           "side_by_side"]  # fmt: skip
+           "side_by_side", "scatter"]  # fmt: skip
 
 
 def _format(path: Path) -> str:
@@ -178,6 +178,30 @@ def side_by_side(panels: dict, path, *, title: str = "", scale: int = 8) -> Path
         return save(fig, path, dpi=max(60, 12 * scale))
     finally:
         plt.close(fig)
+
+
+def scatter(sets: dict, path, *, title: str = "", max_points: int = 2000) -> Path:
+    """2-D samples as points, one colour per entry of `sets` {label: samples [N, 2]} (e.g. searched, baseline and
+    data), drawn in order, each thinned to its first `max_points`; a PNG (or the suffix's format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not sets:
+        raise ValueError("scatter needs at least one set of samples")
+    arrays = {}
+    for name, pts in sets.items():
+        pts = np.asarray(pts, np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 1:
+            raise ValueError(f"scatter: {name!r} must be 2-D samples [N, 2], got shape {pts.shape}")
+        arrays[name] = pts[:max_points]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, pts in arrays.items():
+        ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5, label=f"{name} ({len(pts)})")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=8, markerscale=3)
+    return _finish(fig, ax, title, path)
 
 
 def _finish(fig, ax, title: str, path) -> Path:

@@ -51,3 +51,13 @@ def test_search_pareto_and_side_by_side_write_pngs(tmp_path):
     assert s.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="at least one panel"):
         plots.side_by_side({}, tmp_path / "e.png")
+
+
+def test_scatter_draws_2d_sample_sets_and_names_a_bad_one(tmp_path):
+    r = np.random.default_rng(0)
+    p = plots.scatter({"searched": r.normal(size=(50, 2)), "data": r.normal(size=(3000, 2))}, tmp_path / "s.png",
+                      title="t", max_points=100)  # fmt: skip
+    assert p.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="'baseline' must be 2-D samples"):
+        plots.scatter({"baseline": np.zeros((5, 3))}, tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()

@@ -6,6 +6,8 @@
 - The reference metrics (`metrics.reference`): the distance from a sampler's output to the model's own converged
   samples from the same noise, labels and guidance (`reference_fd`, `reference_rmse`, the search metrics
   `ReferenceFD` and `ReferenceRMSE`, the diffrax endpoint `ode_reference`).
+- Distances between sample sets of any shape (`metrics.distribution`): `sliced_wasserstein`, `energy_distance`,
+  and the search metrics `SlicedWasserstein(data)` / `EnergyDistance(data)` (distance to a fixed sample set).
 """
 
 from omsjax.metrics.classifier import (
@@ -32,6 +34,7 @@ from omsjax.metrics.classifier import (
     shipped_classifier,
     train_classifier,
 )
+from omsjax.metrics.distribution import EnergyDistance, SlicedWasserstein, energy_distance, sliced_wasserstein
 from omsjax.metrics.reference import (
     Reference,
     ReferenceFD,
@@ -77,5 +80,9 @@ __all__ = [
     "reference_rmse",
     "digits_features",
     "ode_reference",
+    "sliced_wasserstein",
+    "energy_distance",
+    "SlicedWasserstein",
+    "EnergyDistance",
     "main",
 ]
