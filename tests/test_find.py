@@ -140,30 +140,35 @@ def _range(rng, ns):
     return float(max(b, np.nextafter(a, np.inf) * (1 + 1e-3))), float(a)
 
 
-@pytest.mark.slow  # 25 quick searches: each noise schedule compiles the search once (~40 s), then ~4 s a range
-def test_quick_search_runs_on_every_noise_schedule_at_its_defaults_and_on_random_time_ranges():
-    """Issue 27's done-when: `find_schedule(quick=True)` returns a schedule `check_schedule` accepts on the five
-    noise schedule constructors with their defaults and on 20 random valid time ranges (4 per schedule), every
-    candidate and baseline running from the requested t_start to t_end."""
+@pytest.mark.slow  # 5 quick searches: the noise schedule's first compiles the search (~50 s), then ~5 s a range
+# On some ranges the presets' sliced-Wasserstein scores lie within the noise of 1,024 samples: the search says so.
+@pytest.mark.filterwarnings("ignore:the search noise cannot rank candidates")
+@pytest.mark.parametrize("make", [schedules.vp_linear, schedules.vp_cosine, schedules.vp_discrete, schedules.edm,
+                                  schedules.flow], ids=lambda f: f.__name__)  # fmt: skip
+def test_quick_search_runs_on_a_noise_schedule_at_its_defaults_and_on_random_time_ranges(make):
+    """Issue 27's done-when, with its four siblings: `find_schedule(quick=True)` returns a schedule
+    `check_schedule` accepts on each of the five noise schedule constructors with their defaults and on 20 random
+    valid time ranges (4 per schedule), every candidate and baseline running from the requested t_start to t_end."""
     from omsjax import metrics
     from omsjax.schedule import check_schedule
 
     rng = np.random.default_rng(0)
     gmm = oracles.GaussianMixture.create(2.0 * rng.standard_normal((4, 2)), np.full(4, 0.3), np.full(4, 0.25))
     metric = metrics.SlicedWasserstein(np.asarray(gmm.sample(jax.random.PRNGKey(1), 1000)), num_projections=32)
-    f32 = np.float32
-    for make in (schedules.vp_linear, schedules.vp_cosine, schedules.vp_discrete, schedules.edm, schedules.flow):
-        ns = make()
-        model = omsjax.Model(_gmm_eps, (gmm, ns), sample_shape=(2,))
-        ranges = [(None, None)] + [_range(rng, ns) for _ in range(4)]
-        for i, (t_start, t_end) in enumerate(ranges):
-            res = find_schedule(model, ns, nfe=3, metric=metric, key=jax.random.PRNGKey(i), quick=True,
-                                t_start=t_start, t_end=t_end)  # fmt: skip
-            where = f"{ns.kind} [{t_end}, {t_start}]"
-            check_schedule(res.schedule, 1, ns)
-            want = (ns.t_max if t_start is None else t_start, ns.default_t_end if t_end is None else t_end)
-            got = (res.schedule.ts[0], res.schedule.ts[-1])
-            assert np.allclose(np.asarray(got, f32), np.asarray(want, f32), rtol=1e-6), where
-            assert res.report["verdict"] in ("beats", "tie", "no better schedule found"), where
-            assert np.isfinite(res.score), where
-            assert res.report["best_baseline"]["name"].endswith(ns.default_spacing) or res.report["baselines"], where
+    ns = make()
+    model = omsjax.Model(_gmm_eps, (gmm, ns), sample_shape=(2,))
+    ranges = [(None, None)] + [_range(np.random.default_rng(len(ns.kind) + i), ns) for i in range(4)]
+    for i, (t_start, t_end) in enumerate(ranges):
+        res = find_schedule(model, ns, nfe=3, metric=metric, key=jax.random.PRNGKey(i), quick=True, t_start=t_start,
+                            t_end=t_end)  # fmt: skip
+        where = f"{ns.kind} [{t_end}, {t_start}]"
+        check_schedule(res.schedule, 1, ns)
+        want = (ns.t_max if t_start is None else t_start, ns.default_t_end if t_end is None else t_end)
+        got = (res.schedule.ts[0], res.schedule.ts[-1])
+        assert np.allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-6), where
+        assert res.report["verdict"] in ("beats", "tie", "no better schedule found"), where
+        assert np.isfinite(res.score), where
+        # The baselines span every spacing, with and without an analytical first step, at the requested range.
+        names = res.report["baselines"]
+        assert {n.split(", ")[-1] for n in names} == set(schedules.SKIP_TYPES) and any("+AFS" in n for n in names)
+        assert np.isclose(float(res.baseline().ts[-1]), want[1], rtol=1e-6), where
