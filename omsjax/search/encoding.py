@@ -46,25 +46,9 @@ from omsjax.schedules import NoiseSchedule
 from omsjax.search.space import BASE_SOLVERS, MODES, SearchSpace, default_guidance_choices
 from omsjax.spacing import SPACINGS, U_BOUND, coordinate, times
 
-__all__ = [
-    "MODES",
-    "BASE_SOLVERS",
-    "SPACINGS",
-    "U_BOUND",
-    "ORDER_PRIOR",
-    "SearchSpace",
-    "default_guidance_choices",
-    "Genome",
-    "random_genomes",
-    "active_mask",
-    "decode",
-    "to_schedule",
-    "encode",
-    "cost",
-    "nfe",
-    "step_calls",
-    "preset_seeds",
-]
+__all__ = ["MODES", "BASE_SOLVERS", "SPACINGS", "U_BOUND", "ORDER_PRIOR", "SearchSpace", "default_guidance_choices",
+           "Genome", "random_genomes", "active_mask", "decode", "to_schedule", "encode", "cost", "nfe", "step_calls",
+           "preset_seeds"]  # fmt: skip
 
 ORDER_PRIOR = (0.2, 0.4, 0.3, 0.1)  # S3's prior over orders 1..4
 # Solver-mode seeds: `presets.BASELINES` in the order the seeds have always had (the search's results depend on it).
