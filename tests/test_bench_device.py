@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow  # compiles U-Net samplers, an evaluator, the predictor fit, the GA and a train step (about 90 s)
+@pytest.mark.slow(seconds=80)  # compiles U-Net samplers, an evaluator, the predictor fit, the GA, a train step
 def test_bench_device_tiny_writes_its_section(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n\n<!-- device:begin -->\nold\n<!-- device:end -->\n\n<!-- other:begin -->\nkept\n"

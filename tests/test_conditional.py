@@ -193,7 +193,7 @@ def test_search_guidance_flag_errors(cond_zoo, tmp_path, capsys):
         assert rc == 2 and re.search(msg, capsys.readouterr().err), argv
 
 
-@pytest.mark.slow  # two small searches: about two minutes on 2 cores
+@pytest.mark.slow(seconds=310)  # three small searches: about five minutes on 2 cores
 def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
     small = ["--quick", "--num-samples", "12", "--final-samples", "24", "--json"]
     out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "2", "--out",

@@ -52,7 +52,7 @@ def test_every_block_compiles_and_the_templates_are_the_named_ones():
     assert {(page, i) for page, i, _, _ in RUNNABLE} == set(EXPECT)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=170)  # the README's search block; the others take seconds
 @pytest.mark.parametrize("block", RUNNABLE, ids=[f"{b[0]}-{b[1]}" for b in RUNNABLE])
 def test_block_runs(block, tmp_path):
     """As a reader in a clone of the repository would run it: the shipped zoo found, outputs in a fresh folder."""

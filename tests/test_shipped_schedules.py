@@ -70,7 +70,7 @@ def test_shipped_schedule_fits_the_zoo_and_its_report(path):
     _check_shipped_schedule(path)
 
 
-@pytest.mark.slow  # the FD of every shipped file at 1,000 samples: 10-20 s each on 2 cores
+@pytest.mark.slow(seconds=18)  # the FD of every shipped file at 1,000 samples: 10-20 s each on 2 cores
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_schedule_reproduces_its_fd(path, capsys):
     meta, report = _check_shipped_schedule(path)
@@ -120,7 +120,7 @@ def test_learned_timesteps_keep_the_solver(path):
     _check_learned_timesteps(path)
 
 
-@pytest.mark.slow  # as above
+@pytest.mark.slow(seconds=16)  # as above
 @pytest.mark.parametrize("path", STEPS, ids=[p.stem for p in STEPS])
 def test_learned_timesteps_keep_the_solver_and_reproduce_their_fd(path, capsys):
     meta = _check_learned_timesteps(path)
@@ -174,7 +174,7 @@ def test_guided_schedule_keeps_its_promise(path):
     _check_guided(path)
 
 
-@pytest.mark.slow  # 1,000 guided samples of each shipped file
+@pytest.mark.slow(seconds=12)  # 1,000 guided samples of each shipped file
 @pytest.mark.parametrize("path", GUIDED, ids=[p.stem for p in GUIDED])
 def test_guided_schedule_reproduces_its_fd_and_accuracy(path, capsys):
     meta, report = _check_guided(path)

@@ -305,7 +305,7 @@ def _optimize_steps_argv(path, out):
             "--num-samples", "24", "--out", str(out), "--quiet", "--json"]  # fmt: skip
 
 
-@pytest.mark.slow  # a whole optimize-steps run and an evaluate: about 90 s on 2 cores
+@pytest.mark.slow(seconds=40)  # a whole optimize-steps run and an evaluate: about 40-90 s on 2 cores
 def test_cli_optimize_steps(tiny_zoo, tmp_path, capsys):
     from omsjax import cli
     from omsjax.schedule import Schedule
@@ -330,7 +330,7 @@ def test_cli_optimize_steps(tiny_zoo, tmp_path, capsys):
     assert cli.main(argv[:-4] + ["--out", str(tmp_path / "ft"), "--rounds", "0", "--finetune"]) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=170)
 def test_cli_optimize_steps_bound_ays_and_finetune(tiny_zoo, tmp_path, capsys):
     """The bound and AYS methods, and one round of fine-tuning: the schedule then runs the fine-tuned model. Long CLI
     runs (three more optimisations, one with training; minutes on 2 cores), so they run with `-m slow`."""

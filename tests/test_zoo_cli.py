@@ -171,7 +171,7 @@ def test_cli_search_argument_errors(tiny_zoo, capsys, tmp_path):
         cli.main(["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), "--spacing", "cosine"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     """A whole (quick) solver-mode search, its paired held-out verdict and a rerun from the archive: a long CLI run
     (the search loop, 56 baselines, the references, plots; minutes on 2 cores), so it runs with `-m slow`."""
@@ -217,7 +217,7 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     assert "verdict: " in text and "best baseline (of " in text and "FD to data" in text
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_cli_search_reads_the_zoos_cached_presets(tiny_zoo, capsys, tmp_path):
     """`omsjax zoo --cache-presets` evaluates the presets once into the zoo, with the reference samples; a search
     then reads them instead of evaluating them, with the same report as `--recompute-baselines` (a long CLI run:
@@ -252,7 +252,7 @@ def test_cli_search_reads_the_zoos_cached_presets(tiny_zoo, capsys, tmp_path):
     assert cached["searched"]["scores"] == pytest.approx(fresh["searched"]["scores"], rel=1e-9)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_cli_search_model_mode_under_a_time_budget(tiny_zoo, capsys, tmp_path):
     """Model mode under a time budget: three calls of the larger model. A long CLI run (its candidates have every
     length from 1 step up, one compilation each: minutes on 2 cores), so it runs with `-m slow`."""
