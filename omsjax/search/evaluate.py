@@ -225,7 +225,7 @@ class Evaluator:
             _check_num_samples(num_samples)
         other = copy.copy(self)
         other.chunk = self.chunk if chunk is None else config.positive_int("chunk", chunk)
-        for cached in ("x_T", "_x_T_host"):  # the noise is this evaluator's own
+        for cached in ("x_T", "_x_T_host", "_cond_host"):  # the noise (and its rows of cond) is this evaluator's own
             other.__dict__.pop(cached, None)
         other.noise_seed = int(noise_seed)
         other.num_samples = self.num_samples if num_samples is None else int(num_samples)
@@ -281,7 +281,7 @@ class Evaluator:
                              "finite or +inf (lower is better)")  # fmt: skip
         return float(a)
 
-    @property
+    @functools.cached_property
     def _cond_host(self):
         """The conditioning of exactly the rows sampled (numpy leaves), or None: what a cond-aware metric gets."""
         return None if self.cond is None else jax.tree.map(np.asarray, self.cond)

@@ -115,7 +115,7 @@ def _repair(space, gcfg, pop, key, budget):
 
 
 def _run_ga(space, gcfg, generations, ns, params, state, budget):
-    return _run_ga_jit(space.timeless(), gcfg, generations, ns, params, state, budget, _bounds(space))
+    return _run_ga_jit(space.timeless(), gcfg, generations, ns, params, state, budget, space.bounds)
 
 
 @functools.partial(jax.jit, static_argnames=("space", "gcfg", "generations"))
@@ -125,7 +125,7 @@ def _run_ga_jit(space, gcfg, generations, ns, params, state, budget, bounds):
 
 
 def _init_ga(space, gcfg, ns, params, seeds, key, budget):
-    return _init_ga_jit(space.timeless(), gcfg, ns, params, seeds, key, budget, _bounds(space))
+    return _init_ga_jit(space.timeless(), gcfg, ns, params, seeds, key, budget, space.bounds)
 
 
 @functools.partial(jax.jit, static_argnames=("space", "gcfg"))
@@ -141,10 +141,6 @@ def _explore(space, gcfg, pop, fit, key, budget):
 @functools.partial(jax.jit, static_argnames=("space", "gcfg"))
 def _explore_jit(space, gcfg, pop, fit, key, budget):
     return ga.children(space, gcfg, pop, fit, key, budget)
-
-
-def _bounds(space: SearchSpace) -> jax.Array:
-    return jnp.asarray(space.bounds, jnp.result_type(float))
 
 
 def _feasible(space, gcfg, pop, budget):
