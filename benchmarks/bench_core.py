@@ -22,7 +22,7 @@ import numpy as np
 from common import machine, median_time, write_section
 
 import omsjax
-from omsjax import nets, presets, schedules
+from omsjax import nets, presets, schedules, spacing
 from omsjax.schedule import stack
 
 
@@ -77,7 +77,7 @@ def bench_many_solver(quick):
     scheds = []
     rng = np.random.RandomState(0)
     while len(scheds) < count:
-        s = fams[len(scheds) % len(fams)](schedules.SKIP_TYPES[(len(scheds) // len(fams)) % 4])
+        s = fams[len(scheds) % len(fams)](spacing.SPACINGS[(len(scheds) // len(fams)) % 4])
         s = s._replace(relax=jnp.asarray(rng.randn(nfe) * 0.05, s.relax.dtype))  # all distinct
         scheds.append(s)
     stacked = stack(scheds)
@@ -151,7 +151,7 @@ def bench_compile(quick):
     later = []
     n_distinct = 10 if quick else 30
     for i in range(n_distinct):
-        s = presets.unipc(ns, nfe, 1 + i % 3, skip=schedules.SKIP_TYPES[i % 4])
+        s = presets.unipc(ns, nfe, 1 + i % 3, skip=spacing.SPACINGS[i % 4])
         s = s._replace(relax=jnp.asarray(rng.randn(nfe) * 0.05, s.relax.dtype))
         t0 = time.perf_counter()
         jax.block_until_ready(run(s, x))

@@ -120,7 +120,7 @@ def distinct_schedules(ns, count: int, nfe: int = 8):
     rng = np.random.RandomState(0)
     out = []
     for i in range(count):
-        s = fams[i % len(fams)](omsjax.schedules.SKIP_TYPES[(i // len(fams)) % 4])
+        s = fams[i % len(fams)](omsjax.spacing.SPACINGS[(i // len(fams)) % 4])
         out.append(s._replace(relax=jnp.asarray(rng.randn(nfe) * 0.05, s.relax.dtype)))
     return out
 

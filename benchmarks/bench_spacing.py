@@ -15,7 +15,7 @@ import numpy as np
 from common import machine, write_section
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import oracles, presets, schedules, spacing
 
 jax.config.update("jax_enable_x64", True)
 
@@ -35,7 +35,7 @@ def table(ns, gmm) -> list[str]:
     rows = []
     for nfe in NFES:
         cells = {}
-        for skip in schedules.SKIP_TYPES:
+        for skip in spacing.SPACINGS:
             errs = [float(jnp.sqrt(jnp.mean((run(presets.named(name, ns, nfe, skip=skip)) - ref) ** 2)))
                     for name in presets.BASELINES]  # fmt: skip
             cells[skip] = float(np.exp(np.mean(np.log(errs))))
@@ -59,8 +59,8 @@ def main():
         f"of {N} final samples against the diffrax reference from the same noise, geometric mean over the 7 solvers "
         "of `presets.BASELINES`; lowest in bold, the schedule's `default_spacing` marked.",
         "",
-        "| noise schedule | NFE | " + " | ".join(schedules.SKIP_TYPES) + " |",
-        "|---|---|" + "---|" * len(schedules.SKIP_TYPES),
+        "| noise schedule | NFE | " + " | ".join(spacing.SPACINGS) + " |",
+        "|---|---|" + "---|" * len(spacing.SPACINGS),
     ]
     for make in (schedules.vp_linear, schedules.vp_cosine, schedules.vp_discrete, schedules.edm, schedules.flow):
         text += table(make(), gmm)

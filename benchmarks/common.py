@@ -16,7 +16,10 @@ import numpy as np
 # editable) install and the script runs from `benchmarks/`; a folder set by the caller wins.
 os.environ.setdefault("OMSJAX_CHECKPOINTS", str(Path(__file__).resolve().parent.parent / "checkpoints"))
 
-from omsjax import zoo  # noqa: E402
+from omsjax import (
+    spacing,
+    zoo,  # noqa: E402
+)
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 FIGURES = Path(__file__).parent / "figures"
@@ -156,11 +159,11 @@ def fd_at(model, ns, sched, n: int, seed: int = 0) -> float:
 def fd_heun_at(model, ns, nfe: int, n: int, seed: int = 0, batch_size: int = 500) -> float:
     """FD of n samples of EDM's Heun sampler (`omsjax.sample_heun`, nfe / 2 steps on the Karras grid, rho = 7)
     from the noise of `sampler.generate` (seed `seed`, scaled by the schedule's prior)."""
-    from omsjax import metrics, sampler, schedules
+    from omsjax import metrics, sampler
 
     if nfe % 2:
         raise ValueError(f"EDM's Heun sampler makes 2 model calls per step: nfe must be even, got {nfe}")
-    ts = schedules.time_steps(ns, nfe // 2, "karras")
+    ts = spacing.time_steps(ns, nfe // 2, "karras")
     scale = float(ns.prior_std(ts[0]))
     out = [np.asarray(sampler.sample_heun(model, ns, ts, scale * sampler.noise(seed, min(batch_size, n - i),
                                                                                (8, 8, 1), offset=i)))

@@ -10,7 +10,7 @@ import numpy as np
 from _common import args, mixture
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import oracles, presets, schedules, spacing
 
 jax.config.update("jax_enable_x64", True)  # exact comparisons against the reference
 
@@ -28,7 +28,7 @@ def main():
     x_T = omsjax.prior(ns, jax.random.PRNGKey(0), n, (2,), dtype=jnp.float64)  # sigma_max = 80 times N(0, I)
     ref = oracles.reference_solution(lambda x, t: gmm.eps(ns, x, t), ns, x_T, ns.t_max, ns.t_min)
     for nfe in (6, 10, 20):
-        ts = schedules.times_from_sigmas(ns, schedules.karras_sigmas(nfe + 1, 0.002, 80.0, rho=7.0))
+        ts = spacing.times_from_sigmas(ns, spacing.karras_sigmas(nfe + 1, 0.002, 80.0, rho=7.0))
         rows = {
             "DPM-Solver++(2M), Karras sigmas": omsjax.Schedule.from_times(ts, like=presets.dpm_solver_pp(ns, nfe, 2)),
             "UniPC-2, Karras sigmas": omsjax.Schedule.from_times(ts, like=presets.unipc(ns, nfe, 2)),
@@ -36,7 +36,7 @@ def main():
         for name, s in rows.items():
             err = float(jnp.sqrt(jnp.mean((omsjax.sample(model, ns, s, x_T) - ref) ** 2)))
             print(f"NFE {nfe:2d} {name:34s} RMS error {err:.2e}")
-        heun_ts = schedules.times_from_sigmas(ns, schedules.karras_sigmas(nfe // 2 + 1, 0.002, 80.0))
+        heun_ts = spacing.times_from_sigmas(ns, spacing.karras_sigmas(nfe // 2 + 1, 0.002, 80.0))
         err = float(jnp.sqrt(jnp.mean((omsjax.sample_heun(model, ns, jnp.asarray(heun_ts), x_T) - ref) ** 2)))
         print(f"NFE {nfe:2d} {'EDM Heun (2 calls per step)':34s} RMS error {err:.2e}")
     print("reference spread:", np.asarray(ref).std(0))

@@ -12,7 +12,7 @@ import optax
 from _common import args, mixture
 
 import omsjax
-from omsjax import presets, schedules
+from omsjax import presets, schedules, spacing
 
 
 class MLP(nn.Module):
@@ -58,7 +58,7 @@ def main():
     for s in (presets.ddim(ns, 10), presets.dpm_solver_pp(ns, 10, 2), presets.unipc(ns, 10, 2)):
         x = np.asarray(omsjax.sample(model, ns, s, x_T))
         print(f"NFE 10: sample mean {x.mean(0).round(2)}, std {x.std(0).round(2)} (data: {want.std(0).round(2)})")
-    many = omsjax.stack([presets.unipc(ns, 8, 2, skip=k) for k in schedules.SKIP_TYPES])
+    many = omsjax.stack([presets.unipc(ns, 8, 2, skip=k) for k in spacing.SPACINGS])
     xs = omsjax.sample_many(model, ns, many, x_T, method="vmap")  # 4 spacings in one vectorised program
     print("sample_many over the spacings:", xs.shape)
 

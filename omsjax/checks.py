@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax.models import Model
-from omsjax.schedule import AFS_MEAN_X0, Schedule, _is_traced, check_schedule
+from omsjax.schedule import AFS_MEAN_X0, Schedule, check_schedule, is_traced
 from omsjax.schedules import NoiseSchedule
 
 __all__ = [
@@ -44,7 +44,7 @@ def check_x_T(x_T) -> None:
         raise ValueError(f"x_T must be an array [batch, ...] with batch >= 1, got shape {tuple(x_T.shape)}")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
-    if _is_traced(x_T):
+    if is_traced(x_T):
         return
     if isinstance(x_T, np.ndarray):
         finite = bool(np.all(np.isfinite(x_T)))
@@ -137,7 +137,7 @@ def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mea
         raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
     check_x_T(x_T)
     check_sample_shape(zoo, x_T)
-    if data_mean is not None and not _is_traced(data_mean):
+    if data_mean is not None and not is_traced(data_mean):
         dm = np.shape(data_mean)
         try:
             np.broadcast_shapes(dm, tuple(x_T.shape[1:]))
@@ -149,7 +149,7 @@ def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mea
         if bad:
             raise ValueError(f"data_mean has {bad} non-finite value(s) (NaN or inf)")
     check_conditioning(cond, uncond, x_T.shape[0])
-    if not _is_traced(schedule):
+    if not is_traced(schedule):
         check_schedule(schedule, len(zoo), noise_schedule)
         if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
             raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")

@@ -13,7 +13,7 @@ import numpy as np
 from omsjax.checks import check_inputs, thresholding_option
 from omsjax.integrate import run_jit as _sample_jit
 from omsjax.models import Model, as_zoo, used_members
-from omsjax.schedule import AFS_NONE, Schedule, _is_traced
+from omsjax.schedule import AFS_NONE, Schedule, is_traced
 from omsjax.schedules import NoiseSchedule
 
 __all__ = ["NonFiniteStep", "first_nonfinite_step"]
@@ -83,7 +83,7 @@ def first_nonfinite_step(
             raise ValueError(found.message if found else "non-finite samples")
     """
     zoo = as_zoo(model_or_zoo)
-    if _is_traced((schedule, x_T, data_mean, [m.params for m in zoo], cond, uncond)):
+    if is_traced((schedule, x_T, data_mean, [m.params for m in zoo], cond, uncond)):
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     used, m, members = used_members(zoo, schedule.model, schedule.afs)

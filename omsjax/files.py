@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ __all__ = [
     "write_text",
     "write_json",
     "read_json",
+    "json_object",
+    "json_type",
     "append_jsonl",
     "read_jsonl",
     "FolderLock",
@@ -87,6 +89,37 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         what = f" ({what})" if what else ""
         raise ValueError(f"{path}{what} is not valid JSON: {_short(e)}") from None
+
+
+def json_type(v) -> str:
+    """What a parsed JSON value is, for error messages: "an object", "a list", "a string", "a number", ..."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def json_object(text, what: str, shape: str = "") -> dict:
+    """The JSON object of `text` (str, UTF-8 bytes, or a mapping already parsed); a `ValueError` that starts with
+    `what` (e.g. "schedule JSON") when it is not UTF-8 text, not JSON, or not an object (`shape` shows one)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            bad = bytes(text)[e.start : e.start + 1]
+            raise ValueError(f"{what} is not UTF-8 text (byte {e.start} is {bad!r}: a binary file?)") from None
+    if isinstance(text, str):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what} is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+            raise ValueError(f"{what} cannot be read: {type(e).__name__}: {e}") from None
+    elif isinstance(text, Mapping):
+        d = dict(text)
+    else:
+        raise ValueError(f"{what} must be text (str or UTF-8 bytes) or a dict, got {type(text).__name__}")
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be an object{' ' + shape if shape else ''}, got {json_type(d)}")
+    return d
 
 
 def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from omsjax import usf
-from omsjax.models import _bcast, eval_zoo, guided_eps_x0, used_members
-from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, _time_bounds
+from omsjax.models import bcast, eval_zoo, guided_eps_x0, used_members
+from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, time_bounds
 
 __all__ = ["Trajectory", "run", "run_jit", "dynamic_threshold"]
 
@@ -50,7 +50,7 @@ class Trajectory(NamedTuple):
 def _guess(x, la, sigma, x0_guess):
     """(eps, x0) of the analytical first step: x0 = x0_guess, eps = (x - alpha x0)/sigma."""
     x0 = jnp.broadcast_to(x0_guess.astype(x.dtype), x.shape)
-    return (x - _bcast(jnp.exp(la), x) * x0) / _bcast(sigma, x), x0
+    return (x - bcast(jnp.exp(la), x) * x0) / bcast(sigma, x), x0
 
 
 def _first_eval(zoo, ns, schedule, x_T, mean, arithmetic=False, members=None, cond=None, uncond=None):
@@ -90,9 +90,9 @@ def dynamic_threshold(x, x0, log_alpha, sigma, thresholding):
     sigma, so the noise and data predictions still agree. `thresholding` = (ratio, max_val)."""
     ratio, max_val = thresholding
     s = jnp.quantile(jnp.abs(x0).reshape(x0.shape[0], -1), ratio, axis=1)
-    s = _bcast(jnp.maximum(s, max_val), x0)
+    s = bcast(jnp.maximum(s, max_val), x0)
     x0 = jnp.clip(x0, -s, s) / s
-    return (x - _bcast(jnp.exp(log_alpha), x) * x0) / _bcast(sigma, x), x0
+    return (x - bcast(jnp.exp(log_alpha), x) * x0) / bcast(sigma, x), x0
 
 
 def _finite(a):
@@ -139,7 +139,7 @@ def run(
     corr = schedule.corrector
     model = schedule.model
     model_ok = (model >= 0) & (model < num_models)
-    t_lo, t_hi = _time_bounds(ns)
+    t_lo, t_hi = time_bounds(ns)
     ok0 = (
         jnp.all(jnp.isfinite(ts))
         & jnp.all((ts >= t_lo) & (ts <= t_hi))

@@ -139,7 +139,7 @@ def as_zoo(model_or_zoo: Model | Sequence[Model]) -> tuple[Model, ...]:
     raise ValueError(f"expected an omsjax.Model or a non-empty sequence of them, got {type(model_or_zoo).__name__}")
 
 
-def _bcast(v, x):
+def bcast(v, x):
     """Broadcast a per-sample [B] (or scalar) coefficient against x [B, ...]."""
     v = jnp.asarray(v, dtype=x.dtype)
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
@@ -184,7 +184,7 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None
     to the model as `apply_fn(params, x, t, cond)`."""
     batch = x.shape[0]
     alpha = jnp.exp(log_alpha)
-    a, s = _bcast(alpha, x), _bcast(sigma, x)
+    a, s = bcast(alpha, x), bcast(sigma, x)
     p = model.parameterization
     if p in ("denoiser", "edm_raw"):  # EDM's variables: y = x / alpha, s_edm = sigma / alpha = exp(-lambda)
         y = x / a
@@ -194,8 +194,8 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None
         else:
             c_skip, c_out, c_in, c_noise = precond.edm(s_edm, model.sigma_data)
             c_noise = jnp.broadcast_to(c_noise, (batch,)).astype(x.dtype)
-            out = _apply(model, params, _bcast(c_in, x) * y, c_noise, label, cond)
-            x0 = _bcast(c_skip, x) * y + _bcast(c_out, x) * out
+            out = _apply(model, params, bcast(c_in, x) * y, c_noise, label, cond)
+            x0 = bcast(c_skip, x) * y + bcast(c_out, x) * out
         return (x - a * x0) / s, x0
     out = _apply(model, params, x, jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (batch,)), label, cond)
     if p in ("noise", "score"):

@@ -297,7 +297,7 @@ def _labels(y, batch: int, num_classes: int) -> jax.Array:
 
 
 # Standard deviation of a standard normal truncated to [-2, 2] (as in flax's `variance_scaling`).
-_TRUNCATED_NORMAL_STD = 0.87962566103423978
+TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 
 def init_unet(config: UNetConfig, key: jax.Array, image_shape: tuple[int, int, int], dtype: Any = jnp.float32) -> Any:
@@ -345,7 +345,7 @@ def init_from_shapes(shapes: Any, key: jax.Array, dtype: Any) -> Any:
     kinds = [kind(path) for path, _ in path_leaves]
     random = ("lecun_normal", "embedding")
     total = sum(leaf.size for (_, leaf), k in zip(path_leaves, kinds, strict=True) if k in random)
-    noise = jax.random.truncated_normal(key, -2.0, 2.0, (total,), dtype) * (1.0 / _TRUNCATED_NORMAL_STD)
+    noise = jax.random.truncated_normal(key, -2.0, 2.0, (total,), dtype) * (1.0 / TRUNCATED_NORMAL_STD)
     leaves, offset = [], 0
     for (_, leaf), k in zip(path_leaves, kinds, strict=True):
         if k in random:

@@ -19,8 +19,8 @@ import numpy as np
 
 from omsjax import usf
 from omsjax.schedule import AFS_NAMES, Schedule, make
-from omsjax.schedules import NoiseSchedule, time_steps
-from omsjax.spacing import SKIP_TYPES
+from omsjax.schedules import NoiseSchedule
+from omsjax.spacing import SPACINGS, time_steps
 
 __all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset", "NAMED", "with_guidance"]
 
@@ -298,7 +298,7 @@ def named(name: str, noise_schedule: NoiseSchedule, nfe: int, **kwargs) -> Sched
     return preset(kind, noise_schedule, nfe, **kw, **kwargs)
 
 
-def named_grid(noise_schedule: NoiseSchedule, nfe: int, names=BASELINES, spacings=SKIP_TYPES, **kwargs) -> dict:
+def named_grid(noise_schedule: NoiseSchedule, nfe: int, names=BASELINES, spacings=SPACINGS, **kwargs) -> dict:
     """{(name, spacing): Schedule} of the named solvers `names` over the step `spacings` at `nfe`, in that order;
     `kwargs` go to every preset. A setting that does not exist at `nfe` (a preset's ValueError, e.g. an analytical
     first step that leaves no step for the solver) has no entry."""

@@ -38,7 +38,7 @@ from omsjax.integrate import Trajectory
 from omsjax.integrate import run as _sample
 from omsjax.integrate import run_jit as _sample_jit
 from omsjax.models import Model, as_zoo, to_eps_x0, used_members
-from omsjax.schedule import Schedule, _is_traced, _time_bounds
+from omsjax.schedule import Schedule, is_traced, time_bounds
 from omsjax.schedules import NoiseSchedule
 
 __all__ = [
@@ -140,7 +140,7 @@ def sample_many(
     def candidate(c):
         return Schedule(**{f: (v if f in shared else v[c]) for f, v in schedules._asdict().items()})
 
-    if not _is_traced(schedules):
+    if not is_traced(schedules):
         for c in range(num):
             try:
                 check_inputs(zoo, noise_schedule, candidate(c), x_T, data_mean, cond, uncond)
@@ -190,7 +190,7 @@ def sample_heun(model: Model, noise_schedule: NoiseSchedule, ts, x_T: jax.Array)
       d_i = eps(x_i, t_i),  y' = y_i + h d_i,  d' = eps(alpha_(i+1) y', t_(i+1)),  y_(i+1) = y_i + h (d_i + d') / 2.
     Every step is second order: the grid ends at ts[N] > 0 rather than at sigma = 0, so there is no final Euler
     step, and N steps make 2N model calls. Any parameterisation and noise schedule works (the model is called at
-    the times ts); `ts` [N + 1] strictly decreasing, e.g. `schedules.time_steps(ns, N, "karras")` for EDM's grid
+    the times ts); `ts` [N + 1] strictly decreasing, e.g. `spacing.time_steps(ns, N, "karras")` for EDM's grid
     (rho = 7). One compiled program per (model, N, shapes); ts are traced.
     """
     if not isinstance(model, Model):
@@ -200,12 +200,12 @@ def sample_heun(model: Model, noise_schedule: NoiseSchedule, ts, x_T: jax.Array)
     check_sample_shape(model, x_T)
     if np.ndim(ts) != 1 or np.shape(ts)[0] < 2:
         raise ValueError(f"ts must be a 1-D array of N + 1 >= 2 times, got shape {np.shape(ts)}")
-    if not _is_traced(ts):
+    if not is_traced(ts):
         t = np.asarray(ts, np.float64)
         ns = noise_schedule
         if not (np.all(np.isfinite(t)) and np.all(np.diff(t) < 0)):
             raise ValueError(f"ts must be finite and strictly decreasing, got {t}")
-        lo, hi = _time_bounds(ns)
+        lo, hi = time_bounds(ns)
         if t[-1] < lo or t[0] > hi:
             raise ValueError(f"ts must lie in [t_min={ns.t_min}, T={ns.t_max}], got [{t[-1]}, {t[0]}]")
     return _heun_jit(model, noise_schedule, jnp.asarray(ts, x_T.dtype), x_T)
@@ -226,7 +226,7 @@ def _heun(model, ns, ts, x_T):
 
     y, _ = jax.lax.scan(body, x_T / jnp.exp(la[0]), jnp.arange(ts.shape[0] - 1))
     # Traced times (checked on the host when concrete): NaN when not finite, decreasing and in [t_min, t_max].
-    t_lo, t_hi = _time_bounds(ns)
+    t_lo, t_hi = time_bounds(ns)
     ok = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) < 0) & jnp.all((ts >= t_lo) & (ts <= t_hi))
     return jnp.where(ok, y * jnp.exp(la[-1]), jnp.nan)
 

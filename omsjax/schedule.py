@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
+from omsjax.files import json_object, json_type
 
 __all__ = ["Schedule", "check_schedule", "AFS_NONE", "AFS_ZERO_X0", "AFS_MEAN_X0", "AFS_NAMES", "stack"]
 
@@ -124,7 +124,7 @@ class Schedule(NamedTuple):
         `num_models` bounds the model indices and `noise_schedule` the times, as in `check_schedule`.
         """
         try:
-            sched = _from_dict(_json_object(text))
+            sched = _from_dict(json_object(text, "schedule JSON", '{"omsjax_schedule": 1, ...}'))
             check_schedule(sched, num_models, noise_schedule)
         except ValueError as e:
             if source is None:
@@ -147,12 +147,12 @@ class Schedule(NamedTuple):
         if np.ndim(ts) != 1 or np.shape(ts)[0] != n + 1:
             raise ValueError(f"ts must have shape [{n + 1}] (N + 1 times for the {n} steps of `like`), "
                              f"got {np.shape(ts)}")  # fmt: skip
-        if not _is_traced(ts):
+        if not is_traced(ts):
             ts = jnp.asarray(ts)
             if not jnp.issubdtype(ts.dtype, jnp.floating):
                 ts = ts.astype(jnp.result_type(float))
         out = like._replace(ts=ts)
-        if not _is_traced(ts):
+        if not is_traced(ts):
             check_schedule(out, noise_schedule=noise_schedule)
         return out
 
@@ -175,35 +175,6 @@ _JSON_KEYS = frozenset(Schedule._fields) | {"omsjax_schedule", "num_steps", "met
 def _short(v) -> str:
     r = repr(v)
     return r if len(r) <= 60 else r[:57] + "..."
-
-
-def _json_type(v) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string"}
-    return names.get(type(v), "a list" if isinstance(v, list) else type(v).__name__)
-
-
-def _json_object(text) -> dict:
-    """The JSON object of `text` (str, UTF-8 bytes, or a dict already parsed)."""
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            bad = bytes(text)[e.start : e.start + 1]
-            raise ValueError(f"schedule JSON is not UTF-8 text (byte {e.start} is {bad!r}: a binary file?)") from None
-    if isinstance(text, str):
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"schedule JSON is not valid JSON: {e}") from None
-        except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
-            raise ValueError(f"schedule JSON cannot be read: {type(e).__name__}: {e}") from None
-    elif isinstance(text, Mapping):
-        d = dict(text)
-    else:
-        raise ValueError(f"schedule JSON must be text (str or UTF-8 bytes) or a dict, got {type(text).__name__}")
-    if not isinstance(d, dict):
-        raise ValueError(f'schedule JSON must be an object {{"omsjax_schedule": 1, ...}}, got {_json_type(d)}')
-    return d
 
 
 def _from_dict(d: dict) -> Schedule:
@@ -243,7 +214,7 @@ def _json_list(d, name, typ):
     """The list `d[name]` of `typ` (int: within int32; float: within float64, inf/NaN left to check_schedule)."""
     v = d[name]
     if not isinstance(v, list):
-        raise ValueError(f"schedule JSON field {name!r} must be a list, got {_json_type(v)}")
+        raise ValueError(f"schedule JSON field {name!r} must be a list, got {json_type(v)}")
     out = []
     for i, e in enumerate(v):
         number = isinstance(e, (int, float)) and not isinstance(e, bool)
@@ -268,7 +239,7 @@ def _json_list(d, name, typ):
 def _json_names(d, name, names):
     v = d[name]
     if not isinstance(v, list):
-        raise ValueError(f"schedule JSON field {name!r} must be a list, got {_json_type(v)}")
+        raise ValueError(f"schedule JSON field {name!r} must be a list, got {json_type(v)}")
     out = []
     for i, e in enumerate(v):
         if not (isinstance(e, str) and e in names):
@@ -315,11 +286,11 @@ def stack(schedules) -> Schedule:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *schedules)
 
 
-def _is_traced(tree) -> bool:
+def is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _time_bounds(noise_schedule) -> tuple[float, float]:
+def time_bounds(noise_schedule) -> tuple[float, float]:
     """The admissible times [lo, hi] of a schedule on `noise_schedule`: [t_min, t_max] widened by 1e-9 t_max below
     and 1e-6 t_max above (float32 rounding of the end points); the host check and the traced one share it."""
     lo, hi = float(noise_schedule.t_min), float(noise_schedule.t_max)
@@ -335,7 +306,7 @@ def check_schedule(schedule: Schedule, num_models: int | None = None, noise_sche
     """
     if not isinstance(schedule, Schedule):
         raise ValueError(f"expected an omsjax.Schedule, got {type(schedule).__name__}")
-    if _is_traced(schedule):
+    if is_traced(schedule):
         raise ValueError("check_schedule needs a concrete schedule (it was called under tracing)")
     a = {k: np.asarray(v) for k, v in schedule._asdict().items()}
     ts = a["ts"]
@@ -376,7 +347,7 @@ def check_schedule(schedule: Schedule, num_models: int | None = None, noise_sche
         i = int(np.flatnonzero(ts <= 0)[0])
         fail("ts", i, f"times must be > 0, got {ts[i]}")
     if noise_schedule is not None:
-        lo, hi = _time_bounds(noise_schedule)
+        lo, hi = time_bounds(noise_schedule)
         out = np.flatnonzero((ts < lo) | (ts > hi))
         if out.size:
             i = int(out[0])

@@ -5,21 +5,20 @@ log alpha_t, sigma_t and the half log-SNR lambda_t = log alpha_t - log sigma_t (
 the inverse t(lambda). Every schedule is a pytree (its numbers are leaves, so they can be traced) and every
 method works on numpy input (host side, float64) as well as on jax arrays (inside jit).
 
-The step spacings (`time_steps`, `SKIP_TYPES`) are defined in `omsjax.spacing` and re-exported here.
-`karras_sigmas` and `times_from_sigmas` run EDM / k-diffusion noise levels on any noise schedule.
+Where the steps go (`time_steps`, `SPACINGS`, and EDM / k-diffusion noise levels on any noise schedule:
+`karras_sigmas`, `times_from_sigmas`) is `omsjax.spacing`'s; the old names here are deprecated (CHANGELOG 0.2.0).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-
-from omsjax.schedule import _time_bounds
-from omsjax.spacing import SKIP_TYPES, time_steps  # re-exported: the spacings live in omsjax.spacing
 
 __all__ = [
     "NoiseSchedule",
@@ -33,10 +32,6 @@ __all__ = [
     "vp_discrete",
     "edm",
     "flow",
-    "karras_sigmas",
-    "times_from_sigmas",
-    "time_steps",
-    "SKIP_TYPES",
     "to_dict",
     "from_dict",
 ]
@@ -356,61 +351,6 @@ def flow(t_min: float = 1e-3, t_max: float = 0.999) -> Flow:
     return Flow(t_max=t_max, t_min=t_min, default_t_end=t_min)
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
-    """EDM / k-diffusion noise levels sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) -
-    sigma_max^(1/rho)))^rho, i = 0..n-1: float64 [n], from sigma_max down to sigma_min (end points exact).
-
-    Unlike k-diffusion's `get_sigmas_karras`, no final 0 is appended. Map to times with `times_from_sigmas`.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"karras_sigmas needs an integer n >= 2, got n={n!r}")
-    sigma_min, sigma_max, rho = float(sigma_min), float(sigma_max), float(rho)
-    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
-        raise ValueError(f"karras_sigmas needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")
-    if not (0 < rho < math.inf):
-        raise ValueError(f"karras_sigmas needs 0 < rho < inf, got {rho=}")
-    ramp = np.linspace(0.0, 1.0, n)
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
-    sigmas[0], sigmas[-1] = sigma_max, sigma_min
-    return sigmas
-
-
-def times_from_sigmas(noise_schedule: NoiseSchedule, sigmas) -> np.ndarray:
-    """Times t_i with edm_sigma(t_i) = sigma_t_i / alpha_t_i = exp(-lambda_t_i) = sigma_i: float64 [n] on the host.
-
-    `sigmas` [n] must be finite, positive, strictly decreasing, and every time inside the schedule's [t_min, t_max]
-    (with `omsjax.schedule`'s rounding tolerance); the error names the first sigma that is not.
-    """
-    ns = noise_schedule
-    s = np.asarray(sigmas, dtype=np.float64)
-    if s.ndim != 1 or s.size < 1:
-        raise ValueError(f"times_from_sigmas needs a 1-D array of sigmas, got shape {s.shape}")
-    bad = ~(np.isfinite(s) & (s > 0))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"times_from_sigmas needs finite positive sigmas, got sigmas[{i}] = {float(s[i])!r}")
-    if np.any(np.diff(s) >= 0):
-        i = int(np.argmax(np.diff(s) >= 0)) + 1
-        raise ValueError(f"times_from_sigmas needs strictly decreasing sigmas, got sigmas[{i}] = {float(s[i])!r} >= "
-                         f"sigmas[{i - 1}] = {float(s[i - 1])!r}")  # fmt: skip
-    ts = np.asarray(ns.t_of_edm_sigma(s), dtype=np.float64)
-    lo, hi = _time_bounds(ns)
-    # The round trip catches inverses that clamp outside the range (vp_discrete's interpolation).
-    back = np.asarray(ns.edm_sigma(ts), dtype=np.float64)
-    bad = ~((ts >= lo) & (ts <= hi) & (np.abs(back - s) <= 1e-8 * s))
-    if bad.any():
-        i = int(np.argmax(bad))
-        s_lo, s_hi = float(ns.edm_sigma(np.float64(ns.t_min))), float(ns.edm_sigma(np.float64(ns.t_max)))
-        raise ValueError(f"times_from_sigmas: sigmas[{i}] = {float(s[i])!r} is outside the {ns.kind} noise schedule's "
-                         f"range: t in [t_min, t_max] = [{ns.t_min:.6g}, {ns.t_max:.6g}] has sigma in "
-                         f"[{s_lo:.6g}, {s_hi:.6g}]")  # fmt: skip
-    if np.any(np.diff(ts) >= 0):
-        i = int(np.argmax(np.diff(ts) >= 0)) + 1
-        raise ValueError(f"times_from_sigmas: sigmas[{i - 1}] and sigmas[{i}] map to the same time {float(ts[i])!r}")
-    return ts
-
-
 def to_dict(noise_schedule: NoiseSchedule) -> dict:
     """A JSON-friendly description of a noise schedule (inverse: `from_dict`)."""
     ns = noise_schedule
@@ -440,3 +380,16 @@ def from_dict(d: dict) -> NoiseSchedule:
         return makers[kind](**args)
     except TypeError as e:
         raise ValueError(f"bad arguments for noise schedule {kind!r}: {e}") from None
+
+
+# Names that moved to omsjax.spacing (CHANGELOG 0.2.0): deprecated forwards, imported on first use.
+_MOVED = {"time_steps": "time_steps", "SKIP_TYPES": "SPACINGS", "karras_sigmas": "karras_sigmas",
+          "times_from_sigmas": "times_from_sigmas"}  # fmt: skip
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        warnings.warn(f"omsjax.schedules.{name} is deprecated: use omsjax.spacing.{_MOVED[name]}", DeprecationWarning,
+                      stacklevel=2)  # fmt: skip
+        return getattr(importlib.import_module("omsjax.spacing"), _MOVED[name])
+    raise AttributeError(f"module 'omsjax.schedules' has no attribute {name!r}")

@@ -1,9 +1,10 @@
 """Step spacings: the four standard spacings of a sampler's times, and the monotone parameterisation of times by
-unconstrained logits that the learned timesteps and the search genomes share. Core: imports nothing of omsjax.
+unconstrained logits that the learned timesteps and the search genomes share. Core: imports only `omsjax.schedule`.
 
 Spacings (`time_steps`) follow DPM-Solver's definitions: 'logSNR' (uniform in lambda), 'time_uniform' (uniform in
 t), 'time_quadratic' (uniform in sqrt(t), DDIM), plus Karras et al.'s 'karras': uniform in sigma^(1/rho) with
-sigma = e^-lambda, EDM's equivalent noise level (rho = 7).
+sigma = e^-lambda, EDM's equivalent noise level (rho = 7). `karras_sigmas` and `times_from_sigmas` run EDM /
+k-diffusion noise levels on any noise schedule.
 
 Parameterisation
 ----------------
@@ -16,19 +17,24 @@ fraction underflows (they differ by at most e^(2B)), and u = 0 is the base spaci
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
+from omsjax.schedule import time_bounds
+
 if TYPE_CHECKING:
     from omsjax.schedules import NoiseSchedule
 
-__all__ = ["SKIP_TYPES", "SPACINGS", "U_BOUND", "KARRAS_RHO", "time_steps", "coordinate", "time_of_coordinate",
-           "times", "logits"]  # fmt: skip
+__all__ = [
+    "SPACINGS", "U_BOUND", "KARRAS_RHO", "time_steps", "karras_sigmas", "times_from_sigmas", "coordinate",
+    "time_of_coordinate", "times", "logits",
+]  # fmt: skip
 
-SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic", "karras")
-SPACINGS = SKIP_TYPES  # the name the learned timesteps and the search use
+SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
 U_BOUND = 8.0
 KARRAS_RHO = 7.0
 
@@ -76,7 +82,7 @@ def time_steps(
         sig = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
         ts = np.asarray(noise_schedule.t_of_edm_sigma(sig), dtype=np.float64)
     else:
-        raise ValueError(f"unknown skip {skip!r}; expected one of {SKIP_TYPES}")
+        raise ValueError(f"unknown skip {skip!r}; expected one of {SPACINGS}")
     # Pin the end points exactly (the inverse maps round-trip to ~1e-15).
     ts[0], ts[-1] = t_start, t_end
     return ts
@@ -149,3 +155,65 @@ def logits(ns: NoiseSchedule, ts, spacing: str = "logSNR") -> np.ndarray:
     if np.any(np.abs(v) >= U_BOUND * (1 - 1e-9)):
         raise ValueError(f"the {spacing} increments differ by more than e^(2 * {U_BOUND}): not representable")
     return U_BOUND * np.arctanh(v / U_BOUND)
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    """EDM / k-diffusion noise levels sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho, i = 0..n-1: float64 [n], from sigma_max down to sigma_min (end points exact).
+
+    Unlike k-diffusion's `get_sigmas_karras`, no final 0 is appended. Map to times with `times_from_sigmas`.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"karras_sigmas needs an integer n >= 2, got n={n!r}")
+    sigma_min, sigma_max, rho = float(sigma_min), float(sigma_max), float(rho)
+    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+        raise ValueError(f"karras_sigmas needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")
+    if not (0 < rho < math.inf):
+        raise ValueError(f"karras_sigmas needs 0 < rho < inf, got {rho=}")
+    ramp = np.linspace(0.0, 1.0, n)
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min
+    return sigmas
+
+
+def times_from_sigmas(noise_schedule: NoiseSchedule, sigmas) -> np.ndarray:
+    """Times t_i with edm_sigma(t_i) = sigma_t_i / alpha_t_i = exp(-lambda_t_i) = sigma_i: float64 [n] on the host.
+
+    `sigmas` [n] must be finite, positive, strictly decreasing, and every time inside the schedule's [t_min, t_max]
+    (with `omsjax.schedule`'s rounding tolerance); the error names the first sigma that is not.
+    """
+    ns = noise_schedule
+    s = np.asarray(sigmas, dtype=np.float64)
+    if s.ndim != 1 or s.size < 1:
+        raise ValueError(f"times_from_sigmas needs a 1-D array of sigmas, got shape {s.shape}")
+    bad = ~(np.isfinite(s) & (s > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"times_from_sigmas needs finite positive sigmas, got sigmas[{i}] = {float(s[i])!r}")
+    if np.any(np.diff(s) >= 0):
+        i = int(np.argmax(np.diff(s) >= 0)) + 1
+        raise ValueError(f"times_from_sigmas needs strictly decreasing sigmas, got sigmas[{i}] = {float(s[i])!r} >= "
+                         f"sigmas[{i - 1}] = {float(s[i - 1])!r}")  # fmt: skip
+    ts = np.asarray(ns.t_of_edm_sigma(s), dtype=np.float64)
+    lo, hi = time_bounds(ns)
+    # The round trip catches inverses that clamp outside the range (vp_discrete's interpolation).
+    back = np.asarray(ns.edm_sigma(ts), dtype=np.float64)
+    bad = ~((ts >= lo) & (ts <= hi) & (np.abs(back - s) <= 1e-8 * s))
+    if bad.any():
+        i = int(np.argmax(bad))
+        s_lo, s_hi = float(ns.edm_sigma(np.float64(ns.t_min))), float(ns.edm_sigma(np.float64(ns.t_max)))
+        raise ValueError(f"times_from_sigmas: sigmas[{i}] = {float(s[i])!r} is outside the {ns.kind} noise schedule's "
+                         f"range: t in [t_min, t_max] = [{ns.t_min:.6g}, {ns.t_max:.6g}] has sigma in "
+                         f"[{s_lo:.6g}, {s_hi:.6g}]")  # fmt: skip
+    if np.any(np.diff(ts) >= 0):
+        i = int(np.argmax(np.diff(ts) >= 0)) + 1
+        raise ValueError(f"times_from_sigmas: sigmas[{i - 1}] and sigmas[{i}] map to the same time {float(ts[i])!r}")
+    return ts
+
+
+def __getattr__(name):
+    if name == "SKIP_TYPES":  # deprecated (CHANGELOG 0.2.0)
+        warnings.warn("omsjax.spacing.SKIP_TYPES is deprecated: use SPACINGS", DeprecationWarning, stacklevel=2)
+        return SPACINGS
+    raise AttributeError(f"module 'omsjax.spacing' has no attribute {name!r}")

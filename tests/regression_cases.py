@@ -85,13 +85,13 @@ def train_multistage(tmp: Path) -> dict:
 
 def timestep_bound_fit(tmp: Path) -> dict:
     """`timesteps.optimize_bound` on a fixed g table, 60 Adam steps from the time-uniform spacing."""
-    from omsjax import schedules
+    from omsjax import schedules, spacing
     from omsjax import timesteps as T
 
     ns = schedules.vp_linear()
     grid = np.linspace(float(ns.lam(1.0)), float(ns.lam(1e-3)), 401)
     g = 0.3 + np.exp(-0.1 * (grid - 1.0) ** 2)
-    res = T.optimize_bound(ns, schedules.time_steps(ns, 5, "time_uniform"), grid, g, steps=60, lr=0.05)
+    res = T.optimize_bound(ns, spacing.time_steps(ns, 5, "time_uniform"), grid, g, steps=60, lr=0.05)
     return {"ts": np.asarray(res.ts), "history": np.asarray(res.history)}
 
 

@@ -91,7 +91,7 @@ def test_damaged_checkpoint_file_names_the_member_and_folder(zoo_copy, damage):
 @pytest.mark.parametrize(
     "content, words",
     [
-        (b'[{"name": "a"}]', "holds a JSON list"),
+        (b'[{"name": "a"}]', "holds a list"),
         (b'{"omsjax_zoo": 1, "models": [', "not valid JSON"),
         (bytes(range(256)), "not valid JSON"),
         (b'{"omsjax_zoo": 1, "image_shape": [8, 8, 1], "noise_schedule": {}, "models": {}}', "'models'"),

@@ -11,6 +11,8 @@ import pytest
 
 import omsjax
 from omsjax import cli, nets, presets, schedules, train, zoo
+from omsjax.cli import train_cmd
+from omsjax.cli.train_cmd import train_config
 from omsjax.models import to_eps_x0
 
 NET = nets.UNetConfig(channels=8, channel_mults=(1,))
@@ -388,10 +390,10 @@ def _args(*argv):
 
 
 def test_cli_train_config(tmp_path, capsys):
-    assert cli._PRECONDS == train.PRECONDS
-    config, name = cli.train_config(_args("--config", "tiny"))
+    assert train_cmd.PRECOND_CHOICES == train.PRECONDS
+    config, name = train_config(_args("--config", "tiny"))
     assert config == zoo.named_config("tiny") and name == "tiny"
-    config, name = cli.train_config(
+    config, name = train_config(
         _args("--config", "tiny", "--precond", "fdm_vp", "--fdm-m", "1", "--weight-clamp-warmup", "300", "--steps", "7")
     )
     assert (config.precond, config.fdm_m, config.weight_clamp_warmup, config.steps) == ("fdm_vp", 1.0, 300, 7)
@@ -399,10 +401,10 @@ def test_cli_train_config(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(config.to_dict()))
-    assert cli.train_config(_args("--config", str(run / "config.json"))) == (config, "run")
-    again, _ = cli.train_config(_args("--config", str(run / "config.json"), "--precond", "fdm_ve"))
+    assert train_config(_args("--config", str(run / "config.json"))) == (config, "run")
+    again, _ = train_config(_args("--config", str(run / "config.json"), "--precond", "fdm_ve"))
     assert again.precond == "fdm_ve" and again.fdm_m == 1.0 and not again.ema_warmup
-    warm, _ = cli.train_config(_args("--config", str(run / "config.json"), "--ema-warmup"))
+    warm, _ = train_config(_args("--config", str(run / "config.json"), "--ema-warmup"))
     assert warm.ema_warmup and warm.precond == "fdm_vp"
     for argv, field in [
         (("--config", "tiny", "--fdm-m", "-1"), "fdm_m"),
@@ -410,13 +412,13 @@ def test_cli_train_config(tmp_path, capsys):
         (("--config", str(tmp_path / "missing.json")), "neither a named config"),
     ]:
         with pytest.raises(ValueError, match=field):
-            cli.train_config(_args(*argv))
+            train_config(_args(*argv))
     (tmp_path / "bad.json").write_text(json.dumps({**config.to_dict(), "fdm_m": 0}))
     with pytest.raises(ValueError, match="fdm_m"):
-        cli.train_config(_args("--config", str(tmp_path / "bad.json")))
+        train_config(_args("--config", str(tmp_path / "bad.json")))
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
-        cli.train_config(_args("--config", str(tmp_path / "junk.json")))
+        train_config(_args("--config", str(tmp_path / "junk.json")))
     # The command reports the field and exits with 2 before loading any data; argparse refuses unknown preconds.
     assert cli.main(["train", "--config", "tiny", "--out", str(tmp_path / "o"), "--fdm-m", "0"]) == 2
     assert "fdm_m" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import oracles, presets, schedules, spacing
 from omsjax.search import baselines, encoding, find_schedule, ga, loop
 
 NS = schedules.vp_linear()
@@ -170,5 +170,5 @@ def test_quick_search_runs_on_a_noise_schedule_at_its_defaults_and_on_random_tim
         assert np.isfinite(res.score), where
         # The baselines span every spacing, with and without an analytical first step, at the requested range.
         names = res.report["baselines"]
-        assert {n.split(", ")[-1] for n in names} == set(schedules.SKIP_TYPES) and any("+AFS" in n for n in names)
+        assert {n.split(", ")[-1] for n in names} == set(spacing.SPACINGS) and any("+AFS" in n for n in names)
         assert np.isclose(float(res.baseline().ts[-1]), want[1], rtol=1e-6), where

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, schedules
+from omsjax import oracles, schedules, spacing
 
 RNG = np.random.RandomState(3)
 GMM = oracles.GaussianMixture.create(RNG.randn(4, 6), 0.1 + 0.3 * RNG.rand(4), np.array([0.1, 0.2, 0.3, 0.4]))
@@ -37,7 +37,7 @@ def heun_np(x, sigmas):
 
 def test_matches_the_transcription_of_edm_algorithm_1():
     ns = schedules.edm()
-    ts = schedules.time_steps(ns, 7, "karras")
+    ts = spacing.time_steps(ns, 7, "karras")
     x_T = 80.0 * np.random.RandomState(0).randn(16, 6)
     got = omsjax.sample_heun(GMM.model(ns), ns, ts, jnp.asarray(x_T))
     np.testing.assert_allclose(got, heun_np(x_T, ts), rtol=1e-10, atol=1e-10)
@@ -46,7 +46,7 @@ def test_matches_the_transcription_of_edm_algorithm_1():
 def test_vp_schedule_runs_the_same_ode_in_edm_coordinates():
     # On the VP schedule the sampler steps y = x / alpha over s = sigma / alpha: the EDM sampler on those sigmas.
     vp = schedules.vp_linear()
-    ts = schedules.time_steps(vp, 6, "karras")
+    ts = spacing.time_steps(vp, 6, "karras")
     sig = vp.edm_sigma(ts)
     x_T = np.random.RandomState(1).randn(16, 6)
     got = omsjax.sample_heun(GMM.model(vp), vp, ts, jnp.asarray(x_T))
@@ -62,7 +62,7 @@ def test_second_order_convergence_to_the_ode_solution():
     ref = oracles.reference_solution(lambda x, t: GMM.eps(vp, x, t), vp, x_T, vp.t_max, t_end)
     errs = []
     for n in (8, 16, 32):
-        ts = schedules.time_steps(vp, n, "karras", t_end=t_end)
+        ts = spacing.time_steps(vp, n, "karras", t_end=t_end)
         errs.append(float(jnp.sqrt(jnp.mean((omsjax.sample_heun(model, vp, ts, x_T) - ref) ** 2))))
     ratios = np.array(errs[:-1]) / np.array(errs[1:])
     assert np.all(ratios > 3.0), (errs, ratios)  # second order: 4x per halving of the step
@@ -88,9 +88,10 @@ def test_gmm_command_has_a_heun_row(capsys):
     import json
 
     from omsjax import cli
+    from omsjax.cli.solvers import HEUN
 
     assert cli.main(["gmm", "--nfe", "5", "10", "--batch", "8", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["table"]
-    heun = table[cli.HEUN]
+    heun = table[HEUN]
     assert heun["5"] is None  # two model calls per step: even NFE only
     assert np.isfinite(heun["10"]) and 0 < heun["10"] < 10 * table["DDIM"]["10"]

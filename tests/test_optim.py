@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from omsjax import optim, presets, schedules
+from omsjax import optim, presets, schedules, spacing
 
 
 def test_minimize_equals_the_closed_form_gradient_descent_iterates():
@@ -45,10 +45,10 @@ def test_named_solvers_are_their_presets_and_the_grid_leaves_out_what_does_not_e
     with pytest.raises(ValueError, match="unknown solver 'DDIM-2'"):
         presets.named("DDIM-2", ns, 6)
     grid = presets.named_grid(ns, 5)
-    assert list(grid) == [(n, s) for n in presets.BASELINES for s in schedules.SKIP_TYPES]
+    assert list(grid) == [(n, s) for n in presets.BASELINES for s in spacing.SPACINGS]
     # A third-order multistep solver needs 3 steps: at NFE 2 `named` raises, and the grid leaves out exactly those.
     with pytest.raises(ValueError, match="order 3 needs at least 3 steps"):
         presets.named("UniPC-3 (bh2)", ns, 2)
     third = {"DPM-Solver++(3M)", "UniPC-3 (bh1)", "UniPC-3 (bh2)"}
-    want = [(n, s) for n in presets.BASELINES if n not in third for s in schedules.SKIP_TYPES]
+    want = [(n, s) for n in presets.BASELINES if n not in third for s in spacing.SPACINGS]
     assert list(presets.named_grid(ns, 2)) == want

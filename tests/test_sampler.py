@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import oracles, presets, schedules, spacing
 from omsjax.schedule import stack
 
 
@@ -226,7 +226,7 @@ def _mixed_schedule(ns, n):
         relax.append(0.05 * (i % 5 - 2))
         corr.append(i % 2 == 0 and i < n - 1)
     return omsjax.schedule.make(
-        ts=schedules.time_steps(ns, n, "logSNR"), model=[0] * n, order=order, prediction=pred, start=start,
+        ts=spacing.time_steps(ns, n, "logSNR"), model=[0] * n, order=order, prediction=pred, start=start,
         d1_points=d1, relax=relax, relax_type=rtype, corrector=corr, afs=0,
     )  # fmt: skip
 

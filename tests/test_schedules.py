@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import oracles, presets, schedules, spacing
 
 ALL = [schedules.vp_linear(), schedules.vp_cosine(), schedules.vp_discrete(), schedules.edm(), schedules.flow()]
 
@@ -69,9 +69,9 @@ def test_edm():
 
 
 @pytest.mark.parametrize("ns", ALL, ids=lambda ns: ns.kind)
-@pytest.mark.parametrize("skip", schedules.SKIP_TYPES)
+@pytest.mark.parametrize("skip", spacing.SPACINGS)
 def test_spacings(ns, skip):
-    ts = schedules.time_steps(ns, 7, skip)
+    ts = spacing.time_steps(ns, 7, skip)
     assert ts.shape == (8,) and ts.dtype == np.float64
     assert ts[0] == ns.t_max and ts[-1] == ns.default_t_end
     assert np.all(np.diff(ts) < 0)
@@ -91,7 +91,7 @@ def test_karras_on_edm_is_the_published_formula():
     n = 18
     i = np.arange(n + 1)
     ref = (80 ** (1 / 7) + i / n * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
-    np.testing.assert_allclose(schedules.time_steps(ns, n, "karras"), ref, rtol=1e-13)
+    np.testing.assert_allclose(spacing.time_steps(ns, n, "karras"), ref, rtol=1e-13)
 
 
 def test_bad_arguments():
@@ -102,11 +102,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="every beta in"):
         schedules.vp_discrete(np.array([0.1, 1.5]))
     with pytest.raises(ValueError, match="integer number of steps"):
-        schedules.time_steps(schedules.vp_linear(), 0)
+        spacing.time_steps(schedules.vp_linear(), 0)
     with pytest.raises(ValueError, match="t_end < t_start"):
-        schedules.time_steps(schedules.vp_linear(), 4, t_end=0.5, t_start=0.2)
+        spacing.time_steps(schedules.vp_linear(), 4, t_end=0.5, t_start=0.2)
     with pytest.raises(ValueError, match="unknown skip"):
-        schedules.time_steps(schedules.vp_linear(), 4, "uniform")
+        spacing.time_steps(schedules.vp_linear(), 4, "uniform")
 
 
 @pytest.mark.parametrize(
@@ -249,7 +249,7 @@ def test_vp_discrete_alphas_cumprod_errors():
 
 def test_karras_sigmas():
     n, s_min, s_max, rho = 19, 0.002, 80.0, 7.0
-    sig = schedules.karras_sigmas(n, s_min, s_max, rho)
+    sig = spacing.karras_sigmas(n, s_min, s_max, rho)
     assert sig.shape == (n,) and sig.dtype == np.float64 and np.all(np.diff(sig) < 0)
     assert sig[0] == s_max and sig[-1] == s_min  # end points exact; no trailing 0
     i = np.arange(n)
@@ -262,19 +262,19 @@ def test_karras_sigmas():
     np.testing.assert_allclose(sig, kd[:-1], rtol=1e-13)
     np.testing.assert_allclose(sig[[0, -1]], kd[[0, -2]], rtol=1e-13)
     # the same levels as the karras spacing of time_steps on edm (n - 1 steps)
-    np.testing.assert_allclose(schedules.time_steps(schedules.edm(s_min, s_max), n - 1, "karras"), sig, rtol=1e-14)
-    np.testing.assert_allclose(schedules.karras_sigmas(2, 0.1, 10.0, rho=1.0), [10.0, 0.1])
+    np.testing.assert_allclose(spacing.time_steps(schedules.edm(s_min, s_max), n - 1, "karras"), sig, rtol=1e-14)
+    np.testing.assert_allclose(spacing.karras_sigmas(2, 0.1, 10.0, rho=1.0), [10.0, 0.1])
 
 
 def test_karras_sigmas_bad_arguments():
     for n in (1, 2.5, True):
         with pytest.raises(ValueError, match="integer n >= 2"):
-            schedules.karras_sigmas(n, 0.002, 80.0)
+            spacing.karras_sigmas(n, 0.002, 80.0)
     for s_min, s_max in ((0.0, 80.0), (1.0, 0.5), (0.1, math.inf)):
         with pytest.raises(ValueError, match="0 < sigma_min < sigma_max"):
-            schedules.karras_sigmas(5, s_min, s_max)
+            spacing.karras_sigmas(5, s_min, s_max)
     with pytest.raises(ValueError, match="rho"):
-        schedules.karras_sigmas(5, 0.002, 80.0, rho=0.0)
+        spacing.karras_sigmas(5, 0.002, 80.0, rho=0.0)
 
 
 def _vp_linear_edm_sigma(t, b0=0.1, b1=20.0):
@@ -295,8 +295,8 @@ EDM_SIGMA = {
 def test_times_from_sigmas(kind):
     ns, edm_sigma = EDM_SIGMA[kind]
     s_min, s_max = float(ns.edm_sigma(ns.default_t_end)), float(ns.edm_sigma(ns.t_max))
-    sig = schedules.karras_sigmas(12, s_min, s_max)
-    ts = schedules.times_from_sigmas(ns, sig)
+    sig = spacing.karras_sigmas(12, s_min, s_max)
+    ts = spacing.times_from_sigmas(ns, sig)
     assert isinstance(ts, np.ndarray) and ts.shape == (12,) and ts.dtype == np.float64
     assert np.all(np.diff(ts) < 0)
     np.testing.assert_allclose(ts[[0, -1]], [ns.t_max, ns.default_t_end], rtol=1e-12)
@@ -306,31 +306,31 @@ def test_times_from_sigmas(kind):
     if kind == "edm":
         np.testing.assert_allclose(ts, sig, rtol=1e-15)  # the identity
     # a list and a jax array are accepted as well
-    np.testing.assert_array_equal(schedules.times_from_sigmas(ns, list(sig)), ts)
-    np.testing.assert_array_equal(schedules.times_from_sigmas(ns, jnp.asarray(sig)), ts)
+    np.testing.assert_array_equal(spacing.times_from_sigmas(ns, list(sig)), ts)
+    np.testing.assert_array_equal(spacing.times_from_sigmas(ns, jnp.asarray(sig)), ts)
 
 
 def test_times_from_sigmas_errors():
     edm, vp, fl = schedules.edm(), schedules.vp_linear(), schedules.flow()
     with pytest.raises(ValueError, match=r"sigmas\[4\] = 0.001 is outside the edm noise schedule's range"):
-        schedules.times_from_sigmas(edm, schedules.karras_sigmas(5, 0.001, 80.0))
+        spacing.times_from_sigmas(edm, spacing.karras_sigmas(5, 0.001, 80.0))
     with pytest.raises(ValueError, match=r"sigmas\[0\] = 1000.0 is outside the vp_linear noise schedule's range"):
-        schedules.times_from_sigmas(vp, schedules.karras_sigmas(5, 0.1, 1000.0))
+        spacing.times_from_sigmas(vp, spacing.karras_sigmas(5, 0.1, 1000.0))
     with pytest.raises(ValueError, match=r"sigmas\[0\] = 1000.0 is outside the flow"):
-        schedules.times_from_sigmas(fl, [1000.0, 1.0])
+        spacing.times_from_sigmas(fl, [1000.0, 1.0])
     # vp_discrete's inverse clamps outside its knots; the error still names the sigma (its sigma_min is ~0.01)
     with pytest.raises(ValueError, match=r"sigmas\[2\] = 0.002 is outside the vp_discrete"):
-        schedules.times_from_sigmas(schedules.vp_discrete(), [80.0, 1.0, 0.002])
+        spacing.times_from_sigmas(schedules.vp_discrete(), [80.0, 1.0, 0.002])
     with pytest.raises(ValueError, match=r"finite positive sigmas, got sigmas\[1\] = nan"):
-        schedules.times_from_sigmas(edm, [5.0, math.nan, 1.0])
+        spacing.times_from_sigmas(edm, [5.0, math.nan, 1.0])
     with pytest.raises(ValueError, match=r"finite positive sigmas, got sigmas\[2\] = -1.0"):
-        schedules.times_from_sigmas(edm, [5.0, 1.0, -1.0])
+        spacing.times_from_sigmas(edm, [5.0, 1.0, -1.0])
     with pytest.raises(ValueError, match=r"strictly decreasing sigmas, got sigmas\[2\] = 3.0 >= sigmas\[1\] = 1.0"):
-        schedules.times_from_sigmas(edm, [5.0, 1.0, 3.0])
+        spacing.times_from_sigmas(edm, [5.0, 1.0, 3.0])
     with pytest.raises(ValueError, match="1-D array of sigmas"):
-        schedules.times_from_sigmas(edm, np.ones((2, 2)))
+        spacing.times_from_sigmas(edm, np.ones((2, 2)))
     # within the rounding tolerance of the Schedule checks: accepted
-    ts = schedules.times_from_sigmas(edm, [80.0 * (1 + 1e-7), 1.0])
+    ts = spacing.times_from_sigmas(edm, [80.0 * (1 + 1e-7), 1.0])
     assert ts[0] > edm.t_max
 
 
@@ -354,9 +354,9 @@ def test_presets_without_skip_step_at_the_noise_schedules_default_spacing(make, 
     model_mode = SearchSpace.for_noise_schedule(ns, num_positions=5, latencies=(1.0,), mode="model")
     assert any(n.endswith(f"{spacing}, model 0, NFE 4") for n in baselines.for_space(ns, model_mode, "nfe", 4.0))
     # Closed forms of the defaults: Karras's sigmas on EDM (t = sigma), uniform t on flow.
-    want = {"karras": schedules.karras_sigmas(6, 0.002, 80.0), "time_uniform": np.linspace(ns.t_max, 1e-3, 6)}
+    want = {"karras": spacing.karras_sigmas(6, 0.002, 80.0), "time_uniform": np.linspace(ns.t_max, 1e-3, 6)}
     if spacing in want:
-        np.testing.assert_allclose(schedules.time_steps(ns, 5), want[spacing], rtol=1e-12)
+        np.testing.assert_allclose(spacing.time_steps(ns, 5), want[spacing], rtol=1e-12)
     else:  # VP: uniform in lambda, as before
-        lam = np.asarray(ns.lam(schedules.time_steps(ns, 5)))
+        lam = np.asarray(ns.lam(spacing.time_steps(ns, 5)))
         np.testing.assert_allclose(np.diff(lam), np.full(5, (lam[-1] - lam[0]) / 5), rtol=1e-9)

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 
 import omsjax
-from omsjax import presets, schedules
+from omsjax import presets, schedules, spacing
 from omsjax.schedule import check_schedule
 from omsjax.search import candidates as CAND
 from omsjax.search import encoding as E
@@ -111,7 +111,7 @@ def test_log_snr_parameterisation():
     g = _one(E.random_genomes(space, jax.random.PRNGKey(3), 1), 0)
     g = g._replace(u=jnp.zeros_like(g.u), afs=jnp.asarray(0, jnp.int32))
     s = E.to_schedule(space, NS, g)
-    np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, 5, "logSNR"), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(s.ts), spacing.time_steps(NS, 5, "logSNR"), rtol=1e-12)
 
 
 @pytest.mark.parametrize("spacing", E.SPACINGS)
@@ -123,7 +123,7 @@ def test_base_spacing_at_every_length_and_presets_round_trip(spacing):
     for n in (1, 3, 8):
         keep = jnp.arange(8, dtype=jnp.int32) < n
         s = E.to_schedule(space, NS, g._replace(model=jnp.where(keep, 1, space.skip).astype(jnp.int32)))
-        np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, n, spacing), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(s.ts), spacing.time_steps(NS, n, spacing), rtol=1e-10)
     joint = E.SearchSpace(num_positions=8, latencies=LAT, mode="joint", spacing=spacing)
     other = E.SPACINGS[(E.SPACINGS.index(spacing) + 1) % len(E.SPACINGS)]
     want = presets.dpm_solver_pp(NS, 6, 3, skip=other, model=1)
@@ -131,7 +131,7 @@ def test_base_spacing_at_every_length_and_presets_round_trip(spacing):
     np.testing.assert_allclose(np.asarray(got.ts), np.asarray(want.ts), rtol=1e-10)
     seeds = E.preset_seeds(space, NS, budget=9.0)  # model-mode seeds are single-model presets in the base spacing
     s = E.to_schedule(space, NS, _one(seeds, int(seeds.order.shape[0]) - 1))
-    np.testing.assert_allclose(np.asarray(s.ts), schedules.time_steps(NS, s.num_steps, spacing), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(s.ts), spacing.time_steps(NS, s.num_steps, spacing), rtol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------------- GA

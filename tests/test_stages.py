@@ -11,6 +11,7 @@ import pytest
 import omsjax
 from omsjax import nets, oracles, presets, schedules, stages
 from omsjax import train as train_mod
+from omsjax.stages import clustering, training
 
 NS = schedules.vp_linear()
 KEY = jax.random.PRNGKey(0)
@@ -68,7 +69,7 @@ def test_similarity_matches_naive_transcription():
     sim_x0 = stages.similarity_matrix(den, NS, data, grid, KEY, num_samples=num, batch_size=16, prediction="x0")
     agree = np.zeros((2, 7, 7))
     for i in range(num):
-        x0, eps = stages._draw(jnp.asarray(data), KEY, jnp.asarray(i))
+        x0, eps = clustering._draw(jnp.asarray(data), KEY, jnp.asarray(i))
         eps_hat, x0_hat = [], []
         for t in grid:
             a, s = float(np.exp(NS.log_alpha(t))), float(NS.sigma(t))
@@ -364,7 +365,7 @@ def test_train_step_moves_only_the_active_decoder():
                 assert not any(moved), (name, moved)
     counts = [int(state.opt_state[f"decoder_{k}"].count) for k in range(3)]
     assert sum(counts) == int(state.step) and int(state.opt_state["encoder"].count) == int(state.step)
-    assert stages._train_step._cache_size() == 3  # one program per stage, drawn or forced
+    assert training._train_step._cache_size() == 3  # one program per stage, drawn or forced
     with pytest.raises(ValueError, match="stage"):
         stages.train_step(CFG, state, data, key, 3)
 

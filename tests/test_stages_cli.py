@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from omsjax import cli, data, nets, schedules, stages, train, zoo
+from omsjax.cli.train_cmd import train_config
 
 NS = schedules.vp_linear()
 # One tiny multi-stage network for every test here (8x8 digits; GroupNorm's 8 groups need widths of 8).
@@ -77,27 +78,20 @@ def test_stages_cluster(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, monkeypatch_module):
+def trained(tmp_path_factory):
     """`omsjax stages config` -> `omsjax train --config FILE --add-to-zoo`: (config file, run dir, zoo dir, config),
-    trained in two legs of 2 steps (the checkpoint interval patched to 2)."""
+    trained in two legs of 2 steps (the config's checkpoint interval set to 2)."""
     root = tmp_path_factory.mktemp("stages_cli")
-    monkeypatch_module.setattr(cli, "STAGES_CHECKPOINT_EVERY", 2)
     cfg_path = root / "ms.json"
     rc, out, err = run(["stages", "config", *CONFIG_ARGV, "--out", str(cfg_path)])
     assert rc == 0 and out == "", err
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "checkpoint_every": 2}))
     rc, out, err = run(["train", "--config", str(cfg_path), "--out", str(root / "run"), "--add-to-zoo",
                         str(root / "zoo"), "--latency-batch", "16", "--quiet"])  # fmt: skip
     assert rc == 0, err
     assert json.loads(out.strip().splitlines()[-1])["added"] == "ms"
     assert json.loads((root / "zoo" / "manifest.json").read_text())["models"][0]["latency_batch"] == 16
     return cfg_path, root / "run", root / "zoo", stages.StageTrainConfig.from_dict(json.loads(cfg_path.read_text()))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 def test_stages_config_json(tmp_path):
@@ -120,23 +114,23 @@ def test_train_config_detects_multistage(tmp_path, trained):
     def args(*argv):
         return cli.build_parser().parse_args(["train", "--out", "unused", *argv])
 
-    assert cli.train_config(args("--config", str(cfg_path))) == (cfg, "ms")
+    assert train_config(args("--config", str(cfg_path))) == (cfg, "ms")
     # A run's config.json (the checkpoint's {"omsjax_multistage", "config"} wrapper) reproduces the run.
-    assert cli.train_config(args("--config", str(run_dir / "config.json"))) == (cfg, "run")
-    more, _ = cli.train_config(args("--config", str(cfg_path), "--steps", "9"))
+    assert train_config(args("--config", str(run_dir / "config.json"))) == (cfg, "run")
+    more, _ = train_config(args("--config", str(cfg_path), "--steps", "9"))
     assert isinstance(more, stages.StageTrainConfig) and more.steps == 9 and more.net == cfg.net
     assert not more.ema_warmup
-    warm, _ = cli.train_config(args("--config", str(cfg_path), "--ema-warmup"))
+    warm, _ = train_config(args("--config", str(cfg_path), "--ema-warmup"))
     assert warm.ema_warmup and warm.steps == cfg.steps
     with pytest.raises(ValueError, match="--precond does not apply to the multi-stage config"):
-        cli.train_config(args("--config", str(cfg_path), "--precond", "edm"))
+        train_config(args("--config", str(cfg_path), "--precond", "edm"))
     with pytest.raises(ValueError, match="--fdm-m, --weight-clamp-warmup do not apply"):
-        cli.train_config(args("--config", str(cfg_path), "--fdm-m", "1", "--weight-clamp-warmup", "3"))
+        train_config(args("--config", str(cfg_path), "--fdm-m", "1", "--weight-clamp-warmup", "3"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**cfg.to_dict(), "stage_probs": [0.5, 0.5]}))
     with pytest.raises(ValueError, match="stage_probs"):
-        cli.train_config(args("--config", str(bad)))
-    u, _ = cli.train_config(args("--config", "tiny"))  # U-Net configs are untouched
+        train_config(args("--config", str(bad)))
+    u, _ = train_config(args("--config", "tiny"))  # U-Net configs are untouched
     assert isinstance(u, train.TrainConfig)
 
 
@@ -240,7 +234,7 @@ def test_benchmark_configs_reproduce_through_omsjax_train():
         files = sorted((root / sub).glob("*.json"))
         assert files, f"no configs in {root / sub}"
         for f in files:
-            cfg, name = cli.train_config(cli.build_parser().parse_args(["train", "--config", str(f), "--out", "x"]))
+            cfg, name = train_config(cli.build_parser().parse_args(["train", "--config", str(f), "--out", "x"]))
             assert name == f.stem and cfg.to_dict() == json.loads(f.read_text()), f
             assert cfg.ema_warmup  # both benchmarks train with the EMA warm-up
             if sub == "fdm":

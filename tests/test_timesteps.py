@@ -13,7 +13,7 @@ import scipy.integrate
 import scipy.special
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import oracles, presets, schedules, spacing
 from omsjax import timesteps as T
 
 VP = schedules.vp_linear()
@@ -39,15 +39,15 @@ def test_times_strictly_decrease_with_fixed_end_points(ns, spacing):
     assert np.all(np.diff(ts, axis=1) < 0)
     # u = 0 is the base spacing; logits invert times.
     np.testing.assert_allclose(np.asarray(T.times(ns, jnp.zeros(5), t0, t1, spacing)),
-                               schedules.time_steps(ns, 5, spacing, t_start=t0, t_end=t1), rtol=1e-10)  # fmt: skip
-    want = schedules.time_steps(ns, 6, "karras" if spacing != "karras" else "logSNR", t_start=t0, t_end=t1)
+                               spacing.time_steps(ns, 5, spacing, t_start=t0, t_end=t1), rtol=1e-10)  # fmt: skip
+    want = spacing.time_steps(ns, 6, "karras" if spacing != "karras" else "logSNR", t_start=t0, t_end=t1)
     back = np.asarray(T.times(ns, jnp.asarray(T.logits(ns, want, spacing)), t0, t1, spacing))
     np.testing.assert_allclose(back, want, rtol=1e-10)
 
 
 def test_valid_mask_and_errors():
     ts = np.asarray(T.times(VP, jnp.zeros(6), 1.0, 1e-3, valid=jnp.arange(6, dtype=jnp.int32) < 3))
-    np.testing.assert_allclose(ts[:4], schedules.time_steps(VP, 3, "logSNR"), rtol=1e-12)
+    np.testing.assert_allclose(ts[:4], spacing.time_steps(VP, 3, "logSNR"), rtol=1e-12)
     assert np.all(ts[4:] == 1e-3)
     with pytest.raises(ValueError, match="spacing must be one of"):
         T.times(VP, jnp.zeros(3), 1.0, 1e-3, "cosine")
@@ -82,7 +82,7 @@ def test_bound_estimators_are_unbiased_on_gaussian_data():
     gm = _gaussian()
     model = gm.model(VP)
     data = gm.sample(jax.random.PRNGKey(0), 100_000)
-    ts = schedules.time_steps(VP, 5, "time_uniform")
+    ts = spacing.time_steps(VP, 5, "time_uniform")
     want = _bound_closed(ts)
     mean, se = T.bound_mc(model, VP, ts, data, jax.random.PRNGKey(1), num_samples=4000)
     assert abs(float(mean) - want) < 4 * float(se) and float(se) < 0.05 * want
@@ -99,7 +99,7 @@ def test_bound_dominates_the_on_trajectory_error():
     """Along the exact ODE of Gaussian data D = M + f(lambda) z, so DDIM's combination evaluated on the trajectory
     errs by sigma_N z sum_i int e^lambda (f(lambda) - f(lambda_{i-1})) dlambda. f is monotone here, so the
     triangle inequality behind B is an equality: the bound is tight for Gaussian data."""
-    ts = schedules.time_steps(VP, 4, "logSNR")
+    ts = spacing.time_steps(VP, 4, "logSNR")
     lam = np.asarray(VP.lam(ts))
 
     def f(x):
@@ -116,14 +116,14 @@ def test_bound_dominates_the_on_trajectory_error():
 def test_optimize_bound_lowers_the_bound():
     fine = np.linspace(float(VP.lam(1.0)), float(VP.lam(1e-3)), 4001)
     g = _g_closed(fine)
-    init = schedules.time_steps(VP, 5, "time_uniform")
+    init = spacing.time_steps(VP, 5, "time_uniform")
     res = T.optimize_bound(VP, init, fine, g, steps=300, lr=0.05)
     assert res.ts[0] == 1.0 and res.ts[-1] == 1e-3 and np.all(np.diff(res.ts) < 0)
     assert res.history[-1] < 0.7 * res.history[0]
     assert res.history[-1] == pytest.approx(_bound_closed(res.ts), rel=1e-4)
     # The minimiser is a stationary point: no spacing of the same length does better.
-    for spacing in T.SPACINGS:
-        assert _bound_closed(res.ts) <= _bound_closed(schedules.time_steps(VP, 5, spacing)) * (1 + 1e-6)
+    for name in T.SPACINGS:
+        assert _bound_closed(res.ts) <= _bound_closed(spacing.time_steps(VP, 5, name)) * (1 + 1e-6)
 
 
 # ---------------------------------------------------------------------------- the trajectory objective
@@ -239,7 +239,7 @@ def test_ays_schedule_lowers_its_bound():
     assert table.shape == (96, 128, 2)
     ts = T.ays_schedule(VP, 5, grid, table, t_start=1.0, t_end=1e-3)
     assert ts[0] == 1.0 and ts[-1] == 1e-3 and np.all(np.diff(ts) < 0) and len(ts) == 6
-    start = schedules.time_steps(VP, 5, "logSNR")
+    start = spacing.time_steps(VP, 5, "logSNR")
     assert T.ays_bound(VP, ts, grid, table) < T.ays_bound(VP, start, grid, table)
     with pytest.raises(ValueError, match="nfe must be"):
         T.ays_schedule(VP, 96, grid, table, t_start=1.0, t_end=1e-3)
@@ -286,7 +286,7 @@ def test_finetune_touches_only_its_own_checkpoint(tiny_zoo, tmp_path):
     path, _ = tiny_zoo
     before = _tree_files(path)
     models, ns, _ = zoo.load_zoo(path)
-    ts = schedules.time_steps(ns, 3, "time_quadratic")
+    ts = spacing.time_steps(ns, 3, "time_quadratic")
     ft, ft_dir = T.finetune(path, 1, ts[:-1], tmp_path / "ft", steps=3, progress=False)
     assert _tree_files(path) == before  # the source zoo: bit-identical
     ft_models, _, manifest = zoo.load_zoo(ft_dir)

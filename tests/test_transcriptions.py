@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules, usf
+from omsjax import oracles, presets, schedules, spacing, usf
 
 # --------------------------------------------------------------------------------------------------
 # Noise schedule: continuous linear VP, beta in [0.1, 20] (DPM-Solver's NoiseScheduleVP('linear')), in numpy.
@@ -352,7 +352,7 @@ def test_numpy_schedule_matches_library(env):
     assert _rel(t_of_lambda(lam(t)), t) < 1e-12
     for skip in SKIPS:
         for n in (3, 10):
-            assert _rel(time_grid(skip, T_START, T_END, n), schedules.time_steps(ns, n, skip)) < 1e-13
+            assert _rel(time_grid(skip, T_START, T_END, n), spacing.time_steps(ns, n, skip)) < 1e-13
 
 
 def test_numpy_gmm_matches_library(env):

@@ -19,7 +19,7 @@ SOLVERS = (
 )
 
 
-def _solver_schedule(name, ns, nfe, skip, model=0):
+def solver_schedule(name, ns, nfe, skip, model=0):
     """The named solver (a key of presets.NAMED) as a schedule, or None where it has no schedule at this NFE."""
     from omsjax import presets
 
@@ -30,7 +30,7 @@ def _solver_schedule(name, ns, nfe, skip, model=0):
         return None
 
 
-def _load_zoo(path):
+def zoo_from_arg(path):
     from omsjax import zoo
 
     models, ns, manifest = zoo.load_zoo(path)

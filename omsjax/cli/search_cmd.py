@@ -123,7 +123,7 @@ def verdict_lines(report: dict) -> list[str]:
 
 def add_search(sub) -> None:
     """The `omsjax search` parser."""
-    from omsjax.spacing import SKIP_TYPES
+    from omsjax.spacing import SPACINGS
 
     r = sub.add_parser("search", help="search a schedule (solver, model or joint) under an NFE or a time budget")
     r.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
@@ -156,7 +156,7 @@ def add_search(sub) -> None:
     r.add_argument(
         "--spacing",
         default=None,
-        choices=list(SKIP_TYPES),
+        choices=list(SPACINGS),
         help="base step spacing the time genes vary around (model mode follows it); default: time_quadratic",
     )
     sizes = ", ".join(f"{k} {DEFAULT[k]} / {THOROUGH[k]}" for k in DEFAULT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from omsjax.cli.common import SOLVERS, _load_zoo, _solver_schedule
+from omsjax.cli.common import SOLVERS, solver_schedule, zoo_from_arg
 
 
 def _default_gmm(dim: int = 16, components: int = 8, seed: int = 0):
@@ -30,6 +30,7 @@ def cmd_gmm(args) -> int:
 
     import omsjax
     from omsjax import oracles, schedules
+    from omsjax.spacing import time_steps
 
     ns = schedules.vp_linear()
     gmm = _default_gmm()
@@ -44,7 +45,7 @@ def cmd_gmm(args) -> int:
     for name in SOLVERS:
         row = {}
         for n in args.nfe:
-            sched = _solver_schedule(name, ns, n, args.skip)
+            sched = solver_schedule(name, ns, n, args.skip)
             if sched is None:
                 row[n] = None
                 continue
@@ -54,7 +55,7 @@ def cmd_gmm(args) -> int:
     compiles = run._cache_size()
     # EDM's Heun sampler (2 model calls per step: even NFE only) on the same spacing.
     table[HEUN] = {n: None if n % 2 else float(jnp.sqrt(jnp.mean((omsjax.sample_heun(
-        model, ns, schedules.time_steps(ns, n // 2, args.skip), x_T) - ref) ** 2))) for n in args.nfe}  # fmt: skip
+        model, ns, time_steps(ns, n // 2, args.skip), x_T) - ref) ** 2))) for n in args.nfe}  # fmt: skip
     seconds = time.perf_counter() - t0
     if args.json:
         print(json.dumps({"metric": "rmse_vs_reference", "skip": args.skip, "table": table, "compiles": compiles}))
@@ -80,7 +81,7 @@ def cmd_compare(args) -> int:
 
     from omsjax import metrics, sampler, zoo
 
-    models, ns, manifest, mean = _load_zoo(args.zoo)
+    models, ns, manifest, mean = zoo_from_arg(args.zoo)
     if zoo.num_classes(manifest):
         raise ValueError(f"--zoo {args.zoo}: compare samples without labels; for a class-conditional zoo use "
                          f"`omsjax evaluate --zoo {args.zoo} --guidance W` (FD and accuracy per schedule)")  # fmt: skip
@@ -96,7 +97,7 @@ def cmd_compare(args) -> int:
     for name in args.solvers:
         row = {}
         for n in args.nfe:
-            sched = _solver_schedule(name, ns, n, args.skip, model=k)
+            sched = solver_schedule(name, ns, n, args.skip, model=k)
             if sched is None:
                 row[n] = None
                 continue
@@ -130,11 +131,11 @@ def cmd_compare(args) -> int:
 
 def add_gmm(sub) -> None:
     """The `omsjax gmm` parser."""
-    from omsjax.spacing import SKIP_TYPES
+    from omsjax.spacing import SPACINGS
 
     g = sub.add_parser("gmm", help="every preset on an exact Gaussian mixture vs. the diffrax reference")
     g.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10, 20])
-    g.add_argument("--skip", default="logSNR", choices=list(SKIP_TYPES))
+    g.add_argument("--skip", default="logSNR", choices=list(SPACINGS))
     g.add_argument("--batch", type=int, default=256)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -143,7 +144,7 @@ def add_gmm(sub) -> None:
 
 def add_compare(sub) -> None:
     """The `omsjax compare` parser."""
-    from omsjax.spacing import SKIP_TYPES
+    from omsjax.spacing import SPACINGS
 
     c = sub.add_parser("compare", help="FD of every preset solver at several NFEs on one zoo model (the main job)")
     c.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
@@ -157,7 +158,7 @@ def add_compare(sub) -> None:
     c.add_argument(
         "--skip",
         default=None,
-        choices=list(SKIP_TYPES),
+        choices=list(SPACINGS),
         help="step spacing (default: the zoo noise schedule's default_spacing, logSNR for VP)",
     )
     c.add_argument("--num-samples", type=int, default=1000)

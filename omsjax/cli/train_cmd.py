@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from omsjax.cli.common import check_out
 
 # The `--precond` choices (omsjax.train.PRECONDS; kept here so that building the parser does not import orbax).
-_PRECONDS = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
+PRECOND_CHOICES = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
 
 
 def _is_multistage(d) -> bool:
@@ -64,38 +63,6 @@ def train_config(args) -> tuple:
     return cfg, name
 
 
-def _train_stages(args, cfg, images):
-    """Train a multi-stage network into --out (resumable): OUT/config.json and OUT/params (`stages.save_checkpoint`
-    of the EMA parameters, rewritten at every checkpoint), OUT/state (the full `TrainState`), OUT/log.jsonl; the
-    full state is saved every `omsjax.cli.STAGES_CHECKPOINT_EVERY` steps (`omsjax.train.run`, the one loop)."""
-    from omsjax import files, stages, train
-
-    # Read from the package at call time (patching omsjax.cli's attribute works), without importing the package
-    # that imports this module.
-    every = sys.modules[__package__].STAGES_CHECKPOINT_EVERY
-    out = Path(args.out)
-    state_dir, log_path, meta_path = out / "state", out / "log.jsonl", out / "config.json"
-    if state_dir.exists() and not args.resume:
-        raise ValueError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
-    state = None
-    if args.resume and state_dir.exists():
-        if meta_path.exists():
-            old = files.read_json(meta_path, "the run's config")
-            old = old.get("config", {}) if isinstance(old, dict) else {}
-            train.check_resume(out, old, cfg.to_dict(), ignore=("steps",), what="--resume")
-        state = stages.restore_state(state_dir, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    train.reset_log(log_path, 0 if state is None else int(state.step))
-
-    def save(step, state):
-        stages.save_state(state_dir, state)
-        stages.save_checkpoint(out, cfg, state.ema_params)
-
-    state, _ = stages.train(cfg, images, state=state, progress=not args.quiet, log_file=log_path, save=save,
-                            save_every=every, log_at_saves=True)  # fmt: skip
-    return state
-
-
 def cmd_train(args) -> int:
     from omsjax import data, files, stages, train, zoo
 
@@ -112,7 +79,7 @@ def cmd_train(args) -> int:
         zoo.check_member(args.add_to_zoo, name, cfg)
     images, labels = data.load_digits("train", return_labels=True)
     if isinstance(cfg, stages.StageTrainConfig):
-        state = _train_stages(args, cfg, images)
+        state = stages.run_training(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
     else:
         labels = labels if cfg.net.num_classes else None  # a class-conditional net learns from the digits' labels
         state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet, labels=labels)
@@ -133,7 +100,7 @@ def add_train(sub) -> None:
                    "JSON file")  # fmt: skip
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, final EMA params)")
     t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--precond", choices=_PRECONDS, default=None, help="replace the config's preconditioning")
+    t.add_argument("--precond", choices=PRECOND_CHOICES, default=None, help="replace the config's preconditioning")
     t.add_argument("--fdm-m", type=float, default=None, help="FDM damping m (fdm_* preconds; default 2)")
     t.add_argument("--weight-clamp-warmup", type=int, default=None,
                    help="loss-weight cap 5*100^(step/W) for the first W steps (0: off)")  # fmt: skip

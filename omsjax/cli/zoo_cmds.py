@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from omsjax.cli.common import IMAGE_SUFFIXES, _load_zoo, check_out
+from omsjax.cli.common import IMAGE_SUFFIXES, check_out, zoo_from_arg
 
 
 def _schedule_from_args(args, ns, num_models):
@@ -66,7 +66,7 @@ def _conditioning(args, manifest, sched):
 def _zoo_samples(args):
     from omsjax import sampler
 
-    models, ns, manifest, mean = _load_zoo(args.zoo)
+    models, ns, manifest, mean = zoo_from_arg(args.zoo)
     sched, label = _schedule_from_args(args, ns, len(models))
     sched, cond, uncond, labels = _conditioning(args, manifest, sched)
     shape = tuple(manifest["image_shape"])
@@ -166,7 +166,7 @@ def cmd_zoo(args) -> int:
 
 
 def _add_schedule_args(p, num_samples):
-    from omsjax.spacing import SKIP_TYPES
+    from omsjax.spacing import SPACINGS
 
     p.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
     p.add_argument("--model", type=int, default=0, help="zoo index used at every step of a preset")
@@ -176,7 +176,7 @@ def _add_schedule_args(p, num_samples):
     p.add_argument(
         "--skip",
         default=None,
-        choices=list(SKIP_TYPES),
+        choices=list(SPACINGS),
         help="step spacing of --solver (default: the zoo noise schedule's default_spacing)",
     )
     p.add_argument("--nfe", type=int, default=None)

@@ -44,7 +44,7 @@ from omsjax.metrics.classifier import IMAGE_SHAPE, feature_stats, features, frec
 from omsjax.models import Model
 from omsjax.sampler import sample
 from omsjax.schedule import Schedule
-from omsjax.spacing import SKIP_TYPES
+from omsjax.spacing import SPACINGS
 
 __all__ = [
     "ReferenceSampler",
@@ -76,8 +76,8 @@ class ReferenceSampler:
             raise ValueError(f"ReferenceSampler.solver {self.solver!r} is not one of {sorted(presets.NAMED)}")
         config.positive_int("ReferenceSampler.steps", self.steps)
         config.positive_int("ReferenceSampler.batch_size", self.batch_size)
-        if self.spacing not in SKIP_TYPES:
-            raise ValueError(f"ReferenceSampler.spacing {self.spacing!r} is not one of {SKIP_TYPES}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"ReferenceSampler.spacing {self.spacing!r} is not one of {SPACINGS}")
 
     @property
     def name(self) -> str:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 
-from omsjax import presets, schedules
+from omsjax import presets
 from omsjax.schedule import Schedule
 from omsjax.search.space import SearchSpace
+from omsjax.spacing import SPACINGS
 
 __all__ = ["BASELINES", "MODEL_MODE_BASELINES", "MODEL_MODE_SPACINGS", "baselines", "for_space", "baseline_nfe",
            "largest_nfe"]  # fmt: skip
@@ -35,7 +36,7 @@ def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", so
     solver of BASELINES (or `solvers`) over every spacing (or `spacings`); `afs="zero_x0"` gives the same solvers
     with an analytical first step (one more step, same NFE). `times`: t_start / t_end (default the presets')."""
     tag = "" if afs == "none" else " +AFS"
-    grid = presets.named_grid(noise_schedule, nfe, solvers or BASELINES, spacings or schedules.SKIP_TYPES, model=model,
+    grid = presets.named_grid(noise_schedule, nfe, solvers or BASELINES, spacings or SPACINGS, model=model,
                               afs=afs, **times)  # fmt: skip
     return {f"{name}{tag}, {skip}": s for (name, skip), s in grid.items()}
 

@@ -131,7 +131,7 @@ def find_schedule(
       quick: the small `QUICK` configuration (ignored when `config` is given).
       config: a `loop.LoopConfig` (its GA's budget kind is set from `nfe` / `budget`).
       metric_name: names the metric in the archive and the report (default its `name` or `__qualname__`).
-      spacing: the base step spacing of the genomes, one of `schedules.SKIP_TYPES` (default the noise schedule's
+      spacing: the base step spacing of the genomes, one of `spacing.SPACINGS` (default the noise schedule's
         `default_spacing`: logSNR for VP, karras for EDM, time_uniform for flow).
       t_start, t_end: the first and last time of every candidate and baseline (default the noise schedule's
         t_max and default_t_end); t_min <= t_end < t_start <= t_max.

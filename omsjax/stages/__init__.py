@@ -6,23 +6,15 @@
 - `network`: the shared encoder and per-stage decoders, `apply_fn` / `stage_apply_fn`, `init_params`,
   `active_params`, `forward_flops`, `to_model`.
 - `training`: the per-stage loss and step (only the step's decoder moves), `train` on `omsjax.train.run`,
-  `save_state` / `restore_state`.
+  `run_training` (a resumable run in a folder), `save_state` / `restore_state`.
 - `checkpoints`: `save_checkpoint` / `load_checkpoint`.
 """
 
-from omsjax.config import is_int as _is_int
-from omsjax.config import is_real as _is_real
-from omsjax.stages.checkpoints import _CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from omsjax.stages.checkpoints import load_checkpoint, save_checkpoint
 from omsjax.stages.clustering import (
     DEFAULT_ETA,
     PREDICTIONS,
     Partition,
-    _agreement_counts,
-    _check_sim,
-    _check_times,
-    _deviations,
-    _draw,
-    _levels,
     boundaries,
     clustering_report,
     partition,
@@ -32,18 +24,8 @@ from omsjax.stages.clustering import (
     stage_of,
     uniform_boundaries,
 )
-from omsjax.stages.config import MultiStageConfig, StageTrainConfig, _positive_ints
+from omsjax.stages.config import MultiStageConfig, StageTrainConfig
 from omsjax.stages.network import (
-    _DTYPE,
-    _TRUNCATED_NORMAL_STD,
-    _branches,
-    _cast,
-    _check_input,
-    _Decoder,
-    _decoder_names,
-    _Encoder,
-    _init_params,
-    _param_shapes,
     active_params,
     apply_fn,
     decode,
@@ -54,16 +36,11 @@ from omsjax.stages.network import (
     to_model,
 )
 from omsjax.stages.training import (
-    _draw_stages,
-    _group_tx,
-    _keys,
-    _stage_forward,
-    _stage_key,
-    _train_step,
     init_state,
     loss_fn,
     mean_active_params,
     restore_state,
+    run_training,
     save_state,
     train,
     train_step,
@@ -93,6 +70,7 @@ __all__ = [
     "loss_fn",
     "train_step",
     "train",
+    "run_training",
     "to_model",
     "save_checkpoint",
     "load_checkpoint",
@@ -101,11 +79,3 @@ __all__ = [
     "clustering_report",
     "DEFAULT_ETA",
 ]
-
-# Private names of the former single module, kept importable for old callers (tests use `_draw`, `_train_step`).
-_PRIVATE = (
-    _is_int, _is_real, _DTYPE,
-    _CHECKPOINT_VERSION, _agreement_counts, _check_sim, _check_times, _deviations, _draw, _levels, _positive_ints,
-    _TRUNCATED_NORMAL_STD, _branches, _cast, _check_input, _decoder_names, _Decoder, _Encoder, _init_params,
-    _param_shapes, _draw_stages, _group_tx, _keys, _stage_forward, _stage_key, _train_step,
-)  # fmt: skip

@@ -302,12 +302,12 @@ def uniform_boundaries(
     t_start: float | None = None,
     t_end: float | None = None,
 ) -> tuple[float, ...]:
-    """Ablation baselines: the K - 1 interior points of `schedules.time_steps(ns, K, spacing)` in increasing order,
+    """Ablation baselines: the K - 1 interior points of `spacing.time_steps(ns, K, spacing)` in increasing order,
     i.e. stages of equal length in t ("time_uniform") or in log-SNR ("logSNR") between t_end (default: the
     schedule's default end time) and t_start (default T)."""
     if not _is_int(num_stages) or num_stages < 1:
         raise ValueError(f"num_stages must be a positive int, got {num_stages!r}")
-    ts = schedules.time_steps(noise_schedule, int(num_stages), spacing, t_start=t_start, t_end=t_end)
+    ts = spacing.time_steps(noise_schedule, int(num_stages), spacing, t_start=t_start, t_end=t_end)
     return tuple(float(t) for t in ts[1:-1][::-1])
 
 

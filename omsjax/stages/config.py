@@ -112,6 +112,7 @@ class StageTrainConfig:
         the EMA warm-up counts each group's own updates, the encoder's every step, a decoder's its stage's).
       stage_probs: probability of training each stage in a step; empty: proportional to the length of its time
         interval within (train.T_EPS, 1], so that t is marginally U(T_EPS, 1) as for a unified network.
+      checkpoint_every: `run_training` saves the full training state every this many steps (and at the end).
     """
 
     net: MultiStageConfig
@@ -126,6 +127,7 @@ class StageTrainConfig:
     seed: int = 0
     image_shape: tuple = (8, 8, 1)
     stage_probs: tuple = ()
+    checkpoint_every: int = 1000
 
     def __post_init__(self):
         if not isinstance(self.net, MultiStageConfig):
@@ -137,7 +139,7 @@ class StageTrainConfig:
         def _set(name, value):
             object.__setattr__(self, name, value)
 
-        check_training_fields(self, ("steps", "batch_size"), self.net.unet_config().spatial_divisor)
+        check_training_fields(self, ("steps", "batch_size", "checkpoint_every"), self.net.unet_config().spatial_divisor)
         p = self.stage_probs
         if not isinstance(p, (tuple, list)) or not all(_cfg.is_real(v) and v >= 0 for v in p):
             raise ValueError(f"stage_probs must be a sequence of numbers >= 0, got {p!r}")

@@ -102,7 +102,7 @@ class _Decoder(nn.Module):
         return nn.Conv(self.out_channels, (3, 3), kernel_init=zeros, bias_init=zeros, name="conv_out", **kw)(h)
 
 
-def _check_input(config: MultiStageConfig, x, t):
+def check_input(config: MultiStageConfig, x, t):
     x = jnp.asarray(x)
     if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array [B, H, W, C] (NHWC), got {x.shape} {x.dtype}")
@@ -131,7 +131,7 @@ def _decoder_names(config: MultiStageConfig) -> tuple[str, ...]:
 
 def encode(config: MultiStageConfig, params: Any, x: jax.Array, t: jax.Array):
     """The shared encoder: (h, skips, emb) for x [B, H, W, C] and t [B] (or scalar), in x's dtype."""
-    x, t = _check_input(config, x, t)
+    x, t = check_input(config, x, t)
     return _Encoder(config).apply({"params": _cast(params["encoder"], x.dtype)}, x, t)
 
 
@@ -161,7 +161,7 @@ def stage_apply_fn(config: MultiStageConfig) -> Callable:
     are clamped by `lax.switch`. Cached per config (a stable static argument)."""
 
     def f(params, x, t, stage):
-        x, t = _check_input(config, x, t)
+        x, t = check_input(config, x, t)
         params = _cast(params, x.dtype)
         out_channels = config.out_channels or x.shape[-1]
         h, skips, emb = _Encoder(config).apply({"params": params["encoder"]}, x, t)
@@ -186,7 +186,7 @@ def apply_fn(config: MultiStageConfig) -> Callable:
     num = config.num_stages
 
     def f(params, x, t):
-        x, t = _check_input(config, x, t)
+        x, t = check_input(config, x, t)
         params = _cast(params, x.dtype)
         out_channels = config.out_channels or x.shape[-1]
         h, skips, emb = _Encoder(config).apply({"params": params["encoder"]}, x, t)
@@ -207,10 +207,6 @@ def apply_fn(config: MultiStageConfig) -> Callable:
         return out
 
     return f
-
-
-# Standard deviation of a standard normal truncated to [-2, 2] (flax's variance_scaling), as in nets.init_unet.
-_TRUNCATED_NORMAL_STD = nets._TRUNCATED_NORMAL_STD
 
 
 def init_params(config: MultiStageConfig, key: jax.Array, image_shape: tuple[int, int, int], dtype: Any = _DTYPE):

@@ -30,21 +30,25 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from omsjax import schedules
+from omsjax import files, schedules
 from omsjax import train as _train
 from omsjax.config import is_int as _is_int
 from omsjax.stages.checkpoints import save_checkpoint
 from omsjax.stages.config import MultiStageConfig, StageTrainConfig
-from omsjax.stages.network import _check_input, active_params, decode, encode, init_params, stage_apply_fn
+from omsjax.stages.network import active_params, check_input, decode, encode, init_params, stage_apply_fn
 
-__all__ = ["mean_active_params", "init_state", "loss_fn", "train_step", "train", "save_state", "restore_state"]
+__all__ = [
+    "mean_active_params",
+    "init_state",
+    "loss_fn",
+    "train_step",
+    "train",
+    "run_training",
+    "save_state",
+    "restore_state",
+]
 
 _DTYPE = jnp.float32  # the training dtype, as in omsjax.train
-
-
-def _keys(config: StageTrainConfig) -> tuple[jax.Array, jax.Array]:
-    """(init key, base key of the per-step randomness), as in `train`."""
-    return _train._keys(config)
 
 
 def mean_active_params(config: StageTrainConfig, params: Any) -> float:
@@ -85,7 +89,7 @@ def init_state(config: StageTrainConfig) -> _train.TrainState:
     its moments flat vectors of the group's `ravel_pytree` order (in `optax.multi_transform`'s masked layout)."""
     if not isinstance(config, StageTrainConfig):
         raise ValueError(f"config must be a StageTrainConfig, got {type(config).__name__}")
-    k_init, _ = _keys(config)
+    k_init, _ = _train.seed_keys(config)
     params = init_params(config.net, k_init, config.image_shape, _DTYPE)
     return _train.TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -100,7 +104,7 @@ def _stage_forward(net: MultiStageConfig, stage: int) -> Callable:
     "encoder" and "decoder_{stage}"."""
 
     def f(params, x, t):
-        x, t = _check_input(net, x, t)
+        x, t = check_input(net, x, t)
         h, skips, emb = encode(net, params, x, t)
         return decode(net, params, stage, h, skips, emb, net.out_channels or x.shape[-1])
 
@@ -245,7 +249,7 @@ def train(
 
     state = init_state(config) if state is None else state
     data_dev = jnp.asarray(data)
-    key = _keys(config)[1]
+    key = _train.seed_keys(config)[1]
     start = int(state.step)
     drawn = np.asarray(_draw_stages(config, key, jnp.arange(start, max(end, start), dtype=jnp.int32)))
 
@@ -270,6 +274,37 @@ def train(
     if out_dir is not None:
         save_checkpoint(out_dir, config, state.ema_params)
     return state, log
+
+
+def run_training(config: StageTrainConfig, data, out_dir, *, resume: bool = False,
+                 progress: bool = True) -> _train.TrainState:  # fmt: skip
+    """A resumable multi-stage training run in the folder `out_dir` (what `omsjax train` does with a multi-stage
+    config): OUT/config.json, OUT/params (`save_checkpoint` of the EMA parameters, rewritten at every checkpoint),
+    OUT/state (the full `TrainState`) every `config.checkpoint_every` steps and at the end, OUT/log.jsonl.
+
+    An existing OUT/state needs `resume=True`, which continues that run after checking that its config matches
+    (`steps` and `checkpoint_every` may differ)."""
+    out = Path(out_dir)
+    state_dir, log_path, meta_path = out / "state", out / "log.jsonl", out / "config.json"
+    if state_dir.exists() and not resume:
+        raise ValueError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
+    state = None
+    if resume and state_dir.exists():
+        if meta_path.exists():
+            old = files.read_json(meta_path, "the run's config")
+            old = old.get("config", {}) if isinstance(old, dict) else {}
+            _train.check_resume(out, old, config.to_dict(), ignore=("steps", "checkpoint_every"), what="--resume")
+        state = restore_state(state_dir, config)
+    out.mkdir(parents=True, exist_ok=True)
+    _train.reset_log(log_path, 0 if state is None else int(state.step))
+
+    def save(step, state):
+        save_state(state_dir, state)
+        save_checkpoint(out, config, state.ema_params)
+
+    state, _ = train(config, data, state=state, progress=progress, log_file=log_path, save=save,
+                     save_every=config.checkpoint_every, log_at_saves=True)  # fmt: skip
+    return state
 
 
 def save_state(path, state: _train.TrainState) -> Path:

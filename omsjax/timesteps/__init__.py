@@ -8,11 +8,12 @@
 - `result`: the result of a fit.
 
 Phase 2 (fine-tuning a zoo member toward the chosen steps, `finetune`) and the whole `omsjax optimize-steps` run
-(`run`) are workflows in `omsjax.workflows.timesteps_run`; `omsjax.timesteps.finetune`, `.run` and `.METHODS`
-still resolve there (imported on first use).
+(`run`) are workflows in `omsjax.workflows.timesteps_run`. Deprecated: `omsjax.timesteps.finetune`, `.run` and
+`.METHODS` still resolve there for one release, with a DeprecationWarning (CHANGELOG 0.2.0).
 """
 
 import importlib
+import warnings
 
 from omsjax.spacing import SPACINGS, U_BOUND, coordinate, logits, time_of_coordinate, times
 from omsjax.timesteps.ays import ays_bound, ays_schedule, ays_table
@@ -40,16 +41,16 @@ __all__ = [
     "ays_bound",
     "ays_schedule",
     "FitResult",
-    "finetune",
-    "run",
 ]
 
-# The workflow names of the module this package replaced (a compatibility forward to the layer above).
+# The workflow names of the module this package replaced: deprecated forwards to the layer above (CHANGELOG 0.2.0).
 _WORKFLOW = "omsjax.workflows.timesteps_run"
-_FORWARDED = ("METHODS", "finetune", "run", "_spacing_ts", "_phase1")
+_DEPRECATED = ("METHODS", "finetune", "run")
 
 
 def __getattr__(name):
-    if name in _FORWARDED:
+    if name in _DEPRECATED:
+        warnings.warn(f"omsjax.timesteps.{name} is deprecated: use {_WORKFLOW}.{name}", DeprecationWarning,
+                      stacklevel=2)  # fmt: skip
         return getattr(importlib.import_module(_WORKFLOW), name)
     raise AttributeError(f"module 'omsjax.timesteps' has no attribute {name!r}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from omsjax.models import Model
 from omsjax.schedules import NoiseSchedule
-from omsjax.timesteps.bound import _check_data, _data_pred
+from omsjax.timesteps.bound import check_data, data_prediction
 
 __all__ = ["ays_table", "ays_bound", "ays_schedule"]
 
@@ -26,7 +26,7 @@ def ays_table(model: Model, ns: NoiseSchedule, data, lam_grid, key, num_samples:
     """The model's data predictions along `num_samples` Brownian paths of the forward process at every point of
     `lam_grid` (ascending): [G, num_samples, ...]. y = x0 + nu eps on each path (nu = e^-lambda), coupled by
     independent increments from the smallest nu up."""
-    _check_data(data)
+    check_data(data)
     data = jnp.asarray(data)
     lam_grid = jnp.asarray(lam_grid, data.dtype)
     if not bool(jnp.all(jnp.diff(lam_grid) > 0)):
@@ -42,7 +42,7 @@ def ays_table(model: Model, ns: NoiseSchedule, data, lam_grid, key, num_samples:
     @jax.jit
     def one(yy, lam):
         t = ns.t_of_lambda(lam)
-        return _data_pred(model, ns, jnp.exp(ns.log_alpha(t)) * yy, lam)
+        return data_prediction(model, ns, jnp.exp(ns.log_alpha(t)) * yy, lam)
 
     return jnp.stack([one(y[j], lam_grid[j]) for j in range(lam_grid.shape[0])])
 

@@ -50,12 +50,12 @@ from omsjax import optim
 from omsjax.models import Model, to_eps_x0
 from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import logits, times
-from omsjax.timesteps.result import FitResult, _check_fit
+from omsjax.timesteps.result import FitResult, check_fit
 
 __all__ = ["denoiser_derivative", "estimate_g", "bound", "bound_mc", "optimize_bound"]
 
 
-def _data_pred(model: Model, ns: NoiseSchedule, x, lam):
+def data_prediction(model: Model, ns: NoiseSchedule, x, lam):
     t = ns.t_of_lambda(lam)
     return to_eps_x0(model, model.params, x, t, ns.log_alpha(t), ns.sigma(t))[1]
 
@@ -68,12 +68,12 @@ def denoiser_derivative(model: Model, ns: NoiseSchedule, x, lam):
     """(D, dD/dlambda) at (x, lambda) along the probability-flow ODE: dx/dlambda = (d log sigma/dlambda) x + alpha D.
     `x` [B, ...], `lam` a scalar."""
     lam = jnp.asarray(lam, x.dtype)
-    d = _data_pred(model, ns, x, lam)
+    d = data_prediction(model, ns, x, lam)
     log_sigma = lambda l: ns.log_sigma(ns.t_of_lambda(l))  # noqa: E731
     dlogsig = jax.jvp(log_sigma, (lam,), (jnp.ones_like(lam),))[1]
     alpha = jnp.exp(ns.log_alpha(ns.t_of_lambda(lam)))
     dx = dlogsig * x + alpha * d
-    _, dd = jax.jvp(lambda xx, ll: _data_pred(model, ns, xx, ll), (x, lam), (dx, jnp.ones_like(lam)))
+    _, dd = jax.jvp(lambda xx, ll: data_prediction(model, ns, xx, ll), (x, lam), (dx, jnp.ones_like(lam)))
     return d, dd
 
 
@@ -82,7 +82,7 @@ def _noisy(ns, x0, lam, eps):
     return jnp.exp(ns.log_alpha(t)) * x0 + ns.sigma(t) * eps
 
 
-def _check_data(x0):
+def check_data(x0):
     if not hasattr(x0, "shape") or len(x0.shape) < 2 or x0.shape[0] < 1:
         raise ValueError(f"data must be an array [n, ...] of training samples, got {getattr(x0, 'shape', x0)}")
 
@@ -90,7 +90,7 @@ def _check_data(x0):
 def estimate_g(model: Model, ns: NoiseSchedule, data, lam_grid, key, num_samples: int = 256, batch: int = 256):
     """g(lambda) = E ||dD/dlambda|| (RMS over pixels) at every point of `lam_grid`, by Monte Carlo over x0 drawn
     from `data` [n, ...] and fresh noise: an unbiased estimate at every grid point. Returns (mean, std error)."""
-    _check_data(data)
+    check_data(data)
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
     data = jnp.asarray(data)
@@ -135,7 +135,7 @@ def bound(ns: NoiseSchedule, ts, lam_grid, g, *, nodes: int = 16):
 def bound_mc(model: Model, ns: NoiseSchedule, ts, data, key, num_samples: int = 256):
     """The unbiased Monte-Carlo estimate of B for the times `ts`: (mean, std error) over `num_samples` draws of one
     (mu_i, x0, eps) per interval."""
-    _check_data(data)
+    check_data(data)
     data = jnp.asarray(data)
     lam = _lams(ns, ts).astype(data.dtype)
     sigma_n = ns.sigma(jnp.asarray(ts, data.dtype)[-1])
@@ -175,7 +175,7 @@ def optimize_bound(
 ) -> FitResult:
     """Minimise `bound` over the logits of a schedule with the end points and number of steps of `init_ts`
     (Adam, one jitted `lax.scan`). Returns the times, logits and the bound at every step."""
-    _check_fit(steps, lr)
+    check_fit(steps, lr)
     init_ts = np.asarray(init_ts, np.float64)
     u0 = jnp.asarray(logits(ns, init_ts, spacing))
     t0, t1 = float(init_ts[0]), float(init_ts[-1])

@@ -19,7 +19,7 @@ class FitResult(NamedTuple):
     heldout: dict
 
 
-def _check_fit(steps, lr):
+def check_fit(steps, lr):
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

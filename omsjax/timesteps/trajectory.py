@@ -31,7 +31,7 @@ from omsjax.sampler import sample
 from omsjax.schedule import Schedule
 from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import logits, times
-from omsjax.timesteps.result import FitResult, _check_fit
+from omsjax.timesteps.result import FitResult, check_fit
 
 __all__ = ["trajectory_loss", "optimize_trajectory", "frechet_loss", "optimize_fd"]
 
@@ -66,7 +66,7 @@ def optimize_trajectory(
     endpoints `x_ref` of `x_T`; `batch` draws a random minibatch per step (default: all). `heldout = (x_T, x_ref)`
     reports the loss before and after on unseen noise (FitResult.heldout {"before", "after"}). `embed`: see
     `trajectory_loss`."""
-    _check_fit(steps, lr)
+    check_fit(steps, lr)
     zoo = as_zoo(zoo)
     check_inputs(zoo, ns, schedule, x_T, data_mean)
     x_T, x_ref = jnp.asarray(x_T), jnp.asarray(x_ref)
@@ -136,7 +136,7 @@ def optimize_fd(
     the `embed` features (e.g. the FD classifier's) of a fresh batch of `batch` samples per step and the reference
     statistics `ref` = (mu, cov): the metric itself, differentiated through the sampler. No ODE reference is
     needed; every step draws new x_T (a stochastic gradient of the FD of the sampler's distribution)."""
-    _check_fit(steps, lr)
+    check_fit(steps, lr)
     zoo = as_zoo(zoo)
     if not (isinstance(batch, int) and batch >= 2):
         raise ValueError(f"batch must be an int >= 2, got {batch!r}")

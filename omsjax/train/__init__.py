@@ -11,10 +11,7 @@
 Training runs in float32 whatever `jax_enable_x64` says.
 """
 
-from omsjax.config import is_int as _is_int
-from omsjax.config import is_real as _is_real
 from omsjax.precond import (
-    _VP,
     FDM_SIGMA_RANGES,
     PRECONDS,
     SIGMA_DATA,
@@ -26,29 +23,13 @@ from omsjax.precond import (
     noise_schedule,
     precondition,
 )
-from omsjax.precond import base_of as _base
-from omsjax.precond import check as _check_precond
-from omsjax.train.checkpoints import (
-    _abstract,
-    _abstract_state,
-    _checkpoint_manager,
-    _log_rows,
-    _truncate_log,
-    load_params,
-    read_log,
-    restore_state,
-    save_params,
-)
-from omsjax.train.config import DTYPE as _DTYPE
+from omsjax.train.checkpoints import load_params, read_log, restore_state, save_params
 from omsjax.train.config import TrainConfig
 from omsjax.train.loop import check_labels, check_resume, mean_loss, reset_log, run, train
-from omsjax.train.losses import P_MEAN, P_STD, _denoise, clamp_cap, loss_fn
-from omsjax.train.model import _preconditioned_apply_fn, model_from_params
+from omsjax.train.losses import P_MEAN, P_STD, clamp_cap, loss_fn
+from omsjax.train.model import model_from_params
 from omsjax.train.step import (
     TrainState,
-    _check_batch,
-    _keys,
-    _mesh,
     data_sharding,
     drop_labels,
     ema_decay_at,
@@ -96,9 +77,3 @@ __all__ = [
     "check_labels",
     "drop_labels",
 ]
-
-# Private names of the former single module, kept importable for old callers.
-_PRIVATE = (
-    _is_int, _is_real, _VP, _base, _check_precond, _abstract, _abstract_state, _checkpoint_manager, _log_rows,
-    _truncate_log, _DTYPE, _denoise, _preconditioned_apply_fn, _check_batch, _keys, _mesh,
-)  # fmt: skip

@@ -30,7 +30,7 @@ def _abstract_state(config: TrainConfig) -> TrainState:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
 
-def _checkpoint_manager(ckpt_dir: Path) -> ocp.CheckpointManager:
+def checkpoint_manager(ckpt_dir: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         ckpt_dir.resolve(),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True),
@@ -53,7 +53,7 @@ def restore_state(out_dir, config: TrainConfig, step: int | None = None) -> Trai
     ckpt_dir = Path(out_dir) / "ckpt"
     if not ckpt_dir.exists():
         raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")
-    mngr = _checkpoint_manager(ckpt_dir)
+    mngr = checkpoint_manager(ckpt_dir)
     try:
         step = mngr.latest_step() if step is None else step
         if step is None or step not in mngr.all_steps():
@@ -75,7 +75,7 @@ def restore_intact(ckpt_dir, config: TrainConfig) -> tuple[TrainState | None, li
     """(the state of the newest step in `ckpt_dir` that reads back, [(step directory, why) of each newer step that
     does not]); (None, []) without checkpoints. Every step unreadable: a `ValueError` naming each directory."""
     ckpt_dir = Path(ckpt_dir)
-    mngr = _checkpoint_manager(ckpt_dir)
+    mngr = checkpoint_manager(ckpt_dir)
     bad: list[tuple[Path, str]] = []
     try:
         for step in sorted(mngr.all_steps(), reverse=True):
@@ -92,7 +92,7 @@ def restore_intact(ckpt_dir, config: TrainConfig) -> tuple[TrainState | None, li
     return None, bad
 
 
-def _set_aside(step_dir: Path) -> Path:
+def set_aside(step_dir: Path) -> Path:
     """Move an unreadable step directory out of the checkpoint folder (to `<run>/ckpt.corrupt/<step>`, numbered if
     taken), so that the run can save that step again; returns where it went."""
     target = step_dir.parent.parent / "ckpt.corrupt" / step_dir.name
@@ -120,7 +120,7 @@ def read_log(out_dir) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r["loss"])) for r in _log_rows(Path(out_dir) / "log.jsonl")]
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int) -> None:
     """Drop log lines past `step` (written by a run killed after its last checkpoint); rewritten atomically."""
     if path.exists():
         files.write_text(path, "".join(json.dumps(r) + "\n" for r in _log_rows(path) if int(r["step"]) <= step))

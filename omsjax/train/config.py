@@ -38,7 +38,7 @@ class TrainConfig:
       checkpoint_every: `train` saves a checkpoint every this many steps (and at the end).
       image_shape: (H, W, C) of the training images.
       focus_times: noise levels to weight the loss toward (VP times t; EDM / VE sigmas): fine-tuning on a sampler's
-        steps (`omsjax.timesteps.finetune`). Empty: none.
+        steps (`omsjax.workflows.timesteps_run.finetune`). Empty: none.
       focus_prob: the share of each batch whose noise level is drawn uniformly from `focus_times` (the rest from the
         base distribution).
       fdm_m: FDM's damping m in s(sigma) = exp(-m B)(1 + m B) (2 by default, 1 in some of the paper's FFHQ runs);

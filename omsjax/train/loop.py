@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from omsjax import config as _cfg
 from omsjax import files
-from omsjax.train.checkpoints import _checkpoint_manager, _set_aside, _truncate_log, restore_intact
+from omsjax.train.checkpoints import checkpoint_manager, restore_intact, set_aside, truncate_log
 from omsjax.train.config import DTYPE, TrainConfig
-from omsjax.train.step import TrainState, _check_batch, _keys, init_state, make_optimizer, replicated_sharding
+from omsjax.train.step import TrainState, check_batch, init_state, make_optimizer, replicated_sharding, seed_keys
 from omsjax.train.step import train_step as _train_step
 
 __all__ = ["run", "train", "check_resume", "reset_log", "mean_loss", "check_labels"]
@@ -113,7 +113,7 @@ def reset_log(path: Path, step: int) -> None:
     """Keep the lines of the JSON-lines log `path` up to `step` (a run killed after its last checkpoint wrote
     more); creates an empty log if there is none."""
     if path.exists():
-        _truncate_log(path, step)
+        truncate_log(path, step)
     else:
         files.write_text(path, "")
 
@@ -150,7 +150,7 @@ def train(
     if not _cfg.is_int(log_every) or log_every < 1:
         raise ValueError(f"log_every must be a positive int, got {log_every!r}")
     end = config.steps if stop_at is None else min(int(stop_at), config.steps)
-    _check_batch(config)
+    check_batch(config)
     data = np.asarray(data, np.float32)
     if data.ndim != 4 or tuple(data.shape[1:]) != config.image_shape:
         raise ValueError(f"data must have shape [N, *image_shape] = [N, {config.image_shape}], got {data.shape}")
@@ -181,12 +181,12 @@ def train(
     rep = replicated_sharding()
     data_dev = jax.device_put(data, rep)
     labels_dev = None if labels is None else jax.device_put(labels, rep)
-    key = jax.device_put(_keys(config)[1], rep)
+    key = jax.device_put(seed_keys(config)[1], rep)
     if state is None:
         state = jax.device_put(_fresh_state(config, init_params), rep)
-    mngr = _checkpoint_manager(ckpt_dir)
+    mngr = checkpoint_manager(ckpt_dir)
     try:
-        _truncate_log(log_path, int(state.step))
+        truncate_log(log_path, int(state.step))
         state, _ = run(
             lambda state, step: _train_step(config, state, data_dev, key, labels_dev),
             state,
@@ -229,7 +229,7 @@ def _resume_state(ckpt_dir: Path, config: TrainConfig) -> TrainState | None:
     read is moved aside with a warning naming it (so that the run can save that step again)."""
     state, bad = restore_intact(ckpt_dir, config)
     for step_dir, why in bad:
-        moved = _set_aside(step_dir)
+        moved = set_aside(step_dir)
         warnings.warn(f"resume: {why}; moved it to {moved} and resuming from step {int(state.step)}, the newest "
                       f"intact checkpoint", stacklevel=3)  # fmt: skip
     return state

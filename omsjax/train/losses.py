@@ -46,7 +46,7 @@ def clamp_cap(step, warmup: int) -> jax.Array:
     return jnp.where(step < warmup, 5.0 * jnp.exp(frac * math.log(100.0)), jnp.inf).astype(DTYPE)
 
 
-def _denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: jax.Array, level: jax.Array,
+def denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: jax.Array, level: jax.Array,
              y: jax.Array | None = None):  # fmt: skip
     """pred = c_skip x + c_out F(c_in x; c_noise, y) for x [B, ...], level [B] (coefficients in x's dtype), labels
     y int[B] of a class-conditional net (None: the null label)."""
@@ -112,6 +112,6 @@ def loss_fn(
     weight = loss_weight(config.precond, level, SIGMA_DATA)
     if config.weight_clamp_warmup > 0:
         weight = jnp.minimum(weight, clamp_cap(step, config.weight_clamp_warmup))
-    pred = _denoise(config.precond, config.net, config.fdm_m, params, x, level, labels)
+    pred = denoise(config.precond, config.net, config.fdm_m, params, x, level, labels)
     per_sample = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, batch.ndim)))
     return jnp.mean(weight * per_sample)

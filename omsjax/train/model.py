@@ -12,7 +12,7 @@ from omsjax import nets
 from omsjax.models import Model
 from omsjax.precond import SIGMA_DATA, base_of
 from omsjax.train.config import TrainConfig
-from omsjax.train.losses import _denoise
+from omsjax.train.losses import denoise
 
 __all__ = ["model_from_params"]
 
@@ -25,7 +25,7 @@ def _preconditioned_apply_fn(precond: str, net: nets.UNetConfig, fdm_m: float):
     def apply_fn(params: Any, x: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         t = jnp.broadcast_to(jnp.asarray(t).astype(x.dtype), x.shape[:1])
-        return _denoise(precond, net, fdm_m, params, x, t, cond)
+        return denoise(precond, net, fdm_m, params, x, t, cond)
 
     return apply_fn
 

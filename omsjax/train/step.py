@@ -84,7 +84,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), opt)
 
 
-def _keys(config) -> tuple[jax.Array, jax.Array]:
+def seed_keys(config) -> tuple[jax.Array, jax.Array]:
     """(init key, base key of the per-step randomness) of a config with a `seed`."""
     k_init, k_train = jax.random.split(jax.random.PRNGKey(config.seed))
     return k_init, k_train
@@ -92,7 +92,7 @@ def _keys(config) -> tuple[jax.Array, jax.Array]:
 
 def init_state(config: TrainConfig) -> TrainState:
     """Fresh float32 parameters (EMA = parameters), optimiser state and step 0."""
-    params = nets.init_unet(config.net, _keys(config)[0], config.image_shape, DTYPE)
+    params = nets.init_unet(config.net, seed_keys(config)[0], config.image_shape, DTYPE)
     tx = make_optimizer(config)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -117,7 +117,7 @@ def replicated_sharding() -> NamedSharding:
     return NamedSharding(_mesh(), P())
 
 
-def _check_batch(config: TrainConfig) -> None:
+def check_batch(config: TrainConfig) -> None:
     n = len(jax.devices())
     if config.batch_size % n:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of devices ({n})")
@@ -142,7 +142,7 @@ def train_step(
     Pure (jitted, `config` static). Returns the new state and metrics {"loss", "grad_norm", "lr"}. The batch is
     sharded over the devices' "data" axis; the new parameters and optimiser state are replicated.
     """
-    _check_batch(config)
+    check_batch(config)
     if (labels is None) != (config.net.num_classes == 0):
         raise ValueError("labels are needed by a class-conditional net (config.net.num_classes > 0) and only by one")
     step_key = jax.random.fold_in(key, state.step)

@@ -129,10 +129,9 @@ def _phase1(method, zoo, k, ns, template, x0, keys, cfg):
 
 
 def _spacing_ts(ns, template, spacing):
-    from omsjax import schedules
 
     ts = np.asarray(template.ts, np.float64)
-    return schedules.time_steps(ns, len(ts) - 1, spacing, t_start=float(ts[0]), t_end=float(ts[-1]))
+    return spacing.time_steps(ns, len(ts) - 1, spacing, t_start=float(ts[0]), t_end=float(ts[-1]))
 
 
 def run(
