@@ -1,6 +1,6 @@
 """Where a sampling run went non-finite: `first_nonfinite_step` re-runs the schedule's program with per-step
-finiteness flags (`integrate.run(..., diagnose=True)`, a second program: `sample` itself pays nothing) and names
-the step, its time, the zoo member and the cause."""
+finiteness flags (`integrate.run` with `Switches(diagnose=True)`, a second program: `sample` itself pays nothing)
+and names the step, its time, the zoo member and the cause."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from omsjax.checks import check_inputs, thresholding_option
-from omsjax.integrate import run_jit as _sample_jit
+from omsjax.integrate import Switches, run_jit
 from omsjax.models import Model, as_zoo, used_members
 from omsjax.schedule import AFS_NONE, Schedule, is_traced
 from omsjax.schedules import NoiseSchedule
@@ -88,18 +88,17 @@ def first_nonfinite_step(
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     used, m, members = used_members(zoo, schedule.model, schedule.afs)
     _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
-        _sample_jit(
+        run_jit(
             used,
             noise_schedule,
             schedule._replace(model=m),
             x_T,
             data_mean,
-            diagnose=True,
-            members=members,
             cond=cond,
             uncond=uncond,
-            thresholding=thresholding_option(thresholding),
-        )  # fmt: skip
+            members=members,
+            switches=Switches(diagnose=True, thresholding=thresholding_option(thresholding)),
+        )
     )
     n, batch = schedule.num_steps, int(x_T.shape[0])
     ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))

@@ -20,6 +20,7 @@ schedules). The host-side API is `omsjax.sampler`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -29,7 +30,7 @@ from omsjax import usf
 from omsjax.models import bcast, eval_zoo, guided_eps_x0, used_members
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, time_bounds
 
-__all__ = ["Trajectory", "run", "run_jit", "dynamic_threshold"]
+__all__ = ["Trajectory", "Switches", "run", "run_jit", "dynamic_threshold"]
 
 
 class Trajectory(NamedTuple):
@@ -100,29 +101,34 @@ def _finite(a):
     return jnp.all(jnp.isfinite(a).reshape(a.shape[0], -1), axis=1)
 
 
-def run(
-    zoo,
-    ns,
-    schedule: Schedule,
-    x_T,
-    data_mean,
-    arithmetic_first=False,
-    diagnose=False,
-    members=None,
-    trajectory=False,
-    remat=False,
-    cond=None,
-    uncond=None,
-    thresholding=None,
-):
-    """x at ts[N]; with `diagnose` (a second program, for `first_nonfinite_step`) also, per step i, whether x_(i+1)
-    and the model outputs at ts[i+1] are finite [N, B] and the validity after step i [N], and for the first call
-    the finiteness of its outputs [B] and the validity of the schedule. With `trajectory`, (x, `Trajectory`).
-    `remat` recomputes each step's activations in the backward pass instead of storing them. `members`: see
+@dataclasses.dataclass(frozen=True)
+class Switches:
+    """What the program computes besides x at ts[N] (static: one compiled program per value).
+
+    arithmetic_first: choose the first call's AFS guess arithmetically instead of by `lax.switch` (under vmap).
+    diagnose: a second program, for `first_nonfinite_step`: also, per step i, whether x_(i+1) and the model outputs
+      at ts[i+1] are finite [N, B] and the validity after step i [N], and for the first call the finiteness of its
+      outputs [B] and the validity of the schedule.
+    trajectory: also return a `Trajectory`.
+    remat: recompute each step's activations in the backward pass instead of storing them.
+    thresholding: None, or (ratio, max_val) for `dynamic_threshold` after every model call.
+    """
+
+    arithmetic_first: bool = False
+    diagnose: bool = False
+    trajectory: bool = False
+    remat: bool = False
+    thresholding: tuple[float, float] | None = None
+
+
+def run(zoo, ns, schedule: Schedule, x_T, data_mean=None, *, cond=None, uncond=None, members=None,
+        switches: Switches = Switches()):  # fmt: skip
+    """x at ts[N] (with `switches`, also the diagnosis or the `Trajectory`, see `Switches`). `members`: see
     `models.used_members`, which also runs here, for model indices that are concrete while the rest is traced (a
     fit of the times). `cond`, `uncond`: the conditioning of every model call, and the unconditional one of guided
-    calls (pytrees with the batch as leading axis); without `uncond`, a guidance scale other than 1 is invalid.
-    `thresholding`: None, or (ratio, max_val) for `dynamic_threshold` after every model call."""
+    calls (pytrees with the batch as leading axis); without `uncond`, a guidance scale other than 1 is invalid."""
+    arithmetic_first, diagnose, trajectory = switches.arithmetic_first, switches.diagnose, switches.trajectory
+    remat, thresholding = switches.remat, switches.thresholding
     zoo, model, members = used_members(zoo, schedule.model, schedule.afs, members)
     schedule = schedule._replace(model=model)
     n = schedule.ts.shape[-1] - 1
@@ -205,23 +211,22 @@ def run(
         pq = jnp.where(pc, s["p_start"] + 1, 0)
         p_first = s["p_order"] == 1
         la_s, sig_s = start_coeffs(hist, pq)
-        cx, wF, okc = usf.step_weights(
-            hist.lam, hist.count, s["lam"], s["la"], s["sig"], la_s, sig_s,
+        corrector = usf.StepDecisions(
             order=jnp.where(pc, s["p_order"] + 1, 1),
             prediction=s["p_prediction"],
             start=pq,
             d1_points=jnp.where(s["p_d1"] == 0, 0, s["p_d1"] + 1),
             relax_type=jnp.where(p_first, s["p_relax_type"], usf.RELAX_LINEAR),
             relax=jnp.where(p_first, s["p_relax"], 0.0),
-        )  # fmt: skip
+        )
+        cx, wF, okc = usf.step_weights(hist.lam, hist.count, (s["lam"], s["la"], s["sig"]), (la_s, sig_s), corrector)
         x_corr = usf.apply_weights(hist, cx, wF, pq, s["p_prediction"])
         x = jnp.where(pc, x_corr, x)
         ok = ok & (~pc | okc)
         hist = hist._replace(x=hist.x.at[0].set(x))
 
         la_s, sig_s = start_coeffs(hist, s["start"])
-        cx, wF, okp = usf.step_weights(
-            hist.lam, hist.count, s["lam_next"], s["la_next"], s["sig_next"], la_s, sig_s,
+        predictor = usf.StepDecisions(
             order=s["order"],
             prediction=s["prediction"],
             start=s["start"],
@@ -229,7 +234,9 @@ def run(
             relax_type=s["relax_type"],
             relax=s["relax"],
             d2_scale=s["d2_scale"],
-        )  # fmt: skip
+        )
+        target = (s["lam_next"], s["la_next"], s["sig_next"])
+        cx, wF, okp = usf.step_weights(hist.lam, hist.count, target, (la_s, sig_s), predictor)
         x_next = usf.apply_weights(hist, cx, wF, s["start"], s["prediction"])
         ok = ok & okp & (s["order"] <= usf.MAX_ORDER)
 
@@ -268,5 +275,4 @@ def run(
 
 # The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes,
 # switches), so eager calls do not retrace the scan (inside a user's jit this simply inlines).
-run_jit = jax.jit(run, static_argnames=("arithmetic_first", "diagnose", "members", "trajectory", "remat",
-                                         "thresholding"))  # fmt: skip
+run_jit = jax.jit(run, static_argnames=("members", "switches"))

@@ -34,9 +34,7 @@ from omsjax.checks import (
     thresholding_option,
 )
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
-from omsjax.integrate import Trajectory
-from omsjax.integrate import run as _sample
-from omsjax.integrate import run_jit as _sample_jit
+from omsjax.integrate import Switches, Trajectory, run, run_jit
 from omsjax.models import Model, as_zoo, to_eps_x0, used_members
 from omsjax.schedule import Schedule, is_traced, time_bounds
 from omsjax.schedules import NoiseSchedule
@@ -96,9 +94,10 @@ def sample(
     zoo = as_zoo(model_or_zoo)
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     zoo, model, members = used_members(zoo, schedule.model, schedule.afs)
-    return _sample_jit(zoo, noise_schedule, schedule._replace(model=model), x_T, data_mean, members=members,
-                       trajectory=bool(return_trajectory), remat=bool(remat), cond=cond, uncond=uncond,
-                       thresholding=thresholding_option(thresholding))  # fmt: skip
+    switches = Switches(trajectory=bool(return_trajectory), remat=bool(remat),
+                        thresholding=thresholding_option(thresholding))  # fmt: skip
+    return run_jit(zoo, noise_schedule, schedule._replace(model=model), x_T, data_mean, cond=cond, uncond=uncond,
+                   members=members, switches=switches)  # fmt: skip
 
 
 def sample_many(
@@ -156,8 +155,8 @@ def sample_many(
     thr = thresholding_option(thresholding)
 
     def one(s, arithmetic_first=False):
-        return _sample(zoo, noise_schedule, s, x_T, data_mean, arithmetic_first, cond=cond, uncond=uncond,
-                       thresholding=thr)  # fmt: skip
+        switches = Switches(arithmetic_first=arithmetic_first, thresholding=thr)
+        return run(zoo, noise_schedule, s, x_T, data_mean, cond=cond, uncond=uncond, switches=switches)
 
     if method == "vmap":
         axes = Schedule(**{f: (None if f in shared else 0) for f in Schedule._fields})

@@ -49,6 +49,7 @@ __all__ = [
     "History",
     "init_history",
     "push",
+    "StepDecisions",
     "step_weights",
     "apply_weights",
 ]
@@ -165,28 +166,32 @@ def _stencil_inverse(dl, size):
     return jnp.linalg.solve(m, eye).T
 
 
-def step_weights(
-    lam,
-    count,
-    lam_t,
-    log_alpha_t,
-    sigma_t,
-    log_alpha_s,
-    sigma_s,
-    order,
-    prediction,
-    start,
-    d1_points,
-    relax_type,
-    relax,
-    d2_scale=1.0,
-):
-    """Scalar coefficients of one USF update.
+class StepDecisions(NamedTuple):
+    """The decisions of one USF update (scalars, traced): the order k, the prediction (NOISE or DATA), the start
+    point q (a history index), the D_1 stencil size (0: the full stencil), the relaxation (its type and value) and
+    the scale of the D_2 term."""
 
+    order: jax.Array
+    prediction: jax.Array
+    start: jax.Array
+    d1_points: jax.Array
+    relax_type: jax.Array
+    relax: jax.Array
+    d2_scale: jax.Array | float = 1.0
+
+
+def step_weights(lam, count, target, source, decisions: StepDecisions):
+    """Scalar coefficients of one USF update from the history's start point to the target time.
+
+    `lam` [H], `count`: the history's half log-SNRs and its number of points; `target` = (lambda_t, log alpha_t,
+    sigma_t) of the new point; `source` = (log alpha_s, sigma_s) of the start point `decisions.start`.
     Returns (cx, wF, ok): x_t = cx * x_hist[start] + sum_j wF[j] * F_hist[j] with F the chosen prediction, and a
     boolean `ok` that is False when the decisions are invalid for this history (the caller turns the output into
     NaN rather than clamping).
     """
+    lam_t, log_alpha_t, sigma_t = target
+    log_alpha_s, sigma_s = source
+    order, prediction, start, d1_points, relax_type, relax, d2_scale = decisions
     dtype = lam.dtype
     hsize = lam.shape[0]
     p = hsize - 1

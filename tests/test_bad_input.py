@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, sampler, schedules
+from omsjax import integrate, oracles, presets, sampler, schedules
 from omsjax.schedule import Schedule
 
 NS = schedules.vp_linear()
@@ -136,7 +136,7 @@ def test_an_overflowing_update_is_told_apart_from_the_model():
 def test_the_diagnosis_changes_no_output():
     s = presets.unipc(NS, 5, 2)
     x = omsjax.sample(GOOD, NS, s, X_T)
-    out, (x_ok, f_ok, ok), f0, ok0 = sampler._sample_jit((GOOD,), NS, s, X_T, None, diagnose=True)
+    out, (x_ok, f_ok, ok), f0, ok0 = integrate.run_jit((GOOD,), NS, s, X_T, switches=integrate.Switches(diagnose=True))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
     assert x_ok.shape == f_ok.shape == (5, 4) and ok.shape == (5,) and f0.shape == (4,)
     assert bool(jnp.all(x_ok) & jnp.all(f_ok) & jnp.all(ok) & ok0)
