@@ -182,7 +182,9 @@ def search_stage(models, ns, sz: Sizes) -> list[str]:
     fd = np.asarray([r.score for r in recs])
 
     def fit():
-        return predictor.fit(space, ns, genomes, fd, jax.random.PRNGKey(1), epochs=sz.predictor_epochs).params
+        return predictor.fit(
+            space, ns, genomes, fd, jax.random.PRNGKey(1), training=predictor.Training(epochs=sz.predictor_epochs)
+        ).params
 
     params, t_fit_first = _timed(fit)
     _, t_fit = _timed(fit)

@@ -79,7 +79,8 @@ def bench_tau(run_dir: Path):
             perm = np.random.RandomState(seed).permutation(len(fd))
             tr, ho = perm[: len(fd) // 2], perm[len(fd) // 2 :]
             take = lambda idx: jax.tree.map(lambda a: a[idx], g)  # noqa: E731
-            res = predictor.fit(space, ns, take(tr), fd[tr], jax.random.PRNGKey(seed), epochs=300, loss=loss,
+            training = predictor.Training(epochs=300, loss=loss)
+            res = predictor.fit(space, ns, take(tr), fd[tr], jax.random.PRNGKey(seed), training=training,
                                 heldout=(take(ho), fd[ho]))  # fmt: skip
             taus.append(res.heldout_tau)
         out[loss] = (float(np.mean(taus)), float(np.std(taus)))

@@ -160,7 +160,7 @@ class Bench:
             losses = {sp: float(init_loss(self.with_ts(tpl, self.spacing_ts(tpl, sp)))) for sp in SPACINGS}
             start = min(losses, key=losses.get)
             res = timesteps.optimize_trajectory(
-                self.one, self.ns, self.with_ts(tpl, self.spacing_ts(tpl, start)), x_T, ref_T,
+                self.one, self.ns, self.with_ts(tpl, self.spacing_ts(tpl, start)), (x_T, ref_T),
                 heldout=(jnp.asarray(r["x_H"]), jnp.asarray(r["ref_H"])), steps=self.args.traj_steps, lr=0.05,
                 batch=64, key=jax.random.PRNGKey(3), embed=self.embed,
             )  # fmt: skip

@@ -27,7 +27,7 @@ SHAPE = (8, 8, 1)
 
 
 def fd_of(models, ns, sched, n, seed, mean):
-    x = sampler.generate(models, ns, sched, n, SHAPE, seed=seed, data_mean=mean)
+    x = sampler.generate(models, ns, sched, n, SHAPE, key=seed, data_mean=mean)
     return metrics.fd(x), x
 
 

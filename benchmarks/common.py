@@ -153,7 +153,7 @@ def fd_at(model, ns, sched, n: int, seed: int = 0) -> float:
     """FD (`metrics.fd`) of n samples of one schedule from the noise seed `seed`."""
     from omsjax import metrics, sampler
 
-    return float(metrics.fd(sampler.generate(model, ns, sched, n, (8, 8, 1), seed=seed)))
+    return float(metrics.fd(sampler.generate(model, ns, sched, n, (8, 8, 1), key=seed)))
 
 
 def fd_heun_at(model, ns, nfe: int, n: int, seed: int = 0, batch_size: int = 500) -> float:

@@ -264,8 +264,7 @@ def generate(
     n: int,
     shape: Sequence[int],
     *,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    key: jax.Array | int = 0,
     batch_size: int = 500,
     data_mean: jax.Array | None = None,
     cond=None,
@@ -276,8 +275,8 @@ def generate(
     """`n` samples of one schedule from prior noise (unit normal draws scaled by `noise_schedule.prior_std(ts[0])`:
     1 for VP, sigma_max for EDM), in batches (one compiled program); numpy [n, *shape].
 
-    The draws come from `key` (a `jax.random` key) or else from the int `seed` (the CLI's): sample i uses
-    fold_in(key, i) (with key = PRNGKey(seed)), so the same key gives the same samples whatever `batch_size`.
+    The draws come from `key`, a `jax.random` key or an int seed (the CLI's `--seed`, meaning PRNGKey(seed)): sample
+    i uses fold_in(key, i), so the same key gives the same samples whatever `batch_size`.
     A batch with NaN or inf raises ValueError naming the step, its time and the model (`first_nonfinite_step`).
     `cond` and `uncond` (as in `sample`) hold one entry per sample, leading axis n; each batch takes its rows.
     `thresholding` as in `sample`."""
@@ -285,8 +284,10 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_conditioning(cond, uncond, n)
-    from_seed = key is None
-    key = jax.random.PRNGKey(seed) if from_seed else key
+    from_seed = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+    if isinstance(key, bool) or not (from_seed or isinstance(key, jax.Array)):
+        raise ValueError(f"key must be a jax.random key or an int seed, got {key!r}")
+    seed, key = key, jax.random.PRNGKey(key) if from_seed else key
     scale = jnp.asarray(noise_schedule.prior_std(np.asarray(schedule.ts, np.float64)[0]), dtype)
     out = []
     for start in range(0, n, batch_size):

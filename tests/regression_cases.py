@@ -104,7 +104,7 @@ def timestep_trajectory_fit(tmp: Path) -> dict:
     gm = oracles.GaussianMixture.create([[1.0, -0.5], [-1.0, 0.5]], [0.3, 0.2], [0.4, 0.6])
     x_T = jax.random.normal(jax.random.PRNGKey(0), (32, 2), jnp.float64)
     x_ref = jax.random.normal(jax.random.PRNGKey(1), (32, 2), jnp.float64) * 0.5
-    res = T.optimize_trajectory(gm.model(ns), ns, presets.dpm_solver_pp(ns, 3, 2), x_T, x_ref, steps=25, lr=0.05,
+    res = T.optimize_trajectory(gm.model(ns), ns, presets.dpm_solver_pp(ns, 3, 2), (x_T, x_ref), steps=25, lr=0.05,
                                 batch=16, key=jax.random.PRNGKey(2))  # fmt: skip
     return {"ts": np.asarray(res.ts), "history": np.asarray(res.history)}
 
@@ -142,7 +142,7 @@ def predictor_fit(tmp: Path) -> dict:
     space = E.SearchSpace(num_positions=6, latencies=(1.0, 2.0), mode="model")
     g = E.random_genomes(space, jax.random.PRNGKey(4), 64)
     y = np.asarray(jnp.sum(g.u**2, -1) + jnp.sum(g.model.astype(g.u.dtype), -1), np.float64)
-    res = predictor.fit(space, ns, g, y, jax.random.PRNGKey(5), epochs=20, batch=32)
+    res = predictor.fit(space, ns, g, y, jax.random.PRNGKey(5), training=predictor.Training(epochs=20, batch=32))
     scores = predictor.score(space, ns, res.params, g)
     return {"losses": np.asarray(res.losses), "params": _flat(res.params), "scores": np.asarray(scores),
             "train_tau": np.asarray(res.train_tau)}  # fmt: skip

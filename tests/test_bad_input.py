@@ -97,7 +97,7 @@ def test_generate_names_the_step_and_the_member_of_a_nan_model():
     t2 = float(s.ts[2])
     with pytest.raises(ValueError, match=rf"model returned non-finite values at step 2 \(t = {t2:.6g}\): zoo member 1 "
                        r"'broken', on a finite input, in 5 of 5 sample\(s\) .*samples 0..4 of 12, seed 3"):  # fmt: skip
-        omsjax.generate(zoo, NS, s, 12, (3,), seed=3, batch_size=5, dtype=jnp.float64)
+        omsjax.generate(zoo, NS, s, 12, (3,), key=3, batch_size=5, dtype=jnp.float64)
     # The helper: the step, its time, the member, the samples; None for a finite run.
     found = sampler.first_nonfinite_step(zoo, NS, s, X_T)
     assert found == sampler.NonFiniteStep(2, t2, "model", 1, "broken", (0, 1, 2, 3), 4)

@@ -308,8 +308,8 @@ def test_generate_batches_agree(env):
     ns, gmm, _ = env
     s = presets.dpm_solver_pp(ns, 5, 2)
     m = gmm.model(ns)
-    a = omsjax.sampler.generate(m, ns, s, 7, (6,), seed=1, batch_size=7, dtype=jnp.float64)
-    b = omsjax.sampler.generate(m, ns, s, 7, (6,), seed=1, batch_size=3, dtype=jnp.float64)
+    a = omsjax.sampler.generate(m, ns, s, 7, (6,), key=1, batch_size=7, dtype=jnp.float64)
+    b = omsjax.sampler.generate(m, ns, s, 7, (6,), key=1, batch_size=3, dtype=jnp.float64)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert a.shape == (7, 6)
 
@@ -322,7 +322,7 @@ def test_generate_draws_the_prior_of_the_schedule():
         assert float(ns.prior_std(ns.t_max)) == std
         model = gmm.model(ns)
         sched = presets.preset("dpm_solver_pp", ns, 20, order=2)
-        got = omsjax.generate(model, ns, sched, 600, (6,), seed=3, batch_size=300, dtype=jnp.float64)
+        got = omsjax.generate(model, ns, sched, 600, (6,), key=3, batch_size=300, dtype=jnp.float64)
         want = omsjax.sample(model, ns, sched, std * omsjax.sampler.noise(3, 600, (6,), jnp.float64))
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         # The samples spread like the mixture: its per-coordinate variance.

@@ -1,5 +1,6 @@
 """Schedule search: genome decoding, the GA, the predictor's loss and tau, evaluation with an archive, the loop."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -250,14 +251,15 @@ def test_predictor_learns_a_synthetic_ranking():
     y = _synthetic_fitness(pop) + 2.0 * pop.afs.astype(pop.u.dtype)
     tr, ho = jax.tree.map(lambda a: a[:100], pop), jax.tree.map(lambda a: a[100:], pop)
     cfg = predictor.PredictorConfig(hidden=32, mlp=(64, 64))
-    res = predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(6), epochs=150, batch=50, threshold=0.1,
-                        heldout=(ho, y[100:]), config=cfg)  # fmt: skip
+    res = predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(6),
+                        training=predictor.Training(epochs=150, batch=50, threshold=0.1), heldout=(ho, y[100:]),
+                        config=cfg)  # fmt: skip
     assert res.losses[-1] < 0.3 * res.losses[0]
     assert res.train_tau > 0.8 and res.heldout_tau > 0.4
     s = predictor.score(space, NS, res.params, ho, cfg)
     assert res.heldout_tau == pytest.approx(scipy.stats.kendalltau(np.asarray(s), np.asarray(y[100:])).statistic)
     with pytest.raises(ValueError, match="loss must be one of"):
-        predictor.fit(space, NS, tr, y[:100], jax.random.PRNGKey(0), loss="l1")
+        predictor.Training(loss="l1")
 
 
 @pytest.mark.parametrize("name", ["vp_linear", "vp_cosine", "vp_discrete", "edm", "flow"])
@@ -291,9 +293,11 @@ def test_predictor_padding_changes_nothing(loss):
     y = y.at[3].set(jnp.inf)  # a diverged schedule
     tr, ho = jax.tree.map(lambda a: a[:24], pop), jax.tree.map(lambda a: a[24:], pop)
     cfg = predictor.PredictorConfig(hidden=8, mlp=(16,))
-    kw = dict(epochs=15, loss=loss, heldout=(ho, y[24:]), config=cfg)
-    padded = predictor.fit(space, NS, tr, y[:24], jax.random.PRNGKey(8), batch=64, **kw)  # 24 rows -> 64
-    plain = predictor.fit(space, NS, tr, y[:24], jax.random.PRNGKey(8), batch=24, **kw)
+    kw = dict(heldout=(ho, y[24:]), config=cfg)
+    training = predictor.Training(epochs=15, loss=loss, batch=64)  # 24 rows -> 64
+    padded = predictor.fit(space, NS, tr, y[:24], jax.random.PRNGKey(8), training=training, **kw)
+    plain_training = dataclasses.replace(training, batch=24)
+    plain = predictor.fit(space, NS, tr, y[:24], jax.random.PRNGKey(8), training=plain_training, **kw)
     np.testing.assert_allclose(padded.losses, plain.losses, rtol=1e-4)
     assert padded.losses[-1] < padded.losses[0]
     for a, b in zip(jax.tree.leaves(padded.params), jax.tree.leaves(plain.params), strict=True):

@@ -164,14 +164,14 @@ def test_optimize_trajectory_generalises_to_held_out_noise():
 
     x_T, x_ref = ref(jax.random.PRNGKey(0), 64)
     held = ref(jax.random.PRNGKey(1), 64)
-    res = T.optimize_trajectory(model, VP, sched, x_T, x_ref, heldout=held, steps=150, lr=0.05, batch=32)
+    res = T.optimize_trajectory(model, VP, sched, (x_T, x_ref), heldout=held, steps=150, lr=0.05, batch=32)
     assert res.ts[0] == 1.0 and res.ts[-1] == 1e-3 and np.all(np.diff(res.ts) < 0)
     assert res.history[-1] < 0.5 * res.history[0]
     assert res.heldout["after"] < 0.5 * res.heldout["before"]
     with pytest.raises(ValueError, match="same shape"):
-        T.optimize_trajectory(model, VP, sched, x_T, x_ref[:3])
+        T.optimize_trajectory(model, VP, sched, (x_T, x_ref[:3]))
     with pytest.raises(ValueError, match="steps must be"):
-        T.optimize_trajectory(model, VP, sched, x_T, x_ref, steps=0)
+        T.optimize_trajectory(model, VP, sched, (x_T, x_ref), steps=0)
 
 
 def test_frechet_loss_matches_the_scipy_frechet_distance_and_its_gradient():

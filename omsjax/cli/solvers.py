@@ -101,7 +101,7 @@ def cmd_compare(args) -> int:
             if sched is None:
                 row[n] = None
                 continue
-            x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed,
+            x = sampler.generate(models, ns, sched, args.num_samples, shape, key=args.seed,
                                  batch_size=args.batch_size, data_mean=mean)  # fmt: skip
             row[n] = float(metrics.fd(x))
         table[name] = row

@@ -71,7 +71,7 @@ def _zoo_samples(args):
     sched, cond, uncond, labels = _conditioning(args, manifest, sched)
     shape = tuple(manifest["image_shape"])
     t0 = time.perf_counter()
-    x = sampler.generate(models, ns, sched, args.num_samples, shape, seed=args.seed, batch_size=args.batch_size,
+    x = sampler.generate(models, ns, sched, args.num_samples, shape, key=args.seed, batch_size=args.batch_size,
                          data_mean=mean, cond=cond, uncond=uncond)  # fmt: skip
     seconds = time.perf_counter() - t0
     return x, sched, label, seconds, models, ns, labels

@@ -78,6 +78,12 @@ class SearchResult:
     )  # every evaluated schedule within the budget, best first
 
 
+def _training(config) -> predictor.Training:
+    """The predictor's training options of a `SearchConfig`."""
+    return predictor.Training(epochs=config.predictor_epochs, loss=config.predictor_loss,
+                              threshold=config.predictor_threshold)  # fmt: skip
+
+
 # Populations are small: stacking, indexing and concatenating them on the host (numpy) avoids compiling a program
 # per operation and shape, as eager jnp indexing would.
 def _stack(gs: list[Genome]) -> Genome:
@@ -170,8 +176,7 @@ def _heldout_tau(space, ns, genomes, fds, key, cfg: LoopConfig) -> float:
         return float("nan")
     perm = np.asarray(jax.random.permutation(key, n))
     tr, ho = perm[: n // 2], perm[n // 2 :]
-    res = predictor.fit(space, ns, _take(genomes, tr), fds[tr], key, epochs=cfg.predictor_epochs,
-                        loss=cfg.predictor_loss, threshold=cfg.predictor_threshold,
+    res = predictor.fit(space, ns, _take(genomes, tr), fds[tr], key, training=_training(cfg),
                         heldout=(_take(genomes, ho), fds[ho]))  # fmt: skip
     return res.heldout_tau
 
@@ -227,8 +232,7 @@ def search(
         records = [r for r in evaluator.archive.select(evaluator.eval_key) if r.genome is not None and r.stage < s]
         known = {r.key for r in records}
         genomes, fds = _training_set(space, records)
-        fit = predictor.fit(space, ns, genomes, fds, jax.random.fold_in(k_pred, s), epochs=config.predictor_epochs,
-                            loss=config.predictor_loss, threshold=config.predictor_threshold,
+        fit = predictor.fit(space, ns, genomes, fds, jax.random.fold_in(k_pred, s), training=_training(config),
                             params=params)  # fmt: skip
         params = fit.params
         order = np.argsort(fds, kind="stable")[: gcfg.pop_size]

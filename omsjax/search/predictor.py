@@ -57,6 +57,23 @@ class PredictorConfig:
     mlp: tuple = (200, 200, 200)
 
 
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """How `fit` trains: `epochs` over the data in minibatches of `batch`, Adam at `lr`, on the ranking `loss` (one
+    of LOSSES) with its `threshold` and `margin`."""
+
+    epochs: int = 300
+    batch: int = 512
+    lr: float = 1e-3
+    loss: str = "hinge"
+    threshold: float = 0.25
+    margin: float = 1.0
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+
 class Features(NamedTuple):
     """Per-step inputs of the predictor, [..., N] each (the decoded, compacted schedule), and the step mask."""
 
@@ -251,23 +268,20 @@ def fit(
     targets,
     key: jax.Array,
     *,
-    epochs: int = 300,
-    batch: int = 512,
-    lr: float = 1e-3,
-    loss: str = "hinge",
-    threshold: float = 0.25,
-    margin: float = 1.0,
+    training: Training = Training(),
     heldout: tuple[Genome, Any] | None = None,
     config: PredictorConfig = PredictorConfig(),
     params=None,
 ) -> FitResult:
     """Train a predictor on evaluated genomes (targets: their true FDs, inf for diverged ones).
 
-    Each epoch shuffles the data into minibatches of `batch`; the whole run is one jitted `lax.scan`. Pass
-    `params` to continue from earlier ones (the S3 loop retrains after each stage).
+    Each epoch shuffles the data into minibatches of `training.batch`; the whole run is one jitted `lax.scan`.
+    Pass `params` to continue from earlier ones (the S3 loop retrains after each stage).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not isinstance(training, Training):
+        raise ValueError(f"training must be a predictor.Training, got {type(training).__name__}")
+    epochs, batch, lr, loss = training.epochs, training.batch, training.lr, training.loss
+    threshold, margin = training.threshold, training.margin
     targets = jnp.asarray(targets, jnp.result_type(float))
     n = int(targets.shape[0])
     if n < 2:

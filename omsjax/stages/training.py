@@ -225,17 +225,14 @@ def train(
     out_dir=None,
     stop_at: int | None = None,
     log_file=None,
-    save: Callable[[int, _train.TrainState], None] | None = None,
-    save_every: int | None = None,
-    log_at_saves: bool = False,
+    saving: _train.Saving | None = None,
 ) -> tuple[_train.TrainState, list[dict]]:
     """Train to `config.steps` from `state` (default: `init_state(config)`); returns the final state and a log, one
     row {"step", "loss", "loss_per_stage", "steps_per_stage", "images_per_s"} per `log_every` steps (means over
     the window). `stop_at` stops after that step, as if interrupted there (the learning rate still follows
     `config.steps`): continuing from the returned state gives the uninterrupted run, bit for bit. With `out_dir`,
     the EMA parameters are saved there at the end (`save_checkpoint`). The loop is `omsjax.train.run`: `log_file`
-    (an open text file) gets the rows as JSON lines, `save(step, state)` runs every `save_every` steps and at the
-    end (`log_at_saves`: with a log row at each)."""
+    (an open text file) gets the rows as JSON lines, and `saving` (a `train.Saving`) saves the state."""
     if not isinstance(config, StageTrainConfig):
         raise ValueError(f"config must be a StageTrainConfig, got {type(config).__name__}")
     if not _is_int(log_every) or log_every < 1:
@@ -268,9 +265,8 @@ def train(
         }
 
     state, log = _train.run(step_fn, state, end=end, total=config.steps, batch_size=config.batch_size,
-                            log_every=log_every, summarize=summarize, log_file=log_file, save=save,
-                            save_every=save_every, log_at_saves=log_at_saves, progress=progress,
-                            desc="train stages")  # fmt: skip
+                            log_every=log_every, summarize=summarize, log_file=log_file,
+                            saving=saving, progress=progress, desc="train stages")  # fmt: skip
     if out_dir is not None:
         save_checkpoint(out_dir, config, state.ema_params)
     return state, log
@@ -302,8 +298,8 @@ def run_training(config: StageTrainConfig, data, out_dir, *, resume: bool = Fals
         save_state(state_dir, state)
         save_checkpoint(out, config, state.ema_params)
 
-    state, _ = train(config, data, state=state, progress=progress, log_file=log_path, save=save,
-                     save_every=config.checkpoint_every, log_at_saves=True)  # fmt: skip
+    saving = _train.Saving(save, config.checkpoint_every, log_rows=True)
+    state, _ = train(config, data, state=state, progress=progress, log_file=log_path, saving=saving)
     return state
 
 

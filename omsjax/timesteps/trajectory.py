@@ -50,8 +50,7 @@ def optimize_trajectory(
     zoo,
     ns: NoiseSchedule,
     schedule: Schedule,
-    x_T,
-    x_ref,
+    pairs,
     *,
     heldout=None,
     steps: int = 200,
@@ -62,11 +61,14 @@ def optimize_trajectory(
     key=None,
     embed=None,
 ) -> FitResult:
-    """Learn the times of `schedule` (its solver decisions are kept) by Adam on `trajectory_loss` against the ODE
-    endpoints `x_ref` of `x_T`; `batch` draws a random minibatch per step (default: all). `heldout = (x_T, x_ref)`
-    reports the loss before and after on unseen noise (FitResult.heldout {"before", "after"}). `embed`: see
-    `trajectory_loss`."""
+    """Learn the times of `schedule` (its solver decisions are kept) by Adam on `trajectory_loss` over `pairs` =
+    (x_T, x_ref), noise and the ODE endpoints from it; `batch` draws a random minibatch per step from `key`
+    (default: all). `heldout`, pairs of the same form, reports the loss before and after on unseen noise
+    (FitResult.heldout {"before", "after"}). `embed`: see `trajectory_loss`."""
     check_fit(steps, lr)
+    if not (isinstance(pairs, (tuple, list)) and len(pairs) == 2):
+        raise ValueError("pairs must be (x_T, x_ref): the noise and the ODE endpoints from it")
+    x_T, x_ref = pairs
     zoo = as_zoo(zoo)
     check_inputs(zoo, ns, schedule, x_T, data_mean)
     x_T, x_ref = jnp.asarray(x_T), jnp.asarray(x_ref)

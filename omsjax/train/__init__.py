@@ -25,7 +25,7 @@ from omsjax.precond import (
 )
 from omsjax.train.checkpoints import load_params, read_log, restore_state, save_params
 from omsjax.train.config import TrainConfig
-from omsjax.train.loop import check_labels, check_resume, mean_loss, reset_log, run, train
+from omsjax.train.loop import Saving, check_labels, check_resume, mean_loss, reset_log, run, train
 from omsjax.train.losses import P_MEAN, P_STD, clamp_cap, loss_fn
 from omsjax.train.model import model_from_params
 from omsjax.train.step import (
@@ -71,6 +71,7 @@ __all__ = [
     "VE_SIGMA_MAX",
     "ema_decay_at",
     "run",
+    "Saving",
     "mean_loss",
     "check_resume",
     "reset_log",

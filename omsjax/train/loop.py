@@ -1,9 +1,9 @@
 """THE training loop: steps, a windowed log, a tqdm bar and periodic checkpoints, for every kind of training.
 
 `run(step_fn, state, ...)` takes steps state.step + 1 .. `end` with `step_fn(state, step) -> (state, metrics)`,
-summarises the metrics every `log_every` steps into a log row (appended to a JSON-lines file if given) and calls
-`save(step, state)` every `save_every` steps and at the end. It holds no randomness and no host-side iterator
-state: each step's randomness comes from `fold_in(key, state.step)` inside `step_fn`, so a run stopped at a
+summarises the metrics every `log_every` steps into a log row (appended to a JSON-lines file if given) and saves
+(a `Saving`: `fn(step, state)` every `every` steps and at the end). It holds no randomness and no host-side
+iterator state: each step's randomness comes from `fold_in(key, state.step)` inside `step_fn`, so a run stopped at a
 checkpoint and resumed from it is the uninterrupted run, bit for bit. `train` is ordinary U-Net training on it
 (orbax checkpoints of the full `TrainState` in `out_dir/ckpt`, `out_dir/log.jsonl`); `omsjax.stages.train` is
 multi-stage training on it. `check_resume` / `reset_log` are the shared checks of a resumed run's directory.
@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +37,22 @@ from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, check_batch, init_state, make_optimizer, replicated_sharding, seed_keys
 from omsjax.train.step import train_step as _train_step
 
-__all__ = ["run", "train", "check_resume", "reset_log", "mean_loss", "check_labels"]
+__all__ = ["Saving", "run", "train", "check_resume", "reset_log", "mean_loss", "check_labels"]
 
 
 def mean_loss(step: int, window: list[dict]) -> dict:
     """The default log row of a window of step metrics: {"step", "loss" (mean over the window)}."""
     return {"step": step, "loss": float(np.mean(jax.device_get([m["loss"] for m in window])))}
+
+
+class Saving(NamedTuple):
+    """How `run` saves: `fn(step, state)` every `every` steps (None: only at the end) and at the end; with
+    `log_rows`, every save also ends a log window (so that a run resumed from any checkpoint writes the rows of the
+    uninterrupted run)."""
+
+    fn: Callable[[int, Any], None]
+    every: int | None = None
+    log_rows: bool = False
 
 
 def run(
@@ -55,9 +65,7 @@ def run(
     log_every: int = 50,
     summarize: Callable[[int, list[dict]], dict] = mean_loss,
     log_file=None,
-    save: Callable[[int, Any], None] | None = None,
-    save_every: int | None = None,
-    log_at_saves: bool = False,
+    saving: Saving | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> tuple[Any, list[dict]]:
@@ -67,9 +75,7 @@ def run(
     `log_every` steps and at `end`, `summarize(step, metrics of the window)` gives a row, to which the loop adds
     "images_per_s" (`batch_size` images per step); it is appended to `log_file` as a JSON line (a path: whole,
     fsynced lines by `files.append_jsonl`, a torn last line ended first; or an open text file).
-    `save(step, state)` runs every `save_every` steps and at `end` (never when `save` is None), after the step's
-    row; `log_at_saves` also ends a log window at every save (so that a run resumed from any checkpoint writes the
-    rows of the uninterrupted run).
+    `saving` (a `Saving`; None: never) saves after the step's row.
     """
     if not _cfg.is_int(log_every) or log_every < 1:
         raise ValueError(f"log_every must be a positive int, got {log_every!r}")
@@ -79,8 +85,8 @@ def run(
     for step in range(start + 1, end + 1):
         state, metrics = step_fn(state, step)
         window.append(metrics)
-        saving = save is not None and (bool(save_every and step % save_every == 0) or step == end)
-        if step % log_every == 0 or step == end or (log_at_saves and saving):
+        saves = saving is not None and (bool(saving.every and step % saving.every == 0) or step == end)
+        if step % log_every == 0 or step == end or (saves and saving.log_rows):
             row = summarize(step, window)
             row["images_per_s"] = len(window) * batch_size / max(time.perf_counter() - t0, 1e-9)
             rows.append(row)
@@ -93,8 +99,8 @@ def run(
             bar.set_postfix(loss=f"{running:.4f}", img_s=f"{row['images_per_s']:.0f}")
             bar.update(len(window))
             window, t0 = [], time.perf_counter()
-        if saving:
-            save(step, state)
+        if saves:
+            saving.fn(step, state)
     bar.close()
     return state, rows
 
@@ -195,8 +201,10 @@ def train(
             batch_size=config.batch_size,
             log_every=log_every,
             log_file=log_path,
-            save=lambda step, state: mngr.save(step, args=ocp.args.StandardSave(state), force=True),
-            save_every=config.checkpoint_every,
+            saving=Saving(
+                lambda step, state: mngr.save(step, args=ocp.args.StandardSave(state), force=True),
+                config.checkpoint_every,
+            ),
             progress=progress,
         )
         mngr.wait_until_finished()

@@ -122,7 +122,7 @@ def _phase1(method, zoo, k, ns, template, x0, keys, cfg):
         loss = float(init_loss(cand))
         if loss < best_loss:
             best, best_loss = cand, loss
-    res = optimize_trajectory(zoo, ns, best, x_T, x_ref, heldout=held, steps=cfg["traj_steps"], lr=cfg["traj_lr"],
+    res = optimize_trajectory(zoo, ns, best, (x_T, x_ref), heldout=held, steps=cfg["traj_steps"], lr=cfg["traj_lr"],
                               batch=min(64, x_T.shape[0]), key=keys[2], embed=cfg["embed"])  # fmt: skip
     return res.ts, {"train_mse_before": float(res.history[0]), "train_mse_after": float(res.history[-1]),
                     "heldout_mse_before": res.heldout["before"], "heldout_mse_after": res.heldout["after"]}  # fmt: skip
