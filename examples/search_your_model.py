@@ -11,7 +11,7 @@ from _common import args, mixture
 
 import omsjax
 from omsjax import presets, schedules
-from omsjax.search import find_schedule, ga, loop
+from omsjax.search import FindOptions, find_schedule, ga, loop
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     tiny = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                            heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
     # `quick=True`: a first look (2 stages of 16 evaluations on 1,024 samples; 3 held-out draws of 1,024).
-    kw = dict(config=tiny, num_samples=8, heldout_samples=8) if a.small else dict(quick=True)
+    kw = dict(options=FindOptions(config=tiny, num_samples=8, heldout_samples=8)) if a.small else dict(quick=True)
     res = find_schedule(model, ns, nfe=4, metric=mse, key=jax.random.PRNGKey(0), **kw)
     r = res.report
     best, p = r["best_baseline"], r["paired_difference"]

@@ -2,16 +2,18 @@
 
 import importlib
 
-from omsjax import nets, oracles, presets, schedules, usf
+from omsjax import nets, oracles, presets, schedules, spacing, usf
 from omsjax.models import Model, as_zoo
+from omsjax.options import SampleOptions
 from omsjax.sampler import generate, prior, sample, sample_heun, sample_many
 from omsjax.schedule import Schedule, check_schedule, stack
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Model",
     "Schedule",
+    "SampleOptions",
     "as_zoo",
     "check_schedule",
     "conditional",
@@ -27,6 +29,7 @@ __all__ = [
     "sample_heun",
     "sample_many",
     "schedules",
+    "spacing",
     "stack",
     "stages",
     "timesteps",

@@ -114,7 +114,7 @@ def test_the_search_scores_a_nan_model_inf_and_says_why(tmp_path, caplog):
 
     s = presets.ddim(NS, 4)._replace(model=jnp.asarray([0, 0, 1, 1], jnp.int32))
     zoo = (_model(lambda p, x, t: x, "fine"), _model(_nan_below(2.0), "broken"))
-    ev = EV.Evaluator(zoo, NS, num_samples=4, image_shape=(3,), archive=tmp_path / "a.jsonl", method="map")
+    ev = EV.Evaluator(zoo, NS, num_samples=4, sample_shape=(3,), archive=tmp_path / "a.jsonl", method="map")
     with caplog.at_level("WARNING", logger="omsjax.search.evaluate"):
         (rec,) = ev.evaluate_schedules([s])
     assert rec.fd == float("inf")

@@ -10,7 +10,7 @@ import pytest
 
 import omsjax
 from omsjax import oracles, presets, schedules, spacing
-from omsjax.search import baselines, encoding, find_schedule, ga, loop
+from omsjax.search import FindOptions, baselines, encoding, find_schedule, ga, loop
 
 NS = schedules.vp_linear()
 KEY = jax.random.PRNGKey(0)
@@ -50,20 +50,30 @@ def _mse_to_reference(model):
         (dict(mode="model"), "exactly one of nfe="),
         (dict(mode="joint", nfe=3, budget=3.0), "exactly one of nfe="),
         (dict(mode="model", budget=0.5), "at least one step of the cheapest model"),
-        (dict(mode="model", nfe=3, model=0), "model= picks solver mode's model"),
+        (dict(mode="model", nfe=3, options=FindOptions(model=0)), "options.model picks solver mode's model"),
         (dict(nfe=3, metric="mse"), "metric must be callable .* or one of"),
-        (dict(nfe=3, t_start=0.5, t_end=0.5), r"need t_min = 1e-05 <= t_end < t_start <= t_max = 1 \(VPLinear\)"),
-        (dict(nfe=3, t_start=1.5), "got t_start = 1.5"),
-        (dict(nfe=3, t_end=1e-6), "got t_start = 1, t_end = 1e-06"),
-        (dict(nfe=3, t_start="1"), "t_start must be a finite number"),
-        (dict(nfe=3, t_end=float("nan")), "t_end must be a finite number"),
+        (
+            dict(nfe=3, options=FindOptions(t_start=0.5, t_end=0.5)),
+            r"need t_min = 1e-05 <= t_end < t_start <= t_max = 1 \(VPLinear\)",
+        ),
+        (dict(nfe=3, options=FindOptions(t_start=1.5)), "got t_start = 1.5"),
+        (dict(nfe=3, options=FindOptions(t_end=1e-6)), "got t_start = 1, t_end = 1e-06"),
+        (dict(nfe=3, options={"t_start": 1.0}), "options must be a FindOptions"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(kw, match):
+    """Each bad argument is a one-line error naming it, before any work."""
     args = dict(metric=lambda x, x_T: 0.0, key=KEY)
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         find_schedule(MODEL, NS, **args)
+
+
+@pytest.mark.parametrize("kw", [dict(t_start="1"), dict(t_end=float("nan")), dict(t_start=True)])
+def test_find_options_refuse_times_that_are_not_finite_numbers(kw):
+    (name,) = kw
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        FindOptions(**kw)
 
 
 @pytest.mark.slow  # a whole (tiny) search, and again from its archive: about a minute on 2 cores
@@ -71,7 +81,8 @@ def test_a_small_search_reports_a_paired_verdict_and_resumes(tmp_path):
     cfg = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                           heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
     metric = _mse_to_reference(MODEL)
-    kw = dict(nfe=3, metric=metric, key=KEY, num_samples=8, heldout_samples=12, config=cfg, out=tmp_path)
+    options = FindOptions(num_samples=8, heldout_samples=12, config=cfg)
+    kw = dict(nfe=3, metric=metric, key=KEY, options=options, out=tmp_path)
     res = find_schedule(MODEL, NS, **kw)
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep == res.report and rep["mode"] == "solver" and rep["nfe"] == 3 and rep["search_samples"] == 8
@@ -114,7 +125,8 @@ def test_a_search_that_cannot_beat_a_preset_returns_it():
 
     cfg = loop.LoopConfig(stages=1, initial_random=4, per_stage=4, generations=3, predictor_epochs=5, final_top=2,
                           heldout_tau=False, ga=ga.GAConfig(pop_size=8, num_children=8))  # fmt: skip
-    res = find_schedule(MODEL, NS, nfe=3, metric=distance, key=KEY, num_samples=8, heldout_samples=8, config=cfg)
+    options = FindOptions(num_samples=8, heldout_samples=8, config=cfg)
+    res = find_schedule(MODEL, NS, nfe=3, metric=distance, key=KEY, options=options)
     # The preset comes back; its own distance is zero up to float32 rounding of the two jitted programs.
     assert res.report["verdict"] == "no better schedule found" and res.score == pytest.approx(0.0, abs=1e-5)
     assert res.report["returned"] == "baseline: UniPC-2 (bh2), time_uniform"
@@ -159,8 +171,8 @@ def test_quick_search_runs_on_a_noise_schedule_at_its_defaults_and_on_random_tim
     model = omsjax.Model(_gmm_eps, (gmm, ns), sample_shape=(2,))
     ranges = [(None, None)] + [_range(np.random.default_rng(len(ns.kind) + i), ns) for i in range(4)]
     for i, (t_start, t_end) in enumerate(ranges):
-        res = find_schedule(model, ns, nfe=2, metric=metric, key=jax.random.PRNGKey(i), quick=True, t_start=t_start,
-                            t_end=t_end)  # fmt: skip
+        res = find_schedule(model, ns, nfe=2, metric=metric, key=jax.random.PRNGKey(i), quick=True,
+                            options=FindOptions(t_start=t_start, t_end=t_end))  # fmt: skip
         where = f"{ns.kind} [{t_end}, {t_start}]"
         check_schedule(res.schedule, 1, ns)
         want = (ns.t_max if t_start is None else t_start, ns.default_t_end if t_end is None else t_end)

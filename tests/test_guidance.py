@@ -258,7 +258,7 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
     labels, null = jnp.asarray(np.arange(rows) % 3, jnp.int32), jnp.full((rows,), CG.null_label, jnp.int32)
     space = encoding.SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
     kw = dict(num_samples=n, metric=_mean_square, metric_name="ms")
-    ev = EV.Evaluator(EV_MODEL, NS, space, cond=labels, uncond=null, **kw)
+    ev = EV.Evaluator(EV_MODEL, NS, space, sampling=omsjax.SampleOptions(cond=labels, uncond=null), **kw)
     s = presets.ddim(NS, 5, guidance=3.0)
     (r,) = ev.evaluate_schedules([s])
     want = omsjax.sample(EV_MODEL, NS, s, ev.x_T, cond=labels[:n], uncond=null[:n])
@@ -266,7 +266,7 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
     # The conditioning is part of the archive's key; the same noise without it is another evaluation.
     plain = EV.Evaluator(EV_MODEL, NS, num_samples=n, metric=_mean_square, metric_name="ms")
     assert ev.eval_key.startswith("seed0-n8-ms-c") and plain.eval_key == "seed0-n8-ms"
-    other = EV.Evaluator(EV_MODEL, NS, space, cond=labels[::-1], uncond=null, **kw)
+    other = EV.Evaluator(EV_MODEL, NS, space, sampling=omsjax.SampleOptions(cond=labels[::-1], uncond=null), **kw)
     assert other.eval_key != ev.eval_key
     # Decoded genomes carry the space's guidance.
     seeds = encoding.preset_seeds(space, NS)
@@ -278,7 +278,7 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
         ev.with_noise(5, 16)
     unguided = "candidate 0: Schedule.guidance at step 0: scale 3.0 needs classifier-free guidance"
     with pytest.raises(ValueError, match=unguided):
-        EV.Evaluator(EV_MODEL, NS, cond=labels, **kw).evaluate_schedules([s])
+        EV.Evaluator(EV_MODEL, NS, sampling=omsjax.SampleOptions(cond=labels), **kw).evaluate_schedules([s])
 
 
 def test_a_cond_aware_metric_gets_the_rows_sampled():
@@ -300,8 +300,8 @@ def test_a_cond_aware_metric_gets_the_rows_sampled():
     space = encoding.SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
     s = presets.ddim(NS, 5, guidance=3.0)
     for fn in (third, keyword):
-        ev = EV.Evaluator(EV_MODEL, NS, space, cond=labels, uncond=null, num_samples=n, metric=fn,
-                          metric_name=fn.__name__)  # fmt: skip
+        sampling = omsjax.SampleOptions(cond=labels, uncond=null)
+        ev = EV.Evaluator(EV_MODEL, NS, space, sampling=sampling, num_samples=n, metric=fn, metric_name=fn.__name__)
         (r,) = ev.evaluate_schedules([s])
         assert isinstance(seen[-1], np.ndarray) and seen[-1].tolist() == (np.arange(n) % 3).tolist()
         assert r.score == pytest.approx(float(np.mean(ev.samples(s) ** 2)), rel=1e-6)
@@ -331,7 +331,7 @@ def test_guided_genomes_count_two_calls_per_step_in_every_mode():
 
 @pytest.mark.slow  # a whole (quick) search: about a minute on 2 cores
 def test_find_schedule_under_guidance():
-    from omsjax.search import find_schedule
+    from omsjax.search import FindOptions, find_schedule
 
     n = 64
     labels, null = jnp.asarray(np.arange(n) % 3, jnp.int32), jnp.full((n,), CG.null_label, jnp.int32)
@@ -342,8 +342,11 @@ def test_find_schedule_under_guidance():
                             uncond=null[: len(x_T)])  # fmt: skip
         return float(np.mean((samples - np.asarray(ref)) ** 2))
 
-    res = find_schedule(EV_MODEL, NS, nfe=4, metric=mse_to_reference, key=jax.random.PRNGKey(0), quick=True,
-                        num_samples=32, heldout_samples=64, cond=labels, uncond=null, guidance=3.0)  # fmt: skip
+    kw = dict(
+        options=FindOptions(num_samples=32, heldout_samples=64, guidance=3.0),
+        sampling=omsjax.SampleOptions(cond=labels, uncond=null),
+    )
+    res = find_schedule(EV_MODEL, NS, nfe=4, metric=mse_to_reference, key=jax.random.PRNGKey(0), quick=True, **kw)
     rep = res.report
     assert np.all(np.asarray(res.schedule.guidance) == 3.0)
     assert rep["searched"]["nfe"] == 8 and all(row["nfe"] == 8 for row in rep["baselines"].values())
@@ -351,15 +354,14 @@ def test_find_schedule_under_guidance():
     assert rep["verdict"] in ("beats", "tie", "loses", "no better schedule found")
     # The built-in reference metric samples the same guided target: the distance of the guided reference to itself
     # is 0, and the result's is what mse_to_reference says up to the reference sampler's own error.
-    res = find_schedule(EV_MODEL, NS, nfe=4, metric="reference-rmse", key=jax.random.PRNGKey(0), quick=True,
-                        num_samples=32, heldout_samples=64, cond=labels, uncond=null, guidance=3.0)  # fmt: skip
+    res = find_schedule(EV_MODEL, NS, nfe=4, metric="reference-rmse", key=jax.random.PRNGKey(0), quick=True, **kw)
     assert res.report["metric"].startswith("reference_rmse[cgmm32, w 3, DPM-Solver++(3M)")
 
 
 def test_find_schedule_budgets_pay_for_guided_steps():
-    from omsjax.search import find_schedule
+    from omsjax.search import FindOptions, find_schedule
 
     model = omsjax.Model(EV_MODEL.apply_fn, EV_MODEL.params, latency=1.0, sample_shape=EV_MODEL.sample_shape)
     with pytest.raises(ValueError, match=r"budget must pay for at least one step of the cheapest model \(2.0\)"):
-        find_schedule(model, NS, mode="model", budget=1.5, guidance=2.0, metric=lambda x, x_T: 0.0,
+        find_schedule(model, NS, mode="model", budget=1.5, options=FindOptions(guidance=2.0), metric=lambda x, x_T: 0.0,
                       key=jax.random.PRNGKey(0))  # fmt: skip

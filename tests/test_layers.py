@@ -4,8 +4,8 @@ in a docstring and stays small, no module uses another module's private (`_name`
 takes more than 12 parameters.
 
 Layers, bottom to top (README "Layout"):
-1. core: noise schedules, spacings, preconditionings, models, the USF step, the Schedule, presets, the sampler,
-   oracles;
+1. core: noise schedules, spacings, preconditionings, models, the sampling options, the USF step, the Schedule,
+   presets, the sampler, oracles;
 2. shared blocks: nets, the optimisation helper, config validation, metrics (and conditional metrics), paired
    verdicts, data, plots;
 3. applications: train/, stages/, timesteps/, search/;
@@ -26,6 +26,7 @@ LAYERS = {
         "paths",
         "files",
         "checks",
+        "options",
         "schedules",
         "spacing",
         "precond",

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import omsjax
 from omsjax import presets, schedules
 from omsjax.search import encoding, ga, predictor
 from omsjax.search.archive import genome_from_dict, genome_to_dict
@@ -135,7 +136,6 @@ def _eps32(params, x, t, cond):
 def test_tradeoff_places_a_schedule_among_presets_with_no_more_calls(monkeypatch):
     """`search.guided.tradeoff`: every preset at the scales with no more model calls than the schedule (a guided
     step two), scored on the held-out draws' `also` metrics, and the dominance rule on their means."""
-    import omsjax
     from omsjax import oracles
     from omsjax.search import guided
     from omsjax.search.evaluate import Evaluator
@@ -145,8 +145,8 @@ def test_tradeoff_places_a_schedule_among_presets_with_no_more_calls(monkeypatch
     model = omsjax.Model(_eps32, cg, name="cgmm", sample_shape=(2,))
     n = 8
     cond, uncond = jnp.asarray(np.arange(n) % 3, jnp.int32), jnp.full((n,), cg.null_label, jnp.int32)
-    ev = Evaluator([model], NS, None, num_samples=n, metric=lambda x, x_T: 0.0, metric_name="zero", cond=cond,
-                   uncond=uncond)  # fmt: skip
+    ev = Evaluator([model], NS, None, num_samples=n, metric=lambda x, x_T: 0.0, metric_name="zero",
+                   sampling=omsjax.SampleOptions(cond=cond, uncond=uncond))  # fmt: skip
     also = {"fd": lambda x, x_T: float(np.mean(np.abs(x))), "error_pct": lambda x, x_T: float(np.mean(x[:, 0] > 0))}
     held = [ev.with_noise(s, n, chunk=1, also=also) for s in (1, 2)]
     monkeypatch.setattr(guided, "SCALES", (1.0,))  # the presets at w = 1 and at the schedule's W = 2

@@ -129,12 +129,10 @@ def test_sample_shape_errors():
     assert EV.Evaluator(undeclared, NS, metric=lambda x, x_T: 0.0, sample_shape=(4,)).sample_shape == (4,)
     with pytest.raises(ValueError, match=r"sample_shape \(3,\), but zoo member 0 'gmm' declares sample_shape \(4,\)"):
         EV.Evaluator(MODEL, NS, metric=lambda x, x_T: 0.0, sample_shape=(3,))
-    with pytest.raises(ValueError, match=r"image_shape \(8, 8, 1\), but zoo member 0"):
-        EV.Evaluator(MODEL, NS, image_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match=r"sample_shape \(8, 8, 1\), but zoo member 0"):
+        EV.Evaluator(MODEL, NS, sample_shape=(8, 8, 1))
     with pytest.raises(ValueError, match=r"member 0 'gmm' declares sample_shape \(4,\), but zoo member 1 'gmm'"):
         EV.Evaluator([MODEL, MODEL.replace(sample_shape=(2, 2))], NS)
-    with pytest.raises(ValueError, match="sample_shape .* and image_shape .* differ"):
-        EV.Evaluator(MODEL, NS, sample_shape=(4,), image_shape=(2, 2))
     with pytest.raises(ValueError, match="sample_shape must be a tuple of positive ints"):
         EV.Evaluator(undeclared, NS, sample_shape=(4, 0))
     # The default metric scores only digits: anything else must bring its own.
@@ -142,8 +140,8 @@ def test_sample_shape_errors():
         ValueError, match=r"the digits FD, scores samples of shape \(8, 8, 1\), not \(4,\): pass metric="
     ):
         EV.Evaluator(MODEL, NS, num_samples=N).fd_of_samples(np.zeros((N, 4)))
-    with pytest.raises(ValueError, match="classifier and ref configure the default digits FD"):
-        EV.Evaluator(MODEL, NS, metric=lambda x, x_T: 0.0, ref=(0, 1))
+    with pytest.raises(ValueError, match="sampling must be an omsjax.SampleOptions"):
+        EV.Evaluator(MODEL, NS, metric=lambda x, x_T: 0.0, sampling={"cond": None})
 
 
 def test_undeclared_models_need_a_sample_shape_whatever_the_metric():

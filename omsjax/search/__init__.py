@@ -4,6 +4,6 @@ genetic search (`ga`), the S3 multi-stage loop (`loop`), and all of it in one ca
 
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome, SearchSpace
-from omsjax.search.find import FindResult, find_schedule
+from omsjax.search.find import FindOptions, FindResult, find_schedule
 
-__all__ = ["FindResult", "Genome", "SearchSpace", "encoding", "find_schedule"]
+__all__ = ["FindOptions", "FindResult", "Genome", "SearchSpace", "encoding", "find_schedule"]

@@ -26,9 +26,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omsjax import checks, config, metrics, sampler
-from omsjax.checks import thresholding_option
+from omsjax import config, metrics, sampler
 from omsjax.models import as_zoo
+from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
 from omsjax.search import encoding
 from omsjax.search.archive import Archive, Record, genome_from_dict, genome_to_dict, schedule_key
@@ -49,12 +49,10 @@ def _metric_name(metric) -> str:
     return getattr(f, "__qualname__", None) or type(f).__qualname__
 
 
-def _sample_shape(zoo, sample_shape, image_shape) -> tuple[int, ...] | None:
-    """The evaluator's sample shape: the one given (`image_shape` is its old name) and/or the one the models
-    declare; errors when they disagree. None when nothing says it."""
-    given = {n: tuple(v) for n, v in (("sample_shape", sample_shape), ("image_shape", image_shape)) if v is not None}
-    if len(set(given.values())) > 1:
-        raise ValueError(f"sample_shape {given['sample_shape']} and image_shape {given['image_shape']} differ")
+def _sample_shape(zoo, sample_shape) -> tuple[int, ...] | None:
+    """The evaluator's sample shape: the one given and/or the one the models declare; errors when they disagree.
+    None when nothing says it."""
+    given = {} if sample_shape is None else {"sample_shape": tuple(sample_shape)}
     for name, v in given.items():
         if not v or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in v):
             raise ValueError(f"{name} must be a tuple of positive ints, got {v!r}")
@@ -102,22 +100,23 @@ class Evaluator:
     in each `Record` (field `fd`, alias `score`); a metric with a third parameter, or a keyword `cond`, also gets
     the evaluator's `cond` (the rows sampled, numpy leaves; None without conditioning). NaN and -inf are errors; a
     diverged candidate (non-finite samples) scores inf without calling it. By default (`metric=None`) the digits FD
-    `metrics.digits_fd`, with `classifier` and `ref` if given; it scores only samples of shape (8, 8, 1) (others: a
-    ValueError asking for `metric=` when it is first called). `metric_name` (default: the metric's `name` attribute
+    `metrics.digits_fd`; it scores only samples of shape (8, 8, 1) (others: a ValueError asking for `metric=` when
+    it is first called). `metric_name` (default: the metric's `name` attribute
     if it has one, else its `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics
     apart (give one to tell apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as
     before.
 
-    `sample_shape` (alias `image_shape`): the shape of one sample, e.g. (16,), (T, D) or (H, W, C); by default the
+    `sample_shape`: the shape of one sample, e.g. (16,), (T, D) or (H, W, C); by default the
     shape the models declare (`Model.sample_shape`, set on zoo members by `zoo.load_zoo`); a shape that differs
     from a declared one is an error, and so is no shape at all (there is no default shape). The noise `x_T` is
     float32 (`sampler.noise`), at the prior scale of the space's t_start (without a space: the noise schedule's
     t_max).
 
-    `cond`, `uncond`, `thresholding`: conditioning, classifier-free guidance and dynamic thresholding, as in
-    `omsjax.sample`; cond's and uncond's leaves have at least `num_samples` rows (one per sample of the noise; the
-    first `num_samples` are used, so `with_noise` may ask for fewer, or for as many as given). They are part of
-    `eval_key` ("-c" and a hash), so an archive never mixes evaluations under different conditioning.
+    `sampling` (an `omsjax.SampleOptions`): conditioning, classifier-free guidance, the data mean and dynamic
+    thresholding, as in `omsjax.sample`; cond's and uncond's leaves have at least `num_samples` rows (one per
+    sample of the noise; the first `num_samples` are used, so `with_noise` may ask for fewer, or for as many as
+    given). Conditioning and thresholding are part of `eval_key` ("-c" and a hash), so an archive never mixes
+    evaluations under different conditioning.
 
     `method=None` picks `map` for model schedules, and for solver schedules of one model `vmap` on an accelerator
     but `map` on the CPU: there, 8 candidates x 500 samples of the 634k digits U-Net took 47 s with `vmap` and
@@ -135,16 +134,10 @@ class Evaluator:
         metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
         sample_shape=None,
         metric_name: str | None = None,
-        image_shape=None,
-        data_mean=None,
         archive: Archive | str | Path | None = None,
         chunk: int = 8,
         method: str | None = None,
-        classifier=None,
-        ref=None,
-        cond=None,
-        uncond=None,
-        thresholding=None,
+        sampling: SampleOptions | None = None,
     ):
         _check_num_samples(num_samples)
         self.zoo = as_zoo(zoo)
@@ -154,19 +147,20 @@ class Evaluator:
         self.space = space
         self.num_samples = int(num_samples)
         self.noise_seed = int(noise_seed)
-        self.data_mean = data_mean
+        sampling = SampleOptions() if sampling is None else sampling
+        if not isinstance(sampling, SampleOptions):
+            raise ValueError(f"sampling must be an omsjax.SampleOptions, got {type(sampling).__name__}")
+        self.sampling = sampling
+        self.data_mean = sampling.data_mean
         self.archive = archive if isinstance(archive, Archive) else Archive(archive)
         self.chunk = config.positive_int("chunk", chunk)
         if method not in (None, "vmap", "map"):
             raise ValueError(f"method must be None (automatic), 'vmap' or 'map', got {method!r}")
         self.method = method
-        self.classifier, self.ref = classifier, ref
         self.custom_metric = metric is not None and metric is not metrics.digits_fd
         if self.custom_metric:
             if not callable(metric):
                 raise ValueError(f"metric must be callable as metric(samples, x_T) -> float, got {metric!r}")
-            if classifier is not None or ref is not None:
-                raise ValueError("classifier and ref configure the default digits FD; a custom metric takes neither")
             self.metric = metric
             self.metric_name = _metric_name(metric) if metric_name is None else metric_name
             if not isinstance(self.metric_name, str) or not self.metric_name:
@@ -174,29 +168,21 @@ class Evaluator:
         else:
             if metric_name is not None:
                 raise ValueError("metric_name names a custom metric: pass metric= with it")
-            self.metric = functools.partial(metrics.digits_fd, ref=ref, classifier=classifier)
+            self.metric = metrics.digits_fd
             self.metric_name = "digits_fd"
-        self._set_conditioning(cond, uncond, thresholding)
+        self._set_conditioning()
         self.eval_key = self._eval_key()
-        self.sample_shape = _sample_shape(self.zoo, sample_shape, image_shape)
+        self.sample_shape = _sample_shape(self.zoo, sample_shape)
         if self.sample_shape is None:
             raise ValueError("the models declare no sample_shape (Model.sample_shape): pass sample_shape=, the "
                              f"shape of one sample (the digits: {DIGITS_SHAPE})")  # fmt: skip
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
         self.also: dict[str, Callable] = {}  # other metrics of the same samples, kept in `Record.extras`
 
-    def _set_conditioning(self, cond, uncond, thresholding) -> None:
-        """Keep `cond` and `uncond` (leaves with at least num_samples rows; the first num_samples are used) and the
-        thresholding option, checked."""
-        self._cond_all, self._uncond_all = cond, uncond
-        self.thresholding = thresholding_option(thresholding)
-        rows = [np.shape(a)[0] for a in jax.tree.leaves((cond, uncond)) if np.ndim(a) >= 1]
-        if cond is not None and (not rows or min(rows) < self.num_samples):
-            raise ValueError(f"cond and uncond need at least num_samples = {self.num_samples} rows (one per sample), "
-                             f"got {min(rows, default=0)}")  # fmt: skip
-        take = lambda t: None if t is None else jax.tree.map(lambda a: a[: self.num_samples], t)  # noqa: E731
-        self.cond, self.uncond = take(cond), take(uncond)
-        checks.check_conditioning(self.cond, self.uncond, self.num_samples)
+    def _set_conditioning(self) -> None:
+        """Keep the first num_samples rows of `sampling`'s cond and uncond (checked) and its thresholding."""
+        rows = self.sampling.rows(self.num_samples, "num_samples")
+        self.cond, self.uncond, self.thresholding = rows.cond, rows.uncond, rows.thresholding
 
     def _eval_key(self) -> str:
         """The archive's name for this noise, metric and conditioning: "seed{noise_seed}-n{num_samples}", then
@@ -229,7 +215,7 @@ class Evaluator:
             other.__dict__.pop(cached, None)
         other.noise_seed = int(noise_seed)
         other.num_samples = self.num_samples if num_samples is None else int(num_samples)
-        other._set_conditioning(self._cond_all, self._uncond_all, self.thresholding)
+        other._set_conditioning()
         other.eval_key = other._eval_key()
         other.evaluated = 0
         other.also = dict(also or {})

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from omsjax import files, metrics
+from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE
 from omsjax.search import baselines, cache, encoding, final, guided, loop
 from omsjax.search.baselines import BASELINES
@@ -167,19 +168,21 @@ def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_step
 
 
 def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
-    """(evaluator keywords: metric, metric_name, cond, uncond; `also`: the report's other metrics of the held-out
-    samples; labels or None) of a search with `objective` on the zoo (module docstring). `n`: the most samples of
-    one noise (balanced labels for them on a class-conditional zoo)."""
+    """(evaluator keywords: metric, metric_name, sampling (the conditioning and the zoo's data mean); `also`: the
+    report's other metrics of the held-out samples; labels or None) of a search with `objective` on the zoo (module
+    docstring). `n`: the most samples of one noise (balanced labels for them on a class-conditional zoo)."""
     from omsjax import conditional, zoo
 
     num_classes = zoo.num_classes(manifest)
     if num_classes == 0 and objective.guidance is not None:
         raise ValueError(f"guidance {objective.guidance}: the zoo {zoo_dir} is unconditional (its members take no "
                          "labels)")  # fmt: skip
-    kw, labels = {}, None
+    labels, cond, uncond = None, None, None
     if num_classes:
         labels = conditional.balanced_labels(n, num_classes)
-        kw["cond"], kw["uncond"] = conditional.conditioning(labels, num_classes)
+        cond, uncond = conditional.conditioning(labels, num_classes)
+    kw = {"sampling": SampleOptions(cond=cond, uncond=uncond, data_mean=zoo.data_mean(manifest))}
+    if num_classes:
 
         def fd(x, x_T):
             return conditional.scores(x, labels[: len(x)])["fd"]
@@ -200,7 +203,7 @@ def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, 
     store = metrics.ReferenceStore(out / REFERENCES, cache.fingerprint(zoo_dir), shipped=Path(zoo_dir) / REFERENCES)
     target = space.model if space.mode == "solver" else len(models) - 1
     ref = metrics.Reference(models[target], ns, sampler=objective.reference, t_start=space.t_start,
-                            t_end=space.t_end, guidance=objective.w, cond=kw.get("cond"), uncond=kw.get("uncond"),
+                            t_end=space.t_end, guidance=objective.w, cond=cond, uncond=uncond,
                             store=store)  # fmt: skip
     kw["metric"] = metrics.ReferenceFD(ref) if objective.metric == "reference-fd" else metrics.ReferenceRMSE(ref)
     return kw, also, labels
@@ -226,8 +229,8 @@ def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples,
     archive = Archive(out / "archive.jsonl")  # one archive for every evaluator: read (and checked) once
     cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
-    ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
-                   archive=archive, **kw)  # fmt: skip
+    ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, sample_shape=shape, archive=archive,
+                   **kw)  # fmt: skip
     t0 = time.perf_counter()
     res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, progress=progress,
                       noise_evaluator=ev.with_noise(seed + NOISE_CHECK_SEED_OFFSET))  # fmt: skip
@@ -317,7 +320,7 @@ def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int =
         space, k, budget, kind, _ = _space(models, ns, mean, "solver", n, None, None, spacing, 16, objective.w)
         kw, also, _ = _objective(zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective,
                                  max(num_samples, final_samples))  # fmt: skip
-        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, image_shape=shape, data_mean=mean,
+        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, sample_shape=shape,
                        archive=archive, **kw)  # fmt: skip
         t0 = time.perf_counter()
         recs = ev.evaluate(encoding.preset_seeds(space, ns))

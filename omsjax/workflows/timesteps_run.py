@@ -184,6 +184,7 @@ def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldou
     """`run` (its arguments checked) with the folder lock held."""
     from omsjax import data as data_mod
     from omsjax import metrics, plots, presets, sampler, zoo
+    from omsjax.options import SampleOptions
     from omsjax.search.evaluate import Evaluator
 
     models, ns, manifest = zoo.load_zoo(zoo_dir)
@@ -228,7 +229,8 @@ def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldou
                               model=jnp.full_like(template.model, k_now))  # fmt: skip
 
     # Compare on held-out noise: the standard spacings (original model), the optimised times (final model).
-    ev = Evaluator(models, ns, num_samples=fd_samples, noise_seed=seed + 1000, image_shape=shape, data_mean=mean)
+    sampling = SampleOptions(data_mean=mean)
+    ev = Evaluator(models, ns, num_samples=fd_samples, noise_seed=seed + 1000, sample_shape=shape, sampling=sampling)
     rows = {}
     ref_H = metrics.ode_reference(models[k], ns, x_H, t0, t1)
 
@@ -242,8 +244,8 @@ def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldou
     if rounds == 0:
         opt_row = row(models, final, ev, ref_H)
     else:
-        ev_ft = Evaluator(zoo_now, ns, num_samples=fd_samples, noise_seed=seed + 1000, image_shape=shape,
-                          data_mean=mean)  # fmt: skip
+        ev_ft = Evaluator(zoo_now, ns, num_samples=fd_samples, noise_seed=seed + 1000, sample_shape=shape,
+                          sampling=sampling)  # fmt: skip
         opt_row = row(zoo_now, final, ev_ft, metrics.ode_reference(zoo_now[0], ns, x_H, t0, t1))
     best_sp = min(SPACINGS, key=lambda sp: rows[sp]["fd"])
     label = method + ("" if rounds == 0 else f" + fine-tuning x{rounds}")
