@@ -51,7 +51,6 @@ NAMES = list(LAYERS)
 # Deprecated import paths (CHANGELOG.md): each forwards to the module it names, a layer above, with a
 # DeprecationWarning, and holds nothing else (checked below). These edges are the only upward imports allowed.
 COMPAT_FORWARDS = {
-    "omsjax.search.job": "omsjax.workflows.search_job",
     "omsjax.timesteps": "omsjax.workflows.timesteps_run",
     "omsjax.schedules": "omsjax.spacing",
 }
@@ -197,8 +196,8 @@ def test_the_layer_checks_catch_an_upward_import_and_a_cycle():
 
 @pytest.mark.parametrize("module", sorted(COMPAT_FORWARDS))
 def test_deprecated_paths_warn_and_forward_only(module):
-    """A deprecated path is a whole module that warns on import and forwards (omsjax.search.job), or a module
-    `__getattr__` that warns before it imports the new home; the forward's target is imported nowhere else."""
+    """A deprecated path is a whole module that warns on import and forwards, or a module `__getattr__` that
+    warns before it imports the new home; the forward's target is imported nowhere else."""
     tree = ast.parse(MODULES[module].read_text())
     getattr_fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__"]
     if not getattr_fn:

@@ -335,28 +335,28 @@ def test_times_from_sigmas_errors():
 
 
 @pytest.mark.parametrize(
-    "make,spacing",
+    "make,default",
     [(schedules.vp_linear, "logSNR"), (schedules.vp_cosine, "logSNR"), (schedules.vp_discrete, "logSNR"),
      (schedules.edm, "karras"), (schedules.flow, "time_uniform")],
 )  # fmt: skip
-def test_presets_without_skip_step_at_the_noise_schedules_default_spacing(make, spacing):
+def test_presets_without_skip_step_at_the_noise_schedules_default_spacing(make, default):
     from omsjax import presets
     from omsjax.search import baselines
     from omsjax.search.space import SearchSpace
 
     ns = make()
-    assert ns.default_spacing == spacing
+    assert ns.default_spacing == default
     if ns.kind != "vp_discrete":  # stored with its betas, not as a dict
-        assert schedules.from_dict(schedules.to_dict(ns)).default_spacing == spacing
+        assert schedules.from_dict(schedules.to_dict(ns)).default_spacing == default
     for name in presets.NAMED:
-        assert presets.named(name, ns, 6).to_json() == presets.named(name, ns, 6, skip=spacing).to_json(), name
-    assert SearchSpace.for_noise_schedule(ns, num_positions=5, latencies=(1.0,), nfe=4).spacing == spacing
+        assert presets.named(name, ns, 6).to_json() == presets.named(name, ns, 6, skip=default).to_json(), name
+    assert SearchSpace.for_noise_schedule(ns, num_positions=5, latencies=(1.0,), nfe=4).spacing == default
     model_mode = SearchSpace.for_noise_schedule(ns, num_positions=5, latencies=(1.0,), mode="model")
-    assert any(n.endswith(f"{spacing}, model 0, NFE 4") for n in baselines.for_space(ns, model_mode, "nfe", 4.0))
+    assert any(n.endswith(f"{default}, model 0, NFE 4") for n in baselines.for_space(ns, model_mode, "nfe", 4.0))
     # Closed forms of the defaults: Karras's sigmas on EDM (t = sigma), uniform t on flow.
     want = {"karras": spacing.karras_sigmas(6, 0.002, 80.0), "time_uniform": np.linspace(ns.t_max, 1e-3, 6)}
-    if spacing in want:
-        np.testing.assert_allclose(spacing.time_steps(ns, 5), want[spacing], rtol=1e-12)
+    if default in want:
+        np.testing.assert_allclose(spacing.time_steps(ns, 5), want[default], rtol=1e-12)
     else:  # VP: uniform in lambda, as before
         lam = np.asarray(ns.lam(spacing.time_steps(ns, 5)))
         np.testing.assert_allclose(np.diff(lam), np.full(5, (lam[-1] - lam[0]) / 5), rtol=1e-9)

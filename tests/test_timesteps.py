@@ -29,19 +29,19 @@ def _gaussian():
 
 
 @pytest.mark.parametrize("ns", [VP, EDM], ids=["vp", "edm"])
-@pytest.mark.parametrize("spacing", T.SPACINGS)
-def test_times_strictly_decrease_with_fixed_end_points(ns, spacing):
+@pytest.mark.parametrize("base", T.SPACINGS)
+def test_times_strictly_decrease_with_fixed_end_points(ns, base):
     t0, t1 = (1.0, 1e-3) if ns is VP else (80.0, 0.002)
     u = 30.0 * jax.random.normal(jax.random.PRNGKey(0), (50, 7), jnp.float64)  # wild logits
-    ts = np.asarray(jax.vmap(lambda v: T.times(ns, v, t0, t1, spacing))(u))
+    ts = np.asarray(jax.vmap(lambda v: T.times(ns, v, t0, t1, base))(u))
     assert ts.shape == (50, 8)
     assert np.all(ts[:, 0] == t0) and np.all(ts[:, -1] == t1)
     assert np.all(np.diff(ts, axis=1) < 0)
     # u = 0 is the base spacing; logits invert times.
-    np.testing.assert_allclose(np.asarray(T.times(ns, jnp.zeros(5), t0, t1, spacing)),
-                               spacing.time_steps(ns, 5, spacing, t_start=t0, t_end=t1), rtol=1e-10)  # fmt: skip
-    want = spacing.time_steps(ns, 6, "karras" if spacing != "karras" else "logSNR", t_start=t0, t_end=t1)
-    back = np.asarray(T.times(ns, jnp.asarray(T.logits(ns, want, spacing)), t0, t1, spacing))
+    np.testing.assert_allclose(np.asarray(T.times(ns, jnp.zeros(5), t0, t1, base)),
+                               spacing.time_steps(ns, 5, base, t_start=t0, t_end=t1), rtol=1e-10)  # fmt: skip
+    want = spacing.time_steps(ns, 6, "karras" if base != "karras" else "logSNR", t_start=t0, t_end=t1)
+    back = np.asarray(T.times(ns, jnp.asarray(T.logits(ns, want, base)), t0, t1, base))
     np.testing.assert_allclose(back, want, rtol=1e-10)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from omsjax.cli.common import check_out
@@ -41,10 +42,11 @@ def cmd_search(args) -> int:
     choices = None if args.search_guidance is None else tuple(args.search_guidance)
     objective = job.Objective(metric=args.metric, guidance=args.guidance, accuracy_weight=args.accuracy_weight,
                               guidance_choices=choices)  # fmt: skip
-    report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, model=args.model,
-                     config=cfg, num_samples=v["num_samples"], final_samples=args.final_samples, seed=args.seed,
-                     spacing=args.spacing, progress=not args.quiet, use_cache=not args.recompute_baselines,
-                     objective=objective)  # fmt: skip
+    options = dataclasses.replace(job.DEFAULTS, model=args.model, config=cfg, num_samples=v["num_samples"],
+                                  heldout_samples=args.final_samples, spacing=args.spacing or job.DEFAULTS.spacing,
+                                  progress=not args.quiet)  # fmt: skip
+    report = job.run(args.zoo, args.out, mode=args.mode, nfe=args.nfe, budget_seconds=args.budget, seed=args.seed,
+                     options=options, objective=objective, use_cache=not args.recompute_baselines)  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0

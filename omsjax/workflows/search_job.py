@@ -35,7 +35,6 @@ import math
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from omsjax import files, metrics
@@ -43,15 +42,14 @@ from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE
 from omsjax.search import baselines, cache, encoding, final, guided, loop
 from omsjax.search.baselines import BASELINES
-from omsjax.search.baselines import largest_nfe as _largest_nfe
 from omsjax.search.evaluate import Archive, Evaluator
+from omsjax.search.find import run_search
+from omsjax.search.plan import FindOptions, Plan, Seeds, plan
 
-# The search's noises: search `seed`; held-out seed + 1000 ..; selection seed + 3000 ..; the noise check seed + 4000.
-HELDOUT_SEED_OFFSET, SELECTION_SEED_OFFSET, NOISE_CHECK_SEED_OFFSET = 1000, 3000, 4000
 METRICS = ("reference-fd", "reference-rmse", "fd")
 REFERENCES = "references.npz"  # a zoo's shipped reference samples, and a run's own
 
-__all__ = ["BASELINES", "METRICS", "Objective", "run", "cache_presets"]
+__all__ = ["BASELINES", "DEFAULTS", "METRICS", "Objective", "run", "cache_presets"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,30 +78,29 @@ class Objective:
         return 1.0 if self.guidance is None else float(self.guidance)
 
 
-def run(
-    zoo_dir,
-    out_dir,
-    *,
-    mode: str = "solver",
-    nfe: int | None = None,
-    budget_seconds: float | None = None,
-    model: int | None = None,
-    config: loop.LoopConfig | None = None,
-    num_samples: int = 500,
-    final_samples: int = 1000,
-    seed: int = 0,
-    max_steps: int = 16,
-    spacing: str | None = None,
-    objective: Objective = Objective(),
-    progress: bool = True,
-    use_cache: bool = True,
-) -> dict:
+# The workflow's defaults, where they differ from `find_schedule`'s: 500 search samples, 1,000 held-out ones, at most
+# 16 steps, time-quadratic steps (see `run`), a progress bar.
+DEFAULTS = FindOptions(num_samples=500, heldout_samples=1000, max_steps=16, spacing="time_quadratic", progress=True)
+
+
+def run(zoo_dir, out_dir, *, mode: str = "solver", nfe: int | None = None, budget_seconds: float | None = None,
+        seed: int = 0, options: FindOptions = DEFAULTS, objective: Objective = Objective(),
+        use_cache: bool = True) -> dict:  # fmt: skip
     """Search and report (module docstring); returns the report dict.
 
-    `spacing` is the search space's base step spacing (`encoding.SPACINGS`): the time genes vary around it, and
-    model mode's steps follow it at every length. Default time-quadratic in every mode: on the digits zoo it is the
-    best spacing of the multistep solvers from NFE 4 up, and a solver search around it found a 5-NFE schedule 25%
-    closer to digits-m's converged samples than the best preset, where one around logSNR (S3's choice) found none
+    The search itself is `search.find.run_search`, as for `find_schedule`: the same budget rule (`plan.plan`; a
+    time budget `budget_seconds` is 1000 x that many ms of the zoo's latencies), seed convention (`plan.Seeds`:
+    the search noise is `seed`, held-out seed + 1000 .., selection seed + 3000 .., the noise check seed + 4000)
+    and report (keyed by `score`, with the metric's name). This workflow adds what is the command's own: the zoo
+    (its data mean, class labels and image shape), the metric of `objective`, the zoo's shipped evaluations of the
+    presets, the reference store, the report's extra fields, and the figures.
+
+    `options` (default `DEFAULTS`): the model, sample counts, loop configuration, spacing, time range, step limit
+    and progress bar; the guidance comes from `objective` and the metric's name from its metric. `options.spacing`
+    is the search space's base step spacing (`encoding.SPACINGS`): the time genes vary around it, and model mode's
+    steps follow it at every length. Default time-quadratic in every mode: on the digits zoo it is the best spacing
+    of the multistep solvers from NFE 4 up, and a solver search around it found a 5-NFE schedule 25% closer to
+    digits-m's converged samples than the best preset, where one around logSNR (S3's choice) found none
     (`benchmarks/RESULTS.md`).
 
     The run holds `out_dir`'s `files.FolderLock`, taken before the zoo loads: a second search on the same folder
@@ -119,52 +116,31 @@ def run(
     beside the metric. With `objective.guidance_choices` the scale of every step is searched too (W seeds it and
     guides the presets and the baselines); a step at scale 1 calls its model once, so under an NFE budget of model
     and joint modes the search may buy more steps by guiding fewer."""
-    if (nfe is None) == (budget_seconds is None):
-        raise ValueError("give exactly one of nfe and budget_seconds")
-    if nfe is not None and nfe < 1:
-        raise ValueError(f"nfe must be >= 1, got {nfe}")
-    if budget_seconds is not None and not (math.isfinite(budget_seconds) and budget_seconds > 0):
+    if not isinstance(options, FindOptions):
+        raise ValueError(f"options must be a FindOptions, got {type(options).__name__}")
+    own = {"guidance": 1.0, "guidance_choices": (), "metric_name": None}
+    set_here = [k for k, v in own.items() if getattr(options, k) != v]
+    if set_here:
+        raise ValueError(f"omsjax search takes {', '.join(set_here)} from its objective, not from options")
+    if budget_seconds is not None and not (isinstance(budget_seconds, (int, float)) and math.isfinite(budget_seconds)
+                                           and budget_seconds > 0):  # fmt: skip
         raise ValueError(f"the budget must be a number of seconds > 0, got {budget_seconds}")
-    if mode not in encoding.MODES:
-        raise ValueError(f"mode must be one of {encoding.MODES}, got {mode!r}")
-    if spacing is None:
-        spacing = "time_quadratic"
-    if spacing not in encoding.SPACINGS:
-        raise ValueError(f"spacing must be one of {encoding.SPACINGS}, got {spacing!r}")
+    if options.spacing is None:
+        options = dataclasses.replace(options, spacing=DEFAULTS.spacing)
+    seeds = Seeds.of(seed)
     out = Path(out_dir)
     with files.FolderLock(out, what="omsjax search"):
-        return _search(zoo_dir, out, mode, nfe, budget_seconds, model, config or loop.LoopConfig(), num_samples,
-                       final_samples, seed, max_steps, spacing, progress, use_cache, objective)  # fmt: skip
+        return _search(zoo_dir, out, mode, (nfe, budget_seconds), seeds, options, objective, use_cache)
 
 
-def _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, guidance=1.0, guidance_choices=()):
-    """(space, k, budget, kind, positions) of a search: the search space, the solver-mode model, the GA's budget
-    and its kind ("cost" or "nfe"), and the number of time positions (model and joint modes). With
-    `guidance_choices` (the per-step guidance gene), an NFE budget of model and joint modes may buy up to twice
-    the steps (every step unguided), up to `max_steps`."""
-    lat = [m.latency for m in models]
-    k = len(models) - 1 if model is None else model
-    if not 0 <= k < len(models):
-        raise ValueError(f"model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
-    budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    common = dict(mean_afs=mean is not None, spacing=spacing, t_start=float(ns.t_max), t_end=float(ns.default_t_end),
-                  guidance=float(guidance), guidance_choices=tuple(guidance_choices))  # fmt: skip
-    calls = 1 if guidance == 1 else 2  # a guided step calls its model twice; --nfe counts steps
-    if mode == "solver":
-        n = nfe if nfe is not None else _largest_nfe(calls * lat[k], budget_ms, 10**6)
-        if n < 1:
-            raise ValueError(f"the budget {budget_seconds} s does not pay for one call of model {k} ({lat[k]} ms)")
-        return encoding.SearchSpace.for_nfe(n, lat, model=k, **common), k, None, "cost", None
-    if nfe is not None:
-        positions, budget, kind = nfe + 1, float(nfe * calls), "nfe"
-        if guidance_choices:
-            positions = max(positions, min(nfe * calls + 1, max_steps))
-    else:
-        cheapest = (1 if guidance_choices and 1.0 in guidance_choices else calls) * min(lat)
-        positions = min(_largest_nfe(cheapest, budget_ms, max_steps - 1) + 1, max_steps)
-        budget, kind = budget_ms, "cost"
-    space = encoding.SearchSpace(num_positions=positions, latencies=lat, mode=mode, **common)
-    return space, k, budget, kind, positions
+def _plan(models, ns, mean, mode, nfe, budget_seconds, options: FindOptions, objective: Objective) -> Plan:
+    """`plan.plan` of a search on a zoo: the guidance of `objective`, a time budget in ms."""
+    gc = objective.guidance_choices
+    choices = () if gc is None else tuple(gc) or encoding.default_guidance_choices(objective.w)
+    options = dataclasses.replace(options, guidance=objective.w, guidance_choices=choices)
+    budget = None if budget_seconds is None else 1000.0 * budget_seconds
+    return plan(ns, [m.latency for m in models], mode=mode, nfe=nfe, budget=budget, options=options,
+                mean_afs=mean is not None)  # fmt: skip
 
 
 def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
@@ -209,83 +185,61 @@ def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, 
     return kw, also, labels
 
 
-def _search(zoo_dir, out, mode, nfe, budget_seconds, model, config, num_samples, final_samples, seed, max_steps,
-            spacing, progress, use_cache, objective: Objective) -> dict:  # fmt: skip
+def _search(zoo_dir, out, mode, budgets, seeds: Seeds, options: FindOptions, objective: Objective,
+            use_cache: bool) -> dict:  # fmt: skip
     """`run` (its arguments checked) with the folder lock held."""
     from omsjax import zoo
 
+    nfe, budget_seconds = budgets
     models, ns, manifest = zoo.load_zoo(zoo_dir)
-    mean = zoo.data_mean(manifest)
-    shape = tuple(manifest["image_shape"])
-    budget_ms = None if budget_seconds is None else 1000.0 * budget_seconds
-    w = objective.w
-    gc = objective.guidance_choices
-    choices = () if gc is None else tuple(gc) or encoding.default_guidance_choices(w)
-    space, k, budget, kind, _ = _space(models, ns, mean, mode, nfe, budget_seconds, model, spacing, max_steps, w,
-                                       choices)  # fmt: skip
-    cfg = dataclasses.replace(config, ga=dataclasses.replace(config.ga, budget_kind=kind))
-    kw, also, labels = _objective(zoo_dir, out, models, ns, space, manifest, objective, max(num_samples, final_samples))
+    the_plan = _plan(models, ns, zoo.data_mean(manifest), mode, nfe, budget_seconds, options, objective)
+    space = the_plan.space
+    options = dataclasses.replace(options, guidance=space.guidance, guidance_choices=space.guidance_choices)
+    n = max(options.num_samples, options.heldout_samples)
+    kw, also, labels = _objective(zoo_dir, out, models, ns, space, manifest, objective, n)
 
     archive = Archive(out / "archive.jsonl")  # one archive for every evaluator: read (and checked) once
     cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
-    ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, sample_shape=shape, archive=archive,
-                   **kw)  # fmt: skip
-    t0 = time.perf_counter()
-    res = loop.search(ev, space, key=jax.random.PRNGKey(seed), config=cfg, budget=budget, progress=progress,
-                      noise_evaluator=ev.with_noise(seed + NOISE_CHECK_SEED_OFFSET))  # fmt: skip
-    fcfg = _final_config(seed, final_samples, cfg.final_top)
-    fin = final.finish(ev, res.pool, baselines.for_space(ns, space, kind, budget), fcfg, also=also,
-                       stage=cfg.stages + 2)  # fmt: skip
+    ev = Evaluator(models, ns, space, num_samples=options.num_samples, noise_seed=seeds.search,
+                   sample_shape=tuple(manifest["image_shape"]), archive=archive, **kw)  # fmt: skip
+    done = run_search(ev, the_plan, seeds, options, also=also)
+    fin, res, fcfg = done.final, done.search, done.final_config
     used = archive.cache_hits
     report = {
-        "mode": mode,
+        **done.result.report,
         "zoo": str(zoo_dir),
-        "nfe": nfe,
         "budget_seconds": budget_seconds,
-        "budget_ms": budget_ms,
-        "model": k if mode == "solver" else None,
-        "spacing": spacing,
-        **fin.report(ev.metric_name),
+        "budget_ms": None if budget_seconds is None else 1000.0 * budget_seconds,
+        "model": space.model if mode == "solver" else None,
+        "spacing": space.spacing,
         "reference": None if objective.metric == "fd" else ev.metric.reference.name,
-        "search_noise_seed": seed,
-        "search_samples": num_samples,
-        "heldout_samples": final_samples,
-        "noise_check": res.noise_check,
-        "evaluated": len(res.records),
         "new_evaluations": ev.evaluated,
-        "stages": res.stages,
         "predictor_heldout_tau": res.heldout_tau if math.isfinite(res.heldout_tau) else None,
-        "search_seconds": time.perf_counter() - t0,
         "machine": zoo.machine_name(),
         "cached_evaluations": len(used),
         "cache_machine": cache_machine if used else None,
     }
     if labels is not None:
-        report["guidance"] = w
+        report["guidance"] = objective.w
         report["guided_calls"] = _guided_calls(fin.schedule)
         if objective.metric == "fd":
             report["objective"] = f"{kw['metric_name']}: FD + {objective.accuracy_weight:g} x (100 - accuracy %)"
         if space.searches_guidance:  # the schedule chose its scales: its trade-off against presets at every scale
             report["guidance_choices"] = list(space.guidance_choices)
             report["searched_guidance"] = np.asarray(fin.schedule.guidance).tolist()
-            held = [ev.with_noise(s, final_samples, chunk=1, also=also) for s in fcfg.seeds("heldout")]
-            target = k if mode == "solver" else len(models) - 1
-            report["guidance_tradeoff"] = guided.tradeoff(held, fin.schedule, ns, model=target, guidance=w,
-                                                          stage=cfg.stages + 2)  # fmt: skip
+            held = [ev.with_noise(s, fcfg.samples, chunk=1, also=also) for s in fcfg.seeds("heldout")]
+            target = space.model if mode == "solver" else len(models) - 1
+            stage = (options.config or loop.LoopConfig()).stages + 2  # after the search's own stages, as `final`
+            report["guidance_tradeoff"] = guided.tradeoff(held, fin.schedule, ns, model=target, guidance=objective.w,
+                                                          stage=stage)  # fmt: skip
     meta = dict(mode=mode, metric=ev.metric_name, score=report["searched"]["score"], verdict=fin.verdict,
-                nfe=fin.searched_record.nfe, cost=fin.searched_record.cost, heldout_samples=final_samples,
+                nfe=fin.searched_record.nfe, cost=fin.searched_record.cost, heldout_samples=fcfg.samples,
                 heldout_noise_seeds=fcfg.seeds("heldout"), returned=report["returned"])  # fmt: skip
     files.write_text(out / "schedule.json", fin.schedule.to_json(**meta))
-    files.write_json(out / "report.json", report, default=_jsonable)
+    files.write_json(out / "report.json", report)
     _figures(out, ev, res.records, fin, report, fcfg)
     return report
-
-
-def _final_config(seed: int, samples: int, candidates: int = 3) -> final.FinalConfig:
-    """The end of a search from `seed` (`search.final`): 3 draws of selection noise and of held-out noise."""
-    return final.FinalConfig(samples=samples, candidates=candidates, selection_seed=seed + SELECTION_SEED_OFFSET,
-                             heldout_seed=seed + HELDOUT_SEED_OFFSET)  # fmt: skip
 
 
 def _guided_calls(schedule) -> int:
@@ -314,28 +268,25 @@ def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int =
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
+    seeds = Seeds.of(seed)
+    options = dataclasses.replace(DEFAULTS, num_samples=num_samples, heldout_samples=final_samples, spacing=spacing)
     archive = Archive()
     archive.remember(cache.load(zoo_dir)[0])
     for n in nfes:
-        space, k, budget, kind, _ = _space(models, ns, mean, "solver", n, None, None, spacing, 16, objective.w)
+        the_plan = _plan(models, ns, mean, "solver", n, None, options, objective)
+        space = the_plan.space
         kw, also, _ = _objective(zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective,
                                  max(num_samples, final_samples))  # fmt: skip
-        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seed, sample_shape=shape,
+        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seeds.search, sample_shape=shape,
                        archive=archive, **kw)  # fmt: skip
         t0 = time.perf_counter()
         recs = ev.evaluate(encoding.preset_seeds(space, ns))
-        loop.check_noise(ev, ev.with_noise(seed + NOISE_CHECK_SEED_OFFSET), recs)
-        fcfg = _final_config(seed, final_samples)
-        final.finish(ev, [], baselines.for_space(ns, space, kind, budget), fcfg, also=also, stage=2)
+        loop.check_noise(ev, ev.with_noise(seeds.check), recs)
+        base = baselines.for_space(ns, space, the_plan.kind, the_plan.limit)
+        final.finish(ev, [], base, seeds.final_config(final_samples), also=also, stage=2)
         if progress:
             print(f"NFE {n}: {len(archive)} evaluations in {time.perf_counter() - t0:.0f} s")
     return cache.write(zoo_dir, archive.records, zoo.machine_name())
-
-
-def _jsonable(v):
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def _figures(out: Path, ev: Evaluator, records, fin: final.Final, report: dict, fcfg: final.FinalConfig) -> None:
