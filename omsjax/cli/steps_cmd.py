@@ -15,12 +15,12 @@ def cmd_optimize_steps(args) -> int:
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
-    report = timesteps.run(args.zoo, args.out, model=args.model, solver=args.solver, nfe=args.nfe,
-                           method=args.method, rounds=args.rounds if args.finetune else 0,
-                           train_samples=args.train_samples, heldout_samples=args.heldout_samples,
-                           fd_samples=args.num_samples, seed=args.seed, traj_steps=args.steps,
-                           finetune_steps=args.finetune_steps, distance=args.distance,
-                           progress=not args.quiet)  # fmt: skip
+    config = timesteps.StepsConfig(model=args.model, solver=args.solver, nfe=args.nfe, method=args.method,
+                                   rounds=args.rounds if args.finetune else 0, train_samples=args.train_samples,
+                                   heldout_samples=args.heldout_samples, fd_samples=args.num_samples, seed=args.seed,
+                                   traj_steps=args.steps, finetune_steps=args.finetune_steps,
+                                   distance=args.distance)  # fmt: skip
+    report = timesteps.run(args.zoo, args.out, config, progress=not args.quiet)
     if args.json:
         print(json.dumps(report))
         return 0

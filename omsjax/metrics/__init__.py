@@ -10,79 +10,11 @@
   and the search metrics `SlicedWasserstein(data)` / `EnergyDistance(data)` (distance to a fixed sample set).
 """
 
-from omsjax.metrics.classifier import (
-    ARCHITECTURE,
-    DEFAULT_DIR,
-    FEATURE_DIM,
-    IMAGE_SHAPE,
-    NUM_CLASSES,
-    Classifier,
-    RefStats,
-    accuracy,
-    apply_classifier,
-    classifier_dir,
-    digits_fd,
-    fd,
-    fd_floor,
-    fd_from_features,
-    feature_stats,
-    features,
-    frechet_distance,
-    load_classifier,
-    reference_stats,
-    save_classifier,
-    shipped_classifier,
-    train_classifier,
-)
-from omsjax.metrics.distribution import EnergyDistance, SlicedWasserstein, energy_distance, sliced_wasserstein
-from omsjax.metrics.reference import (
-    Reference,
-    ReferenceFD,
-    ReferenceRMSE,
-    ReferenceSampler,
-    ReferenceStore,
-    digits_features,
-    ode_reference,
-    reference_fd,
-    reference_rmse,
-)
+# Each submodule's public names, re-exported: listed once, in its own __all__.
+from omsjax.metrics import classifier, distribution, reference
+from omsjax.metrics.classifier import *  # noqa: F403
+from omsjax.metrics.distribution import *  # noqa: F403
+from omsjax.metrics.reference import *  # noqa: F403
 from omsjax.metrics.ship import main
 
-__all__ = [
-    "Classifier",
-    "RefStats",
-    "FEATURE_DIM",
-    "NUM_CLASSES",
-    "IMAGE_SHAPE",
-    "ARCHITECTURE",
-    "DEFAULT_DIR",
-    "train_classifier",
-    "apply_classifier",
-    "accuracy",
-    "features",
-    "frechet_distance",
-    "feature_stats",
-    "fd_from_features",
-    "classifier_dir",
-    "save_classifier",
-    "load_classifier",
-    "shipped_classifier",
-    "reference_stats",
-    "fd",
-    "digits_fd",
-    "fd_floor",
-    "ReferenceSampler",
-    "Reference",
-    "ReferenceStore",
-    "ReferenceFD",
-    "ReferenceRMSE",
-    "reference_fd",
-    "reference_rmse",
-    "digits_features",
-    "ode_reference",
-    "sliced_wasserstein",
-    "energy_distance",
-    "SlicedWasserstein",
-    "EnergyDistance",
-    "main",
-]
+__all__ = [*classifier.__all__, *reference.__all__, *distribution.__all__, "main"]

@@ -10,72 +10,12 @@
 - `checkpoints`: `save_checkpoint` / `load_checkpoint`.
 """
 
-from omsjax.stages.checkpoints import load_checkpoint, save_checkpoint
-from omsjax.stages.clustering import (
-    DEFAULT_ETA,
-    PREDICTIONS,
-    Partition,
-    boundaries,
-    clustering_report,
-    partition,
-    partition_score,
-    similarity,
-    similarity_matrix,
-    stage_of,
-    uniform_boundaries,
-)
-from omsjax.stages.config import MultiStageConfig, StageTrainConfig
-from omsjax.stages.network import (
-    active_params,
-    apply_fn,
-    decode,
-    encode,
-    forward_flops,
-    init_params,
-    stage_apply_fn,
-    to_model,
-)
-from omsjax.stages.training import (
-    init_state,
-    loss_fn,
-    mean_active_params,
-    restore_state,
-    run_training,
-    save_state,
-    train,
-    train_step,
-)
+# Each module's public names, re-exported: listed once, in its own __all__.
+from omsjax.stages import checkpoints, clustering, config, network, training
+from omsjax.stages.checkpoints import *  # noqa: F403
+from omsjax.stages.clustering import *  # noqa: F403
+from omsjax.stages.config import *  # noqa: F403
+from omsjax.stages.network import *  # noqa: F403
+from omsjax.stages.training import *  # noqa: F403
 
-__all__ = [
-    "PREDICTIONS",
-    "similarity",
-    "similarity_matrix",
-    "boundaries",
-    "Partition",
-    "partition",
-    "partition_score",
-    "uniform_boundaries",
-    "stage_of",
-    "MultiStageConfig",
-    "StageTrainConfig",
-    "init_params",
-    "encode",
-    "decode",
-    "stage_apply_fn",
-    "apply_fn",
-    "active_params",
-    "mean_active_params",
-    "forward_flops",
-    "init_state",
-    "loss_fn",
-    "train_step",
-    "train",
-    "run_training",
-    "to_model",
-    "save_checkpoint",
-    "load_checkpoint",
-    "save_state",
-    "restore_state",
-    "clustering_report",
-    "DEFAULT_ETA",
-]
+__all__ = [*checkpoints.__all__, *clustering.__all__, *config.__all__, *network.__all__, *training.__all__]

@@ -33,6 +33,7 @@ from omsjax.config import is_int as _is_int
 from omsjax.config import is_real as _is_real
 from omsjax.oracles import EmpiricalDenoiser
 from omsjax.schedules import NoiseSchedule
+from omsjax.spacing import time_steps
 
 __all__ = [
     "PREDICTIONS",
@@ -302,12 +303,12 @@ def uniform_boundaries(
     t_start: float | None = None,
     t_end: float | None = None,
 ) -> tuple[float, ...]:
-    """Ablation baselines: the K - 1 interior points of `spacing.time_steps(ns, K, spacing)` in increasing order,
+    """Ablation baselines: the K - 1 interior points of `omsjax.spacing.time_steps(ns, K, spacing)` in increasing order,
     i.e. stages of equal length in t ("time_uniform") or in log-SNR ("logSNR") between t_end (default: the
     schedule's default end time) and t_start (default T)."""
     if not _is_int(num_stages) or num_stages < 1:
         raise ValueError(f"num_stages must be a positive int, got {num_stages!r}")
-    ts = spacing.time_steps(noise_schedule, int(num_stages), spacing, t_start=t_start, t_end=t_end)
+    ts = time_steps(noise_schedule, int(num_stages), spacing, t_start=t_start, t_end=t_end)
     return tuple(float(t) for t in ts[1:-1][::-1])
 
 

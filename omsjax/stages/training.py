@@ -36,6 +36,7 @@ from omsjax.config import is_int as _is_int
 from omsjax.stages.checkpoints import save_checkpoint
 from omsjax.stages.config import MultiStageConfig, StageTrainConfig
 from omsjax.stages.network import active_params, check_input, decode, encode, init_params, stage_apply_fn
+from omsjax.train.step import seed_keys
 
 __all__ = [
     "mean_active_params",
@@ -89,7 +90,7 @@ def init_state(config: StageTrainConfig) -> _train.TrainState:
     its moments flat vectors of the group's `ravel_pytree` order (in `optax.multi_transform`'s masked layout)."""
     if not isinstance(config, StageTrainConfig):
         raise ValueError(f"config must be a StageTrainConfig, got {type(config).__name__}")
-    k_init, _ = _train.seed_keys(config)
+    k_init, _ = seed_keys(config)
     params = init_params(config.net, k_init, config.image_shape, _DTYPE)
     return _train.TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -246,7 +247,7 @@ def train(
 
     state = init_state(config) if state is None else state
     data_dev = jnp.asarray(data)
-    key = _train.seed_keys(config)[1]
+    key = seed_keys(config)[1]
     start = int(state.step)
     drawn = np.asarray(_draw_stages(config, key, jnp.arange(start, max(end, start), dtype=jnp.int32)))
 

@@ -22,7 +22,7 @@ import numpy as np
 from omsjax import files
 from omsjax.models import Model
 from omsjax.sampler import sample
-from omsjax.spacing import SPACINGS
+from omsjax.spacing import SPACINGS, time_steps
 from omsjax.timesteps import (  # the application this workflow drives
     ays_bound,
     ays_schedule,
@@ -34,7 +34,7 @@ from omsjax.timesteps import (  # the application this workflow drives
     trajectory_loss,
 )
 
-__all__ = ["METHODS", "finetune", "run"]
+__all__ = ["METHODS", "StepsConfig", "finetune", "run"]
 
 
 def finetune(
@@ -129,59 +129,68 @@ def _phase1(method, zoo, k, ns, template, x0, keys, cfg):
 
 
 def _spacing_ts(ns, template, spacing):
-
     ts = np.asarray(template.ts, np.float64)
-    return spacing.time_steps(ns, len(ts) - 1, spacing, t_start=float(ts[0]), t_end=float(ts[-1]))
+    return time_steps(ns, len(ts) - 1, spacing, t_start=float(ts[0]), t_end=float(ts[-1]))
 
 
-def run(
-    zoo_dir,
-    out_dir,
-    *,
-    model: int | None = None,
-    solver: str = "DDIM",
-    nfe: int = 5,
-    method: str = "trajectory",
-    rounds: int = 0,
-    train_samples: int = 256,
-    heldout_samples: int = 128,
-    fd_samples: int = 1000,
-    seed: int = 0,
-    traj_steps: int = 300,
-    finetune_steps: int = 600,
-    distance: str = "features",
-    progress: bool = True,
-) -> dict:
-    """`omsjax optimize-steps`: learn the times of `solver` at `nfe` on zoo member `model` (default: the largest) by
-    `method` ("bound", "trajectory", "ays" or "fd": the FD itself through the sampler, `optimize_fd`), optionally
-    alternating with `rounds` of fine-tuning (phase 2), and
-    compare with the standard spacings on held-out noise. The trajectory fit's `distance` is "pixels" or
-    "features" (the FD classifier's features: the perceptual distance, as LD3 uses LPIPS). Writes
-    out/schedule.json (for `omsjax evaluate --schedule`; after fine-tuning its model is member 0 of the last
-    round's zoo, out/finetune{K-1}/zoo, named in the report and the schedule's metadata),
+@dataclasses.dataclass(frozen=True)
+class StepsConfig:
+    """What `run` (`omsjax optimize-steps`) learns and how: the times of `solver` (a key of `presets.NAMED`) at
+    `nfe` on zoo member `model` (default: the largest) by `method` (one of METHODS: "bound", "trajectory", "ays" or
+    "fd", the FD itself through the sampler, `optimize_fd`), optionally alternating with `rounds` of fine-tuning
+    (phase 2, `finetune_steps` each); `train_samples` / `heldout_samples` trajectories from seeds `seed` + 500 /
+    + 600, `traj_steps` Adam steps of the trajectory fit at the `distance` "pixels" or "features" (the FD
+    classifier's features: the perceptual distance, as LD3 uses LPIPS), and the comparison's FD on `fd_samples`
+    samples of seed + 1000. Checked on construction, each error naming the field."""
+
+    model: int | None = None
+    solver: str = "DDIM"
+    nfe: int = 5
+    method: str = "trajectory"
+    rounds: int = 0
+    train_samples: int = 256
+    heldout_samples: int = 128
+    fd_samples: int = 1000
+    seed: int = 0
+    traj_steps: int = 300
+    finetune_steps: int = 600
+    distance: str = "features"
+
+    def __post_init__(self):
+        from omsjax import presets
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.distance not in ("pixels", "features"):
+            raise ValueError(f"distance must be 'pixels' or 'features', got {self.distance!r}")
+        if self.solver not in presets.NAMED:
+            raise ValueError(f"unknown solver {self.solver!r}; expected one of {sorted(presets.NAMED)}")
+        for name, lo in (("nfe", 1), ("rounds", 0), ("train_samples", 2), ("heldout_samples", 2), ("fd_samples", 2),
+                         ("traj_steps", 1), ("finetune_steps", 1)):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+
+
+def run(zoo_dir, out_dir, config: StepsConfig = StepsConfig(), *, progress: bool = True) -> dict:
+    """`omsjax optimize-steps` (`StepsConfig`): learn a solver's times, compare them with the standard spacings on
+    held-out noise. Writes out/schedule.json (for `omsjax evaluate --schedule`; after fine-tuning its model is
+    member 0 of the last round's zoo, out/finetune{K-1}/zoo, named in the report and the schedule's metadata),
     out/report.json and out/timesteps.png, atomically, holding `out_dir`'s `files.FolderLock` from before the zoo
     loads (a second run on the same folder is refused at once with `files.FolderLocked`)."""
-    from omsjax import presets
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if distance not in ("pixels", "features"):
-        raise ValueError(f"distance must be 'pixels' or 'features', got {distance!r}")
-    if solver not in presets.NAMED:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {sorted(presets.NAMED)}")
-    for name, v, lo in (("nfe", nfe, 1), ("rounds", rounds, 0), ("train_samples", train_samples, 2),
-                        ("heldout_samples", heldout_samples, 2), ("fd_samples", fd_samples, 2)):  # fmt: skip
-        if not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if not isinstance(config, StepsConfig):
+        raise ValueError(f"config must be a StepsConfig, got {type(config).__name__}")
     out = Path(out_dir)
     with files.FolderLock(out, what="omsjax optimize-steps"):
-        return _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldout_samples, fd_samples, seed,
-                    traj_steps, finetune_steps, distance, progress)  # fmt: skip
+        return _run(zoo_dir, out, config, progress)
 
 
-def _run(zoo_dir, out, model, solver, nfe, method, rounds, train_samples, heldout_samples, fd_samples, seed,
-         traj_steps, finetune_steps, distance, progress) -> dict:  # fmt: skip
+def _run(zoo_dir, out, config: StepsConfig, progress: bool) -> dict:
     """`run` (its arguments checked) with the folder lock held."""
+    model, solver, nfe, method, rounds, seed = (config.model, config.solver, config.nfe, config.method, config.rounds,
+                                                config.seed)  # fmt: skip
+    train_samples, heldout_samples, fd_samples = config.train_samples, config.heldout_samples, config.fd_samples
+    traj_steps, finetune_steps, distance = config.traj_steps, config.finetune_steps, config.distance
     from omsjax import data as data_mod
     from omsjax import metrics, plots, presets, sampler, zoo
     from omsjax.options import SampleOptions

@@ -30,37 +30,12 @@ manifest's schema), `recipes` (how each kind of member is stored and loaded), `s
 load, remeasure). Their public names are all here.
 """
 
-from omsjax.zoo.configs import CONFIGS, named_config
-from omsjax.zoo.latency import machine_name, measure_latency
-from omsjax.zoo.manifest import read_manifest
-from omsjax.zoo.recipes import MULTISTAGE, RECIPES, Recipe, recipe
-from omsjax.zoo.store import (
-    COND_ZOO,
-    DEFAULT_ZOO,
-    add_member,
-    check_member,
-    data_mean,
-    load_zoo,
-    num_classes,
-    remeasure_latency,
-)
+# Each module's public names, re-exported: listed once, in its own __all__.
+from omsjax.zoo import configs, latency, manifest, recipes, store
+from omsjax.zoo.configs import *  # noqa: F403
+from omsjax.zoo.latency import *  # noqa: F403
+from omsjax.zoo.manifest import *  # noqa: F403
+from omsjax.zoo.recipes import *  # noqa: F403
+from omsjax.zoo.store import *  # noqa: F403
 
-__all__ = [
-    "CONFIGS",
-    "named_config",
-    "measure_latency",
-    "machine_name",
-    "data_mean",
-    "num_classes",
-    "COND_ZOO",
-    "add_member",
-    "check_member",
-    "load_zoo",
-    "read_manifest",
-    "remeasure_latency",
-    "DEFAULT_ZOO",
-    "MULTISTAGE",
-    "Recipe",
-    "RECIPES",
-    "recipe",
-]
+__all__ = [*configs.__all__, *latency.__all__, *manifest.__all__, *recipes.__all__, *store.__all__]
