@@ -10,9 +10,10 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from omsjax.checks import check_inputs, thresholding_option
+from omsjax.checks import check_inputs
 from omsjax.integrate import Switches, run_jit
 from omsjax.models import Model, as_zoo, used_members
+from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE, Schedule, is_traced
 from omsjax.schedules import NoiseSchedule
 
@@ -63,15 +64,11 @@ def first_nonfinite_step(
     noise_schedule: NoiseSchedule,
     schedule: Schedule,
     x_T: jax.Array,
-    *,
-    data_mean: jax.Array | None = None,
-    cond=None,
-    uncond=None,
-    thresholding=None,
+    sampling: SampleOptions | None = None,
 ) -> NonFiniteStep | None:
-    """Locate the first step at which `sample(model_or_zoo, noise_schedule, schedule, x_T, data_mean=data_mean,
-    cond=cond, uncond=uncond, thresholding=thresholding)` becomes non-finite; None when the run is finite. Host
-    side, concrete arrays only.
+    """Locate the first step at which `sample(model_or_zoo, noise_schedule, schedule, x_T, ...)` with the options
+    `sampling` (an `omsjax.SampleOptions`: conditioning, data mean, thresholding; cond's rows those of x_T)
+    becomes non-finite; None when the run is finite. Host side, concrete arrays only.
 
     It runs a second compiled program (the same scan that also returns, per step, which samples of the state and
     of the model outputs are finite), so call it only once a result was found non-finite: `sample` itself pays
@@ -83,6 +80,8 @@ def first_nonfinite_step(
             raise ValueError(found.message if found else "non-finite samples")
     """
     zoo = as_zoo(model_or_zoo)
+    o = SampleOptions() if sampling is None else sampling
+    data_mean, cond, uncond = o.data_mean, o.cond, o.uncond
     if is_traced((schedule, x_T, data_mean, [m.params for m in zoo], cond, uncond)):
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
@@ -97,7 +96,7 @@ def first_nonfinite_step(
             cond=cond,
             uncond=uncond,
             members=members,
-            switches=Switches(diagnose=True, thresholding=thresholding_option(thresholding)),
+            switches=Switches(diagnose=True, thresholding=o.thresholding),
         )
     )
     n, batch = schedule.num_steps, int(x_T.shape[0])

@@ -36,6 +36,7 @@ from omsjax.checks import (
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
 from omsjax.integrate import Switches, Trajectory, run, run_jit
 from omsjax.models import Model, as_zoo, to_eps_x0, used_members
+from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule, is_traced, time_bounds
 from omsjax.schedules import NoiseSchedule
 
@@ -295,10 +296,11 @@ def generate(
         x_T = scale * _noise(key, m, shape, dtype, offset=start)
         rows = {k: None if v is None else jax.tree.map(lambda a, s=start, m=m: a[s : s + m], v)
                 for k, v in (("cond", cond), ("uncond", uncond))}  # fmt: skip
-        rows["thresholding"] = thresholding
-        x = np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, **rows))
+        x = np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, thresholding=thresholding,
+                              **rows))  # fmt: skip
         if not np.all(np.isfinite(x)):
-            found = first_nonfinite_step(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, **rows)
+            options = SampleOptions(data_mean=data_mean, thresholding=thresholding, **rows)
+            found = first_nonfinite_step(zoo, noise_schedule, schedule, x_T, options)
             what = found.message if found else "sample returned non-finite values (a re-run to locate them found none)"
             src = f"seed {seed}" if from_seed else "the given key"
             raise ValueError(f"{what} [generate: samples {start}..{start + m - 1} of {n}, {src}]")

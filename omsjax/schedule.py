@@ -210,13 +210,17 @@ def _from_dict(d: dict) -> Schedule:
     return make(**fields)
 
 
+def _list(d, name) -> list:
+    """The field `d[name]`, which must be a JSON list."""
+    if not isinstance(d[name], list):
+        raise ValueError(f"schedule JSON field {name!r} must be a list, got {json_type(d[name])}")
+    return d[name]
+
+
 def _json_list(d, name, typ):
     """The list `d[name]` of `typ` (int: within int32; float: within float64, inf/NaN left to check_schedule)."""
-    v = d[name]
-    if not isinstance(v, list):
-        raise ValueError(f"schedule JSON field {name!r} must be a list, got {json_type(v)}")
     out = []
-    for i, e in enumerate(v):
+    for i, e in enumerate(_list(d, name)):
         number = isinstance(e, (int, float)) and not isinstance(e, bool)
         if typ is bool and isinstance(e, bool):
             out.append(e)
@@ -237,11 +241,9 @@ def _json_list(d, name, typ):
 
 
 def _json_names(d, name, names):
-    v = d[name]
-    if not isinstance(v, list):
-        raise ValueError(f"schedule JSON field {name!r} must be a list, got {json_type(v)}")
+    """The list `d[name]` of names, as their indices in `names`."""
     out = []
-    for i, e in enumerate(v):
+    for i, e in enumerate(_list(d, name)):
         if not (isinstance(e, str) and e in names):
             raise ValueError(f"schedule JSON field {name!r}, step {i}: expected one of {names}, got {_short(e)}")
         out.append(names.index(e))

@@ -181,8 +181,8 @@ class Evaluator:
 
     def _set_conditioning(self) -> None:
         """Keep the first num_samples rows of `sampling`'s cond and uncond (checked) and its thresholding."""
-        rows = self.sampling.rows(self.num_samples, "num_samples")
-        self.cond, self.uncond, self.thresholding = rows.cond, rows.uncond, rows.thresholding
+        self.rows = self.sampling.rows(self.num_samples, "num_samples")  # the options of this noise's samples
+        self.cond, self.uncond, self.thresholding = self.rows.cond, self.rows.uncond, self.rows.thresholding
 
     def _eval_key(self) -> str:
         """The archive's name for this noise, metric and conditioning: "seed{noise_seed}-n{num_samples}", then
@@ -330,16 +330,7 @@ class Evaluator:
     def _why_not_finite(self, schedule: Schedule, key: str) -> str:
         """The first non-finite step of a diverged schedule and its cause (the model's output, or the solver's
         update), logged as a warning and kept in the record: the search scores it inf and says why."""
-        found = sampler.first_nonfinite_step(
-            self.zoo,
-            self.ns,
-            schedule,
-            self.x_T,
-            data_mean=self.data_mean,
-            cond=self.cond,
-            uncond=self.uncond,
-            thresholding=self.thresholding,
-        )
+        found = sampler.first_nonfinite_step(self.zoo, self.ns, schedule, self.x_T, self.rows)
         note = found.message if found is not None else "non-finite samples"
         _log.warning("schedule %s scored FD = inf: %s", key, note)
         return note

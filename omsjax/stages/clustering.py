@@ -163,32 +163,12 @@ def similarity(
     return np.asarray(counts, np.float64) / (num_samples * math.prod(data.shape[1:]))
 
 
-def similarity_matrix(
-    denoiser: EmpiricalDenoiser,
-    noise_schedule: NoiseSchedule,
-    data,
-    grid,
-    key: jax.Array,
-    *,
-    num_samples: int,
-    eta: float = DEFAULT_ETA,
-    prediction: str = "eps",
-    batch_size: int = 256,
-) -> np.ndarray:
-    """The symmetric similarity matrix S(grid_i, grid_j), float64 [G, G] (see `similarity`); the predictions at
-    each grid time are computed once per batch of samples. Its diagonal is 1."""
-    return similarity(
-        denoiser,
-        noise_schedule,
-        data,
-        grid,
-        None,
-        key,
-        num_samples=num_samples,
-        eta=eta,
-        prediction=prediction,
-        batch_size=batch_size,
-    )
+def similarity_matrix(denoiser: EmpiricalDenoiser, noise_schedule: NoiseSchedule, data, grid, key: jax.Array,
+                      **options) -> np.ndarray:  # fmt: skip
+    """The symmetric similarity matrix S(grid_i, grid_j), float64 [G, G]: `similarity(denoiser, noise_schedule,
+    data, grid, None, key, **options)` (its keyword options: num_samples, eta, prediction, batch_size); the
+    predictions at each grid time are computed once per batch of samples. Its diagonal is 1."""
+    return similarity(denoiser, noise_schedule, data, grid, None, key, **options)
 
 
 def _check_sim(sim) -> np.ndarray:
