@@ -39,8 +39,9 @@ from common import RESULTS, machine, median_time, write_section
 import omsjax
 from omsjax import data, nets, presets, train, zoo
 from omsjax.schedule import stack
-from omsjax.search import encoding, ga, predictor
+from omsjax.search import encoding, ga, predictor, seeding
 from omsjax.search.evaluate import Evaluator
+from omsjax.search.space import SearchSpace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +174,7 @@ def _timed(fn):
 def search_stage(models, ns, sz: Sizes) -> list[str]:
     """(d) True evaluation of candidates, the predictor fit on them, and the GA's generations."""
     lat = [m.latency for m in models]
-    space = encoding.SearchSpace.for_nfe(5, lat, model=len(models) - 1, noise_schedule=ns, mean_afs=False)
+    space = SearchSpace.for_nfe(5, lat, model=len(models) - 1, noise_schedule=ns, mean_afs=False)
     genomes = encoding.random_genomes(space, jax.random.PRNGKey(0), sz.candidates)
     ev = Evaluator(models, ns, space, num_samples=sz.eval_samples, method="vmap")
     recs, t_first = _timed(lambda: ev.evaluate(genomes))
@@ -189,7 +190,7 @@ def search_stage(models, ns, sz: Sizes) -> list[str]:
     params, t_fit_first = _timed(fit)
     _, t_fit = _timed(fit)
     cfg = ga.GAConfig(pop_size=64, num_children=64)
-    seeds = encoding.preset_seeds(space, ns)
+    seeds = seeding.preset_seeds(space, ns)
 
     @jax.jit
     def go(params, key):

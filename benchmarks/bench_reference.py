@@ -29,8 +29,9 @@ from common import machine, save_json, write_section
 
 from omsjax import metrics, verdict, zoo
 from omsjax.schedule import Schedule
-from omsjax.search import baselines, cache, encoding
+from omsjax.search import baselines, cache
 from omsjax.search.evaluate import Archive, Evaluator
+from omsjax.search.space import SearchSpace
 from omsjax.workflows.search_job import REFERENCES
 
 SEEDS = (1000, 1001, 1002)
@@ -43,7 +44,7 @@ LABEL = {"reference_fd": "reference FD", "reference_rmse": "reference RMSE", "fd
 def _evaluators(work: Path, nfe: int):
     models, ns, manifest = zoo.load_zoo()
     k = len(models) - 1
-    space = encoding.SearchSpace.for_nfe(nfe, [m.latency for m in models], model=k, noise_schedule=ns)
+    space = SearchSpace.for_nfe(nfe, [m.latency for m in models], model=k, noise_schedule=ns)
     zoo_dir = zoo.DEFAULT_ZOO
     store = metrics.ReferenceStore(work / REFERENCES, cache.fingerprint(zoo_dir), shipped=Path(zoo_dir) / REFERENCES)
     ref = metrics.Reference(models[k], ns, t_start=space.t_start, t_end=space.t_end, store=store)

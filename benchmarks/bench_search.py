@@ -26,17 +26,18 @@ import numpy as np
 from common import machine, write_section
 
 from omsjax import schedules, zoo
-from omsjax.search import encoding, ga, predictor
+from omsjax.search import ga, predictor, seeding
 from omsjax.search.evaluate import Archive, genome_from_dict
+from omsjax.search.space import SearchSpace
 
 
 def bench_ga(generations: int, lat):
     ns = schedules.vp_linear()
-    space = encoding.SearchSpace.for_nfe(5, lat, model=len(lat) - 1, mean_afs=True)
+    space = SearchSpace.for_nfe(5, lat, model=len(lat) - 1, mean_afs=True)
     params = predictor.init_params(space, ns, jax.random.PRNGKey(0))
     cfg = ga.GAConfig(pop_size=64, num_children=64)
 
-    seeds = encoding.preset_seeds(space, ns)  # host code: the presets as genomes
+    seeds = seeding.preset_seeds(space, ns)  # host code: the presets as genomes
 
     @jax.jit
     def go(params, seeds, key):
@@ -64,11 +65,11 @@ def bench_tau(run_dir: Path):
     lat = [m.latency for m in models]
     t_end = float(ns.default_t_end)
     if report["mode"] == "solver":
-        space = encoding.SearchSpace.for_nfe(report["searched"]["nfe"], lat, model=report["model"], mean_afs=True,
+        space = SearchSpace.for_nfe(report["searched"]["nfe"], lat, model=report["model"], mean_afs=True,
                                              t_start=float(ns.t_max), t_end=t_end)  # fmt: skip
     else:
         n = len(recs[0].genome["order"])
-        space = encoding.SearchSpace(num_positions=n, latencies=lat, mode=report["mode"], mean_afs=True,
+        space = SearchSpace(num_positions=n, latencies=lat, mode=report["mode"], mean_afs=True,
                                      t_start=float(ns.t_max), t_end=t_end)  # fmt: skip
     g = jax.tree.map(lambda *xs: jnp.stack(xs), *[genome_from_dict(r.genome) for r in recs])
     fd = np.asarray([r.fd for r in recs])

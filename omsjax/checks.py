@@ -69,8 +69,10 @@ def check_sample_shape(model_or_zoo: Model | tuple[Model, ...], x_T) -> None:
     for k, m in enumerate((model_or_zoo,) if single else model_or_zoo):
         if m.sample_shape is not None and m.sample_shape != shape:
             who = m.label() if single else m.label(k)
-            raise ValueError(f"x_T of shape {tuple(x_T.shape)} holds samples of shape {shape}, but {who} "
-                             f"declares sample_shape {m.sample_shape}")  # fmt: skip
+            raise ValueError(
+                f"x_T of shape {tuple(x_T.shape)} holds samples of shape {shape}, but {who} "
+                f"declares sample_shape {m.sample_shape}"
+            )
 
 
 def _leaves(tree) -> list[tuple[str, object]]:
@@ -93,16 +95,20 @@ def check_conditioning(cond, uncond, batch: int) -> None:
         for path, leaf in leaves:
             shape = np.shape(leaf)
             if not hasattr(leaf, "dtype") or len(shape) < 1 or shape[0] != batch:
-                raise ValueError(f"{name}{path} must be an array with the batch ({batch}) as leading axis, got "
-                                 f"{type(leaf).__name__} of shape {tuple(shape)}")  # fmt: skip
+                raise ValueError(
+                    f"{name}{path} must be an array with the batch ({batch}) as leading axis, got "
+                    f"{type(leaf).__name__} of shape {tuple(shape)}"
+                )
     if uncond is not None:
         c, u = jax.tree_util.tree_structure(cond), jax.tree_util.tree_structure(uncond)
         if c != u:
             raise ValueError(f"uncond must have cond's structure, got {u} for cond {c}")
         for (path, a), (_, b) in zip(_leaves(cond), _leaves(uncond), strict=True):
             if np.shape(a) != np.shape(b) or a.dtype != b.dtype:
-                raise ValueError(f"uncond{path} is {tuple(np.shape(b))} {b.dtype}, but cond{path} is "
-                                 f"{tuple(np.shape(a))} {a.dtype}: they must match")  # fmt: skip
+                raise ValueError(
+                    f"uncond{path} is {tuple(np.shape(b))} {b.dtype}, but cond{path} is "
+                    f"{tuple(np.shape(a))} {a.dtype}: they must match"
+                )
 
 
 def check_guidance(schedule: Schedule, uncond) -> None:
@@ -110,8 +116,10 @@ def check_guidance(schedule: Schedule, uncond) -> None:
     guided = np.flatnonzero(np.asarray(schedule.guidance) != 1.0)
     if uncond is None and guided.size:
         i = int(guided[0])
-        raise ValueError(f"Schedule.guidance at step {i}: scale {float(np.asarray(schedule.guidance)[i])} needs "
-                         "classifier-free guidance: pass cond= and uncond= to the sampler")  # fmt: skip
+        raise ValueError(
+            f"Schedule.guidance at step {i}: scale {float(np.asarray(schedule.guidance)[i])} needs "
+            "classifier-free guidance: pass cond= and uncond= to the sampler"
+        )
 
 
 def thresholding_option(value) -> tuple[float, float] | None:

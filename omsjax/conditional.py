@@ -47,8 +47,9 @@ def conditioning(labels: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"labels must be integers of shape [n], got {y.dtype}{list(y.shape)}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:
-        raise ValueError(f"label {int(y[bad[0]])} (sample {int(bad[0])}) is not a class of this zoo "
-                         f"(0..{num_classes - 1})")  # fmt: skip
+        raise ValueError(
+            f"label {int(y[bad[0]])} (sample {int(bad[0])}) is not a class of this zoo (0..{num_classes - 1})"
+        )
     return y.astype(np.int32), np.full(y.shape, num_classes, np.int32)
 
 

@@ -61,8 +61,15 @@ def integer(name: str, v: Any) -> int:
     return int(v)
 
 
-def real(name: str, v: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-         le: float | None = None) -> float:  # fmt: skip
+def real(
+    name: str,
+    v: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
     """`v` as a finite float within the given bounds; the message names the field and the range, e.g.
     "lr must be a finite number > 0", "ema_decay must be in [0, 1)", "focus_prob must be in [0, 1]"."""
     ok = is_real(v) and (gt is None or v > gt) and (ge is None or v >= ge)

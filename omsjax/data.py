@@ -15,8 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DIGITS_SHAPE", "DIGITS_HELDOUT", "load_digits", "load_array", "load_idx_images", "load_idx_labels",
-           "load_idx", "save_idx", "data_mean"]  # fmt: skip
+__all__ = [
+    "DIGITS_SHAPE",
+    "DIGITS_HELDOUT",
+    "load_digits",
+    "load_array",
+    "load_idx_images",
+    "load_idx_labels",
+    "load_idx",
+    "save_idx",
+    "data_mean",
+]
 
 DIGITS_SHAPE = (8, 8, 1)
 DIGITS_HELDOUT = 300

@@ -206,8 +206,9 @@ class FolderLock:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): run unlocked, but say so
-            warnings.warn(f"cannot lock {self.folder} here (no fcntl); two runs on it at once are not refused",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"cannot lock {self.folder} here (no fcntl); two runs on it at once are not refused", stacklevel=2
+            )
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
@@ -218,12 +219,12 @@ class FolderLock:
             pid, _, what = fh.read().strip().partition(" ")  # the holder's "pid what"
             fh.close()
             if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # a file system without flock
-                warnings.warn(f"cannot lock {self.folder} ({e}); two runs on it at once are not refused",
-                              stacklevel=2)  # fmt: skip
+                warnings.warn(f"cannot lock {self.folder} ({e}); two runs on it at once are not refused", stacklevel=2)
                 return self
             who = f"{what or 'another omsjax run'} (process {pid}" if pid.isdigit() else "another process ("
-            raise FolderLocked(f"{self.folder} is in use by {who}, lock {self.path}); wait for it to finish or "
-                               "choose another folder") from None  # fmt: skip
+            raise FolderLocked(
+                f"{self.folder} is in use by {who}, lock {self.path}); wait for it to finish or choose another folder"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()} {self.what}\n")

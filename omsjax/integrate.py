@@ -121,8 +121,18 @@ class Switches:
     thresholding: tuple[float, float] | None = None
 
 
-def run(zoo, ns, schedule: Schedule, x_T, data_mean=None, *, cond=None, uncond=None, members=None,
-        switches: Switches = Switches()):  # fmt: skip
+def run(
+    zoo,
+    ns,
+    schedule: Schedule,
+    x_T,
+    data_mean=None,
+    *,
+    cond=None,
+    uncond=None,
+    members=None,
+    switches: Switches = Switches(),
+):
     """x at ts[N] (with `switches`, also the diagnosis or the `Trajectory`, see `Switches`). `members`: see
     `models.used_members`, which also runs here, for model indices that are concrete while the rest is traced (a
     fit of the times). `cond`, `uncond`: the conditioning of every model call, and the unconditional one of guided
@@ -243,8 +253,18 @@ def run(zoo, ns, schedule: Schedule, x_T, data_mean=None, *, cond=None, uncond=N
         # The model call at ts[i+1] (none after the last step). `i` is the scan counter, never batched, so this
         # stays a real conditional under vmap.
         def evaluate(x):
-            eps, x0 = eval_zoo(zoo, s["model_next"], x, s["t_next"], s["la_next"], s["sig_next"], members=members,
-                               cond=cond, uncond=uncond, w=s["guidance_next"])  # fmt: skip
+            eps, x0 = eval_zoo(
+                zoo,
+                s["model_next"],
+                x,
+                s["t_next"],
+                s["la_next"],
+                s["sig_next"],
+                members=members,
+                cond=cond,
+                uncond=uncond,
+                w=s["guidance_next"],
+            )
             if thresholding is None:
                 return eps, x0
             return dynamic_threshold(x, x0, s["la_next"], s["sig_next"], thresholding)

@@ -118,8 +118,14 @@ class Model:
         eps = (x - alpha_t x0) / sigma_t. On `schedules.edm()` alpha = 1 and sigma = t. Pass a function of stable
         identity (defined once, not a fresh lambda per call): it is part of the compiled program's cache key.
         """
-        return cls(apply_fn=denoiser, params=params, parameterization="denoiser", latency=latency, name=name,
-                   sample_shape=sample_shape)  # fmt: skip
+        return cls(
+            apply_fn=denoiser,
+            params=params,
+            parameterization="denoiser",
+            latency=latency,
+            name=name,
+            sample_shape=sample_shape,
+        )
 
     def label(self, index: int | None = None) -> str:
         """How messages name this model: "zoo member 1 'small'" (or "model 'small'" without an index)."""
@@ -172,8 +178,10 @@ def _apply(model: Model, params, x, t, label: str | None = None, cond=None):
     if not (hasattr(out, "shape") and hasattr(out, "dtype")):
         raise ValueError(f"{who} returned a {type(out).__name__} for x {_spec(x)}, expected {sig}")
     if tuple(out.shape) != tuple(x.shape) or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(f"{who} returned {_spec(out)} for x {_spec(x)}{declared}: expected a floating point "
-                         f"array of x's shape ({sig})")  # fmt: skip
+        raise ValueError(
+            f"{who} returned {_spec(out)} for x {_spec(x)}{declared}: expected a floating point "
+            f"array of x's shape ({sig})"
+        )
     return out
 
 
@@ -210,8 +218,9 @@ def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None
     return (x + a * out) / (a + s), (x - s * out) / (a + s)
 
 
-def guided_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, cond=None, uncond=None, w=1.0,
-                  label: str | None = None):  # fmt: skip
+def guided_eps_x0(
+    model: Model, params, x, t, log_alpha, sigma, *, cond=None, uncond=None, w=1.0, label: str | None = None
+):
     """(eps, x0) of `model` at (x, t) under classifier-free guidance with scale `w` (a scalar, traced or not).
 
     Without `uncond` (or where w == 1): the model on `cond` alone (`to_eps_x0`). Otherwise one call on the
@@ -240,22 +249,34 @@ def guided_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, cond=None, un
     return jax.lax.cond(w == 1, single, both, x, cond, uncond)
 
 
-def eval_zoo(zoo: tuple[Model, ...], index, x, t, log_alpha, sigma, *, members: tuple[int, ...] | None = None,
-             cond=None, uncond=None, w=1.0):  # fmt: skip
+def eval_zoo(
+    zoo: tuple[Model, ...],
+    index,
+    x,
+    t,
+    log_alpha,
+    sigma,
+    *,
+    members: tuple[int, ...] | None = None,
+    cond=None,
+    uncond=None,
+    w=1.0,
+):
     """(eps, x0) of zoo[index] at (x, t): `lax.switch` with params as operands; one model needs no switch (and
     nothing to batch under vmap). `members`: the original zoo index of each entry when `zoo` is a part of a zoo
     (`used_members`), for error messages. `cond`, `uncond`, `w`: conditioning and guidance (`guided_eps_x0`)."""
     names = members or tuple(range(len(zoo)))
     if len(zoo) == 1:
-        return guided_eps_x0(zoo[0], zoo[0].params, x, t, log_alpha, sigma, cond=cond, uncond=uncond, w=w,
-                             label=zoo[0].label(names[0]))  # fmt: skip
+        return guided_eps_x0(
+            zoo[0], zoo[0].params, x, t, log_alpha, sigma, cond=cond, uncond=uncond, w=w, label=zoo[0].label(names[0])
+        )
     params = tuple(m.params for m in zoo)
     branches = [
         (
             lambda ps, x, t, la, s, c, u, w, m=m, k=k: guided_eps_x0(
                 m, ps[k], x, t, la, s, cond=c, uncond=u, w=w, label=m.label(names[k])
             )
-        )  # fmt: skip
+        )
         for k, m in enumerate(zoo)
     ]
     return jax.lax.switch(index, branches, params, x, t, log_alpha, sigma, cond, uncond, w)
@@ -378,5 +399,11 @@ def from_equinox(
     import equinox as eqx  # optional: imported on use only
 
     params, static = eqx.partition(module, eqx.is_array)
-    return Model(apply_fn=_EquinoxApply(static, batched, channels_first), params=params,
-                 parameterization=parameterization, latency=latency, name=name, sample_shape=sample_shape)  # fmt: skip
+    return Model(
+        apply_fn=_EquinoxApply(static, batched, channels_first),
+        params=params,
+        parameterization=parameterization,
+        latency=latency,
+        name=name,
+        sample_shape=sample_shape,
+    )

@@ -45,8 +45,9 @@ class SampleOptions:
         (naming `n` as `name`) when cond has fewer rows."""
         rows = [np.shape(a)[0] for a in jax.tree.leaves((self.cond, self.uncond)) if np.ndim(a) >= 1]
         if self.cond is not None and (not rows or min(rows) < n):
-            raise ValueError(f"cond and uncond need at least {name} = {n} rows (one per sample), got "
-                             f"{min(rows, default=0)}")  # fmt: skip
+            raise ValueError(
+                f"cond and uncond need at least {name} = {n} rows (one per sample), got {min(rows, default=0)}"
+            )
         take = lambda t: None if t is None else jax.tree.map(lambda a: a[:n], t)  # noqa: E731
         out = dataclasses.replace(self, cond=take(self.cond), uncond=take(self.uncond))
         check_conditioning(out.cond, out.uncond, n)

@@ -114,8 +114,10 @@ class ConditionalGaussianMixture:
             raise ValueError(f"ConditionalGaussianMixture labels must be [{k}] integers, got {lab.dtype} {lab.shape}")
         c = int(lab.max()) + 1 if num_classes is None else num_classes
         if isinstance(c, bool) or not isinstance(c, int) or c < 1 or lab.min() < 0 or lab.max() >= c:
-            raise ValueError(f"ConditionalGaussianMixture labels must lie in 0..num_classes-1, got {lab.tolist()} "
-                             f"with num_classes {c!r}")  # fmt: skip
+            raise ValueError(
+                f"ConditionalGaussianMixture labels must lie in 0..num_classes-1, got {lab.tolist()} "
+                f"with num_classes {c!r}"
+            )
         empty = sorted(set(range(c)) - set(lab.tolist()))
         if empty:
             raise ValueError(f"ConditionalGaussianMixture: classes {empty} have no component")

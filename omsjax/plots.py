@@ -12,8 +12,17 @@ import numpy as np
 
 from omsjax import files
 
-__all__ = ["image_grid", "save", "save_grid", "timesteps_plot", "fd_accuracy", "pareto_front", "search_pareto",
-           "side_by_side", "scatter"]  # fmt: skip
+__all__ = [
+    "image_grid",
+    "save",
+    "save_grid",
+    "timesteps_plot",
+    "fd_accuracy",
+    "pareto_front",
+    "search_pareto",
+    "side_by_side",
+    "scatter",
+]
 
 
 def _format(path: Path) -> str:
@@ -97,8 +106,10 @@ def fd_accuracy(fd, accuracy, scales, path, title: str = "") -> Path:
 
     fd, accuracy, scales = (np.asarray(v, np.float64) for v in (fd, accuracy, scales))
     if not fd.shape == accuracy.shape == scales.shape or fd.ndim != 1 or fd.size == 0:
-        raise ValueError(f"fd, accuracy and scales must be non-empty and of one length, got shapes {fd.shape}, "
-                         f"{accuracy.shape}, {scales.shape}")  # fmt: skip
+        raise ValueError(
+            f"fd, accuracy and scales must be non-empty and of one length, got shapes {fd.shape}, "
+            f"{accuracy.shape}, {scales.shape}"
+        )
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(fd, 100 * accuracy, marker="o")
     for f, a, w in zip(fd, accuracy, scales, strict=True):
@@ -118,8 +129,17 @@ def pareto_front(points) -> list[tuple[float, float]]:
     return front
 
 
-def search_pareto(points, chosen, path, *, xlabel: str, ylabel: str, title: str = "", jitter: bool = False,
-                  best_baseline: float | None = None) -> Path:  # fmt: skip
+def search_pareto(
+    points,
+    chosen,
+    path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    jitter: bool = False,
+    best_baseline: float | None = None,
+) -> Path:
     """A search's candidates: `points` [(cost, score, is_baseline)] (lower is better on both; inf scores, diverged,
     are left out and counted in the legend), the Pareto front of all of them as a step line, the baselines as
     crosses and `chosen` (cost, score) as a star; a log score axis. `jitter`: spread points of one cost sideways
@@ -137,8 +157,10 @@ def search_pareto(points, chosen, path, *, xlabel: str, ylabel: str, title: str 
     rng = np.random.RandomState(0)
     dx = (lambda n: rng.uniform(-0.3, 0.3, n)) if jitter else (lambda n: np.zeros(n))  # noqa: E731
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for is_base, style in ((False, dict(s=10, alpha=0.5, label="searched candidates")),
-                           (True, dict(marker="x", color="k", s=30, label="baselines (presets, +AFS)"))):  # fmt: skip
+    for is_base, style in (
+        (False, dict(s=10, alpha=0.5, label="searched candidates")),
+        (True, dict(marker="x", color="k", s=30, label="baselines (presets, +AFS)")),
+    ):
         sel = np.asarray([(c, v) for c, v, b in ok if b == is_base], float).reshape(-1, 2)
         if len(sel):
             ax.scatter(sel[:, 0] + dx(len(sel)), sel[:, 1], **style)
@@ -168,8 +190,13 @@ def side_by_side(panels: dict, path, *, title: str = "", scale: int = 8) -> Path
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.2), squeeze=False)
     for ax, (name, images) in zip(axes[0], panels.items(), strict=True):
         grid = image_grid(images)
-        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid[..., :3], cmap="gray", vmin=0.0, vmax=1.0,
-                  interpolation="nearest")  # fmt: skip
+        ax.imshow(
+            grid[..., 0] if grid.shape[-1] == 1 else grid[..., :3],
+            cmap="gray",
+            vmin=0.0,
+            vmax=1.0,
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

@@ -95,10 +95,20 @@ def sample(
     zoo = as_zoo(model_or_zoo)
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     zoo, model, members = used_members(zoo, schedule.model, schedule.afs)
-    switches = Switches(trajectory=bool(return_trajectory), remat=bool(remat),
-                        thresholding=thresholding_option(thresholding))  # fmt: skip
-    return run_jit(zoo, noise_schedule, schedule._replace(model=model), x_T, data_mean, cond=cond, uncond=uncond,
-                   members=members, switches=switches)  # fmt: skip
+    switches = Switches(
+        trajectory=bool(return_trajectory), remat=bool(remat), thresholding=thresholding_option(thresholding)
+    )
+    return run_jit(
+        zoo,
+        noise_schedule,
+        schedule._replace(model=model),
+        x_T,
+        data_mean,
+        cond=cond,
+        uncond=uncond,
+        members=members,
+        switches=switches,
+    )
 
 
 def sample_many(
@@ -177,8 +187,9 @@ def shared_fields(schedules: Schedule) -> tuple[str, ...]:
         if f != "ts" and shape == one:
             out.append(f)
         elif shape != (num, *one):
-            raise ValueError(f"stacked schedule field {f!r} has shape {shape}: need {(num, *one)} (C candidates) "
-                             f"or {one} (shared)")  # fmt: skip
+            raise ValueError(
+                f"stacked schedule field {f!r} has shape {shape}: need {(num, *one)} (C candidates) or {one} (shared)"
+            )
     return tuple(out)
 
 
@@ -248,8 +259,9 @@ def _noise(key, n, shape, dtype, offset=0):
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape), dtype))(idx)
 
 
-def prior(noise_schedule: NoiseSchedule, key: jax.Array, n: int, shape: Sequence[int], *, t=None,
-          dtype=jnp.float32) -> jax.Array:  # fmt: skip
+def prior(
+    noise_schedule: NoiseSchedule, key: jax.Array, n: int, shape: Sequence[int], *, t=None, dtype=jnp.float32
+) -> jax.Array:
     """Starting noise x_T [n, *shape] ~ N(0, prior_std(t)^2 I) for a sampler started at time `t` (default the
     schedule's t_max): unit variance for VP and flow schedules, sigma_t (80 at EDM's default t_max) for EDM.
     Sample i uses the key fold_in(key, i), so the draws do not depend on n."""
@@ -294,10 +306,13 @@ def generate(
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         x_T = scale * _noise(key, m, shape, dtype, offset=start)
-        rows = {k: None if v is None else jax.tree.map(lambda a, s=start, m=m: a[s : s + m], v)
-                for k, v in (("cond", cond), ("uncond", uncond))}  # fmt: skip
-        x = np.asarray(sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, thresholding=thresholding,
-                              **rows))  # fmt: skip
+        rows = {
+            k: None if v is None else jax.tree.map(lambda a, s=start, m=m: a[s : s + m], v)
+            for k, v in (("cond", cond), ("uncond", uncond))
+        }
+        x = np.asarray(
+            sample(zoo, noise_schedule, schedule, x_T, data_mean=data_mean, thresholding=thresholding, **rows)
+        )
         if not np.all(np.isfinite(x)):
             options = SampleOptions(data_mean=data_mean, thresholding=thresholding, **rows)
             found = first_nonfinite_step(zoo, noise_schedule, schedule, x_T, options)

@@ -145,8 +145,9 @@ class Schedule(NamedTuple):
             raise ValueError(f"from_times needs like= an omsjax.Schedule (e.g. a preset), got {type(like).__name__}")
         n = like.num_steps
         if np.ndim(ts) != 1 or np.shape(ts)[0] != n + 1:
-            raise ValueError(f"ts must have shape [{n + 1}] (N + 1 times for the {n} steps of `like`), "
-                             f"got {np.shape(ts)}")  # fmt: skip
+            raise ValueError(
+                f"ts must have shape [{n + 1}] (N + 1 times for the {n} steps of `like`), got {np.shape(ts)}"
+            )
         if not is_traced(ts):
             ts = jnp.asarray(ts)
             if not jnp.issubdtype(ts.dtype, jnp.floating):
@@ -193,8 +194,10 @@ def _from_dict(d: dict) -> Schedule:
         if type(n) is not int or n < 1:
             raise ValueError(f"schedule JSON field 'num_steps' must be an integer >= 1, got {_short(n)}")
         if n != len(fields["ts"]) - 1:
-            raise ValueError(f"schedule JSON field 'num_steps' is {n} but 'ts' has {len(fields['ts'])} times "
-                             f"({len(fields['ts']) - 1} steps)")  # fmt: skip
+            raise ValueError(
+                f"schedule JSON field 'num_steps' is {n} but 'ts' has {len(fields['ts'])} times "
+                f"({len(fields['ts']) - 1} steps)"
+            )
     for name in ("model", "order", "start", "d1_points"):
         fields[name] = _json_list(d, name, int)
     fields["prediction"] = _json_names(d, "prediction", _PREDICTION_NAMES)
@@ -226,15 +229,18 @@ def _json_list(d, name, typ):
             out.append(e)
         elif typ is int and number and (isinstance(e, int) or (math.isfinite(e) and e.is_integer())):
             if not _INT32[0] <= e <= _INT32[1]:
-                raise ValueError(f"schedule JSON field {name!r}, step {i}: integer {_short(e)} is out of range "
-                                 f"[{_INT32[0]}, {_INT32[1]}]")  # fmt: skip
+                raise ValueError(
+                    f"schedule JSON field {name!r}, step {i}: integer {_short(e)} is out of range "
+                    f"[{_INT32[0]}, {_INT32[1]}]"
+                )
             out.append(int(e))
         elif typ is float and number:
             try:
                 out.append(float(e))
             except OverflowError:
-                raise ValueError(f"schedule JSON field {name!r}, step {i}: {_short(e)} is too large for a "
-                                 "float64") from None  # fmt: skip
+                raise ValueError(
+                    f"schedule JSON field {name!r}, step {i}: {_short(e)} is too large for a float64"
+                ) from None
         else:
             raise ValueError(f"schedule JSON field {name!r}, step {i}: expected {typ.__name__}, got {_short(e)}")
     return out
@@ -250,8 +256,9 @@ def _json_names(d, name, names):
     return out
 
 
-def make(ts, model, order, prediction, start, d1_points, relax, relax_type, corrector, afs, d2_scale=None,
-         guidance=None) -> Schedule:  # fmt: skip
+def make(
+    ts, model, order, prediction, start, d1_points, relax, relax_type, corrector, afs, d2_scale=None, guidance=None
+) -> Schedule:
     """Build a Schedule with the canonical dtypes (float ts/relax/d2_scale/guidance in the default float dtype,
     int32, bool); `d2_scale` and `guidance` default to 1 at every step, and a scalar `guidance` applies to all."""
     f = jnp.result_type(float)
@@ -353,8 +360,11 @@ def check_schedule(schedule: Schedule, num_models: int | None = None, noise_sche
         out = np.flatnonzero((ts < lo) | (ts > hi))
         if out.size:
             i = int(out[0])
-            fail("ts", i, f"time {ts[i]} outside the noise schedule's range "
-                          f"[{noise_schedule.t_min}, {noise_schedule.t_max}]")  # fmt: skip
+            fail(
+                "ts",
+                i,
+                f"time {ts[i]} outside the noise schedule's range [{noise_schedule.t_min}, {noise_schedule.t_max}]",
+            )
     if num_models is not None:
         bad = np.flatnonzero((a["model"] < 0) | (a["model"] >= num_models))
         if bad.size:

@@ -299,8 +299,10 @@ def vp_discrete(betas=None, *, alphas_cumprod=None, clip_lambda: float = -5.1) -
             raise ValueError("vp_discrete needs every alphas_cumprod in (0, 1)")
         if np.any(np.diff(ac) >= 0):
             i = int(np.argmax(np.diff(ac) >= 0)) + 1
-            raise ValueError(f"vp_discrete needs strictly decreasing alphas_cumprod, but alphas_cumprod[{i}] = "
-                             f"{float(ac[i])!r} >= alphas_cumprod[{i - 1}] = {float(ac[i - 1])!r}")  # fmt: skip
+            raise ValueError(
+                f"vp_discrete needs strictly decreasing alphas_cumprod, but alphas_cumprod[{i}] = "
+                f"{float(ac[i])!r} >= alphas_cumprod[{i - 1}] = {float(ac[i - 1])!r}"
+            )
         log_alphas = 0.5 * np.log(ac)
     else:
         if betas is None:
@@ -383,13 +385,13 @@ def from_dict(d: dict) -> NoiseSchedule:
 
 
 # Names that moved to omsjax.spacing (CHANGELOG 0.2.0): deprecated forwards, imported on first use.
-_MOVED = {"time_steps": "time_steps", "SKIP_TYPES": "SPACINGS", "karras_sigmas": "karras_sigmas",
-          "times_from_sigmas": "times_from_sigmas"}  # fmt: skip
+_MOVED = ("time_steps", "karras_sigmas", "times_from_sigmas", "SKIP_TYPES")
 
 
 def __getattr__(name):
     if name in _MOVED:
-        warnings.warn(f"omsjax.schedules.{name} is deprecated: use omsjax.spacing.{_MOVED[name]}", DeprecationWarning,
-                      stacklevel=2)  # fmt: skip
-        return getattr(importlib.import_module("omsjax.spacing"), _MOVED[name])
+        new = "SPACINGS" if name == "SKIP_TYPES" else name
+        msg = f"omsjax.schedules.{name} is deprecated: use omsjax.spacing.{new}"
+        warnings.warn(msg, DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("omsjax.spacing"), new)
     raise AttributeError(f"module 'omsjax.schedules' has no attribute {name!r}")

@@ -30,9 +30,17 @@ if TYPE_CHECKING:
     from omsjax.schedules import NoiseSchedule
 
 __all__ = [
-    "SPACINGS", "U_BOUND", "KARRAS_RHO", "time_steps", "karras_sigmas", "times_from_sigmas", "coordinate",
-    "time_of_coordinate", "times", "logits",
-]  # fmt: skip
+    "SPACINGS",
+    "U_BOUND",
+    "KARRAS_RHO",
+    "time_steps",
+    "karras_sigmas",
+    "times_from_sigmas",
+    "coordinate",
+    "time_of_coordinate",
+    "times",
+    "logits",
+]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
 U_BOUND = 8.0
@@ -193,8 +201,10 @@ def times_from_sigmas(noise_schedule: NoiseSchedule, sigmas) -> np.ndarray:
         raise ValueError(f"times_from_sigmas needs finite positive sigmas, got sigmas[{i}] = {float(s[i])!r}")
     if np.any(np.diff(s) >= 0):
         i = int(np.argmax(np.diff(s) >= 0)) + 1
-        raise ValueError(f"times_from_sigmas needs strictly decreasing sigmas, got sigmas[{i}] = {float(s[i])!r} >= "
-                         f"sigmas[{i - 1}] = {float(s[i - 1])!r}")  # fmt: skip
+        raise ValueError(
+            f"times_from_sigmas needs strictly decreasing sigmas, got sigmas[{i}] = {float(s[i])!r} >= "
+            f"sigmas[{i - 1}] = {float(s[i - 1])!r}"
+        )
     ts = np.asarray(ns.t_of_edm_sigma(s), dtype=np.float64)
     lo, hi = time_bounds(ns)
     # The round trip catches inverses that clamp outside the range (vp_discrete's interpolation).
@@ -203,9 +213,11 @@ def times_from_sigmas(noise_schedule: NoiseSchedule, sigmas) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         s_lo, s_hi = float(ns.edm_sigma(np.float64(ns.t_min))), float(ns.edm_sigma(np.float64(ns.t_max)))
-        raise ValueError(f"times_from_sigmas: sigmas[{i}] = {float(s[i])!r} is outside the {ns.kind} noise schedule's "
-                         f"range: t in [t_min, t_max] = [{ns.t_min:.6g}, {ns.t_max:.6g}] has sigma in "
-                         f"[{s_lo:.6g}, {s_hi:.6g}]")  # fmt: skip
+        raise ValueError(
+            f"times_from_sigmas: sigmas[{i}] = {float(s[i])!r} is outside the {ns.kind} noise schedule's "
+            f"range: t in [t_min, t_max] = [{ns.t_min:.6g}, {ns.t_max:.6g}] has sigma in "
+            f"[{s_lo:.6g}, {s_hi:.6g}]"
+        )
     if np.any(np.diff(ts) >= 0):
         i = int(np.argmax(np.diff(ts) >= 0)) + 1
         raise ValueError(f"times_from_sigmas: sigmas[{i - 1}] and sigmas[{i}] map to the same time {float(ts[i])!r}")

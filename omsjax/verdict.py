@@ -41,8 +41,12 @@ class Paired(NamedTuple):
     def to_dict(self) -> dict:
         """JSON-ready (inf as None)."""
         fin = lambda v: float(v) if math.isfinite(v) else None  # noqa: E731
-        return {"mean": fin(self.mean), "se": fin(self.se), "diffs": [fin(d) for d in self.diffs],
-                "verdict": self.verdict}  # fmt: skip
+        return {
+            "mean": fin(self.mean),
+            "se": fin(self.se),
+            "diffs": [fin(d) for d in self.diffs],
+            "verdict": self.verdict,
+        }
 
 
 def mean_se(values) -> tuple[float, float]:

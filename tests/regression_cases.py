@@ -116,10 +116,10 @@ def _ga_fitness(pop):
 
 def ga_run(tmp: Path) -> dict:
     """40 generations of the GA on a synthetic objective in solver mode at NFE 4, fixed key."""
-    from omsjax.search import encoding as E
     from omsjax.search import ga
+    from omsjax.search.space import SearchSpace
 
-    space = E.SearchSpace.for_nfe(4, (1.0, 2.0), model=0)
+    space = SearchSpace.for_nfe(4, (1.0, 2.0), model=0)
     cfg = ga.GAConfig(pop_size=16, num_children=16)
     state = ga.init(space, cfg, _ga_fitness, jax.random.PRNGKey(3))
     final, curve = ga.run(space, cfg, _ga_fitness, state, 40)
@@ -137,9 +137,10 @@ def predictor_fit(tmp: Path) -> dict:
     from omsjax import schedules
     from omsjax.search import encoding as E
     from omsjax.search import predictor
+    from omsjax.search.space import SearchSpace
 
     ns = schedules.vp_linear()
-    space = E.SearchSpace(num_positions=6, latencies=(1.0, 2.0), mode="model")
+    space = SearchSpace(num_positions=6, latencies=(1.0, 2.0), mode="model")
     g = E.random_genomes(space, jax.random.PRNGKey(4), 64)
     y = np.asarray(jnp.sum(g.u**2, -1) + jnp.sum(g.model.astype(g.u.dtype), -1), np.float64)
     res = predictor.fit(space, ns, g, y, jax.random.PRNGKey(5), training=predictor.Training(epochs=20, batch=32))

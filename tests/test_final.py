@@ -11,9 +11,10 @@ import pytest
 
 import omsjax
 from omsjax import oracles, schedules
-from omsjax.search import baselines, encoding, final, loop
+from omsjax.search import baselines, encoding, final, loop, seeding
 from omsjax.search.archive import Record, same_schedule, schedule_key
 from omsjax.search.evaluate import Evaluator
+from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
 RNG = np.random.RandomState(0)
@@ -25,7 +26,7 @@ def _eps(params, x, t):
 
 
 MODEL = omsjax.Model(_eps, GMM, name="gmm", sample_shape=(4,))
-SPACE = encoding.SearchSpace.for_nfe(3, [1.0], model=0, noise_schedule=NS)
+SPACE = SearchSpace.for_nfe(3, [1.0], model=0, noise_schedule=NS)
 TARGET_NAME = "UniPC-2 (bh2), time_uniform"
 TARGET = baselines.for_space(NS, SPACE)[TARGET_NAME]
 _run = jax.jit(lambda s, x: omsjax.sample(MODEL, NS, s, x))
@@ -40,7 +41,7 @@ def _pool(ev):
     """A search's pool: random genomes and the target preset decoded from its genome (the same schedule up to
     float rounding of its times)."""
     g = encoding.random_genomes(SPACE, jax.random.PRNGKey(1), 6)
-    twin = encoding.to_schedule(SPACE, NS, encoding.encode(SPACE, NS, TARGET))
+    twin = encoding.to_schedule(SPACE, NS, seeding.encode(SPACE, NS, TARGET))
     assert same_schedule(twin, TARGET) and not same_schedule(twin, baselines.for_space(NS, SPACE)["DDIM, logSNR"])
     return ev.evaluate(g) + ev.evaluate_schedules([twin])
 

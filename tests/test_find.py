@@ -10,7 +10,8 @@ import pytest
 
 import omsjax
 from omsjax import oracles, presets, schedules, spacing
-from omsjax.search import FindOptions, baselines, encoding, find_schedule, ga, loop
+from omsjax.search import FindOptions, baselines, find_schedule, ga, loop
+from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
 KEY = jax.random.PRNGKey(0)
@@ -92,7 +93,7 @@ def test_a_small_search_reports_a_paired_verdict_and_resumes(tmp_path):
     assert rep["searched"]["score"] == res.score and int(res.schedule.nfe()) == 3
     assert rep["metric"] == "_mse_to_reference.<locals>.mse" and "best_fd" not in json.dumps(rep)
     # Every baseline of the space, +AFS variants included, with its schedule.
-    space = encoding.SearchSpace.for_nfe(3, [1.0], model=0, noise_schedule=NS)
+    space = SearchSpace.for_nfe(3, [1.0], model=0, noise_schedule=NS)
     assert set(rep["baselines"]) == set(baselines.for_space(NS, space)) and any("+AFS" in n for n in rep["baselines"])
     # Search, selection and held-out noise differ; 3 draws each of the last two.
     seeds = [rep["search_noise_seed"], *rep["selection_noise_seeds"], *rep["heldout_noise_seeds"]]

@@ -13,6 +13,8 @@ from test_transcriptions import NumpyGMM, alpha, ddim_np, dpm_solver_pp_np, sigm
 import omsjax
 from omsjax import oracles, presets, schedules
 from omsjax.schedule import Schedule
+from omsjax.search import seeding
+from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
 RNG = np.random.RandomState(11)
@@ -256,7 +258,7 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
 
     n, rows = 8, 12
     labels, null = jnp.asarray(np.arange(rows) % 3, jnp.int32), jnp.full((rows,), CG.null_label, jnp.int32)
-    space = encoding.SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
+    space = SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
     kw = dict(num_samples=n, metric=_mean_square, metric_name="ms")
     ev = EV.Evaluator(EV_MODEL, NS, space, sampling=omsjax.SampleOptions(cond=labels, uncond=null), **kw)
     s = presets.ddim(NS, 5, guidance=3.0)
@@ -269,7 +271,7 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
     other = EV.Evaluator(EV_MODEL, NS, space, sampling=omsjax.SampleOptions(cond=labels[::-1], uncond=null), **kw)
     assert other.eval_key != ev.eval_key
     # Decoded genomes carry the space's guidance.
-    seeds = encoding.preset_seeds(space, NS)
+    seeds = seeding.preset_seeds(space, NS)
     first = encoding.to_schedule(space, NS, jax.tree.map(lambda a: a[0], seeds))
     assert np.all(np.asarray(first.guidance) == 3.0)
     # Other noises take the first rows of the conditioning, up to the rows given.
@@ -282,7 +284,6 @@ def test_the_evaluator_samples_guided_candidates_and_keys_them_apart():
 
 
 def test_a_cond_aware_metric_gets_the_rows_sampled():
-    from omsjax.search import encoding
     from omsjax.search import evaluate as EV
 
     n, rows = 8, 12
@@ -297,7 +298,7 @@ def test_a_cond_aware_metric_gets_the_rows_sampled():
         seen.append(cond)
         return float(np.mean(samples**2))
 
-    space = encoding.SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
+    space = SearchSpace.for_nfe(5, [1.0], noise_schedule=NS, guidance=3.0)
     s = presets.ddim(NS, 5, guidance=3.0)
     for fn in (third, keyword):
         sampling = omsjax.SampleOptions(cond=labels, uncond=null)
@@ -313,7 +314,7 @@ def test_guided_genomes_count_two_calls_per_step_in_every_mode():
     from omsjax.search import baselines, encoding
 
     for mode in ("model", "joint"):
-        plain = encoding.SearchSpace(num_positions=6, latencies=[1.0, 2.5], mode=mode)
+        plain = SearchSpace(num_positions=6, latencies=[1.0, 2.5], mode=mode)
         guided = dataclasses.replace(plain, guidance=2.0)
         assert (plain.calls_per_step, guided.calls_per_step) == (1, 2)
         pop = encoding.random_genomes(plain, jax.random.PRNGKey(3), 5)
@@ -326,7 +327,7 @@ def test_guided_genomes_count_two_calls_per_step_in_every_mode():
             assert s.nfe() == int(encoding.nfe(guided, g))
     assert baselines.baseline_nfe(2.0, "nfe", 10, 20, 2) == 5 and baselines.baseline_nfe(2.0, "cost", 10, 20, 2) == 2
     with pytest.raises(ValueError, match="guidance must be finite"):
-        encoding.SearchSpace(num_positions=6, latencies=[1.0], mode="model", guidance=float("inf"))
+        SearchSpace(num_positions=6, latencies=[1.0], mode="model", guidance=float("inf"))
 
 
 @pytest.mark.slow  # a whole (quick) search: about a minute on 2 cores

@@ -20,7 +20,8 @@ from omsjax.schedule import check_schedule
 from omsjax.search import candidates as CAND
 from omsjax.search import encoding as E
 from omsjax.search import evaluate as EV
-from omsjax.search import ga, loop, predictor
+from omsjax.search import ga, loop, predictor, seeding
+from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +33,12 @@ def _one(pop, i):
 
 
 SPACES = {
-    "solver": E.SearchSpace.for_nfe(5, LAT, model=2, mean_afs=True, max_order=4),
-    "model": E.SearchSpace(num_positions=10, latencies=LAT, mode="model"),
-    "model_dpmpp": E.SearchSpace(num_positions=10, latencies=LAT, mode="model", base_solver="dpm_solver_pp"),
-    "joint": E.SearchSpace(num_positions=10, latencies=LAT, mode="joint", mean_afs=True),
-    "joint_karras": E.SearchSpace(num_positions=10, latencies=LAT, mode="joint", spacing="karras"),
-    "model_quadratic": E.SearchSpace(num_positions=10, latencies=LAT, mode="model", spacing="time_quadratic"),
+    "solver": SearchSpace.for_nfe(5, LAT, model=2, mean_afs=True, max_order=4),
+    "model": SearchSpace(num_positions=10, latencies=LAT, mode="model"),
+    "model_dpmpp": SearchSpace(num_positions=10, latencies=LAT, mode="model", base_solver="dpm_solver_pp"),
+    "joint": SearchSpace(num_positions=10, latencies=LAT, mode="joint", mean_afs=True),
+    "joint_karras": SearchSpace(num_positions=10, latencies=LAT, mode="joint", spacing="karras"),
+    "model_quadratic": SearchSpace(num_positions=10, latencies=LAT, mode="model", spacing="time_quadratic"),
 }
 
 
@@ -77,14 +78,14 @@ def test_all_skip_genome_keeps_one_step_of_the_smallest_model():
 @pytest.mark.parametrize("mode", ["solver", "model", "joint"])
 def test_presets_encode_and_decode_back_exactly(mode):
     space = SPACES[mode]
-    seeds = E.preset_seeds(space, NS, budget=40.0)
-    assert E.U_BOUND > 0 and int(seeds.order.shape[0]) >= (40 if mode == "solver" else 8)
+    seeds = seeding.preset_seeds(space, NS, budget=40.0)
+    assert spacing.U_BOUND > 0 and int(seeds.order.shape[0]) >= (40 if mode == "solver" else 8)
     # Spot-check against the presets themselves.
     if mode == "solver":
         want = presets.unipc(NS, 5, 3, variant="bh1", skip="karras", model=2, afs="zero_x0")
     else:
         want = presets.unipc(NS, 4, 2, model=1) if mode == "model" else presets.unipc(NS, 4, 2, model=1)
-    got = E.to_schedule(space, NS, E.encode(space, NS, want))
+    got = E.to_schedule(space, NS, seeding.encode(space, NS, want))
     for name, a, b in zip(want._fields, want, got, strict=True):
         np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-12, atol=1e-14, err_msg=name)
 
@@ -92,19 +93,19 @@ def test_presets_encode_and_decode_back_exactly(mode):
 def test_encode_rejects_what_does_not_fit():
     space = SPACES["solver"]
     with pytest.raises(ValueError, match="NFE 6, the space 5"):
-        E.encode(space, NS, presets.ddim(NS, 6, model=2))
+        seeding.encode(space, NS, presets.ddim(NS, 6, model=2))
     with pytest.raises(ValueError, match="multistep only"):
-        E.encode(space, NS, presets.dpm_solver(NS, 5, 2, model=2))
+        seeding.encode(space, NS, presets.dpm_solver(NS, 5, 2, model=2))
     with pytest.raises(ValueError, match="runs model 2"):
-        E.encode(space, NS, presets.ddim(NS, 5, model=0))
+        seeding.encode(space, NS, presets.ddim(NS, 5, model=0))
     with pytest.raises(ValueError, match="mode must be one of"):
-        E.SearchSpace(num_positions=3, latencies=LAT, mode="both")
+        SearchSpace(num_positions=3, latencies=LAT, mode="both")
     with pytest.raises(ValueError, match="num_positions must be nfe \\+ 1"):
-        E.SearchSpace(num_positions=3, latencies=LAT, mode="solver", nfe=5)
+        SearchSpace(num_positions=3, latencies=LAT, mode="solver", nfe=5)
     with pytest.raises(ValueError, match="budget instead"):
-        E.SearchSpace(num_positions=3, latencies=LAT, mode="model", nfe=2)
+        SearchSpace(num_positions=3, latencies=LAT, mode="model", nfe=2)
     with pytest.raises(ValueError, match="spacing must be one of"):
-        E.SearchSpace(num_positions=3, latencies=LAT, mode="model", spacing="cosine")
+        SearchSpace(num_positions=3, latencies=LAT, mode="model", spacing="cosine")
 
 
 def test_log_snr_parameterisation():
@@ -115,22 +116,22 @@ def test_log_snr_parameterisation():
     np.testing.assert_allclose(np.asarray(s.ts), spacing.time_steps(NS, 5, "logSNR"), rtol=1e-12)
 
 
-@pytest.mark.parametrize("base", E.SPACINGS)
+@pytest.mark.parametrize("base", spacing.SPACINGS)
 def test_base_spacing_at_every_length_and_presets_round_trip(base):
     """u = 0 is the base spacing itself at whatever length the skips leave (model mode follows it exactly), and a
     preset in another spacing still encodes and decodes back."""
-    space = E.SearchSpace(num_positions=8, latencies=LAT, mode="model", spacing=base)
+    space = SearchSpace(num_positions=8, latencies=LAT, mode="model", spacing=base)
     g = _one(E.random_genomes(space, jax.random.PRNGKey(5), 1), 0)
     for n in (1, 3, 8):
         keep = jnp.arange(8, dtype=jnp.int32) < n
         s = E.to_schedule(space, NS, g._replace(model=jnp.where(keep, 1, space.skip).astype(jnp.int32)))
         np.testing.assert_allclose(np.asarray(s.ts), spacing.time_steps(NS, n, base), rtol=1e-10)
-    joint = E.SearchSpace(num_positions=8, latencies=LAT, mode="joint", spacing=base)
-    other = E.SPACINGS[(E.SPACINGS.index(base) + 1) % len(E.SPACINGS)]
+    joint = SearchSpace(num_positions=8, latencies=LAT, mode="joint", spacing=base)
+    other = spacing.SPACINGS[(spacing.SPACINGS.index(base) + 1) % len(spacing.SPACINGS)]
     want = presets.dpm_solver_pp(NS, 6, 3, skip=other, model=1)
-    got = E.to_schedule(joint, NS, E.encode(joint, NS, want))
+    got = E.to_schedule(joint, NS, seeding.encode(joint, NS, want))
     np.testing.assert_allclose(np.asarray(got.ts), np.asarray(want.ts), rtol=1e-10)
-    seeds = E.preset_seeds(space, NS, budget=9.0)  # model-mode seeds are single-model presets in the base spacing
+    seeds = seeding.preset_seeds(space, NS, budget=9.0)  # model-mode seeds are single-model presets in the base spacing
     s = E.to_schedule(space, NS, _one(seeds, int(seeds.order.shape[0]) - 1))
     np.testing.assert_allclose(np.asarray(s.ts), spacing.time_steps(NS, s.num_steps, base), rtol=1e-10)
 
@@ -145,7 +146,7 @@ def _synthetic_fitness(pop):
 
 
 def test_ga_improves_a_synthetic_objective_in_one_compiled_scan():
-    space = E.SearchSpace.for_nfe(4, LAT, model=0)
+    space = SearchSpace.for_nfe(4, LAT, model=0)
     cfg = ga.GAConfig(pop_size=32, num_children=32)
     state = ga.init(space, cfg, _synthetic_fitness, jax.random.PRNGKey(0))
     run = jax.jit(lambda s: ga.run(space, cfg, _synthetic_fitness, s, 150))
@@ -246,7 +247,7 @@ def test_mse_loss():
 
 
 def test_predictor_learns_a_synthetic_ranking():
-    space = E.SearchSpace.for_nfe(4, LAT, model=0)
+    space = SearchSpace.for_nfe(4, LAT, model=0)
     pop = E.random_genomes(space, jax.random.PRNGKey(5), 160)
     y = _synthetic_fitness(pop) + 2.0 * pop.afs.astype(pop.u.dtype)
     tr, ho = jax.tree.map(lambda a: a[:100], pop), jax.tree.map(lambda a: a[100:], pop)
@@ -275,10 +276,10 @@ def test_presets_encode_on_every_noise_schedule_with_float32_times(name):
     ranges = [{}] + [dict(zip(("t_end", "t_start"), np.sort(rng.uniform(lo, hi, 2)).tolist(), strict=True))
                      for _ in range(4)]  # fmt: skip
     for kw in ranges:
-        space = E.SearchSpace.for_nfe(4, LAT, noise_schedule=ns, **kw)
-        assert jax.tree.leaves(E.preset_seeds(space, ns))[0].shape[0] > 0, kw
+        space = SearchSpace.for_nfe(4, LAT, noise_schedule=ns, **kw)
+        assert jax.tree.leaves(seeding.preset_seeds(space, ns))[0].shape[0] > 0, kw
         s = presets.unipc(ns, 4, 2, t_start=space.t_start, t_end=space.t_end)
-        g = E.encode(space, ns, s._replace(ts=jnp.asarray(s.ts, jnp.float32)))
+        g = seeding.encode(space, ns, s._replace(ts=jnp.asarray(s.ts, jnp.float32)))
         back = E.to_schedule(space, ns, g)
         np.testing.assert_allclose(np.asarray(back.ts), np.asarray(s.ts), rtol=1e-5)  # float32 rounding
 
@@ -287,7 +288,7 @@ def test_presets_encode_on_every_noise_schedule_with_float32_times(name):
 def test_predictor_padding_changes_nothing(loss):
     """Up to `batch` schedules train full-batch, padded to a bucket of rows left out of the loss: the same losses,
     parameters and taus as the unpadded run (batch = n), up to float rounding."""
-    space = E.SearchSpace.for_nfe(4, LAT, model=0)
+    space = SearchSpace.for_nfe(4, LAT, model=0)
     pop = E.random_genomes(space, jax.random.PRNGKey(7), 36)
     y = _synthetic_fitness(pop)
     y = y.at[3].set(jnp.inf)  # a diverged schedule
@@ -368,7 +369,7 @@ def test_sample_candidates_one_program_per_length_whatever_the_count(tiny):
 
 
 def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
-    space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
+    space = SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     pop = E.random_genomes(space, jax.random.PRNGKey(7), 6)
     path = tmp_path / "archive.jsonl"
     ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
@@ -447,7 +448,7 @@ def test_evaluation_splits_samples_over_devices(tmp_path):
 
 @pytest.mark.slow  # the whole S3 loop on two U-Nets, run twice: about 90 s on 2 cores
 def test_search_loop_end_to_end_and_resume(tiny, tmp_path):
-    space = E.SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
+    space = SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
     path = tmp_path / "a.jsonl"
     cfg = loop.LoopConfig(stages=1, initial_random=6, per_stage=4, generations=5, predictor_epochs=5, final_top=2,
                           ga=ga.GAConfig(pop_size=8, num_children=8), heldout_tau=False)  # fmt: skip

@@ -10,8 +10,9 @@ import pytest
 
 import omsjax
 from omsjax import presets, schedules
-from omsjax.search import encoding, ga, predictor
+from omsjax.search import encoding, ga, predictor, seeding
 from omsjax.search.archive import genome_from_dict, genome_to_dict
+from omsjax.search.space import SearchSpace, default_guidance_choices
 
 NS = schedules.vp_linear()
 LAT = [1.0, 2.5]
@@ -23,26 +24,26 @@ def _one(pop, i):
 
 
 def test_default_choices_and_space_checks():
-    assert encoding.default_guidance_choices(4.0) == CHOICES
-    assert encoding.default_guidance_choices(2.0) == (1.0, 2.0, 3.0)  # w/2 = 1 is not repeated
+    assert default_guidance_choices(4.0) == CHOICES
+    assert default_guidance_choices(2.0) == (1.0, 2.0, 3.0)  # w/2 = 1 is not repeated
     with pytest.raises(ValueError, match="guidance w != 1, got 1"):
-        encoding.default_guidance_choices(1.0)
+        default_guidance_choices(1.0)
     base = dict(num_positions=5, latencies=LAT, mode="joint", guidance=4.0)
     with pytest.raises(ValueError, match=r"must include the space's guidance 3"):
-        encoding.SearchSpace(**{**base, "guidance": 3.0}, guidance_choices=CHOICES)
+        SearchSpace(**{**base, "guidance": 3.0}, guidance_choices=CHOICES)
     with pytest.raises(ValueError, match="at least two distinct finite scales"):
-        encoding.SearchSpace(**base, guidance_choices=(4.0, 4.0))
+        SearchSpace(**base, guidance_choices=(4.0, 4.0))
     with pytest.raises(ValueError, match="guidance_choices must be real numbers"):
-        encoding.SearchSpace(**base, guidance_choices=(1.0, "4"))
-    space = encoding.SearchSpace(**base, guidance_choices=[1, 4])
+        SearchSpace(**base, guidance_choices=(1.0, "4"))
+    space = SearchSpace(**base, guidance_choices=[1, 4])
     assert space.guidance_choices == (1.0, 4.0) and space.searches_guidance and space.calls_per_step == 2
-    assert not encoding.SearchSpace(**base).searches_guidance
+    assert not SearchSpace(**base).searches_guidance
 
 
 @pytest.mark.parametrize("mode", ["solver", "model", "joint"])
 def test_decoded_guidance_and_the_cost_model_agree_with_the_schedule(mode):
     kw = dict(num_positions=7, nfe=6) if mode == "solver" else dict(num_positions=7)
-    space = encoding.SearchSpace(latencies=LAT, mode=mode, guidance=4.0, guidance_choices=CHOICES, **kw)
+    space = SearchSpace(latencies=LAT, mode=mode, guidance=4.0, guidance_choices=CHOICES, **kw)
     pop = encoding.random_genomes(space, jax.random.PRNGKey(5), 12)
     assert pop.guidance.shape == (12, 7)
     steps_at_1 = 0
@@ -65,28 +66,28 @@ def test_decoded_guidance_and_the_cost_model_agree_with_the_schedule(mode):
 
 
 def test_encode_round_trip_and_errors():
-    space = encoding.SearchSpace.for_nfe(5, LAT, noise_schedule=NS, guidance=4.0, guidance_choices=CHOICES)
+    space = SearchSpace.for_nfe(5, LAT, noise_schedule=NS, guidance=4.0, guidance_choices=CHOICES)
     w = np.array([6.0, 4.0, 1.0, 2.0, 1.0])
     s = presets.with_guidance(presets.dpm_solver_pp(NS, 5, 2), w)
-    g = encoding.encode(space, NS, s)
+    g = seeding.encode(space, NS, s)
     np.testing.assert_array_equal(np.asarray(g.guidance)[:5], [3, 2, 0, 1, 0])
     np.testing.assert_array_equal(encoding.to_schedule(space, NS, g).guidance, w)
     with pytest.raises(ValueError, match=r"guidance at step 3 is 3; the space guides every step at the choices"):
-        encoding.encode(space, NS, presets.with_guidance(s, [6.0, 4.0, 1.0, 3.0, 1.0]))
+        seeding.encode(space, NS, presets.with_guidance(s, [6.0, 4.0, 1.0, 3.0, 1.0]))
     fixed = dataclasses.replace(space, guidance_choices=())
-    assert encoding.encode(fixed, NS, presets.with_guidance(s, 4.0)).guidance is None
+    assert seeding.encode(fixed, NS, presets.with_guidance(s, 4.0)).guidance is None
     with pytest.raises(ValueError, match=r"guidance at step 0 is 6; the space guides every step at 4"):
-        encoding.encode(fixed, NS, s)
+        seeding.encode(fixed, NS, s)
     # The seeds are the presets guided at the space's scale, whichever choices the gene has.
-    seeds = encoding.preset_seeds(space, NS)
+    seeds = seeding.preset_seeds(space, NS)
     assert np.all(np.asarray(seeds.guidance)[:, :5] == CHOICES.index(4.0))
 
 
 @pytest.mark.slow  # the opt-in guidance gene in a GA run (about 12 s of compiling)
 def test_ga_mutates_the_gene_and_an_unguided_search_is_unchanged():
-    space = encoding.SearchSpace(num_positions=6, latencies=LAT, mode="joint", guidance=4.0, guidance_choices=CHOICES)
+    space = SearchSpace(num_positions=6, latencies=LAT, mode="joint", guidance=4.0, guidance_choices=CHOICES)
     cfg = ga.GAConfig(pop_size=16, num_children=16)
-    solver = encoding.SearchSpace.for_nfe(6, LAT, guidance=4.0, guidance_choices=CHOICES)
+    solver = SearchSpace.for_nfe(6, LAT, guidance=4.0, guidance_choices=CHOICES)
 
     def guided_steps(pop):  # fewest guided steps wins: the GA must drive the gene to the scale-1 choice
         return jax.vmap(lambda g: jnp.sum(encoding.step_calls(solver, g) == 2).astype(float))(pop)
@@ -110,7 +111,7 @@ def test_ga_mutates_the_gene_and_an_unguided_search_is_unchanged():
 
 @pytest.mark.slow  # the opt-in guidance gene's predictor, two variants (about 13 s of compiling)
 def test_predictor_and_archive_carry_the_gene_only_where_searched():
-    space = encoding.SearchSpace(num_positions=5, latencies=LAT, mode="model", guidance=4.0, guidance_choices=CHOICES)
+    space = SearchSpace(num_positions=5, latencies=LAT, mode="model", guidance=4.0, guidance_choices=CHOICES)
     plain = dataclasses.replace(space, guidance_choices=())
     key = jax.random.PRNGKey(0)
     small = predictor.PredictorConfig(model_dim=4, order_dim=4, small_dim=4, time_dim=4, step_dim=8, hidden=8, mlp=(8,))

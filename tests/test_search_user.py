@@ -6,8 +6,8 @@ import pytest
 
 import omsjax
 from omsjax import metrics, oracles, presets, schedules
-from omsjax.search import encoding as E
 from omsjax.search import evaluate as EV
+from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
 N = 16  # samples per evaluation
@@ -160,16 +160,16 @@ def test_digits_fd_is_the_shipped_fd():
 
 def test_search_space_from_a_noise_schedule_and_the_evaluators_check():
     edm = schedules.edm()
-    space = E.SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint")
+    space = SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint")
     assert (space.t_start, space.t_end) == (80.0, 0.002)
-    s2 = E.SearchSpace.for_nfe(4, (1.0,), noise_schedule=edm)
+    s2 = SearchSpace.for_nfe(4, (1.0,), noise_schedule=edm)
     assert (s2.t_start, s2.t_end, s2.nfe) == (80.0, 0.002, 4)
     assert (
-        E.SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint", t_end=0.01).t_end == 0.01
+        SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint", t_end=0.01).t_end == 0.01
     )
     model = _gmm_model(edm)
     EV.Evaluator(model, edm, space, metric=lambda x, x_T: 0.0)
-    default = E.SearchSpace.for_nfe(4, (1.0,))
+    default = SearchSpace.for_nfe(4, (1.0,))
     assert (default.t_start, default.t_end) == (1.0, 1e-3)
     EV.Evaluator(MODEL, NS, default, metric=lambda x, x_T: 0.0)  # VP: the defaults fit
     with pytest.raises(ValueError, match=r"SearchSpace.t_end = 0.001 is below the noise schedule's t_min = 0.002 "

@@ -9,6 +9,7 @@ import pytest
 
 import omsjax
 from omsjax import cli, presets, train, zoo
+from omsjax.search.space import SearchSpace
 
 
 def test_manifest_and_load(tiny_zoo):
@@ -177,7 +178,7 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     (the search loop, 56 baselines, the references, plots; minutes on 2 cores), so it runs with `-m slow`."""
     from omsjax import metrics, sampler
     from omsjax.schedule import Schedule
-    from omsjax.search import baselines, encoding
+    from omsjax.search import baselines
 
     path, _ = tiny_zoo
     out = tmp_path / "search"
@@ -191,7 +192,7 @@ def test_cli_search_writes_its_outputs_and_resumes(tiny_zoo, capsys, tmp_path):
     sched = Schedule.from_json((out / "schedule.json").read_text(), num_models=2)
     assert int(sched.nfe()) == 3 and np.all(np.asarray(sched.model) == 1)  # solver mode: the largest model
     models, ns, _ = zoo.load_zoo(path)
-    space = encoding.SearchSpace.for_nfe(3, [m.latency for m in models], model=1, noise_schedule=ns)
+    space = SearchSpace.for_nfe(3, [m.latency for m in models], model=1, noise_schedule=ns)
     assert set(rep["baselines"]) == set(baselines.for_space(ns, space))  # 7 solvers x 4 spacings, +AFS
     assert len(rep["baselines"]) > 28 and rep["spacing"] == "time_quadratic"  # the default base spacing
     assert rep["metric"] == f"reference_fd[{models[1].name}, DPM-Solver++(3M), time_quadratic, 100 steps]"

@@ -90,10 +90,14 @@ def default_cache_dir() -> Path:
 def add_cache_args(p) -> None:
     """`--compile-cache DIR` and `--no-compile-cache` on a command's parser."""
     g = p.add_argument_group("compilation cache")
-    g.add_argument("--compile-cache", metavar="DIR", default=None,
-                   help="keep compiled programs in DIR, so that the next run of the same command does not compile "
-                        "them again (default: $OMSJAX_COMPILE_CACHE, else ~/.cache/omsjax/jax; a cache folder "
-                        "already set for JAX, JAX_COMPILATION_CACHE_DIR, is used as it is)")  # fmt: skip
+    g.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="keep compiled programs in DIR, so that the next run of the same command does not compile "
+        "them again (default: $OMSJAX_COMPILE_CACHE, else ~/.cache/omsjax/jax; a cache folder "
+        "already set for JAX, JAX_COMPILATION_CACHE_DIR, is used as it is)",
+    )
     g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh and keep nothing")
 
 
@@ -137,8 +141,11 @@ def enable_compile_cache(args) -> str | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        flag = "--compile-cache" if given is not None else "the compilation cache (set --compile-cache DIR or " \
-            "--no-compile-cache)"  # fmt: skip
+        flag = (
+            "--compile-cache"
+            if given is not None
+            else "the compilation cache (set --compile-cache DIR or --no-compile-cache)"
+        )
         raise ValueError(f"{flag}: cannot create the folder {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"--compile-cache {path}: the folder is not writable")

@@ -54,8 +54,14 @@ def cmd_gmm(args) -> int:
         table[name] = row
     compiles = run._cache_size()
     # EDM's Heun sampler (2 model calls per step: even NFE only) on the same spacing.
-    table[HEUN] = {n: None if n % 2 else float(jnp.sqrt(jnp.mean((omsjax.sample_heun(
-        model, ns, time_steps(ns, n // 2, args.skip), x_T) - ref) ** 2))) for n in args.nfe}  # fmt: skip
+    table[HEUN] = {
+        n: None
+        if n % 2
+        else float(
+            jnp.sqrt(jnp.mean((omsjax.sample_heun(model, ns, time_steps(ns, n // 2, args.skip), x_T) - ref) ** 2))
+        )
+        for n in args.nfe
+    }
     seconds = time.perf_counter() - t0
     if args.json:
         print(json.dumps({"metric": "rmse_vs_reference", "skip": args.skip, "table": table, "compiles": compiles}))
@@ -71,8 +77,10 @@ def cmd_gmm(args) -> int:
         print(f"{name:<18}{cells}")
     best = {n: min((r[n], k) for k, r in table.items() if r[n] is not None) for n in args.nfe}
     print("\nbest per NFE: " + ", ".join(f"{n}: {k}" for n, (_, k) in best.items()))
-    print(f"{len(table) * len(args.nfe)} runs, {compiles} compilations of the USF sampler (one per schedule length), "
-          f"{seconds:.1f} s")  # fmt: skip
+    print(
+        f"{len(table) * len(args.nfe)} runs, {compiles} compilations of the USF sampler (one per schedule length), "
+        f"{seconds:.1f} s"
+    )
     return 0 if all(np.isfinite(v) for r in table.values() for v in r.values() if v is not None) else 1
 
 
@@ -83,8 +91,10 @@ def cmd_compare(args) -> int:
 
     models, ns, manifest, mean = zoo_from_arg(args.zoo)
     if zoo.num_classes(manifest):
-        raise ValueError(f"--zoo {args.zoo}: compare samples without labels; for a class-conditional zoo use "
-                         f"`omsjax evaluate --zoo {args.zoo} --guidance W` (FD and accuracy per schedule)")  # fmt: skip
+        raise ValueError(
+            f"--zoo {args.zoo}: compare samples without labels; for a class-conditional zoo use "
+            f"`omsjax evaluate --zoo {args.zoo} --guidance W` (FD and accuracy per schedule)"
+        )
     k = len(models) - 1 if args.model is None else args.model
     if not 0 <= k < len(models):
         raise ValueError(f"--model {k} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
@@ -101,8 +111,9 @@ def cmd_compare(args) -> int:
             if sched is None:
                 row[n] = None
                 continue
-            x = sampler.generate(models, ns, sched, args.num_samples, shape, key=args.seed,
-                                 batch_size=args.batch_size, data_mean=mean)  # fmt: skip
+            x = sampler.generate(
+                models, ns, sched, args.num_samples, shape, key=args.seed, batch_size=args.batch_size, data_mean=mean
+            )
             row[n] = float(metrics.fd(x))
         table[name] = row
     seconds = time.perf_counter() - t0
@@ -111,8 +122,10 @@ def cmd_compare(args) -> int:
     if args.json:
         print(json.dumps({"model": k, "name": m["name"], "fd": table, "floor": floor, "seconds": seconds}))
         return 0
-    print(f"Digits zoo {args.zoo}: model {k} ({m['name']}, {m['param_count']:,} params, "
-          f"{m['latency_ms']:.1f} ms per batch of {m['latency_batch']}), {args.skip} spacing.")  # fmt: skip
+    print(
+        f"Digits zoo {args.zoo}: model {k} ({m['name']}, {m['param_count']:,} params, "
+        f"{m['latency_ms']:.1f} ms per batch of {m['latency_batch']}), {args.skip} spacing."
+    )
     print(f"FD of {args.num_samples} samples (seed {args.seed}) in the classifier's features; lower is better.\n")
     head = f"{'solver':<18}" + "".join(f"{'NFE ' + str(n):>10}" for n in args.nfe)
     print(head)
@@ -120,9 +133,11 @@ def cmd_compare(args) -> int:
     for name, row in table.items():
         print(f"{name:<18}" + "".join(f"{'-':>10}" if v is None else f"{v:>10.2f}" for v in row.values()))
     if floor is not None:
-        print(f"\nreal data at the same N: {args.num_samples} train images resampled "
-              f"{floor['train_resample_mean']:.2f} +- {floor['train_resample_std']:.2f}; "
-              f"the {floor['heldout_n']} held-out images {floor['heldout']:.2f}")  # fmt: skip
+        print(
+            f"\nreal data at the same N: {args.num_samples} train images resampled "
+            f"{floor['train_resample_mean']:.2f} +- {floor['train_resample_std']:.2f}; "
+            f"the {floor['heldout_n']} held-out images {floor['heldout']:.2f}"
+        )
     best = {n: min(((r[n], s) for s, r in table.items() if r[n] is not None), default=(np.nan, "-")) for n in args.nfe}
     print("best per NFE: " + ", ".join(f"{n}: {s} ({v:.2f})" for n, (v, s) in best.items()))
     print(f"{sum(v is not None for r in table.values() for v in r.values())} evaluations in {seconds:.1f} s")

@@ -20,9 +20,16 @@ def cmd_stages_cluster(args) -> int:
     from omsjax import data, files, stages
 
     images = data.load_digits("train", dtype=np.float64)
-    report = stages.clustering_report(images, grid_size=args.grid, num_samples=args.samples, alpha=args.alpha,
-                                      num_stages=args.partition, prediction=args.prediction, eta=args.eta,
-                                      seed=args.seed)  # fmt: skip
+    report = stages.clustering_report(
+        images,
+        grid_size=args.grid,
+        num_samples=args.samples,
+        alpha=args.alpha,
+        num_stages=args.partition,
+        prediction=args.prediction,
+        eta=args.eta,
+        seed=args.seed,
+    )
     report["data"] = "digits train split"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -32,14 +39,19 @@ def cmd_stages_cluster(args) -> int:
         print(json.dumps(short))
         return 0
     k = report["num_stages"]
-    print(f"Timestep clustering of the digits train split ({report['num_data']} images) with its empirical optimal "
-          f"denoiser,\ncontinuous linear VP, {args.grid} times in [{report['grid'][0]:g}, 1], {args.samples} "
-          f"Monte-Carlo samples, eta = {report['eta']:.4g}, {args.prediction} prediction, seed {args.seed} "
-          f"({report['seconds']:.1f} s).\nscore: mean similarity of each grid time to the others of its stage "
-          f"(stages.partition_score).\n")  # fmt: skip
-    rows = [(f"threshold rule (alpha {args.alpha:g})", report["threshold"]),
-            (f"DP partition ({k} stages)", report["partition"]), (f"uniform in t ({k})", report["uniform_t"]),
-            (f"uniform in logSNR ({k})", report["uniform_logsnr"])]  # fmt: skip
+    print(
+        f"Timestep clustering of the digits train split ({report['num_data']} images) with its empirical optimal "
+        f"denoiser,\ncontinuous linear VP, {args.grid} times in [{report['grid'][0]:g}, 1], {args.samples} "
+        f"Monte-Carlo samples, eta = {report['eta']:.4g}, {args.prediction} prediction, seed {args.seed} "
+        f"({report['seconds']:.1f} s).\nscore: mean similarity of each grid time to the others of its stage "
+        f"(stages.partition_score).\n"
+    )
+    rows = [
+        (f"threshold rule (alpha {args.alpha:g})", report["threshold"]),
+        (f"DP partition ({k} stages)", report["partition"]),
+        (f"uniform in t ({k})", report["uniform_t"]),
+        (f"uniform in logSNR ({k})", report["uniform_logsnr"]),
+    ]
 
     def cells(v):
         return ", ".join(f"{x:.4g}" for x in v) or "-"
@@ -61,10 +73,21 @@ def cmd_stages_config(args) -> int:
 
     if args.out:
         check_out(args.out, suffixes=(".json",))
-    net = stages.MultiStageConfig(boundaries=tuple(args.boundaries), decoder_channels=tuple(args.decoders),
-                                  encoder_channels=args.encoder, channel_mults=tuple(args.channel_mults))  # fmt: skip
-    cfg = stages.StageTrainConfig(net=net, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                  warmup=args.warmup, seed=args.seed, ema_warmup=args.ema_warmup)  # fmt: skip
+    net = stages.MultiStageConfig(
+        boundaries=tuple(args.boundaries),
+        decoder_channels=tuple(args.decoders),
+        encoder_channels=args.encoder,
+        channel_mults=tuple(args.channel_mults),
+    )
+    cfg = stages.StageTrainConfig(
+        net=net,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        ema_warmup=args.ema_warmup,
+    )
     text = json.dumps(cfg.to_dict(), indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +113,13 @@ def add_stages(sub) -> None:
     sc.add_argument("--out", default=None, help="write the full report (with the similarity matrix) to FILE.json")
     sc.set_defaults(func=cmd_stages_cluster)
     sg = st_sub.add_parser("config", help="print a StageTrainConfig JSON for `omsjax train --config FILE`")
-    sg.add_argument("--boundaries", type=float, nargs="*", required=True,
-                    help="K-1 increasing VP times in (0, 1), e.g. from `omsjax stages cluster`")  # fmt: skip
+    sg.add_argument(
+        "--boundaries",
+        type=float,
+        nargs="*",
+        required=True,
+        help="K-1 increasing VP times in (0, 1), e.g. from `omsjax stages cluster`",
+    )
     sg.add_argument("--decoders", type=int, nargs="+", default=[48, 32, 8], help="K decoder widths, near data first")
     sg.add_argument("--encoder", type=int, default=32, help="encoder width")
     sg.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2])

@@ -15,11 +15,20 @@ def cmd_optimize_steps(args) -> int:
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
-    config = timesteps.StepsConfig(model=args.model, solver=args.solver, nfe=args.nfe, method=args.method,
-                                   rounds=args.rounds if args.finetune else 0, train_samples=args.train_samples,
-                                   heldout_samples=args.heldout_samples, fd_samples=args.num_samples, seed=args.seed,
-                                   traj_steps=args.steps, finetune_steps=args.finetune_steps,
-                                   distance=args.distance)  # fmt: skip
+    config = timesteps.StepsConfig(
+        model=args.model,
+        solver=args.solver,
+        nfe=args.nfe,
+        method=args.method,
+        rounds=args.rounds if args.finetune else 0,
+        train_samples=args.train_samples,
+        heldout_samples=args.heldout_samples,
+        fd_samples=args.num_samples,
+        seed=args.seed,
+        traj_steps=args.steps,
+        finetune_steps=args.finetune_steps,
+        distance=args.distance,
+    )
     report = timesteps.run(args.zoo, args.out, config, progress=not args.quiet)
     if args.json:
         print(json.dumps(report))
@@ -28,8 +37,10 @@ def cmd_optimize_steps(args) -> int:
     print(f"{args.solver}, NFE {args.nfe}, {o['label']}: FD {o['fd']:.3f}, trajectory RMSE {o['traj_rmse']:.4f}")
     for sp, r in report["spacings"].items():
         print(f"  {sp:15s} FD {r['fd']:.3f}, trajectory RMSE {r['traj_rmse']:.4f}")
-    print(f"ratio to the best spacing ({report['best_spacing']}, FD {b['fd']:.3f}): "
-          f"{report['fd_ratio_to_best_spacing']:.3f}")  # fmt: skip
+    print(
+        f"ratio to the best spacing ({report['best_spacing']}, FD {b['fd']:.3f}): "
+        f"{report['fd_ratio_to_best_spacing']:.3f}"
+    )
     print(f"wrote {args.out}/schedule.json, report.json, timesteps.png")
     return 0
 
@@ -41,11 +52,19 @@ def add_optimize_steps(sub) -> None:
     o.add_argument("--model", type=int, default=None, help="zoo index (default: the largest)")
     o.add_argument("--solver", default="DDIM", choices=list(SOLVERS))
     o.add_argument("--nfe", type=int, required=True)
-    o.add_argument("--method", default="trajectory", choices=["trajectory", "bound", "ays", "fd"],
-                   help="bound: the error bound; trajectory: fit to the ODE endpoint; ays: AYS-style search; "
-                   "fd: the FD itself through the sampler")  # fmt: skip
-    o.add_argument("--distance", default="features", choices=["features", "pixels"],
-                   help="trajectory fit: distance between the sampler's output and the ODE endpoint")  # fmt: skip
+    o.add_argument(
+        "--method",
+        default="trajectory",
+        choices=["trajectory", "bound", "ays", "fd"],
+        help="bound: the error bound; trajectory: fit to the ODE endpoint; ays: AYS-style search; "
+        "fd: the FD itself through the sampler",
+    )
+    o.add_argument(
+        "--distance",
+        default="features",
+        choices=["features", "pixels"],
+        help="trajectory fit: distance between the sampler's output and the ODE endpoint",
+    )
     o.add_argument("--finetune", action="store_true", help="alternate with fine-tuning (phase 2), --rounds times")
     o.add_argument("--rounds", type=int, default=1, help="rounds of phase 1 + phase 2 with --finetune")
     o.add_argument("--finetune-steps", type=int, default=600)
@@ -54,8 +73,12 @@ def add_optimize_steps(sub) -> None:
     o.add_argument("--heldout-samples", type=int, default=128, help="held-out x_T for the trajectory error")
     o.add_argument("--num-samples", type=int, default=1000, help="samples of the held-out FD")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--out", required=True, help="output folder (schedule.json, report.json, timesteps.png); "
-                   "locked while the run lasts, so a second one on it is refused")  # fmt: skip
+    o.add_argument(
+        "--out",
+        required=True,
+        help="output folder (schedule.json, report.json, timesteps.png); "
+        "locked while the run lasts, so a second one on it is refused",
+    )
     o.add_argument("--quiet", action="store_true")
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=cmd_optimize_steps)

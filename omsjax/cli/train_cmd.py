@@ -38,8 +38,9 @@ def train_config(args) -> tuple:
     else:
         path = Path(src)
         if not path.is_file():
-            raise ValueError(f"--config {src!r} is neither a named config ({', '.join(sorted(zoo.CONFIGS))}) "
-                             f"nor a JSON file")  # fmt: skip
+            raise ValueError(
+                f"--config {src!r} is neither a named config ({', '.join(sorted(zoo.CONFIGS))}) nor a JSON file"
+            )
         d = files.read_json(path, "the training config of --config")
         if isinstance(d, dict) and "omsjax_multistage" in d:  # a multi-stage run's config.json
             d = d.get("config")
@@ -49,15 +50,22 @@ def train_config(args) -> tuple:
         except TypeError as e:
             raise ValueError(f"--config {src}: {e}") from None
         name = path.stem if path.name != "config.json" else path.resolve().parent.name
-    given = {"steps": args.steps, "precond": args.precond, "fdm_m": args.fdm_m,
-             "weight_clamp_warmup": args.weight_clamp_warmup, "ema_warmup": args.ema_warmup}  # fmt: skip
+    given = {
+        "steps": args.steps,
+        "precond": args.precond,
+        "fdm_m": args.fdm_m,
+        "weight_clamp_warmup": args.weight_clamp_warmup,
+        "ema_warmup": args.ema_warmup,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(cfg, stages.StageTrainConfig):
         bad = [f"--{k.replace('_', '-')}" for k in given if k not in ("steps", "ema_warmup")]
         if bad:
             verb = "does" if len(bad) == 1 else "do"
-            raise ValueError(f"{', '.join(bad)} {verb} not apply to the multi-stage config {src} (continuous linear "
-                             f"VP, noise prediction); only --steps and --ema-warmup do")  # fmt: skip
+            raise ValueError(
+                f"{', '.join(bad)} {verb} not apply to the multi-stage config {src} (continuous linear "
+                f"VP, noise prediction); only --steps and --ema-warmup do"
+            )
     if given:
         cfg = type(cfg).from_dict({**cfg.to_dict(), **given})
     return cfg, name
@@ -86,8 +94,15 @@ def cmd_train(args) -> int:
         train.save_params(Path(args.out) / "params", state.ema_params)
         files.write_json(Path(args.out) / "config.json", cfg.to_dict())
     if args.add_to_zoo:
-        entry = zoo.add_member(args.add_to_zoo, name, cfg, state.ema_params, train_steps=int(state.step),
-                               data_mean=data.data_mean(images), latency_batch=args.latency_batch or 256)  # fmt: skip
+        entry = zoo.add_member(
+            args.add_to_zoo,
+            name,
+            cfg,
+            state.ema_params,
+            train_steps=int(state.step),
+            data_mean=data.data_mean(images),
+            latency_batch=args.latency_batch or 256,
+        )
         print(json.dumps({"added": entry["name"], "zoo": str(args.add_to_zoo), "latency_ms": entry["latency_ms"]}))
     return 0
 
@@ -95,21 +110,37 @@ def cmd_train(args) -> int:
 def add_train(sub) -> None:
     """The `omsjax train` parser."""
     t = sub.add_parser("train", help="train a digits U-Net or multi-stage network (resumable checkpoints)")
-    t.add_argument("--config", required=True,
-                   help="a named config (omsjax.zoo.CONFIGS, e.g. digits-m), or a TrainConfig or StageTrainConfig "
-                   "JSON file")  # fmt: skip
+    t.add_argument(
+        "--config",
+        required=True,
+        help="a named config (omsjax.zoo.CONFIGS, e.g. digits-m), or a TrainConfig or StageTrainConfig JSON file",
+    )
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, final EMA params)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--precond", choices=PRECOND_CHOICES, default=None, help="replace the config's preconditioning")
     t.add_argument("--fdm-m", type=float, default=None, help="FDM damping m (fdm_* preconds; default 2)")
-    t.add_argument("--weight-clamp-warmup", type=int, default=None,
-                   help="loss-weight cap 5*100^(step/W) for the first W steps (0: off)")  # fmt: skip
-    t.add_argument("--ema-warmup", action="store_const", const=True, default=None,
-                   help="ramp the EMA decay up: min(ema_decay, (1+n)/(10+n)) at update n")  # fmt: skip
+    t.add_argument(
+        "--weight-clamp-warmup",
+        type=int,
+        default=None,
+        help="loss-weight cap 5*100^(step/W) for the first W steps (0: off)",
+    )
+    t.add_argument(
+        "--ema-warmup",
+        action="store_const",
+        const=True,
+        default=None,
+        help="ramp the EMA decay up: min(ema_decay, (1+n)/(10+n)) at update n",
+    )
     t.add_argument("--resume", action="store_true")
     t.add_argument("--add-to-zoo", default=None, help="zoo folder to add the trained model to")
-    t.add_argument("--latency-batch", type=int, default=None, metavar="N",
-                   help="with --add-to-zoo: measure the model's latency (the search's cost model) per batch of N "
-                   "(default 256, the shipped zoo's)")  # fmt: skip
+    t.add_argument(
+        "--latency-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --add-to-zoo: measure the model's latency (the search's cost model) per batch of N "
+        "(default 256, the shipped zoo's)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

@@ -47,16 +47,22 @@ def _conditioning(args, manifest, sched):
         given = [f for f, v in (("--guidance", args.guidance), ("--labels", args.labels)) if v is not None]
         if given:
             where = args.zoo or zoo.DEFAULT_ZOO
-            raise ValueError(f"{' and '.join(given)}: the zoo {where} is unconditional (its members take no "
-                             f"labels); use a class-conditional zoo such as {zoo.COND_ZOO}")  # fmt: skip
+            raise ValueError(
+                f"{' and '.join(given)}: the zoo {where} is unconditional (its members take no "
+                f"labels); use a class-conditional zoo such as {zoo.COND_ZOO}"
+            )
         return sched, None, None, None
     if getattr(args, "ref_samples", 0) > 0:
-        raise ValueError("--ref-samples: the trajectory error's ODE reference is unconditional, so it is not "
-                         "available on a class-conditional zoo")  # fmt: skip
+        raise ValueError(
+            "--ref-samples: the trajectory error's ODE reference is unconditional, so it is not "
+            "available on a class-conditional zoo"
+        )
     if args.guidance is not None:
         if args.schedule is not None and np.any(np.asarray(sched.guidance) != 1.0):
-            raise ValueError(f"--guidance {args.guidance}: the schedule file {args.schedule} sets its own guidance "
-                             f"per step; drop one of them")  # fmt: skip
+            raise ValueError(
+                f"--guidance {args.guidance}: the schedule file {args.schedule} sets its own guidance "
+                f"per step; drop one of them"
+            )
         sched = presets.with_guidance(sched, args.guidance)
     labels = conditional.balanced_labels(args.num_samples, k, args.labels)
     cond, uncond = conditional.conditioning(labels, k)
@@ -71,8 +77,18 @@ def _zoo_samples(args):
     sched, cond, uncond, labels = _conditioning(args, manifest, sched)
     shape = tuple(manifest["image_shape"])
     t0 = time.perf_counter()
-    x = sampler.generate(models, ns, sched, args.num_samples, shape, key=args.seed, batch_size=args.batch_size,
-                         data_mean=mean, cond=cond, uncond=uncond)  # fmt: skip
+    x = sampler.generate(
+        models,
+        ns,
+        sched,
+        args.num_samples,
+        shape,
+        key=args.seed,
+        batch_size=args.batch_size,
+        data_mean=mean,
+        cond=cond,
+        uncond=uncond,
+    )
     seconds = time.perf_counter() - t0
     return x, sched, label, seconds, models, ns, labels
 
@@ -107,8 +123,11 @@ def cmd_evaluate(args) -> int:
         from omsjax import conditional
 
         g = np.asarray(sched.guidance, np.float64)
-        result = {**conditional.scores(x, labels), "guidance": float(g[0]) if np.all(g == g[0]) else g.tolist(),
-                  "labels": "balanced" if args.labels is None else [int(c) for c in args.labels]}  # fmt: skip
+        result = {
+            **conditional.scores(x, labels),
+            "guidance": float(g[0]) if np.all(g == g[0]) else g.tolist(),
+            "labels": "balanced" if args.labels is None else [int(c) for c in args.labels],
+        }
     result |= {
         "nfe": int(sched.nfe()),
         "cost": float(sched.cost([m.latency for m in models])),
@@ -154,14 +173,18 @@ def cmd_zoo(args) -> int:
     if args.json:
         print(json.dumps(manifest["models"]))
         return 0
-    print(f"zoo {args.zoo}: {manifest.get('dataset', '?')}, images {manifest['image_shape']}, "
-          f"noise schedule {manifest['noise_schedule'].get('kind', '?')}")  # fmt: skip
+    print(
+        f"zoo {args.zoo}: {manifest.get('dataset', '?')}, images {manifest['image_shape']}, "
+        f"noise schedule {manifest['noise_schedule'].get('kind', '?')}"
+    )
     print(f"{'index':>5}  {'name':<12}{'params':>12}{'steps':>8}{'latency (ms)':>14}  machine")
     for i, m in enumerate(manifest["models"]):  # optional fields: "?" when an older manifest lacks them
         count = "?" if m.get("param_count") is None else f"{m['param_count']:,}"
         batch, machine = m.get("latency_batch", "?"), m.get("latency_machine", "?")
-        print(f"{i:>5}  {m['name']:<12}{count:>12}{m.get('train_steps', '?'):>8}"
-              f"{m['latency_ms']:>14.2f}  batch {batch}, {machine}")  # fmt: skip
+        print(
+            f"{i:>5}  {m['name']:<12}{count:>12}{m.get('train_steps', '?'):>8}"
+            f"{m['latency_ms']:>14.2f}  batch {batch}, {machine}"
+        )
     return 0
 
 
@@ -184,12 +207,22 @@ def _add_schedule_args(p, num_samples):
     p.add_argument("--num-samples", type=int, default=num_samples)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help="class-conditional zoo: classifier-free guidance scale at every step (1: the conditional "
-                   "model, the default; 0: unconditional; a guided step costs two model calls)")  # fmt: skip
-    p.add_argument("--labels", type=int, nargs="+", default=None, metavar="L",
-                   help="class-conditional zoo: the classes to sample, cycled over the samples (default every class, "
-                   "balanced)")  # fmt: skip
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="W",
+        help="class-conditional zoo: classifier-free guidance scale at every step (1: the conditional "
+        "model, the default; 0: unconditional; a guided step costs two model calls)",
+    )
+    p.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="class-conditional zoo: the classes to sample, cycled over the samples (default every class, balanced)",
+    )
 
 
 def add_evaluate(sub) -> None:

@@ -176,8 +176,9 @@ class Reference:
         the reference sampler, the thresholding, the noise and the conditioning rows it takes."""
         n = int(np.shape(x_T)[0])
         conditioning = jax.tree.leaves((_take(self.cond, np.arange(n)), _take(self.uncond, np.arange(n))))
-        return _digest(self.name, f"{self.t_start!r} {self.t_end!r} {self.thresholding!r}", np.asarray(x_T),
-                       *conditioning)  # fmt: skip
+        return _digest(
+            self.name, f"{self.t_start!r} {self.t_end!r} {self.thresholding!r}", np.asarray(x_T), *conditioning
+        )
 
     def samples(self, x_T) -> np.ndarray:
         """The reference samples [n, ...] from x_T [n, ...] (at the prior's scale of t_start): from memory, the
@@ -195,14 +196,22 @@ class Reference:
 
     def _sample(self, x_T: np.ndarray) -> np.ndarray:
         n = x_T.shape[0]
-        sched = self.sampler.schedule(self.noise_schedule, t_start=self.t_start, t_end=self.t_end,
-                                      guidance=self.guidance)  # fmt: skip
+        sched = self.sampler.schedule(
+            self.noise_schedule, t_start=self.t_start, t_end=self.t_end, guidance=self.guidance
+        )
         b = min(self.sampler.batch_size, n)
         out = []
         for start in range(0, n, b):
             idx = np.minimum(np.arange(start, start + b), n - 1)  # the last batch padded: one program shape
-            x = sample(self.model, self.noise_schedule, sched, jnp.asarray(x_T[idx]), cond=_take(self.cond, idx),
-                       uncond=_take(self.uncond, idx), thresholding=self.thresholding)  # fmt: skip
+            x = sample(
+                self.model,
+                self.noise_schedule,
+                sched,
+                jnp.asarray(x_T[idx]),
+                cond=_take(self.cond, idx),
+                uncond=_take(self.uncond, idx),
+                thresholding=self.thresholding,
+            )
             out.append(np.asarray(x)[: min(b, n - start)])
         ref = np.concatenate(out)
         if not np.all(np.isfinite(ref)):
@@ -220,8 +229,9 @@ def digits_features(x: np.ndarray, classifier: Any = None) -> np.ndarray:
     `metrics.fd`)."""
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"the digits features take images [N, 8, 8, 1], got {x.shape}: pass features= for other "
-                         "samples")  # fmt: skip
+        raise ValueError(
+            f"the digits features take images [N, 8, 8, 1], got {x.shape}: pass features= for other samples"
+        )
     params = shipped_classifier() if classifier is None else classifier
     return features(params, np.clip(x.astype(np.float32), -1.0, 1.0))
 
@@ -229,8 +239,10 @@ def digits_features(x: np.ndarray, classifier: Any = None) -> np.ndarray:
 def _check_pair(samples, reference) -> tuple[np.ndarray, np.ndarray]:
     x, r = np.asarray(samples), np.asarray(reference)
     if x.shape != r.shape:
-        raise ValueError(f"samples {x.shape} and reference {r.shape} must have the same shape (one reference per "
-                         "sample, from the same noise)")  # fmt: skip
+        raise ValueError(
+            f"samples {x.shape} and reference {r.shape} must have the same shape (one reference per "
+            "sample, from the same noise)"
+        )
     if not np.all(np.isfinite(r)):
         raise ValueError("the reference has non-finite entries")
     return x, r

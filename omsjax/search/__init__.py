@@ -3,7 +3,8 @@ genetic search (`ga`), the S3 multi-stage loop (`loop`), and all of it in one ca
 (`find_schedule`, in `find`)."""
 
 from omsjax.search import encoding
-from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search.encoding import Genome
 from omsjax.search.find import FindOptions, FindResult, find_schedule
+from omsjax.search.space import SearchSpace
 
 __all__ = ["FindOptions", "FindResult", "Genome", "SearchSpace", "encoding", "find_schedule"]

@@ -63,16 +63,30 @@ def genome_from_dict(d: dict) -> Genome:
     missing optional gene (`guidance`) is None."""
     f = jnp.result_type(float)
     optional = {k for k, v in Genome._field_defaults.items() if v is None}
-    return Genome(**{k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32) for k in Genome._fields
-                     if k in d or k not in optional})  # fmt: skip
+    return Genome(
+        **{
+            k: jnp.asarray(d[k], f if k in ("u", "relax") else jnp.int32)
+            for k in Genome._fields
+            if k in d or k not in optional
+        }
+    )
 
 
 # An archive line's fields: the JSON types each may have, and how the warning about a wrong one names them.
 _NUMBER = (int, float)
-_FIELDS = {"key": (str, "a string"), "eval_key": (str, "a string"), "fd": ((*_NUMBER, type(None)), "a number or null"),
-           "cost": (_NUMBER, "a number"), "nfe": (int, "an integer"), "schedule": (dict, "an object"),
-           "genome": ((dict, type(None)), "an object or null"), "stage": (int, "an integer"),
-           "seconds": (_NUMBER, "a number"), "note": (str, "a string"), "extras": (dict, "an object")}  # fmt: skip
+_FIELDS = {
+    "key": (str, "a string"),
+    "eval_key": (str, "a string"),
+    "fd": ((*_NUMBER, type(None)), "a number or null"),
+    "cost": (_NUMBER, "a number"),
+    "nfe": (int, "an integer"),
+    "schedule": (dict, "an object"),
+    "genome": ((dict, type(None)), "an object or null"),
+    "stage": (int, "an integer"),
+    "seconds": (_NUMBER, "a number"),
+    "note": (str, "a string"),
+    "extras": (dict, "an object"),
+}
 _REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
 
 

@@ -20,8 +20,15 @@ from omsjax.schedule import Schedule
 from omsjax.search.space import SearchSpace
 from omsjax.spacing import SPACINGS
 
-__all__ = ["BASELINES", "MODEL_MODE_BASELINES", "MODEL_MODE_SPACINGS", "baselines", "for_space", "baseline_nfe",
-           "largest_nfe"]  # fmt: skip
+__all__ = [
+    "BASELINES",
+    "MODEL_MODE_BASELINES",
+    "MODEL_MODE_SPACINGS",
+    "baselines",
+    "for_space",
+    "baseline_nfe",
+    "largest_nfe",
+]
 
 BASELINES = presets.BASELINES  # the published solvers searched schedules are compared with
 
@@ -30,14 +37,16 @@ MODEL_MODE_BASELINES = ("DPM-Solver++(2M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)")
 MODEL_MODE_SPACINGS = ("logSNR", "time_quadratic")
 
 
-def baselines(noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", solvers=None, spacings=None,
-              **times) -> dict[str, Schedule]:  # fmt: skip
+def baselines(
+    noise_schedule, nfe: int, model: int = 0, *, afs: str = "none", solvers=None, spacings=None, **times
+) -> dict[str, Schedule]:
     """{"solver, spacing": Schedule} of the baselines at `nfe` with one zoo model (those that exist at it): every
     solver of BASELINES (or `solvers`) over every spacing (or `spacings`); `afs="zero_x0"` gives the same solvers
     with an analytical first step (one more step, same NFE). `times`: t_start / t_end (default the presets')."""
     tag = "" if afs == "none" else " +AFS"
-    grid = presets.named_grid(noise_schedule, nfe, solvers or BASELINES, spacings or SPACINGS, model=model,
-                              afs=afs, **times)  # fmt: skip
+    grid = presets.named_grid(
+        noise_schedule, nfe, solvers or BASELINES, spacings or SPACINGS, model=model, afs=afs, **times
+    )
     return {f"{name}{tag}, {skip}": s for (name, skip), s in grid.items()}
 
 
@@ -65,15 +74,17 @@ def for_space(
     times = dict(t_start=space.t_start, t_end=space.t_end, guidance=space.guidance)
     afs = ("none", "zero_x0") if space.mode != "model" else ("none",)
     if space.mode == "solver":
-        return {name: s for a in afs for name, s in baselines(noise_schedule, space.nfe, space.model, afs=a,
-                                                                 **times).items()}  # fmt: skip
+        return {
+            name: s
+            for a in afs
+            for name, s in baselines(noise_schedule, space.nfe, space.model, afs=a, **times).items()
+        }
     if budget is None:
         raise ValueError(f"{space.mode} mode's baselines need the search's budget")
     out, spacings = {}, tuple(dict.fromkeys((*MODEL_MODE_SPACINGS, noise_schedule.default_spacing)))
     for m, lat in enumerate(space.latencies):
         n = baseline_nfe(lat, kind, budget, space.num_positions, space.calls_per_step)
         for a in afs if n >= 1 else ():
-            grid = baselines(noise_schedule, n, m, afs=a, solvers=MODEL_MODE_BASELINES, spacings=spacings,
-                             **times)  # fmt: skip
+            grid = baselines(noise_schedule, n, m, afs=a, solvers=MODEL_MODE_BASELINES, spacings=spacings, **times)
             out.update({f"{name}, model {m}, NFE {n}": s for name, s in grid.items()})
     return out

@@ -39,14 +39,16 @@ def sample_jit(zoo, ns, stacked, x_T, data_mean, method, cond=None, uncond=None,
     batch of x_T (and of `cond`, `uncond`) must be a multiple of D."""
 
     def run(s, x, c, u):
-        return sampler.sample_many(zoo, ns, s, x, method=method, data_mean=data_mean, cond=c, uncond=u,
-                                   thresholding=thresholding)  # fmt: skip
+        return sampler.sample_many(
+            zoo, ns, s, x, method=method, data_mean=data_mean, cond=c, uncond=u, thresholding=thresholding
+        )
 
     if len(jax.devices()) == 1:
         return run(stacked, x_T, cond, uncond)
     split = P("batch")
-    return jax.shard_map(run, mesh=_mesh(), in_specs=(P(), split, split, split), out_specs=P(None, "batch"),
-                         check_vma=False)(stacked, x_T, cond, uncond)  # fmt: skip
+    return jax.shard_map(
+        run, mesh=_mesh(), in_specs=(P(), split, split, split), out_specs=P(None, "batch"), check_vma=False
+    )(stacked, x_T, cond, uncond)
 
 
 def _spread(zoo, ns, data_mean, x_T, cond, uncond):
@@ -114,8 +116,7 @@ def sample_candidates(
         used, model, _ = used_members(zoo, padded.model, padded.afs)
         kw = dict(cond=cond, uncond=uncond, thresholding=thresholding_option(thresholding))
         if len(used) == 1:  # one member: compile it alone (one program per member, not one per subset of the zoo)
-            res = sample_jit(used, noise_schedule, padded._replace(model=model, **shared), x_T, data_mean,
-                              method, **kw)  # fmt: skip
+            res = sample_jit(used, noise_schedule, padded._replace(model=model, **shared), x_T, data_mean, method, **kw)
         else:
             res = sample_jit(zoo, noise_schedule, padded._replace(**shared), x_T, data_mean, method, **kw)
         out.append(np.asarray(res)[: len(part), :n])

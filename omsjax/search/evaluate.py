@@ -33,7 +33,8 @@ from omsjax.schedule import Schedule
 from omsjax.search import encoding
 from omsjax.search.archive import Archive, Record, genome_from_dict, genome_to_dict, schedule_key
 from omsjax.search.candidates import sample_candidates
-from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search.encoding import Genome
+from omsjax.search.space import SearchSpace
 
 _log = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ def _sample_shape(zoo, sample_shape) -> tuple[int, ...] | None:
         if m.sample_shape is not None and shape is None:
             shape, source = m.sample_shape, f"zoo member {i} {m.name!r} declares sample_shape"
         elif m.sample_shape is not None and m.sample_shape != shape:
-            raise ValueError(f"{source} {shape}, but zoo member {i} {m.name!r} declares sample_shape "
-                             f"{m.sample_shape}")  # fmt: skip
+            raise ValueError(f"{source} {shape}, but zoo member {i} {m.name!r} declares sample_shape {m.sample_shape}")
     return shape
 
 
@@ -174,8 +174,10 @@ class Evaluator:
         self.eval_key = self._eval_key()
         self.sample_shape = _sample_shape(self.zoo, sample_shape)
         if self.sample_shape is None:
-            raise ValueError("the models declare no sample_shape (Model.sample_shape): pass sample_shape=, the "
-                             f"shape of one sample (the digits: {DIGITS_SHAPE})")  # fmt: skip
+            raise ValueError(
+                "the models declare no sample_shape (Model.sample_shape): pass sample_shape=, the "
+                f"shape of one sample (the digits: {DIGITS_SHAPE})"
+            )
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
         self.also: dict[str, Callable] = {}  # other metrics of the same samples, kept in `Record.extras`
 
@@ -197,8 +199,14 @@ class Evaluator:
             h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
         return f"{key}-c{h.hexdigest()[:10]}"
 
-    def with_noise(self, noise_seed: int, num_samples: int | None = None, *, chunk: int | None = None,
-                   also: dict[str, Callable] | None = None) -> Evaluator:  # fmt: skip
+    def with_noise(
+        self,
+        noise_seed: int,
+        num_samples: int | None = None,
+        *,
+        chunk: int | None = None,
+        also: dict[str, Callable] | None = None,
+    ) -> Evaluator:
         """This evaluator on other noise (`noise_seed`, `num_samples`, default the same number): the same models,
         space, metric and archive, its own `eval_key` and count of evaluations (e.g. a search's held-out noise).
         `chunk` (default the same) sets its candidates per compiled call: a few schedules on many samples (a final
@@ -244,8 +252,10 @@ class Evaluator:
         if not np.all(np.isfinite(x)):
             return float("inf")
         if not self.custom_metric and tuple(x.shape[1:]) != DIGITS_SHAPE:
-            raise ValueError(f"the default metric, the digits FD, scores samples of shape {DIGITS_SHAPE}, not "
-                             f"{tuple(x.shape[1:])}: pass metric=, a metric(samples, x_T) -> float")  # fmt: skip
+            raise ValueError(
+                f"the default metric, the digits FD, scores samples of shape {DIGITS_SHAPE}, not "
+                f"{tuple(x.shape[1:])}: pass metric=, a metric(samples, x_T) -> float"
+            )
         return self._score(self.metric, self.metric_name, x, key)
 
     def _score(self, metric, name: str, x: np.ndarray, key: str) -> float:
@@ -263,8 +273,10 @@ class Evaluator:
             raise ValueError(f"metric {name} raised on schedule {key}: {type(e).__name__}: {e}") from e
         a = np.asarray(v) if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) else None
         if a is None or a.shape != () or a.dtype.kind not in "iuf" or np.isnan(a) or a == -np.inf:
-            raise ValueError(f"metric {name} returned {v!r} on schedule {key}: it must return a real number, "
-                             "finite or +inf (lower is better)")  # fmt: skip
+            raise ValueError(
+                f"metric {name} returned {v!r} on schedule {key}: it must return a real number, "
+                "finite or +inf (lower is better)"
+            )
         return float(a)
 
     @functools.cached_property
@@ -293,9 +305,18 @@ class Evaluator:
                 part_idx = idx[start : start + self.chunk]
                 part = group[start : start + self.chunk]
                 t0 = time.perf_counter()
-                xs = sample_candidates(self.zoo, self.ns, part, self.x_T, method=self._method(part),
-                                       data_mean=self.data_mean, chunk=self.chunk, cond=self.cond,
-                                       uncond=self.uncond, thresholding=self.thresholding)  # fmt: skip
+                xs = sample_candidates(
+                    self.zoo,
+                    self.ns,
+                    part,
+                    self.x_T,
+                    method=self._method(part),
+                    data_mean=self.data_mean,
+                    chunk=self.chunk,
+                    cond=self.cond,
+                    uncond=self.uncond,
+                    thresholding=self.thresholding,
+                )
                 dt = (time.perf_counter() - t0) / len(part)
                 for i, s, x in zip(part_idx, part, xs, strict=True):
                     g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
@@ -350,6 +371,15 @@ class Evaluator:
         """The evaluator's samples of one schedule (its fixed noise). `reuse_chunk`: run it in the evaluator's
         program for `chunk` candidates (the schedule repeated), which the evaluations have compiled already: `chunk`
         times the work of a program of its own, without compiling one."""
-        return sample_candidates(self.zoo, self.ns, [schedule], self.x_T, method=self._method([schedule]),
-                                 data_mean=self.data_mean, chunk=self.chunk if reuse_chunk else 1, cond=self.cond,
-                                 uncond=self.uncond, thresholding=self.thresholding)[0]  # fmt: skip
+        return sample_candidates(
+            self.zoo,
+            self.ns,
+            [schedule],
+            self.x_T,
+            method=self._method([schedule]),
+            data_mean=self.data_mean,
+            chunk=self.chunk if reuse_chunk else 1,
+            cond=self.cond,
+            uncond=self.uncond,
+            thresholding=self.thresholding,
+        )[0]

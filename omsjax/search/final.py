@@ -65,8 +65,10 @@ class FinalConfig:
         config.positive_int("FinalConfig.candidates", self.candidates)
         config.real("FinalConfig.z", self.z, gt=0)
         if abs(self.selection_seed - self.heldout_seed) < self.draws:
-            raise ValueError(f"FinalConfig: the selection seeds {self.selection_seed}.. and the held-out seeds "
-                             f"{self.heldout_seed}.. overlap over {self.draws} draws")  # fmt: skip
+            raise ValueError(
+                f"FinalConfig: the selection seeds {self.selection_seed}.. and the held-out seeds "
+                f"{self.heldout_seed}.. overlap over {self.draws} draws"
+            )
 
     def seeds(self, which: str) -> list[int]:
         base = {"selection": self.selection_seed, "heldout": self.heldout_seed}[which]
@@ -98,8 +100,14 @@ class Final:
         h = self.heldout
         base_mean, base_se = verdict.mean_se(h["best_baseline"])
         std = float(np.std(h["best_baseline"], ddof=1)) if math.isfinite(base_se) else None
-        also = {n: {"searched": _fin(v["searched"]), "best_baseline": _fin(v["best_baseline"]),
-                    "paired": v["paired"].to_dict()} for n, v in h["also"].items()}  # fmt: skip
+        also = {
+            n: {
+                "searched": _fin(v["searched"]),
+                "best_baseline": _fin(v["best_baseline"]),
+                "paired": v["paired"].to_dict(),
+            }
+            for n, v in h["also"].items()
+        }
         return {
             "metric": metric_name,
             "verdict": self.verdict,
@@ -109,7 +117,7 @@ class Final:
                 "scores": _fin(h["searched"]),
                 "nfe": self.searched_record.nfe,
                 "cost": self.searched_record.cost,
-            },  # fmt: skip
+            },
             "best_baseline": {
                 "name": self.best_baseline,
                 "score": _fin(base_mean),
@@ -117,7 +125,7 @@ class Final:
                 "nfe": self.baselines[self.best_baseline]["nfe"],
                 "cost": self.baselines[self.best_baseline]["cost"],
                 "schedule": self.baselines[self.best_baseline]["schedule"],
-            },  # fmt: skip
+            },
             "paired_difference": None if h["paired"] is None else h["paired"].to_dict(),
             "metric_noise": _fin(std),
             "heldout_noise_seeds": h["seeds"],
@@ -157,8 +165,10 @@ def finish(
     names = list(baselines)
     base_recs = ev.evaluate_schedules([baselines[n] for n in names], stage=stage)
     known = [baselines[n] for n in names]
-    rows = {n: {"score": _fin(r.score), "nfe": r.nfe, "cost": r.cost, "schedule": json.loads(baselines[n].to_json())}
-            for n, r in zip(names, base_recs, strict=True)}  # fmt: skip
+    rows = {
+        n: {"score": _fin(r.score), "nfe": r.nfe, "cost": r.cost, "schedule": json.loads(baselines[n].to_json())}
+        for n, r in zip(names, base_recs, strict=True)
+    }
     order = sorted(range(len(names)), key=lambda i: base_recs[i].score)
     top_base = [names[i] for i in order[: cfg.baseline_top]]
     cands, cand_scheds = [], []
@@ -175,9 +185,12 @@ def finish(
     means = sel_scores.mean(axis=1)
     b = int(np.argmin(means[len(cands) :])) + len(cands)
     best_base = top_base[b - len(cands)]
-    selection = {"seeds": cfg.seeds("selection"), "samples": cfg.samples,
-                 "candidates": [_fin(m) for m in means[: len(cands)]],
-                 "baselines": {n: _fin(m) for n, m in zip(top_base, means[len(cands) :], strict=True)}}  # fmt: skip
+    selection = {
+        "seeds": cfg.seeds("selection"),
+        "samples": cfg.samples,
+        "candidates": [_fin(m) for m in means[: len(cands)]],
+        "baselines": {n: _fin(m) for n, m in zip(top_base, means[len(cands) :], strict=True)},
+    }
     chosen, name = baselines[best_base], best_base
     if cands:
         c = int(np.argmin(means[: len(cands)]))
@@ -190,8 +203,14 @@ def finish(
     recs = [e.evaluate_schedules(pair, stage=stage) for e in held]
     ours = [r[0] for r in recs]
     theirs = [r[-1] for r in recs]
-    h = {"seeds": cfg.seeds("heldout"), "samples": cfg.samples, "searched": [r.score for r in ours],
-         "best_baseline": [r.score for r in theirs], "paired": None, "also": {}}  # fmt: skip
+    h = {
+        "seeds": cfg.seeds("heldout"),
+        "samples": cfg.samples,
+        "searched": [r.score for r in ours],
+        "best_baseline": [r.score for r in theirs],
+        "paired": None,
+        "also": {},
+    }
     if name is None:
         h["paired"] = verdict.paired(h["searched"], h["best_baseline"], z=cfg.z)
         result = h["paired"].verdict

@@ -60,8 +60,16 @@ __all__ = ["FindOptions", "FindResult", "Outcome", "QUICK", "REFERENCE_METRICS",
 REFERENCE_METRICS = ("reference-fd", "reference-rmse")
 
 # A first look: about 50 true evaluations in all.
-QUICK = loop.LoopConfig(stages=2, initial_random=16, per_stage=16, generations=20, predictor_epochs=100,
-                        final_top=3, heldout_tau=False, ga=ga.GAConfig(pop_size=32, num_children=32))  # fmt: skip
+QUICK = loop.LoopConfig(
+    stages=2,
+    initial_random=16,
+    per_stage=16,
+    generations=20,
+    predictor_epochs=100,
+    final_top=3,
+    heldout_tau=False,
+    ga=ga.GAConfig(pop_size=32, num_children=32),
+)
 
 
 @dataclasses.dataclass
@@ -131,11 +139,19 @@ def find_schedule(
         if not isinstance(v, kind):
             raise ValueError(f"find_schedule: {name} must be a {kind.__name__}, got {type(v).__name__}")
     if not callable(metric) and metric not in REFERENCE_METRICS:
-        raise ValueError(f"metric must be callable as metric(samples, x_T) -> float or one of {REFERENCE_METRICS}, "
-                         f"got {metric!r}")  # fmt: skip
+        raise ValueError(
+            f"metric must be callable as metric(samples, x_T) -> float or one of {REFERENCE_METRICS}, got {metric!r}"
+        )
     seeds = Seeds.of(seed_of(key))
-    the_plan = plan(noise_schedule, [m.latency for m in zoo], mode=mode, nfe=nfe, budget=budget, options=opts,
-                    mean_afs=sampling.data_mean is not None)  # fmt: skip
+    the_plan = plan(
+        noise_schedule,
+        [m.latency for m in zoo],
+        mode=mode,
+        nfe=nfe,
+        budget=budget,
+        options=opts,
+        mean_afs=sampling.data_mean is not None,
+    )
     cfg = opts.config if opts.config is not None else (QUICK if quick else loop.LoopConfig())
     opts = dataclasses.replace(opts, config=cfg)
     space = the_plan.space
@@ -147,8 +163,15 @@ def find_schedule(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with files.FolderLock(out, what="find_schedule"):
-        ev = Evaluator(zoo, noise_schedule, space, num_samples=opts.num_samples, noise_seed=seeds.search,
-                       archive=Archive(out / "archive.jsonl"), **ev_kw)  # fmt: skip
+        ev = Evaluator(
+            zoo,
+            noise_schedule,
+            space,
+            num_samples=opts.num_samples,
+            noise_seed=seeds.search,
+            archive=Archive(out / "archive.jsonl"),
+            **ev_kw,
+        )
         res = run_search(ev, the_plan, seeds, opts).result
         files.write_text(out / "schedule.json", res.schedule.to_json(score=res.score, mode=mode))
         files.write_json(out / "report.json", res.report)
@@ -176,11 +199,19 @@ def run_search(ev: Evaluator, the_plan: Plan, seeds: Seeds, options: FindOptions
     cfg = options.config if options.config is not None else loop.LoopConfig()
     cfg = dataclasses.replace(cfg, ga=dataclasses.replace(cfg.ga, budget_kind=the_plan.kind))
     t0 = time.perf_counter()
-    res = loop.search(ev, space, key=seeds.key, config=cfg, budget=limit, progress=options.progress,
-                      noise_evaluator=ev.with_noise(seeds.check))  # fmt: skip
+    res = loop.search(
+        ev,
+        space,
+        key=seeds.key,
+        config=cfg,
+        budget=limit,
+        progress=options.progress,
+        noise_evaluator=ev.with_noise(seeds.check),
+    )
     fcfg = seeds.final_config(options.heldout_samples, cfg.final_top)
-    fin = final.finish(ev, res.pool, baselines.for_space(ev.ns, space, the_plan.kind, limit), fcfg, also=also,
-                       stage=cfg.stages + 2)  # fmt: skip
+    fin = final.finish(
+        ev, res.pool, baselines.for_space(ev.ns, space, the_plan.kind, limit), fcfg, also=also, stage=cfg.stages + 2
+    )
     report = {
         "mode": space.mode,
         "nfe": space.nfe if space.mode == "solver" else None,
@@ -206,8 +237,16 @@ def _metric(metric, zoo, ns, space, sampling: SampleOptions) -> Callable:
     if callable(metric):
         return metric
     member = space.model if space.mode == "solver" else len(zoo) - 1
-    ref = metrics.Reference(zoo[member], ns, t_start=space.t_start, t_end=space.t_end, guidance=space.guidance,
-                            cond=sampling.cond, uncond=sampling.uncond, thresholding=sampling.thresholding)  # fmt: skip
+    ref = metrics.Reference(
+        zoo[member],
+        ns,
+        t_start=space.t_start,
+        t_end=space.t_end,
+        guidance=space.guidance,
+        cond=sampling.cond,
+        uncond=sampling.uncond,
+        thresholding=sampling.thresholding,
+    )
     return metrics.ReferenceFD(ref) if metric == "reference-fd" else metrics.ReferenceRMSE(ref)
 
 

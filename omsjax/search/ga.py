@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from omsjax import config as checks
 from omsjax.search import encoding
-from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search.encoding import Genome
+from omsjax.search.space import SearchSpace
 
 __all__ = ["GAConfig", "GAState", "repair", "within_budget", "mutate", "crossover", "children", "init", "step", "run"]
 

@@ -55,8 +55,9 @@ def tradeoff(
     for w in dict.fromkeys((*SCALES, float(guidance))):
         steps = calls // (1 if w == 1 else 2)
         for afs in ("none", "zero_x0") if steps >= 1 else ():
-            grid = baselines.baselines(noise_schedule, steps, model, afs=afs, solvers=SOLVERS, spacings=SPACINGS,
-                                       guidance=w, **times)  # fmt: skip
+            grid = baselines.baselines(
+                noise_schedule, steps, model, afs=afs, solvers=SOLVERS, spacings=SPACINGS, guidance=w, **times
+            )
             presets.update({f"{name}, w {w:g}": (w, s) for name, s in grid.items()})
     names = list(presets)
     scheds = [schedule] + [presets[n][1] for n in names]
@@ -68,5 +69,12 @@ def tradeoff(
     ours = point(0)
     rows = {n: {**point(i + 1), "guidance": presets[n][0], "nfe": recs[0][i + 1].nfe} for i, n in enumerate(names)}
     beaten_by = [n for n, p in rows.items() if dominates(p, ours, x, y)]
-    return {"x": x, "y": y, "calls": calls, "draws": len(held), "searched": ours, "presets": rows,
-            "dominated_by": beaten_by}  # fmt: skip
+    return {
+        "x": x,
+        "y": y,
+        "calls": calls,
+        "draws": len(held),
+        "searched": ours,
+        "presets": rows,
+        "dominated_by": beaten_by,
+    }

@@ -1,7 +1,7 @@
 """The S3 multi-stage search: GA sampling -> true evaluation -> predictor training -> predictor-guided GA -> ...
 
 `search(evaluator, space, ...)`:
-  stage 0: the presets (`encoding.preset_seeds`) and random genomes (repaired to the budget) are evaluated;
+  stage 0: the presets (`seeding.preset_seeds`) and random genomes (repaired to the budget) are evaluated;
     with a `noise_evaluator` (a second draw of search noise), the best and the fifth best preset are scored again
     on it: when the gap between them changes by more than its size from one draw to the other, the search noise
     cannot tell good candidates apart, and a warning names `num_samples` (`check_noise`,
@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 from omsjax import config as checks
 from omsjax.schedule import Schedule
-from omsjax.search import encoding, ga, predictor
-from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search import encoding, ga, predictor, seeding
+from omsjax.search.encoding import Genome
 from omsjax.search.evaluate import Evaluator, Record, genome_from_dict, schedule_key
+from omsjax.search.space import SearchSpace
 
 __all__ = ["LoopConfig", "SearchResult", "search", "check_noise"]
 
@@ -80,8 +81,9 @@ class SearchResult:
 
 def _training(config) -> predictor.Training:
     """The predictor's training options of a `SearchConfig`."""
-    return predictor.Training(epochs=config.predictor_epochs, loss=config.predictor_loss,
-                              threshold=config.predictor_threshold)  # fmt: skip
+    return predictor.Training(
+        epochs=config.predictor_epochs, loss=config.predictor_loss, threshold=config.predictor_threshold
+    )
 
 
 # Populations are small: stacking, indexing and concatenating them on the host (numpy) avoids compiling a program
@@ -176,8 +178,9 @@ def _heldout_tau(space, ns, genomes, fds, key, cfg: LoopConfig) -> float:
         return float("nan")
     perm = np.asarray(jax.random.permutation(key, n))
     tr, ho = perm[: n // 2], perm[n // 2 :]
-    res = predictor.fit(space, ns, _take(genomes, tr), fds[tr], key, training=_training(cfg),
-                        heldout=(_take(genomes, ho), fds[ho]))  # fmt: skip
+    res = predictor.fit(
+        space, ns, _take(genomes, tr), fds[tr], key, training=_training(cfg), heldout=(_take(genomes, ho), fds[ho])
+    )
     return res.heldout_tau
 
 
@@ -207,7 +210,7 @@ def search(
     k_rand, k_rep, k_pred, k_ga, k_tau = jax.random.split(key, 5)
 
     # Stage 0: presets and random genomes.
-    seeds = encoding.preset_seeds(space, ns, budget=budget if gcfg.budget_kind == "cost" else None)
+    seeds = seeding.preset_seeds(space, ns, budget=budget if gcfg.budget_kind == "cost" else None)
     rand = encoding.random_genomes(space, k_rand, config.initial_random)
     rand = _repair(space, gcfg, rand, k_rep, b)
     pop0 = _concat(seeds, rand)
@@ -219,8 +222,14 @@ def search(
     bar = tqdm(total=config.stages + 1, desc="search", unit="stage", disable=not progress)
     start = time.perf_counter()
     recs = evaluator.evaluate(pop0, stage=0)
-    stages.append({"stage": 0, "evaluated": len(recs), "best_score": min(r.fd for r in recs),
-                   "seconds": time.perf_counter() - start})  # fmt: skip
+    stages.append(
+        {
+            "stage": 0,
+            "evaluated": len(recs),
+            "best_score": min(r.fd for r in recs),
+            "seconds": time.perf_counter() - start,
+        }
+    )
     n_seeds = int(np.sum(_feasible(space, gcfg, seeds, budget)))  # the presets lead pop0 (the feasible ones)
     noise = None if noise_evaluator is None else check_noise(evaluator, noise_evaluator, recs[:n_seeds])
     bar.update(1)
@@ -232,8 +241,9 @@ def search(
         records = [r for r in evaluator.archive.select(evaluator.eval_key) if r.genome is not None and r.stage < s]
         known = {r.key for r in records}
         genomes, fds = _training_set(space, records)
-        fit = predictor.fit(space, ns, genomes, fds, jax.random.fold_in(k_pred, s), training=_training(config),
-                            params=params)  # fmt: skip
+        fit = predictor.fit(
+            space, ns, genomes, fds, jax.random.fold_in(k_pred, s), training=_training(config), params=params
+        )
         params = fit.params
         order = np.argsort(fds, kind="stable")[: gcfg.pop_size]
         state = _init_ga(space, gcfg, ns, params, _take(genomes, order), jax.random.fold_in(k_ga, s), b)
@@ -256,11 +266,19 @@ def search(
         fd_exploit = [r.fd for r in new[: len(exploit)]]
         fd_explore = [r.fd for r in new[len(exploit) :]]
         best = min([r.fd for r in records] + [r.fd for r in new])
-        stages.append({"stage": s, "evaluated": len(new), "best_score": best, "train_tau": fit.train_tau,
-                       "tau_on_new": tau_new, "predicted_best": float(best_curve[-1]),
-                       "best_exploit_score": min(fd_exploit, default=float("nan")),
-                       "best_explore_score": min(fd_explore, default=float("nan")),
-                       "seconds": time.perf_counter() - t_stage})  # fmt: skip
+        stages.append(
+            {
+                "stage": s,
+                "evaluated": len(new),
+                "best_score": best,
+                "train_tau": fit.train_tau,
+                "tau_on_new": tau_new,
+                "predicted_best": float(best_curve[-1]),
+                "best_exploit_score": min(fd_exploit, default=float("nan")),
+                "best_explore_score": min(fd_explore, default=float("nan")),
+                "seconds": time.perf_counter() - t_stage,
+            }
+        )
         if log is not None:
             log(f"stage {s}: {len(new)} evaluated, best score {best:.3f}, train tau {fit.train_tau:.2f}")
         bar.update(1)
@@ -303,12 +321,20 @@ def check_noise(evaluator: Evaluator, other: Evaluator, presets: list[Record], r
     noise = abs((again[1] - again[0]) - spread) if all(map(math.isfinite, again)) else math.inf
     ok = bool(noise <= spread)
     if not ok:
-        warnings.warn(f"the search noise cannot rank candidates: the gap between the best and the "
-                      f"{min(rank, len(ranked))}th best preset is {spread:.3g} on the search noise and "
-                      f"{again[1] - again[0]:.3g} on a second draw of num_samples = {evaluator.num_samples}; raise "
-                      "num_samples", stacklevel=2)  # fmt: skip
-    return {"presets": [r.key for r in pair], "scores": {r.key: [r.fd, a] for r, a in zip(pair, again, strict=True)},
-            "spread": spread, "noise": noise, "ok": ok}  # fmt: skip
+        warnings.warn(
+            f"the search noise cannot rank candidates: the gap between the best and the "
+            f"{min(rank, len(ranked))}th best preset is {spread:.3g} on the search noise and "
+            f"{again[1] - again[0]:.3g} on a second draw of num_samples = {evaluator.num_samples}; raise "
+            "num_samples",
+            stacklevel=2,
+        )
+    return {
+        "presets": [r.key for r in pair],
+        "scores": {r.key: [r.fd, a] for r, a in zip(pair, again, strict=True)},
+        "spread": spread,
+        "noise": noise,
+        "ok": ok,
+    }
 
 
 def _fresh(space, ns, pop: Genome, fitness: np.ndarray, keys: set, n: int) -> list[int]:

@@ -45,7 +45,7 @@ class FindOptions:
     max_steps: model and joint modes: the most steps a schedule may have.
     guidance: one classifier-free guidance scale for every step (needs `SampleOptions.uncond` when not 1).
     guidance_choices: search each step's guidance scale among these (`SearchSpace.guidance_choices`, `guidance`
-      among them; e.g. `encoding.default_guidance_choices(w)`); a step at 1 calls once, so an NFE or latency
+      among them; e.g. `space.default_guidance_choices(w)`); a step at 1 calls once, so an NFE or latency
       budget of model and joint modes may buy up to twice the steps.
     progress: show a progress bar.
     """
@@ -66,8 +66,9 @@ class FindOptions:
     def __post_init__(self):
         for name in ("t_start", "t_end"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
-                                  or not math.isfinite(v)):  # fmt: skip
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v)
+            ):
                 raise ValueError(f"FindOptions.{name} must be a finite number, got {v!r}")
         for name in ("num_samples", "heldout_samples", "max_steps"):
             v = getattr(self, name)
@@ -101,8 +102,9 @@ class Seeds(NamedTuple):
     def final_config(self, samples: int, candidates: int = 3) -> final.FinalConfig:
         """The end of the search (`final.finish`): `candidates` finalists, 3 draws each of selection and held-out
         noise of `samples` samples, from these seeds."""
-        return final.FinalConfig(samples=samples, candidates=candidates, selection_seed=self.selection,
-                                 heldout_seed=self.heldout)  # fmt: skip
+        return final.FinalConfig(
+            samples=samples, candidates=candidates, selection_seed=self.selection, heldout_seed=self.heldout
+        )
 
 
 def seed_of(key) -> int:
@@ -123,8 +125,9 @@ class Plan(NamedTuple):
     kind: str
 
 
-def plan(noise_schedule, latencies, *, mode: str, nfe=None, budget=None, options: FindOptions,
-         mean_afs: bool = False) -> Plan:  # fmt: skip
+def plan(
+    noise_schedule, latencies, *, mode: str, nfe=None, budget=None, options: FindOptions, mean_afs: bool = False
+) -> Plan:
     """The search space and budget of `mode` under `nfe` (model calls; steps under guidance, as the presets' nfe)
     or `budget` (a sum of the models' latencies); exactly one of the two. Solver mode: the space at `nfe`, or at
     the largest NFE of its model that `budget` pays for. Model and joint modes: nfe + 1 time positions under an
@@ -133,16 +136,24 @@ def plan(noise_schedule, latencies, *, mode: str, nfe=None, budget=None, options
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if (nfe is None) == (budget is None):
-        raise ValueError(f"{mode} mode needs exactly one of nfe= (an NFE budget) and budget= (a latency budget), "
-                         f"got nfe={nfe!r}, budget={budget!r}")  # fmt: skip
+        raise ValueError(
+            f"{mode} mode needs exactly one of nfe= (an NFE budget) and budget= (a latency budget), "
+            f"got nfe={nfe!r}, budget={budget!r}"
+        )
     if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1):
         raise ValueError(f"nfe must be an int >= 1, got {nfe!r}")
     _check_times(noise_schedule, options.t_start, options.t_end)
     lat = [float(v) for v in latencies]
     w, choices = float(options.guidance), options.guidance_choices
     calls = 1 if w == 1 else 2
-    common = dict(mean_afs=mean_afs, guidance=w, guidance_choices=choices, spacing=options.spacing,
-                  t_start=options.t_start, t_end=options.t_end)  # fmt: skip
+    common = dict(
+        mean_afs=mean_afs,
+        guidance=w,
+        guidance_choices=choices,
+        spacing=options.spacing,
+        t_start=options.t_start,
+        t_end=options.t_end,
+    )
     common = {k: v for k, v in common.items() if v is not None}
     if mode == "solver":
         k = len(lat) - 1 if options.model is None else options.model
@@ -162,8 +173,7 @@ def plan(noise_schedule, latencies, *, mode: str, nfe=None, budget=None, options
         limit, kind = _budget(budget, calls * min(lat), "the cheapest model"), "cost"
         cheapest = (1 if 1.0 in choices else calls) * min(lat)
         positions = min(largest_nfe(cheapest, limit, options.max_steps - 1) + 1, options.max_steps)
-    space = SearchSpace.for_noise_schedule(noise_schedule, num_positions=positions, latencies=lat, mode=mode,
-                                           **common)  # fmt: skip
+    space = SearchSpace.for_noise_schedule(noise_schedule, num_positions=positions, latencies=lat, mode=mode, **common)
     return Plan(space, limit, kind)
 
 

@@ -27,7 +27,8 @@ import scipy.stats
 
 from omsjax import optim
 from omsjax.search import encoding
-from omsjax.search.encoding import Genome, SearchSpace
+from omsjax.search.encoding import Genome
+from omsjax.search.space import SearchSpace
 
 __all__ = [
     "PredictorConfig",
@@ -175,8 +176,9 @@ class Predictor(nn.Module):
 
 
 def _module(space: SearchSpace, config: PredictorConfig) -> Predictor:
-    return Predictor(num_models=space.num_models, max_order=space.max_order, config=config,
-                     num_guidance=len(space.guidance_choices))  # fmt: skip
+    return Predictor(
+        num_models=space.num_models, max_order=space.max_order, config=config, num_guidance=len(space.guidance_choices)
+    )
 
 
 # The host-side entry points below are jitted (`space.timeless()` and config static, the end times a traced
@@ -189,8 +191,9 @@ def init_params(space: SearchSpace, noise_schedule, key: jax.Array, config: Pred
 
 @functools.partial(jax.jit, static_argnames=("space", "config"))
 def _init_params(space, noise_schedule, key, config, bounds):
-    return _module(space, config).init(key, _features(space, noise_schedule, encoding.random_genomes(space, key, 1),
-                                                      bounds))  # fmt: skip
+    return _module(space, config).init(
+        key, _features(space, noise_schedule, encoding.random_genomes(space, key, 1), bounds)
+    )
 
 
 def _bounds(space: SearchSpace, bounds) -> jax.Array:
@@ -203,8 +206,9 @@ def _features(space: SearchSpace, noise_schedule, pop: Genome, bounds) -> Featur
     return jax.vmap(lambda g: features(space, noise_schedule, g, bounds))(pop)
 
 
-def score(space: SearchSpace, noise_schedule, params, pop: Genome, config: PredictorConfig = PredictorConfig(),
-          bounds=None):  # fmt: skip
+def score(
+    space: SearchSpace, noise_schedule, params, pop: Genome, config: PredictorConfig = PredictorConfig(), bounds=None
+):
     """Predicted scores of a population [P] (lower = better): decode, featurise, run the network. `bounds`:
     the end times (t_start, t_end), possibly traced (default the space's)."""
     return _score(space.timeless(), noise_schedule, params, pop, config, _bounds(space, bounds))
@@ -298,8 +302,20 @@ def fit(
     valid = jnp.arange(size) < n
     t_pad = jnp.concatenate([targets, jnp.full((size - n,), jnp.nan, targets.dtype)])
     module = _module(space, config)
-    params, losses = _train(params, k_shuf, x_all, t_pad, valid, module=module, epochs=epochs,
-                            bsz=min(batch, size), lr=lr, loss=loss, margin=margin, threshold=threshold)  # fmt: skip
+    params, losses = _train(
+        params,
+        k_shuf,
+        x_all,
+        t_pad,
+        valid,
+        module=module,
+        epochs=epochs,
+        bsz=min(batch, size),
+        lr=lr,
+        loss=loss,
+        margin=margin,
+        threshold=threshold,
+    )
     train_tau = kendall_tau(np.asarray(_apply(module, params, x_all))[:n], np.asarray(targets))
     ho_tau = float("nan")
     if heldout is not None:

@@ -103,8 +103,10 @@ class SearchSpace:
             if len(choices) < 2 or len(set(choices)) != len(choices) or not all(map(math.isfinite, choices)):
                 raise ValueError(f"guidance_choices must be at least two distinct finite scales, got {choices}")
             if float(self.guidance) not in choices:
-                raise ValueError(f"guidance_choices {choices} must include the space's guidance {self.guidance:g} "
-                                 "(the scale of the presets that seed the search)")  # fmt: skip
+                raise ValueError(
+                    f"guidance_choices {choices} must include the space's guidance {self.guidance:g} "
+                    "(the scale of the presets that seed the search)"
+                )
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -150,8 +152,9 @@ class SearchSpace:
         return 3 if self.mean_afs else 2
 
     @classmethod
-    def for_nfe(cls, nfe: int, latencies, *, model: int = 0, noise_schedule: NoiseSchedule | None = None,
-                **kw) -> SearchSpace:  # fmt: skip
+    def for_nfe(
+        cls, nfe: int, latencies, *, model: int = 0, noise_schedule: NoiseSchedule | None = None, **kw
+    ) -> SearchSpace:
         """Solver mode at a fixed NFE; with `noise_schedule`, its end times (`for_noise_schedule`)."""
         kw = dict(num_positions=int(nfe) + 1, latencies=latencies, mode="solver", model=model, nfe=int(nfe), **kw)
         return cls(**kw) if noise_schedule is None else cls.for_noise_schedule(noise_schedule, **kw)
@@ -170,11 +173,15 @@ class SearchSpace:
         ns, name = noise_schedule, type(noise_schedule).__name__
         hint = "build it with SearchSpace.for_noise_schedule(ns, ...) or SearchSpace.for_nfe(..., noise_schedule=ns)"
         if self.t_start > float(ns.t_max):
-            raise ValueError(f"SearchSpace.t_start = {self.t_start:g} is above the noise schedule's t_max = "
-                             f"{float(ns.t_max):g} ({name}); {hint}")  # fmt: skip
+            raise ValueError(
+                f"SearchSpace.t_start = {self.t_start:g} is above the noise schedule's t_max = "
+                f"{float(ns.t_max):g} ({name}); {hint}"
+            )
         if self.t_end < float(ns.t_min):
-            raise ValueError(f"SearchSpace.t_end = {self.t_end:g} is below the noise schedule's t_min = "
-                             f"{float(ns.t_min):g} ({name}); {hint}")  # fmt: skip
+            raise ValueError(
+                f"SearchSpace.t_end = {self.t_end:g} is below the noise schedule's t_min = "
+                f"{float(ns.t_min):g} ({name}); {hint}"
+            )
 
 
 def _is_int(v) -> bool:

@@ -30,8 +30,11 @@ def save_checkpoint(path, config: StageTrainConfig, params: Any) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     _train.save_params(path / "params", params)
-    meta = {"omsjax_multistage": _CHECKPOINT_VERSION, "config": config.to_dict(),
-            "param_count": nets.param_count(params)}  # fmt: skip
+    meta = {
+        "omsjax_multistage": _CHECKPOINT_VERSION,
+        "config": config.to_dict(),
+        "param_count": nets.param_count(params),
+    }
     files.write_json(path / "config.json", meta)
     return path
 

@@ -163,8 +163,9 @@ def similarity(
     return np.asarray(counts, np.float64) / (num_samples * math.prod(data.shape[1:]))
 
 
-def similarity_matrix(denoiser: EmpiricalDenoiser, noise_schedule: NoiseSchedule, data, grid, key: jax.Array,
-                      **options) -> np.ndarray:  # fmt: skip
+def similarity_matrix(
+    denoiser: EmpiricalDenoiser, noise_schedule: NoiseSchedule, data, grid, key: jax.Array, **options
+) -> np.ndarray:
     """The symmetric similarity matrix S(grid_i, grid_j), float64 [G, G]: `similarity(denoiser, noise_schedule,
     data, grid, None, key, **options)` (its keyword options: num_samples, eta, prediction, batch_size); the
     predictions at each grid time are computed once per batch of samples. Its diagonal is 1."""
@@ -298,9 +299,12 @@ def _levels(ns: NoiseSchedule, times, grid: np.ndarray, sim: np.ndarray) -> dict
     t = np.asarray(times, np.float64)
     starts = np.searchsorted(grid, t, side="right")
     ok = starts.size == 0 or (np.all(np.diff(starts) > 0) and starts[0] > 0 and starts[-1] < grid.size)
-    return {"t": t.tolist(), "lambda": np.asarray(ns.lam(t), np.float64).tolist(),
-            "sigma": np.asarray(ns.edm_sigma(t), np.float64).tolist(),
-            "score": partition_score(sim, starts) if ok else None}  # fmt: skip
+    return {
+        "t": t.tolist(),
+        "lambda": np.asarray(ns.lam(t), np.float64).tolist(),
+        "sigma": np.asarray(ns.edm_sigma(t), np.float64).tolist(),
+        "score": partition_score(sim, starts) if ok else None,
+    }
 
 
 def clustering_report(
@@ -338,9 +342,17 @@ def clustering_report(
     ns = schedules.vp_linear()
     grid = np.linspace(ns.default_t_end, ns.t_max, int(grid_size))
     t0 = time.perf_counter()
-    sim = similarity_matrix(EmpiricalDenoiser(data), ns, data, grid, jax.random.PRNGKey(seed),
-                            num_samples=num_samples, eta=eta, prediction=prediction,
-                            batch_size=batch_size)  # fmt: skip
+    sim = similarity_matrix(
+        EmpiricalDenoiser(data),
+        ns,
+        data,
+        grid,
+        jax.random.PRNGKey(seed),
+        num_samples=num_samples,
+        eta=eta,
+        prediction=prediction,
+        batch_size=batch_size,
+    )
     seconds = time.perf_counter() - t0
     try:
         threshold, threshold_error = _levels(ns, boundaries(sim, grid, alpha), grid, sim), None

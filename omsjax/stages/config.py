@@ -17,8 +17,9 @@ __all__ = ["MultiStageConfig", "StageTrainConfig"]
 
 def _positive_ints(name: str, values, *, allow_empty: bool = False) -> tuple[int, ...]:
     if not isinstance(values, (tuple, list)) or (not values and not allow_empty):
-        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}sequence of positive ints, got "
-                         f"{values!r}")  # fmt: skip
+        raise ValueError(
+            f"{name} must be a {'' if allow_empty else 'non-empty '}sequence of positive ints, got {values!r}"
+        )
     for v in values:
         if not _cfg.is_int(v) or v <= 0:
             raise ValueError(f"{name} entries must be positive ints, got {values!r}")
@@ -133,8 +134,9 @@ class StageTrainConfig:
         if not isinstance(self.net, MultiStageConfig):
             raise ValueError(f"net must be a MultiStageConfig, got {type(self.net).__name__}")
         if self.net.boundaries and self.net.boundaries[0] <= T_EPS:
-            raise ValueError(f"net.boundaries must exceed the smallest training time {T_EPS}, got "
-                             f"{self.net.boundaries}")  # fmt: skip
+            raise ValueError(
+                f"net.boundaries must exceed the smallest training time {T_EPS}, got {self.net.boundaries}"
+            )
 
         def _set(name, value):
             object.__setattr__(self, name, value)

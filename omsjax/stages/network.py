@@ -89,8 +89,9 @@ class _Decoder(nn.Module):
         for level in reversed(range(cfg.num_levels)):
             for i in range(cfg.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = nets.ResBlock(cfg.channels * cfg.channel_mults[level], cfg.groups, name=f"up_{level}_res_{i}",
-                                  **kw)(h, emb)  # fmt: skip
+                h = nets.ResBlock(
+                    cfg.channels * cfg.channel_mults[level], cfg.groups, name=f"up_{level}_res_{i}", **kw
+                )(h, emb)
                 if level in cfg.attention_levels:
                     h = nets.AttentionBlock(cfg.groups, name=f"up_{level}_attn_{i}", **kw)(h)
             if level != 0:
@@ -108,8 +109,9 @@ def check_input(config: MultiStageConfig, x, t):
         raise ValueError(f"x must be a floating-point array [B, H, W, C] (NHWC), got {x.shape} {x.dtype}")
     d = config.unet_config().spatial_divisor
     if x.shape[1] % d or x.shape[2] % d:
-        raise ValueError(f"spatial size {x.shape[1]}x{x.shape[2]} must be divisible by {d} for "
-                         f"channel_mults={config.channel_mults}")  # fmt: skip
+        raise ValueError(
+            f"spatial size {x.shape[1]}x{x.shape[2]} must be divisible by {d} for channel_mults={config.channel_mults}"
+        )
     t = jnp.asarray(t)
     if t.ndim == 0:
         t = jnp.broadcast_to(t, x.shape[:1])
@@ -135,8 +137,9 @@ def encode(config: MultiStageConfig, params: Any, x: jax.Array, t: jax.Array):
     return _Encoder(config).apply({"params": _cast(params["encoder"], x.dtype)}, x, t)
 
 
-def decode(config: MultiStageConfig, params: Any, stage: int, h: jax.Array, skips: tuple, emb: jax.Array,
-           out_channels: int) -> jax.Array:  # fmt: skip
+def decode(
+    config: MultiStageConfig, params: Any, stage: int, h: jax.Array, skips: tuple, emb: jax.Array, out_channels: int
+) -> jax.Array:
     """Decoder `stage` (a Python int) called directly on `encode`'s output; `out_channels` is usually the input's
     channel count (`config.out_channels or C`)."""
     width = config.decoder_channels[stage]
@@ -277,5 +280,10 @@ def to_model(config: MultiStageConfig | StageTrainConfig, params: Any, latency: 
     net = config.net if isinstance(config, StageTrainConfig) else config
     if not isinstance(net, MultiStageConfig):
         raise ValueError(f"config must be a MultiStageConfig or StageTrainConfig, got {type(config).__name__}")
-    return Model(apply_fn=apply_fn(net), params=params, parameterization="noise", latency=latency,
-                 name=name or f"multistage-{net.num_stages}")  # fmt: skip
+    return Model(
+        apply_fn=apply_fn(net),
+        params=params,
+        parameterization="noise",
+        latency=latency,
+        name=name or f"multistage-{net.num_stages}",
+    )

@@ -65,8 +65,9 @@ def _group_tx(config: StageTrainConfig) -> optax.GradientTransformation:
     return optax.scale_by_adam()
 
 
-def _stage_tx(config: StageTrainConfig, names: tuple[str, ...], stage: int, lr: jax.Array
-              ) -> optax.GradientTransformation:  # fmt: skip
+def _stage_tx(
+    config: StageTrainConfig, names: tuple[str, ...], stage: int, lr: jax.Array
+) -> optax.GradientTransformation:
     """The optimiser of a step of stage `stage` on the (clipped) gradients {name: flat vector}:
     `optax.multi_transform` with one Adam per group, the absent decoders' label "frozen" (`set_to_zero`, their
     Adam states left out of the step), then the learning rate `lr`."""
@@ -112,8 +113,9 @@ def _stage_forward(net: MultiStageConfig, stage: int) -> Callable:
     return f
 
 
-def loss_fn(config: StageTrainConfig, params: Any, batch: jax.Array, key: jax.Array, stage: int | jax.Array
-            ) -> jax.Array:  # fmt: skip
+def loss_fn(
+    config: StageTrainConfig, params: Any, batch: jax.Array, key: jax.Array, stage: int | jax.Array
+) -> jax.Array:
     """Mean noise-prediction loss of stage `stage` on `batch` [B, H, W, C]:
     t ~ U(edges[stage], edges[stage + 1]), x = alpha_t x0 + sigma_t eps, mean (eps_hat(x, t) - eps)^2.
 
@@ -151,8 +153,9 @@ def _draw_stages(config: StageTrainConfig, key: jax.Array, steps: jax.Array) -> 
 # (`lax.switch` on a traced stage, or `value_and_grad` inside its branches) 10-30x slower than the same
 # convolutions outside one, so the step never differentiates through a switch; the stage sequence is drawn first.
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Array, key: jax.Array,
-                stage: int) -> tuple[_train.TrainState, dict]:  # fmt: skip
+def _train_step(
+    config: StageTrainConfig, state: _train.TrainState, data: jax.Array, key: jax.Array, stage: int
+) -> tuple[_train.TrainState, dict]:
     step_key = jax.random.fold_in(key, state.step)
     _, k_idx, k_loss = jax.random.split(step_key, 3)  # the first key draws the stage (`_draw_stages`)
     idx = jax.random.randint(k_idx, (config.batch_size,), 0, data.shape[0], dtype=jnp.int32)
@@ -193,8 +196,13 @@ def _train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Ar
     return new, {"loss": loss, "grad_norm": grad_norm, "lr": lr, "stage": jnp.int32(stage)}
 
 
-def train_step(config: StageTrainConfig, state: _train.TrainState, data: jax.Array, key: jax.Array,
-               stage: int | jax.Array | None = None) -> tuple[_train.TrainState, dict]:  # fmt: skip
+def train_step(
+    config: StageTrainConfig,
+    state: _train.TrainState,
+    data: jax.Array,
+    key: jax.Array,
+    stage: int | jax.Array | None = None,
+) -> tuple[_train.TrainState, dict]:
     """One optimiser step of one stage on a batch drawn from `data` [N, H, W, C] (pure; one compiled program per
     config and stage).
 
@@ -255,8 +263,9 @@ def train(
         return _train_step(config, state, data_dev, key, int(drawn[step - 1 - start]))
 
     def summarize(step, window):
-        losses, stage_ids = (np.asarray(v) for v in zip(*jax.device_get([(m["loss"], m["stage"]) for m in window]),
-                                                        strict=True))  # fmt: skip
+        losses, stage_ids = (
+            np.asarray(v) for v in zip(*jax.device_get([(m["loss"], m["stage"]) for m in window]), strict=True)
+        )
         per = [losses[stage_ids == k] for k in range(config.net.num_stages)]
         return {
             "step": step,
@@ -265,16 +274,27 @@ def train(
             "steps_per_stage": [int(v.size) for v in per],
         }
 
-    state, log = _train.run(step_fn, state, end=end, total=config.steps, batch_size=config.batch_size,
-                            log_every=log_every, summarize=summarize, log_file=log_file,
-                            saving=saving, progress=progress, desc="train stages")  # fmt: skip
+    state, log = _train.run(
+        step_fn,
+        state,
+        end=end,
+        total=config.steps,
+        batch_size=config.batch_size,
+        log_every=log_every,
+        summarize=summarize,
+        log_file=log_file,
+        saving=saving,
+        progress=progress,
+        desc="train stages",
+    )
     if out_dir is not None:
         save_checkpoint(out_dir, config, state.ema_params)
     return state, log
 
 
-def run_training(config: StageTrainConfig, data, out_dir, *, resume: bool = False,
-                 progress: bool = True) -> _train.TrainState:  # fmt: skip
+def run_training(
+    config: StageTrainConfig, data, out_dir, *, resume: bool = False, progress: bool = True
+) -> _train.TrainState:
     """A resumable multi-stage training run in the folder `out_dir` (what `omsjax train` does with a multi-stage
     config): OUT/config.json, OUT/params (`save_checkpoint` of the EMA parameters, rewritten at every checkpoint),
     OUT/state (the full `TrainState`) every `config.checkpoint_every` steps and at the end, OUT/log.jsonl.

@@ -50,7 +50,8 @@ _DEPRECATED = ("METHODS", "finetune", "run")
 
 def __getattr__(name):
     if name in _DEPRECATED:
-        warnings.warn(f"omsjax.timesteps.{name} is deprecated: use {_WORKFLOW}.{name}", DeprecationWarning,
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"omsjax.timesteps.{name} is deprecated: use {_WORKFLOW}.{name}", DeprecationWarning, stacklevel=2
+        )
         return getattr(importlib.import_module(_WORKFLOW), name)
     raise AttributeError(f"module 'omsjax.timesteps' has no attribute {name!r}")

@@ -67,8 +67,10 @@ def _restore_step(mngr: ocp.CheckpointManager, ckpt_dir: Path, step: int, config
     try:
         return mngr.restore(step, args=ocp.args.StandardRestore(_abstract_state(config)))
     except Exception as e:  # orbax raises anything from JSONDecodeError to a bare Exception on a damaged file
-        raise ValueError(f"checkpoint step directory {_step_dir(ckpt_dir, step)} cannot be read (a truncated or "
-                         f"overwritten file?): {_short(e)}") from None  # fmt: skip
+        raise ValueError(
+            f"checkpoint step directory {_step_dir(ckpt_dir, step)} cannot be read (a truncated or "
+            f"overwritten file?): {_short(e)}"
+        ) from None
 
 
 def restore_intact(ckpt_dir, config: TrainConfig) -> tuple[TrainState | None, list[tuple[Path, str]]]:
@@ -87,8 +89,10 @@ def restore_intact(ckpt_dir, config: TrainConfig) -> tuple[TrainState | None, li
         mngr.close()
     if bad:
         dirs = ", ".join(str(d) for d, _ in bad)
-        raise ValueError(f"no intact checkpoint in {ckpt_dir} to resume from: every step directory ({dirs}) cannot "
-                         f"be read; {bad[0][1]}")  # fmt: skip
+        raise ValueError(
+            f"no intact checkpoint in {ckpt_dir} to resume from: every step directory ({dirs}) cannot "
+            f"be read; {bad[0][1]}"
+        )
     return None, bad
 
 
@@ -193,5 +197,6 @@ def load_params(path, like: Any, *, expected_by: str = "the config") -> Any:
             wrong = _mismatch(stored, expected, missing=bool(stored), by=expected_by)
             if wrong is not None:
                 raise ValueError(f"parameters at {path}: {wrong}") from None
-            raise ValueError(f"parameters at {path} cannot be read (a truncated or overwritten file?): "
-                             f"{_short(e)}") from None  # fmt: skip
+            raise ValueError(
+                f"parameters at {path} cannot be read (a truncated or overwritten file?): {_short(e)}"
+            ) from None

@@ -79,8 +79,12 @@ class TrainConfig:
         def _set(name, value):
             object.__setattr__(self, name, value)
 
-        check_training_fields(self, ("steps", "batch_size", "checkpoint_every"), self.net.spatial_divisor,
-                              f" for channel_mults={self.net.channel_mults}")  # fmt: skip
+        check_training_fields(
+            self,
+            ("steps", "batch_size", "checkpoint_every"),
+            self.net.spatial_divisor,
+            f" for channel_mults={self.net.channel_mults}",
+        )
         focus = self.focus_times
         if not isinstance(focus, (tuple, list)) or not all(_cfg.is_real(v) and v > 0 for v in focus):
             raise ValueError(f"focus_times must be a sequence of finite noise levels > 0, got {focus!r}")

@@ -227,8 +227,10 @@ def check_labels(labels, n: int, num_classes: int) -> np.ndarray | None:
         raise ValueError(f"labels must be integers of shape [N] = ({n},), got {y.dtype}{list(y.shape)}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:
-        raise ValueError(f"labels must be in 0..{num_classes - 1} (config.net.num_classes = {num_classes}); "
-                         f"label {int(y[bad[0]])} at row {int(bad[0])}")  # fmt: skip
+        raise ValueError(
+            f"labels must be in 0..{num_classes - 1} (config.net.num_classes = {num_classes}); "
+            f"label {int(y[bad[0]])} at row {int(bad[0])}"
+        )
     return y.astype(np.int32)
 
 
@@ -238,8 +240,11 @@ def _resume_state(ckpt_dir: Path, config: TrainConfig) -> TrainState | None:
     state, bad = restore_intact(ckpt_dir, config)
     for step_dir, why in bad:
         moved = set_aside(step_dir)
-        warnings.warn(f"resume: {why}; moved it to {moved} and resuming from step {int(state.step)}, the newest "
-                      f"intact checkpoint", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"resume: {why}; moved it to {moved} and resuming from step {int(state.step)}, the newest "
+            f"intact checkpoint",
+            stacklevel=3,
+        )
     return state
 
 
@@ -255,5 +260,9 @@ def _fresh_state(config: TrainConfig, init_params: Any) -> TrainState:
     if not same:
         raise ValueError("init_params do not match the network of config.net (structure or shapes)")
     params = jax.tree.map(lambda a: jnp.asarray(a, DTYPE), init_params)
-    return TrainState(step=state.step, params=params, ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=make_optimizer(config).init(params))  # fmt: skip
+    return TrainState(
+        step=state.step,
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=make_optimizer(config).init(params),
+    )

@@ -46,8 +46,15 @@ def clamp_cap(step, warmup: int) -> jax.Array:
     return jnp.where(step < warmup, 5.0 * jnp.exp(frac * math.log(100.0)), jnp.inf).astype(DTYPE)
 
 
-def denoise(precond: str, net: nets.UNetConfig, fdm_m: float, params: Any, x: jax.Array, level: jax.Array,
-             y: jax.Array | None = None):  # fmt: skip
+def denoise(
+    precond: str,
+    net: nets.UNetConfig,
+    fdm_m: float,
+    params: Any,
+    x: jax.Array,
+    level: jax.Array,
+    y: jax.Array | None = None,
+):
     """pred = c_skip x + c_out F(c_in x; c_noise, y) for x [B, ...], level [B] (coefficients in x's dtype), labels
     y int[B] of a class-conditional net (None: the null label)."""
 

@@ -40,11 +40,12 @@ import numpy as np
 from omsjax import files, metrics
 from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE
-from omsjax.search import baselines, cache, encoding, final, guided, loop
+from omsjax.search import baselines, cache, final, guided, loop, seeding
 from omsjax.search.baselines import BASELINES
 from omsjax.search.evaluate import Archive, Evaluator
 from omsjax.search.find import run_search
 from omsjax.search.plan import FindOptions, Plan, Seeds, plan
+from omsjax.search.space import default_guidance_choices
 
 METRICS = ("reference-fd", "reference-rmse", "fd")
 REFERENCES = "references.npz"  # a zoo's shipped reference samples, and a run's own
@@ -57,7 +58,7 @@ class Objective:
     """What a search minimises (module docstring): `metric` (one of `METRICS`); on a class-conditional zoo the
     guidance scale `guidance` W of every step (None: 1, the conditional model; refused on an unconditional zoo),
     `accuracy_weight` (metric "fd" only) and `guidance_choices`, the per-step guidance gene's scales (None: not
-    searched; (): `encoding.default_guidance_choices(W)`); `reference`: the converged sampler of the reference
+    searched; (): `default_guidance_choices(W)`); `reference`: the converged sampler of the reference
     metrics."""
 
     metric: str = "reference-fd"
@@ -70,8 +71,10 @@ class Objective:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.guidance_choices is not None and self.guidance is None:
-            raise ValueError("a searched guidance scale (guidance_choices, --search-guidance) needs the guidance "
-                             "scale W (--guidance) that seeds it")  # fmt: skip
+            raise ValueError(
+                "a searched guidance scale (guidance_choices, --search-guidance) needs the guidance "
+                "scale W (--guidance) that seeds it"
+            )
 
     @property
     def w(self) -> float:
@@ -83,9 +86,18 @@ class Objective:
 DEFAULTS = FindOptions(num_samples=500, heldout_samples=1000, max_steps=16, spacing="time_quadratic", progress=True)
 
 
-def run(zoo_dir, out_dir, *, mode: str = "solver", nfe: int | None = None, budget_seconds: float | None = None,
-        seed: int = 0, options: FindOptions = DEFAULTS, objective: Objective = Objective(),
-        use_cache: bool = True) -> dict:  # fmt: skip
+def run(
+    zoo_dir,
+    out_dir,
+    *,
+    mode: str = "solver",
+    nfe: int | None = None,
+    budget_seconds: float | None = None,
+    seed: int = 0,
+    options: FindOptions = DEFAULTS,
+    objective: Objective = Objective(),
+    use_cache: bool = True,
+) -> dict:
     """Search and report (module docstring); returns the report dict.
 
     The search itself is `search.find.run_search`, as for `find_schedule`: the same budget rule (`plan.plan`; a
@@ -97,7 +109,7 @@ def run(zoo_dir, out_dir, *, mode: str = "solver", nfe: int | None = None, budge
 
     `options` (default `DEFAULTS`): the model, sample counts, loop configuration, spacing, time range, step limit
     and progress bar; the guidance comes from `objective` and the metric's name from its metric. `options.spacing`
-    is the search space's base step spacing (`encoding.SPACINGS`): the time genes vary around it, and model mode's
+    is the search space's base step spacing (`spacing.SPACINGS`): the time genes vary around it, and model mode's
     steps follow it at every length. Default time-quadratic in every mode: on the digits zoo it is the best spacing
     of the multistep solvers from NFE 4 up, and a solver search around it found a 5-NFE schedule 25% closer to
     digits-m's converged samples than the best preset, where one around logSNR (S3's choice) found none
@@ -122,8 +134,9 @@ def run(zoo_dir, out_dir, *, mode: str = "solver", nfe: int | None = None, budge
     set_here = [k for k, v in own.items() if getattr(options, k) != v]
     if set_here:
         raise ValueError(f"omsjax search takes {', '.join(set_here)} from its objective, not from options")
-    if budget_seconds is not None and not (isinstance(budget_seconds, (int, float)) and math.isfinite(budget_seconds)
-                                           and budget_seconds > 0):  # fmt: skip
+    if budget_seconds is not None and not (
+        isinstance(budget_seconds, (int, float)) and math.isfinite(budget_seconds) and budget_seconds > 0
+    ):
         raise ValueError(f"the budget must be a number of seconds > 0, got {budget_seconds}")
     if options.spacing is None:
         options = dataclasses.replace(options, spacing=DEFAULTS.spacing)
@@ -136,11 +149,12 @@ def run(zoo_dir, out_dir, *, mode: str = "solver", nfe: int | None = None, budge
 def _plan(models, ns, mean, mode, nfe, budget_seconds, options: FindOptions, objective: Objective) -> Plan:
     """`plan.plan` of a search on a zoo: the guidance of `objective`, a time budget in ms."""
     gc = objective.guidance_choices
-    choices = () if gc is None else tuple(gc) or encoding.default_guidance_choices(objective.w)
+    choices = () if gc is None else tuple(gc) or default_guidance_choices(objective.w)
     options = dataclasses.replace(options, guidance=objective.w, guidance_choices=choices)
     budget = None if budget_seconds is None else 1000.0 * budget_seconds
-    return plan(ns, [m.latency for m in models], mode=mode, nfe=nfe, budget=budget, options=options,
-                mean_afs=mean is not None)  # fmt: skip
+    return plan(
+        ns, [m.latency for m in models], mode=mode, nfe=nfe, budget=budget, options=options, mean_afs=mean is not None
+    )
 
 
 def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
@@ -151,8 +165,9 @@ def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, 
 
     num_classes = zoo.num_classes(manifest)
     if num_classes == 0 and objective.guidance is not None:
-        raise ValueError(f"guidance {objective.guidance}: the zoo {zoo_dir} is unconditional (its members take no "
-                         "labels)")  # fmt: skip
+        raise ValueError(
+            f"guidance {objective.guidance}: the zoo {zoo_dir} is unconditional (its members take no labels)"
+        )
     labels, cond, uncond = None, None, None
     if num_classes:
         labels = conditional.balanced_labels(n, num_classes)
@@ -178,15 +193,24 @@ def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, 
         return kw, also, labels
     store = metrics.ReferenceStore(out / REFERENCES, cache.fingerprint(zoo_dir), shipped=Path(zoo_dir) / REFERENCES)
     target = space.model if space.mode == "solver" else len(models) - 1
-    ref = metrics.Reference(models[target], ns, sampler=objective.reference, t_start=space.t_start,
-                            t_end=space.t_end, guidance=objective.w, cond=cond, uncond=uncond,
-                            store=store)  # fmt: skip
+    ref = metrics.Reference(
+        models[target],
+        ns,
+        sampler=objective.reference,
+        t_start=space.t_start,
+        t_end=space.t_end,
+        guidance=objective.w,
+        cond=cond,
+        uncond=uncond,
+        store=store,
+    )
     kw["metric"] = metrics.ReferenceFD(ref) if objective.metric == "reference-fd" else metrics.ReferenceRMSE(ref)
     return kw, also, labels
 
 
-def _search(zoo_dir, out, mode, budgets, seeds: Seeds, options: FindOptions, objective: Objective,
-            use_cache: bool) -> dict:  # fmt: skip
+def _search(
+    zoo_dir, out, mode, budgets, seeds: Seeds, options: FindOptions, objective: Objective, use_cache: bool
+) -> dict:
     """`run` (its arguments checked) with the folder lock held."""
     from omsjax import zoo
 
@@ -201,8 +225,16 @@ def _search(zoo_dir, out, mode, budgets, seeds: Seeds, options: FindOptions, obj
     archive = Archive(out / "archive.jsonl")  # one archive for every evaluator: read (and checked) once
     cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
     archive.remember(cached)  # the zoo's shipped evaluations of the presets: looked up, never written again
-    ev = Evaluator(models, ns, space, num_samples=options.num_samples, noise_seed=seeds.search,
-                   sample_shape=tuple(manifest["image_shape"]), archive=archive, **kw)  # fmt: skip
+    ev = Evaluator(
+        models,
+        ns,
+        space,
+        num_samples=options.num_samples,
+        noise_seed=seeds.search,
+        sample_shape=tuple(manifest["image_shape"]),
+        archive=archive,
+        **kw,
+    )
     done = run_search(ev, the_plan, seeds, options, also=also)
     fin, res, fcfg = done.final, done.search, done.final_config
     used = archive.cache_hits
@@ -231,11 +263,20 @@ def _search(zoo_dir, out, mode, budgets, seeds: Seeds, options: FindOptions, obj
             held = [ev.with_noise(s, fcfg.samples, chunk=1, also=also) for s in fcfg.seeds("heldout")]
             target = space.model if mode == "solver" else len(models) - 1
             stage = (options.config or loop.LoopConfig()).stages + 2  # after the search's own stages, as `final`
-            report["guidance_tradeoff"] = guided.tradeoff(held, fin.schedule, ns, model=target, guidance=objective.w,
-                                                          stage=stage)  # fmt: skip
-    meta = dict(mode=mode, metric=ev.metric_name, score=report["searched"]["score"], verdict=fin.verdict,
-                nfe=fin.searched_record.nfe, cost=fin.searched_record.cost, heldout_samples=fcfg.samples,
-                heldout_noise_seeds=fcfg.seeds("heldout"), returned=report["returned"])  # fmt: skip
+            report["guidance_tradeoff"] = guided.tradeoff(
+                held, fin.schedule, ns, model=target, guidance=objective.w, stage=stage
+            )
+    meta = dict(
+        mode=mode,
+        metric=ev.metric_name,
+        score=report["searched"]["score"],
+        verdict=fin.verdict,
+        nfe=fin.searched_record.nfe,
+        cost=fin.searched_record.cost,
+        heldout_samples=fcfg.samples,
+        heldout_noise_seeds=fcfg.seeds("heldout"),
+        returned=report["returned"],
+    )
     files.write_text(out / "schedule.json", fin.schedule.to_json(**meta))
     files.write_json(out / "report.json", report)
     _figures(out, ev, res.records, fin, report, fcfg)
@@ -251,9 +292,17 @@ def _guided_calls(schedule) -> int:
     return 2 * int(np.sum(guided))
 
 
-def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int = 1000, seed: int = 0,
-                  spacing: str = "time_quadratic", objective: Objective = Objective(),
-                  progress: bool = True) -> Path:  # fmt: skip
+def cache_presets(
+    zoo_dir,
+    nfes,
+    *,
+    num_samples: int = 500,
+    final_samples: int = 1000,
+    seed: int = 0,
+    spacing: str = "time_quadratic",
+    objective: Objective = Objective(),
+    progress: bool = True,
+) -> Path:
     """Evaluate the presets of solver-mode searches on the largest model of `zoo_dir` once, at each NFE of `nfes`,
     and ship them with the zoo (`search.cache`), with the reference samples they were compared with
     (`references.npz`): what `omsjax search --nfe N` with these settings evaluates without a searched candidate
@@ -275,12 +324,21 @@ def cache_presets(zoo_dir, nfes, *, num_samples: int = 500, final_samples: int =
     for n in nfes:
         the_plan = _plan(models, ns, mean, "solver", n, None, options, objective)
         space = the_plan.space
-        kw, also, _ = _objective(zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective,
-                                 max(num_samples, final_samples))  # fmt: skip
-        ev = Evaluator(models, ns, space, num_samples=num_samples, noise_seed=seeds.search, sample_shape=shape,
-                       archive=archive, **kw)  # fmt: skip
+        kw, also, _ = _objective(
+            zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective, max(num_samples, final_samples)
+        )
+        ev = Evaluator(
+            models,
+            ns,
+            space,
+            num_samples=num_samples,
+            noise_seed=seeds.search,
+            sample_shape=shape,
+            archive=archive,
+            **kw,
+        )
         t0 = time.perf_counter()
-        recs = ev.evaluate(encoding.preset_seeds(space, ns))
+        recs = ev.evaluate(seeding.preset_seeds(space, ns))
         loop.check_noise(ev, ev.with_noise(seeds.check), recs)
         base = baselines.for_space(ns, space, the_plan.kind, the_plan.limit)
         final.finish(ev, [], base, seeds.final_config(final_samples), also=also, stage=2)
@@ -302,15 +360,28 @@ def _figures(out: Path, ev: Evaluator, records, fin: final.Final, report: dict, 
     pts += [(row[cost], math.inf if row["score"] is None else row["score"], True) for row in fin.baselines.values()]
     chosen = ev.evaluate_schedules([fin.schedule])[0]  # on the search noise: in the archive
     xlabel = "model calls (NFE)" if mode == "solver" else "cost: sum of model latencies (ms per batch)"
-    title = (f"{mode} mode, {short} on the search noise (seed {ev.noise_seed}, {ev.num_samples} samples)\n"
-             f"held-out verdict against the best baseline: {fin.verdict}")  # fmt: skip
+    title = (
+        f"{mode} mode, {short} on the search noise (seed {ev.noise_seed}, {ev.num_samples} samples)\n"
+        f"held-out verdict against the best baseline: {fin.verdict}"
+    )
     best = fin.baselines[fin.best_baseline]["score"]
-    plots.search_pareto(pts, (getattr(chosen, cost), chosen.score), out / "pareto.png", xlabel=xlabel, ylabel=short,
-                        title=title, jitter=mode == "solver", best_baseline=best)  # fmt: skip
+    plots.search_pareto(
+        pts,
+        (getattr(chosen, cost), chosen.score),
+        out / "pareto.png",
+        xlabel=xlabel,
+        ylabel=short,
+        title=title,
+        jitter=mode == "solver",
+        best_baseline=best,
+    )
     held = ev.with_noise(fcfg.seeds("heldout")[0], fcfg.samples, chunk=1)
     s, b = report["searched"], report["best_baseline"]
-    panels = {f"returned: {'searched' if fin.name is None else fin.name}\n{short} {s['scores'][0]:.4g}":
-              held.samples(fin.schedule)[:64]}  # fmt: skip
+    panels = {
+        f"returned: {'searched' if fin.name is None else fin.name}\n{short} {s['scores'][0]:.4g}": held.samples(
+            fin.schedule
+        )[:64]
+    }
     if fin.name is None:
         panels[f"best baseline: {b['name']}\n{short} {b['scores'][0]:.4g}"] = held.samples(fin.baseline_schedule)[:64]
     plots.side_by_side(panels, out / "samples.png", title=f"held-out noise (seed {held.noise_seed}), the same x_T")

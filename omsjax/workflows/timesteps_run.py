@@ -70,15 +70,30 @@ def finetune(
         data = data_mod.load_digits("train")
     base = train.TrainConfig.from_dict(entry["config"])
     focus = tuple(float(t) for t in focus_times)
-    cfg = dataclasses.replace(base, steps=int(steps), lr=float(lr), warmup=max(1, min(50, int(steps) // 10)),
-                              ema_decay=float(ema_decay), seed=int(seed), checkpoint_every=int(steps),
-                              focus_times=focus, focus_prob=float(focus_prob))  # fmt: skip
+    cfg = dataclasses.replace(
+        base,
+        steps=int(steps),
+        lr=float(lr),
+        warmup=max(1, min(50, int(steps) // 10)),
+        ema_decay=float(ema_decay),
+        seed=int(seed),
+        checkpoint_every=int(steps),
+        focus_times=focus,
+        focus_prob=float(focus_prob),
+    )
     out = Path(out_dir)
     state = train.train(cfg, data, out / "train", resume=True, progress=progress, init_params=models[model].params)
     name = name or f"{entry['name']}-ft"
-    zoo.add_member(out / "zoo", name, cfg, state.ema_params, train_steps=int(entry.get("train_steps", 0)) + steps,
-                   dataset=manifest.get("dataset", "digits"), data_mean=manifest.get("data_mean"),
-                   latency_batch=int(entry.get("latency_batch", 256)))  # fmt: skip
+    zoo.add_member(
+        out / "zoo",
+        name,
+        cfg,
+        state.ema_params,
+        train_steps=int(entry.get("train_steps", 0)) + steps,
+        dataset=manifest.get("dataset", "digits"),
+        data_mean=manifest.get("data_mean"),
+        latency_batch=int(entry.get("latency_batch", 256)),
+    )
     ft, _, _ = zoo.load_zoo(out / "zoo")
     return ft[0], out / "zoo"
 
@@ -99,19 +114,33 @@ def _phase1(method, zoo, k, ns, template, x0, keys, cfg):
     if method == "ays":
         table = ays_table(m, ns, x0, lam_grid, keys[1], num_samples=cfg["ays_samples"])
         ts = ays_schedule(ns, nfe + int(int(np.asarray(template.afs)) != 0), lam_grid, table, t_start=t0, t_end=t1)
-        return ts, {"ays_bound_before": ays_bound(ns, np.asarray(template.ts), lam_grid, table),
-                    "ays_bound_after": ays_bound(ns, ts, lam_grid, table)}  # fmt: skip
+        return ts, {
+            "ays_bound_before": ays_bound(ns, np.asarray(template.ts), lam_grid, table),
+            "ays_bound_after": ays_bound(ns, ts, lam_grid, table),
+        }
     if method == "fd":  # the FD itself, from the standard spacing with the lowest FD on the training noise
         from omsjax import metrics
 
         x_T = cfg["traj_data"](None)[0]
         fd_of = jax.jit(lambda s: sample(zoo, ns, s, x_T, data_mean=cfg["data_mean"]))
-        cands = [template._replace(ts=jnp.asarray(_spacing_ts(ns, template, sp), jnp.asarray(template.ts).dtype))
-                 for sp in SPACINGS]  # fmt: skip
+        cands = [
+            template._replace(ts=jnp.asarray(_spacing_ts(ns, template, sp), jnp.asarray(template.ts).dtype))
+            for sp in SPACINGS
+        ]
         best = min(cands, key=lambda s: metrics.fd(np.asarray(fd_of(s))))
-        res = optimize_fd(zoo, ns, best, cfg["fd_embed"], metrics.reference_stats(), image_shape=x_T.shape[1:],
-                          batch=min(256, x_T.shape[0]), steps=cfg["traj_steps"], lr=cfg["traj_lr"],
-                          data_mean=cfg["data_mean"], key=keys[2])  # fmt: skip
+        res = optimize_fd(
+            zoo,
+            ns,
+            best,
+            cfg["fd_embed"],
+            metrics.reference_stats(),
+            image_shape=x_T.shape[1:],
+            batch=min(256, x_T.shape[0]),
+            steps=cfg["traj_steps"],
+            lr=cfg["traj_lr"],
+            data_mean=cfg["data_mean"],
+            key=keys[2],
+        )
         return res.ts, {"batch_fd_first": float(res.history[0]), "batch_fd_last": float(res.history[-1])}
     # trajectory: start from the standard spacing with the lowest training loss
     x_T, x_ref, held = cfg["traj_data"](m)
@@ -122,10 +151,24 @@ def _phase1(method, zoo, k, ns, template, x0, keys, cfg):
         loss = float(init_loss(cand))
         if loss < best_loss:
             best, best_loss = cand, loss
-    res = optimize_trajectory(zoo, ns, best, (x_T, x_ref), heldout=held, steps=cfg["traj_steps"], lr=cfg["traj_lr"],
-                              batch=min(64, x_T.shape[0]), key=keys[2], embed=cfg["embed"])  # fmt: skip
-    return res.ts, {"train_mse_before": float(res.history[0]), "train_mse_after": float(res.history[-1]),
-                    "heldout_mse_before": res.heldout["before"], "heldout_mse_after": res.heldout["after"]}  # fmt: skip
+    res = optimize_trajectory(
+        zoo,
+        ns,
+        best,
+        (x_T, x_ref),
+        heldout=held,
+        steps=cfg["traj_steps"],
+        lr=cfg["traj_lr"],
+        batch=min(64, x_T.shape[0]),
+        key=keys[2],
+        embed=cfg["embed"],
+    )
+    return res.ts, {
+        "train_mse_before": float(res.history[0]),
+        "train_mse_after": float(res.history[-1]),
+        "heldout_mse_before": res.heldout["before"],
+        "heldout_mse_after": res.heldout["after"],
+    }
 
 
 def _spacing_ts(ns, template, spacing):
@@ -165,8 +208,15 @@ class StepsConfig:
             raise ValueError(f"distance must be 'pixels' or 'features', got {self.distance!r}")
         if self.solver not in presets.NAMED:
             raise ValueError(f"unknown solver {self.solver!r}; expected one of {sorted(presets.NAMED)}")
-        for name, lo in (("nfe", 1), ("rounds", 0), ("train_samples", 2), ("heldout_samples", 2), ("fd_samples", 2),
-                         ("traj_steps", 1), ("finetune_steps", 1)):  # fmt: skip
+        for name, lo in (
+            ("nfe", 1),
+            ("rounds", 0),
+            ("train_samples", 2),
+            ("heldout_samples", 2),
+            ("fd_samples", 2),
+            ("traj_steps", 1),
+            ("finetune_steps", 1),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -187,8 +237,14 @@ def run(zoo_dir, out_dir, config: StepsConfig = StepsConfig(), *, progress: bool
 
 def _run(zoo_dir, out, config: StepsConfig, progress: bool) -> dict:
     """`run` (its arguments checked) with the folder lock held."""
-    model, solver, nfe, method, rounds, seed = (config.model, config.solver, config.nfe, config.method, config.rounds,
-                                                config.seed)  # fmt: skip
+    model, solver, nfe, method, rounds, seed = (
+        config.model,
+        config.solver,
+        config.nfe,
+        config.method,
+        config.rounds,
+        config.seed,
+    )
     train_samples, heldout_samples, fd_samples = config.train_samples, config.heldout_samples, config.fd_samples
     traj_steps, finetune_steps, distance = config.traj_steps, config.finetune_steps, config.distance
     from omsjax import data as data_mod
@@ -219,23 +275,41 @@ def _run(zoo_dir, out, config: StepsConfig, progress: bool) -> dict:
 
     cls = metrics.load_classifier()
     feats = lambda x: metrics.apply_classifier(cls, x.astype(jnp.float32), True)  # noqa: E731
-    cfg = {"grid": 256, "g_samples": 128, "bound_steps": 500, "ays_samples": 256, "traj_steps": traj_steps,
-           "traj_lr": 0.05, "traj_data": traj_data, "embed": feats if distance == "features" else None,
-           "fd_embed": feats, "data_mean": mean}  # fmt: skip
+    cfg = {
+        "grid": 256,
+        "g_samples": 128,
+        "bound_steps": 500,
+        "ays_samples": 256,
+        "traj_steps": traj_steps,
+        "traj_lr": 0.05,
+        "traj_data": traj_data,
+        "embed": feats if distance == "features" else None,
+        "fd_embed": feats,
+        "data_mean": mean,
+    }
     keys = jax.random.split(jax.random.PRNGKey(seed), 3)
     zoo_now, k_now, ft_dir = models, k, None
     rounds_info = []
     for r in range(rounds + 1):
-        tsr, info = _phase1(method, zoo_now, k_now, ns, template._replace(model=jnp.full_like(template.model, k_now)),
-                            x0, keys, cfg)  # fmt: skip
+        tsr, info = _phase1(
+            method, zoo_now, k_now, ns, template._replace(model=jnp.full_like(template.model, k_now)), x0, keys, cfg
+        )
         rounds_info.append({"round": r, "ts": [float(v) for v in tsr], **info})
         if r == rounds:
             break
-        ft_model, ft_dir = finetune(zoo_dir if r == 0 else ft_dir, k_now, tsr[:-1], out / f"finetune{r}",
-                                    steps=finetune_steps, seed=seed + r, progress=progress)  # fmt: skip
+        ft_model, ft_dir = finetune(
+            zoo_dir if r == 0 else ft_dir,
+            k_now,
+            tsr[:-1],
+            out / f"finetune{r}",
+            steps=finetune_steps,
+            seed=seed + r,
+            progress=progress,
+        )
         zoo_now, k_now = (ft_model,), 0
-    final = template._replace(ts=jnp.asarray(tsr, jnp.asarray(template.ts).dtype),
-                              model=jnp.full_like(template.model, k_now))  # fmt: skip
+    final = template._replace(
+        ts=jnp.asarray(tsr, jnp.asarray(template.ts).dtype), model=jnp.full_like(template.model, k_now)
+    )
 
     # Compare on held-out noise: the standard spacings (original model), the optimised times (final model).
     sampling = SampleOptions(data_mean=mean)
@@ -253,24 +327,38 @@ def _run(zoo_dir, out, config: StepsConfig, progress: bool) -> dict:
     if rounds == 0:
         opt_row = row(models, final, ev, ref_H)
     else:
-        ev_ft = Evaluator(zoo_now, ns, num_samples=fd_samples, noise_seed=seed + 1000, sample_shape=shape,
-                          sampling=sampling)  # fmt: skip
+        ev_ft = Evaluator(
+            zoo_now, ns, num_samples=fd_samples, noise_seed=seed + 1000, sample_shape=shape, sampling=sampling
+        )
         opt_row = row(zoo_now, final, ev_ft, metrics.ode_reference(zoo_now[0], ns, x_H, t0, t1))
     best_sp = min(SPACINGS, key=lambda sp: rows[sp]["fd"])
     label = method + ("" if rounds == 0 else f" + fine-tuning x{rounds}")
     report = {
-        "zoo": str(zoo_dir), "model": k, "solver": solver, "nfe": nfe, "method": method, "rounds": rounds,
+        "zoo": str(zoo_dir),
+        "model": k,
+        "solver": solver,
+        "nfe": nfe,
+        "method": method,
+        "rounds": rounds,
         "distance": distance if method == "trajectory" else None,
         "optimized": {"label": label, "ts": [float(v) for v in tsr], **opt_row},
-        "spacings": rows, "best_spacing": best_sp,
+        "spacings": rows,
+        "best_spacing": best_sp,
         "fd_ratio_to_best_spacing": opt_row["fd"] / rows[best_sp]["fd"],
-        "phase1": rounds_info, "finetuned_zoo": None if ft_dir is None else str(ft_dir),
-        "heldout_noise_seed": seed + 1000, "fd_samples": fd_samples, "heldout_trajectories": heldout_samples,
+        "phase1": rounds_info,
+        "finetuned_zoo": None if ft_dir is None else str(ft_dir),
+        "heldout_noise_seed": seed + 1000,
+        "fd_samples": fd_samples,
+        "heldout_trajectories": heldout_samples,
         "train_trajectories": train_samples,
-    }  # fmt: skip
+    }
     meta = dict(solver=solver, method=label, fd=opt_row["fd"], zoo=str(zoo_dir) if ft_dir is None else str(ft_dir))
     files.write_text(out / "schedule.json", final.to_json(**meta))
     files.write_json(out / "report.json", report)
-    plots.timesteps_plot(ns, {**{sp: _spacing_ts(ns, template, sp) for sp in SPACINGS}, label: tsr},
-                         out / "timesteps.png", title=f"{solver}, NFE {nfe}")  # fmt: skip
+    plots.timesteps_plot(
+        ns,
+        {**{sp: _spacing_ts(ns, template, sp) for sp in SPACINGS}, label: tsr},
+        out / "timesteps.png",
+        title=f"{solver}, NFE {nfe}",
+    )
     return report

@@ -25,8 +25,12 @@ CONFIGS: dict[str, train.TrainConfig] = {
 }
 # The class-conditional family (checkpoints/digits-cond): the same U-Nets with a class embedding, trained with 10%
 # label dropout (classifier-free guidance).
-CONFIGS.update({f"digits-cond-{size}": _digits(ch, net_kw={"num_classes": 10})
-                for size, ch in (("xxs", 10), ("xs", 16), ("s", 24), ("m", 32))})  # fmt: skip
+CONFIGS.update(
+    {
+        f"digits-cond-{size}": _digits(ch, net_kw={"num_classes": 10})
+        for size, ch in (("xxs", 10), ("xs", 16), ("s", 24), ("m", 32))
+    }
+)
 
 
 def named_config(name: str, steps: int | None = None) -> train.TrainConfig:

@@ -44,8 +44,9 @@ def read_manifest(zoo_dir: Path) -> dict:
             mean = np.asarray(m["data_mean"], np.float64)
             np.broadcast_to(mean, shape)
         except (ValueError, TypeError):
-            raise ValueError(f"{path}: field 'data_mean' must be numbers of a shape that broadcasts to the image "
-                             f"shape {shape}") from None  # fmt: skip
+            raise ValueError(
+                f"{path}: field 'data_mean' must be numbers of a shape that broadcasts to the image shape {shape}"
+            ) from None
     if not isinstance(m["models"], list):
         raise ValueError(f"{path}: field 'models' must be a list of members, got {files.json_type(m['models'])}")
     for i, entry in enumerate(m["models"]):
@@ -85,5 +86,6 @@ def _check_entry(entry, i: int, path: Path) -> None:
                 raise ValueError(f"{path}: {who} lacks the field {key!r}")
             continue
         if not ok(entry[key]):
-            raise ValueError(f"{path}: {who}: field {key!r} must be {want}, got {entry[key]!r} "
-                             f"({files.json_type(entry[key])})")  # fmt: skip
+            raise ValueError(
+                f"{path}: {who}: field {key!r} must be {want}, got {entry[key]!r} ({files.json_type(entry[key])})"
+            )

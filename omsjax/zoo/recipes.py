@@ -47,14 +47,15 @@ class Recipe:
 def _unet_recipe(train_mod) -> Recipe:
     return Recipe(
         config_class=train_mod.TrainConfig,
-        to_model=lambda cfg, params, latency, name: train_mod.model_from_params(cfg, params, latency=latency,
-                                                                                 name=name),
+        to_model=lambda cfg, params, latency, name: train_mod.model_from_params(
+            cfg, params, latency=latency, name=name
+        ),
         init_params=lambda cfg, key, shape: nets.init_unet(cfg.net, key, shape),
         noise_schedule=lambda cfg: train_mod.noise_schedule(cfg.precond),
         latency_times=lambda cfg: None,
         entry_fields=lambda cfg, params: {},
         describe=lambda cfg: f"precond {cfg.precond!r}",
-    )  # fmt: skip
+    )
 
 
 def _stage_times(config) -> list[float]:
@@ -103,8 +104,7 @@ def kind_of(config) -> str | None:
     raise ValueError(f"config must be a train.TrainConfig or stages.StageTrainConfig, got {type(config).__name__}")
 
 
-def latency_fields(model: Model, config, image_shape, batch: int, repeats: int = 20,
-                   kind: str | None = None) -> dict:  # fmt: skip
+def latency_fields(model: Model, config, image_shape, batch: int, repeats: int = 20, kind: str | None = None) -> dict:
     """The latency fields of a manifest entry: "latency_ms" (a multi-stage network: the mean over its stages, and
     "latency_ms_per_stage")."""
     times = recipe(kind).latency_times(config)

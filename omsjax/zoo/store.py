@@ -19,8 +19,16 @@ from omsjax.zoo.latency import machine_name
 from omsjax.zoo.manifest import VERSION, read_manifest
 from omsjax.zoo.recipes import entry_config, entry_kind, kind_of, latency_fields, recipe
 
-__all__ = ["DEFAULT_ZOO", "COND_ZOO", "add_member", "check_member", "load_zoo", "data_mean", "num_classes",
-           "remeasure_latency"]  # fmt: skip
+__all__ = [
+    "DEFAULT_ZOO",
+    "COND_ZOO",
+    "add_member",
+    "check_member",
+    "load_zoo",
+    "data_mean",
+    "num_classes",
+    "remeasure_latency",
+]
 
 DEFAULT_ZOO = checkpoints_dir() / "digits"
 COND_ZOO = checkpoints_dir() / "digits-cond"  # class-conditional: labels 0..9, null label 10
@@ -67,15 +75,17 @@ def add_member(
     entry = {"name": name}
     if kind is not None:
         entry["kind"] = kind
-    entry.update({
-        "config": config.to_dict(),
-        "params": f"{name}/params",
-        "param_count": nets.param_count(params),
-        "train_steps": int(train_steps),
-        **latency_fields(model, config, config.image_shape, latency_batch, kind=kind),
-        "latency_batch": latency_batch,
-        "latency_machine": machine_name(),
-    })  # fmt: skip
+    entry.update(
+        {
+            "config": config.to_dict(),
+            "params": f"{name}/params",
+            "param_count": nets.param_count(params),
+            "train_steps": int(train_steps),
+            **latency_fields(model, config, config.image_shape, latency_batch, kind=kind),
+            "latency_batch": latency_batch,
+            "latency_machine": machine_name(),
+        }
+    )
     entry.update(rec.entry_fields(config, params))
     manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
     manifest["models"].sort(key=lambda m: m["param_count"])
@@ -98,8 +108,10 @@ def _check_fits(manifest: dict, name: str, config: Any) -> None:
     others = {_entry_classes(m) for m in manifest["models"] if m.get("name") != name}
     k = int(getattr(getattr(config, "net", None), "num_classes", 0))
     if others and others != {k}:
-        raise ValueError(f"member {name!r} has net.num_classes {k}, the zoo's other members {sorted(others)}: a zoo's "
-                         f"members all take the same labels (0 = unconditional)")  # fmt: skip
+        raise ValueError(
+            f"member {name!r} has net.num_classes {k}, the zoo's other members {sorted(others)}: a zoo's "
+            f"members all take the same labels (0 = unconditional)"
+        )
     if manifest["noise_schedule"] != ns:
         what = rec.describe(config)
         raise ValueError(
@@ -158,8 +170,10 @@ def _load_member(zoo_dir: Path, i: int, entry: dict, image_shape: tuple) -> Mode
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{who}: field 'config' is not a valid config: {e}") from None
     if tuple(cfg.image_shape) != image_shape:
-        raise ValueError(f"{who}: the manifest's image_shape {list(image_shape)} differs from the member config's "
-                         f"image_shape {list(cfg.image_shape)}")  # fmt: skip
+        raise ValueError(
+            f"{who}: the manifest's image_shape {list(image_shape)} differs from the member config's "
+            f"image_shape {list(cfg.image_shape)}"
+        )
     init = functools.partial(rec.init_params, cfg, jax.random.PRNGKey(0), image_shape)
     params_dir = zoo_dir / entry["params"]
     if not params_dir.exists():
