@@ -3,7 +3,7 @@ first and a second process.
 
 (a) First call (trace + compile + run) of a one-model DPM-Solver++(2M) schedule, NFE 10, batch 64, on the shipped
 4-model digits zoo, for each member: `omsjax.sample` with the concrete schedule (only the member it calls is
-compiled, `models.used_members`) against the same call under `jax.jit`, where the model indices are traced and every
+compiled, `integrate.used_members`) against the same call under `jax.jit`, where the model indices are traced and every
 member is in the program's `lax.switch` (what every call compiled before). Side by side in one process, the
 in-memory caches cleared before each call, no persistent cache.
 

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 from omsjax.checks import check_inputs
-from omsjax.integrate import Switches, run_jit
-from omsjax.models import Model, as_zoo, used_members
+from omsjax.integrate import Switches, run_jit, used_members
+from omsjax.models import Model, as_zoo
 from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE, Schedule, is_traced
 from omsjax.schedules import NoiseSchedule

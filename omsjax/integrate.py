@@ -25,12 +25,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omsjax import usf
-from omsjax.models import bcast, eval_zoo, guided_eps_x0, used_members
+from omsjax.models import Model, bcast, eval_zoo, guided_eps_x0
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, time_bounds
 
-__all__ = ["Trajectory", "Switches", "run", "run_jit", "dynamic_threshold"]
+__all__ = ["Trajectory", "Switches", "used_members", "run", "run_jit", "dynamic_threshold"]
 
 
 class Trajectory(NamedTuple):
@@ -46,6 +47,34 @@ class Trajectory(NamedTuple):
     x: jax.Array
     x0: jax.Array
     t: jax.Array
+
+
+def used_members(zoo: tuple[Model, ...], model, afs=None, members: tuple[int, ...] | None = None):
+    """Compile only what runs: (the members that `model` calls, `model` remapped to index them, their original
+    indices) when the model indices are concrete; (zoo, model, members) unchanged when they are traced.
+
+    `model` is a schedule's int[..., N] model indices; `afs` its (concrete) AFS decision(s) [...], under which
+    step 0 calls no model (its index is then mapped to the first member kept). An index outside the zoo maps to -1,
+    so it stays invalid. `members` composes with an earlier restriction. A sampler given the result compiles one
+    network per member used instead of every member of the zoo inside its `lax.switch`.
+    """
+    names = members or tuple(range(len(zoo)))
+    if isinstance(model, jax.core.Tracer) or isinstance(afs, jax.core.Tracer):
+        return zoo, model, names
+    m = np.asarray(model)
+    z = len(zoo)
+    called = np.ones(m.shape, bool)
+    if afs is not None and m.shape[-1] > 1:
+        called[..., 0] = np.asarray(afs) == 0
+    valid = (m >= 0) & (m < z)
+    used = sorted({int(i) for i in m[called & valid]} or {int(i) for i in m[valid]})
+    if not used or len(used) == z:
+        return zoo, model, names
+    lut = np.full(z, -1, np.int64)
+    lut[used] = np.arange(len(used))
+    new = np.where(valid, lut[np.clip(m, 0, z - 1)], -1)
+    new = np.where(called | ~valid, new, np.maximum(new, 0))  # an uncalled step 0 indexes any member kept
+    return tuple(zoo[i] for i in used), jnp.asarray(new, jnp.asarray(model).dtype), tuple(names[i] for i in used)
 
 
 def _guess(x, la, sigma, x0_guess):
@@ -134,7 +163,7 @@ def run(
     switches: Switches = Switches(),
 ):
     """x at ts[N] (with `switches`, also the diagnosis or the `Trajectory`, see `Switches`). `members`: see
-    `models.used_members`, which also runs here, for model indices that are concrete while the rest is traced (a
+    `used_members`, which also runs here, for model indices that are concrete while the rest is traced (a
     fit of the times). `cond`, `uncond`: the conditioning of every model call, and the unconditional one of guided
     calls (pytrees with the batch as leading axis); without `uncond`, a guidance scale other than 1 is invalid."""
     arithmetic_first, diagnose, trajectory = switches.arithmetic_first, switches.diagnose, switches.trajectory

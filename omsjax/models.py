@@ -31,12 +31,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from omsjax import precond
 
-__all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "from_equinox", "to_eps_x0", "eval_zoo", "used_members"]
+__all__ = ["Model", "PARAMETERIZATIONS", "as_zoo", "from_equinox", "to_eps_x0", "eval_zoo"]
 
 PARAMETERIZATIONS = ("noise", "data", "v", "score", "flow", "denoiser", "edm_raw")
 _DEPRECATED = {"edm": "edm_raw"}  # old name -> current name, accepted with a DeprecationWarning
@@ -280,34 +279,6 @@ def eval_zoo(
         for k, m in enumerate(zoo)
     ]
     return jax.lax.switch(index, branches, params, x, t, log_alpha, sigma, cond, uncond, w)
-
-
-def used_members(zoo: tuple[Model, ...], model, afs=None, members: tuple[int, ...] | None = None):
-    """Compile only what runs: (the members that `model` calls, `model` remapped to index them, their original
-    indices) when the model indices are concrete; (zoo, model, members) unchanged when they are traced.
-
-    `model` is a schedule's int[..., N] model indices; `afs` its (concrete) AFS decision(s) [...], under which
-    step 0 calls no model (its index is then mapped to the first member kept). An index outside the zoo maps to -1,
-    so it stays invalid. `members` composes with an earlier restriction. A sampler given the result compiles one
-    network per member used instead of every member of the zoo inside its `lax.switch`.
-    """
-    names = members or tuple(range(len(zoo)))
-    if isinstance(model, jax.core.Tracer) or isinstance(afs, jax.core.Tracer):
-        return zoo, model, names
-    m = np.asarray(model)
-    z = len(zoo)
-    called = np.ones(m.shape, bool)
-    if afs is not None and m.shape[-1] > 1:
-        called[..., 0] = np.asarray(afs) == 0
-    valid = (m >= 0) & (m < z)
-    used = sorted({int(i) for i in m[called & valid]} or {int(i) for i in m[valid]})
-    if not used or len(used) == z:
-        return zoo, model, names
-    lut = np.full(z, -1, np.int64)
-    lut[used] = np.arange(len(used))
-    new = np.where(valid, lut[np.clip(m, 0, z - 1)], -1)
-    new = np.where(called | ~valid, new, np.maximum(new, 0))  # an uncalled step 0 indexes any member kept
-    return tuple(zoo[i] for i in used), jnp.asarray(new, jnp.asarray(model).dtype), tuple(names[i] for i in used)
 
 
 def _same_leaf(a, b) -> bool:

@@ -11,7 +11,7 @@ wrong shape or dtype raises a ValueError naming the zoo member while the program
 Starting noise: every sampler here expects x_T already at the prior's scale, x_T ~ N(0, prior_std(ts[0])^2 I):
 1 for the variance-preserving and flow schedules, sigma_max (e.g. 80) for EDM. `prior` draws it.
 
-A concrete schedule compiles only the zoo members it calls (`models.used_members`); under jit or vmap, where the
+A concrete schedule compiles only the zoo members it calls (`integrate.used_members`); under jit or vmap, where the
 model indices are traced, the whole zoo is in the program's `lax.switch`. Programs are cached on the identity of
 each model's `apply_fn`: pass the same function object every time (a module-level function, a bound Flax
 `apply`), not a fresh `lambda` per call, or every call compiles again.
@@ -34,8 +34,8 @@ from omsjax.checks import (
     thresholding_option,
 )
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
-from omsjax.integrate import Switches, Trajectory, run, run_jit
-from omsjax.models import Model, as_zoo, to_eps_x0, used_members
+from omsjax.integrate import Switches, Trajectory, run, run_jit, used_members
+from omsjax.models import Model, as_zoo, to_eps_x0
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule, is_traced, time_bounds
 from omsjax.schedules import NoiseSchedule

@@ -146,10 +146,10 @@ def test_a_concrete_schedule_compiles_only_the_members_it_calls(env):
     assert [len(t) - b for t, b in zip(traces, before, strict=True)] == [4, 2, 4]
     np.testing.assert_allclose(out, full, rtol=1e-13, atol=1e-13)
     # The restriction itself: an index outside the zoo stays invalid, step 0 under AFS maps to a kept member.
-    sub, model, members = omsjax.models.used_members(zoo, np.asarray([[2, 0, 9], [1, 2, 2]]), np.asarray([0, 1]))
+    sub, model, members = omsjax.integrate.used_members(zoo, np.asarray([[2, 0, 9], [1, 2, 2]]), np.asarray([0, 1]))
     assert members == (0, 2) and sub == (zoo[0], zoo[2])
     np.testing.assert_array_equal(model, [[1, 0, -1], [0, 1, 1]])
-    assert omsjax.models.used_members(zoo, jnp.asarray([0, 1, 2]))[2] == (0, 1, 2)
+    assert omsjax.integrate.used_members(zoo, jnp.asarray([0, 1, 2]))[2] == (0, 1, 2)
 
 
 def test_sample_candidates_compiles_one_member_for_one_member_chunks(env):

@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from omsjax import checks, sampler
 from omsjax.checks import thresholding_option
-from omsjax.models import Model, as_zoo, used_members
+from omsjax.integrate import used_members
+from omsjax.models import Model, as_zoo
 from omsjax.schedule import Schedule, check_schedule, stack
 
 __all__ = ["sample_candidates", "sample_jit"]
@@ -82,7 +83,7 @@ def sample_candidates(
     split over them (a batch that is not a multiple of D is padded by repeating its last sample, and the padding
     dropped from the result).
 
-    A chunk whose schedules all call one zoo member compiles that member alone (`models.used_members`): a solver
+    A chunk whose schedules all call one zoo member compiles that member alone (`integrate.used_members`): a solver
     search on one model of a big zoo compiles one network. Chunks that call several members keep the whole zoo in
     the program's `lax.switch`, so a model search compiles one program, not one per subset of members. A
     guidance array that every schedule shares is passed unbatched (one guided step: 2 half-calls, not 3)."""
