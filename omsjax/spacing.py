@@ -226,6 +226,7 @@ def times_from_sigmas(noise_schedule: NoiseSchedule, sigmas) -> np.ndarray:
 
 def __getattr__(name):
     if name == "SKIP_TYPES":  # deprecated (CHANGELOG 0.2.0)
-        warnings.warn("omsjax.spacing.SKIP_TYPES is deprecated: use SPACINGS", DeprecationWarning, stacklevel=2)
+        msg = "omsjax.spacing.SKIP_TYPES is deprecated: use omsjax.spacing.SPACINGS"
+        warnings.warn(msg, DeprecationWarning, stacklevel=2)
         return SPACINGS
     raise AttributeError(f"module 'omsjax.spacing' has no attribute {name!r}")

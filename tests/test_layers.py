@@ -310,3 +310,32 @@ def test_the_private_name_and_width_checks_catch_a_violation(tmp_path):
     assert _private_uses(f, "omsjax.schedule") == ["probe.py:5 reads omsjax.models._bcast"]
     wide = ast.parse("def f(" + ", ".join(f"a{i}" for i in range(13)) + "): pass\ndef _g(" + "a, " * 20 + "): pass")
     assert _wide(wide) == ["f (13)"]
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("omsjax.schedules.time_steps", "omsjax.spacing.time_steps"),
+        ("omsjax.schedules.SKIP_TYPES", "omsjax.spacing.SPACINGS"),
+        ("omsjax.spacing.SKIP_TYPES", "omsjax.spacing.SPACINGS"),
+        ("omsjax.schedules.karras_sigmas", "omsjax.spacing.karras_sigmas"),
+        ("omsjax.schedules.times_from_sigmas", "omsjax.spacing.times_from_sigmas"),
+        ("omsjax.timesteps.finetune", "omsjax.workflows.timesteps_run.finetune"),
+        ("omsjax.timesteps.run", "omsjax.workflows.timesteps_run.run"),
+        ("omsjax.timesteps.METHODS", "omsjax.workflows.timesteps_run.METHODS"),
+    ],
+)
+def test_deprecated_names_warn_naming_the_new_one_and_resolve_to_it(old, new):
+    import importlib
+
+    def lookup(path):
+        module, _, name = path.rpartition(".")
+        return module, name, importlib.import_module(module)
+
+    module, name, mod = lookup(old)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: use {new}"):
+        got = getattr(mod, name)
+    new_module, new_name, new_mod = lookup(new)
+    assert got is getattr(new_mod, new_name)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        _ = mod.no_such_name

@@ -15,6 +15,7 @@ import scipy.special
 import omsjax
 from omsjax import oracles, presets, schedules, spacing
 from omsjax import timesteps as T
+from omsjax.workflows import timesteps_run
 
 VP = schedules.vp_linear()
 EDM = schedules.edm()
@@ -287,7 +288,7 @@ def test_finetune_touches_only_its_own_checkpoint(tiny_zoo, tmp_path):
     before = _tree_files(path)
     models, ns, _ = zoo.load_zoo(path)
     ts = spacing.time_steps(ns, 3, "time_quadratic")
-    ft, ft_dir = T.finetune(path, 1, ts[:-1], tmp_path / "ft", steps=3, progress=False)
+    ft, ft_dir = timesteps_run.finetune(path, 1, ts[:-1], tmp_path / "ft", steps=3, progress=False)
     assert _tree_files(path) == before  # the source zoo: bit-identical
     ft_models, _, manifest = zoo.load_zoo(ft_dir)
     assert len(ft_models) == 1 and manifest["models"][0]["name"] == "b-ft"
@@ -296,7 +297,7 @@ def test_finetune_touches_only_its_own_checkpoint(tiny_zoo, tmp_path):
                for a, b in zip(jax.tree.leaves(ft.params), jax.tree.leaves(models[1].params), strict=True)]  # fmt: skip
     assert any(changed)
     with pytest.raises(ValueError, match="not in the zoo"):
-        T.finetune(path, 5, ts[:-1], tmp_path / "bad", steps=1, progress=False)
+        timesteps_run.finetune(path, 5, ts[:-1], tmp_path / "bad", steps=1, progress=False)
 
 
 def _optimize_steps_argv(path, out):

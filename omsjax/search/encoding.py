@@ -83,6 +83,8 @@ class Genome(NamedTuple):
 
 # Categorical genes and the number of values each takes (a function of the space).
 def gene_cardinalities(space: SearchSpace) -> dict:
+    """{gene: the number of values it takes} of the categorical genes of `space` (a mode's unsearched genes
+    included, as the GA mutates every gene)."""
     return {
         "model": space.num_models + (1 if space.searches_models else 0),
         "order": space.max_order,  # values 1..max_order

@@ -115,6 +115,7 @@ def latency_fields(model: Model, config, image_shape, batch: int, repeats: int =
 
 
 def entry_kind(entry: dict, where: str) -> str | None:
+    """The "kind" of a manifest entry (None: a U-Net), checked against `RECIPES`; the error names `where`."""
     kind = entry.get("kind")
     if kind not in RECIPES:
         raise ValueError(f"{where}: model {entry.get('name')!r} has unknown kind {kind!r}; expected {MULTISTAGE!r}")
