@@ -72,7 +72,7 @@ def bench_tau(run_dir: Path):
         space = SearchSpace(num_positions=n, latencies=lat, mode=report["mode"], mean_afs=True,
                                      t_start=float(ns.t_max), t_end=t_end)  # fmt: skip
     g = jax.tree.map(lambda *xs: jnp.stack(xs), *[genome_from_dict(r.genome) for r in recs])
-    fd = np.asarray([r.fd for r in recs])
+    fd = np.asarray([r.score for r in recs])
     out = {}
     for loss in ("hinge", "mse"):
         taus = []

@@ -125,7 +125,7 @@ class Bench:
         if key not in self._evals:
             self._evals[key] = Evaluator(zoo_, self.ns, num_samples=self.fd_samples, noise_seed=seed,
                                          image_shape=self.shape, data_mean=self.mean)  # fmt: skip
-        return float(self._evals[key].evaluate_schedules([sched])[0].fd)
+        return float(self._evals[key].evaluate_schedules([sched])[0].score)
 
     def fds(self, zoo_, name, sched, seeds=SEEDS):
         return [self.fd(zoo_, name, sched, s) for s in seeds]

@@ -117,7 +117,7 @@ def test_the_search_scores_a_nan_model_inf_and_says_why(tmp_path, caplog):
     ev = EV.Evaluator(zoo, NS, num_samples=4, sample_shape=(3,), archive=tmp_path / "a.jsonl", method="map")
     with caplog.at_level("WARNING", logger="omsjax.search.evaluate"):
         (rec,) = ev.evaluate_schedules([s])
-    assert rec.fd == float("inf")
+    assert rec.score == float("inf")
     assert "model returned non-finite values at step 2" in rec.note and "'broken'" in rec.note
     assert rec.note in caplog.text and "scored FD = inf" in caplog.text
     assert EV.Archive(tmp_path / "a.jsonl").get(rec.key, rec.eval_key).note == rec.note  # kept on disk

@@ -29,7 +29,7 @@ def _messages(rec) -> list[str]:
 
 
 def _record(i, **kw) -> EV.Record:
-    d = dict(key=f"k{i}", eval_key="seed0-n12", fd=float(i), cost=1.0, nfe=3, schedule={"i": i})
+    d = dict(key=f"k{i}", eval_key="seed0-n12", score=float(i), cost=1.0, nfe=3, schedule={"i": i})
     return EV.Record(**{**d, **kw})
 
 
@@ -121,7 +121,7 @@ def test_archive_skips_invalid_records_with_file_and_line(tmp_path):
     with pytest.warns(UserWarning) as rec:
         arch = EV.Archive(path)
     assert [r.key for r in arch.records] == ["k0", "inf_null", "inf"]
-    assert arch.get("inf", "seed0-n12").fd == math.inf and arch.get("inf_null", "seed0-n12").fd == math.inf
+    assert arch.get("inf", "seed0-n12").score == math.inf and arch.get("inf_null", "seed0-n12").score == math.inf
     msgs = _messages(rec)
     assert [int(m.split(": line ")[1].split()[0]) for m in msgs] == [2, 3, 4, 5, 8, 9]
     assert all(m.startswith(f"{path}: line ") for m in msgs)
@@ -131,7 +131,7 @@ def test_archive_skips_invalid_records_with_file_and_line(tmp_path):
     with pytest.warns(UserWarning) as rec:
         again = EV.Archive(path)
     assert [r.key for r in again.records] == ["k0", "inf_null", "inf", "k5"] and len(rec) == 6
-    r = _record(6, fd=math.inf, genome={"u": [0.5]})  # an infinite score round-trips
+    r = _record(6, score=math.inf, genome={"u": [0.5]})  # an infinite score round-trips
     assert EV.Record.from_json(r.to_json()) == r
 
 
@@ -140,7 +140,7 @@ def test_evaluator_resumes_from_an_archive_with_bad_lines(tmp_path):
     model = omsjax.Model(lambda p, x, t: 0.0 * x, None, latency=1.0)
     s = presets.ddim(NS, 3)
     path = tmp_path / "archive.jsonl"
-    rec = EV.Record(key=EV.schedule_key(s), eval_key="seed0-n12", fd=1.25, cost=3.0, nfe=3,
+    rec = EV.Record(key=EV.schedule_key(s), eval_key="seed0-n12", score=1.25, cost=3.0, nfe=3,
                     schedule=json.loads(s.to_json(indent=None)))  # fmt: skip
     path.write_bytes(b'{"key": 1}\n\xfe\xff\n' + rec.to_json().encode() + b'\n{"key": "x", "fd": [')
     with pytest.warns(UserWarning) as warned:
@@ -158,7 +158,7 @@ arch = Archive(sys.argv[1])
 pad = "x" * 2_000_000  # a large record: a kill may land inside its write (a torn line)
 i = 0
 while True:
-    arch.append(Record(key=f"k{i}", eval_key="e", fd=float(i), cost=1.0, nfe=3, schedule={"pad": pad}))
+    arch.append(Record(key=f"k{i}", eval_key="e", score=float(i), cost=1.0, nfe=3, schedule={"pad": pad}))
     print(i, flush=True)  # record i is fully written
     i += 1
 """
@@ -186,7 +186,7 @@ def test_kill_9_mid_append_loses_no_reported_record(tmp_path):
         warnings.simplefilter("always")
         arch = EV.Archive(path)  # the resumed run
         for k in new:
-            arch.append(EV.Record(key=k, eval_key="e", fd=0.5, cost=1.0, nfe=3, schedule={}))
+            arch.append(EV.Record(key=k, eval_key="e", score=0.5, cost=1.0, nfe=3, schedule={}))
         keys = [r.key for r in EV.Archive(path).records]
     in_flight = f"k{len(reported)}"  # killed after its write but before its print, or torn
     assert keys in ([f"k{i}" for i in reported] + new, [f"k{i}" for i in reported] + [in_flight] + new)

@@ -388,7 +388,7 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     with pytest.warns(UserWarning, match="line 7 skipped, not a valid record"):
         ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
     recs2 = ev2.evaluate(pop)
-    assert ev2.evaluated == 0 and [r.fd for r in recs2] == [r.fd for r in recs]
+    assert ev2.evaluated == 0 and [r.score for r in recs2] == [r.score for r in recs]
     # Other noise is another evaluation.
     with pytest.warns(UserWarning, match="skipped"):
         ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4,
@@ -398,7 +398,7 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     # A recorded FD equals metrics.fd of the evaluator's samples.
     s0 = recs[0].to_schedule()
     x = ev.samples(s0)
-    assert recs[0].fd == pytest.approx(omsjax.metrics.fd(x), rel=1e-9) or not np.all(np.isfinite(x))
+    assert recs[0].score == pytest.approx(omsjax.metrics.fd(x), rel=1e-9) or not np.all(np.isfinite(x))
 
 
 @pytest.mark.slow  # a subprocess with four host devices: it compiles everything again (about 40 s on 2 cores)
@@ -464,7 +464,7 @@ def test_search_loop_end_to_end_and_resume(tiny, tmp_path):
     ev, fev, res = go()
     check_schedule(res.schedule, 2, NS)
     assert float(res.schedule.cost(space.latencies)) <= 8.0
-    assert res.final[0].fd == min(r.fd for r in res.final) and res.final[0].eval_key == "seed9-n12"
+    assert res.final[0].score == min(r.score for r in res.final) and res.final[0].eval_key == "seed9-n12"
     assert [s["stage"] for s in res.stages] == [0, 1] and ev.evaluated == len(res.records)
     assert all(r.cost <= 8.0 for r in res.records)
     lines = [json.loads(x) for x in path.read_text().splitlines()]

@@ -19,12 +19,12 @@ def _zoo(tmp_path):
 
 
 def _rec(i, eval_key="seed0-n500"):
-    return Record(key=f"k{i}", eval_key=eval_key, fd=1.0 + i, cost=3.0, nfe=5, schedule={"ts": [1.0, 0.5]})
+    return Record(key=f"k{i}", eval_key=eval_key, score=1.0 + i, cost=3.0, nfe=5, schedule={"ts": [1.0, 0.5]})
 
 
 def test_cache_round_trip_and_what_voids_it(tmp_path, caplog):
     z = _zoo(tmp_path)
-    recs = [_rec(0), _rec(1, "seed1000-n1000"), Record(key="k2", eval_key="e", fd=float("inf"), cost=1, nfe=1,
+    recs = [_rec(0), _rec(1, "seed1000-n1000"), Record(key="k2", eval_key="e", score=float("inf"), cost=1, nfe=1,
                                                        schedule={})]  # fmt: skip
     path = cache.write(z, recs, "test machine")
     assert path == z / cache.FILENAME
@@ -67,7 +67,7 @@ def test_an_archive_remembers_without_writing(tmp_path):
     a.append(_rec(0))
     a.remember([_rec(0), _rec(1), _rec(2)])  # the archive's own record of k0 wins; k1 and k2 are known
     assert [r.key for r in a.select("seed0-n500")] == ["k0"] and len(a) == 1  # not used yet: not the run's
-    assert a.get("k1", "seed0-n500").fd == 2.0 and a.cache_hits == {("k1", "seed0-n500")}
+    assert a.get("k1", "seed0-n500").score == 2.0 and a.cache_hits == {("k1", "seed0-n500")}
     assert [r.key for r in a.select("seed0-n500")] == ["k0", "k1"] and len(a) == 2  # k2 (another NFE, say) stays out
     assert len(path.read_text().splitlines()) == 1
     assert len(Archive(path)) == 1

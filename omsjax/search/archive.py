@@ -92,12 +92,13 @@ _REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
 
 @dataclasses.dataclass
 class Record:
-    """One evaluated schedule. `fd` is the evaluator's metric value, lower is better (the digits FD by default;
-    inf for a diverged schedule); it keeps the name `fd` in the archive JSON, and `score` is the same value."""
+    """One evaluated schedule. `score` is the evaluator's metric value, lower is better (the digits FD by default;
+    inf for a diverged schedule); the archive's JSON keeps it under the key "fd", its first name, so archives and
+    the zoos' shipped evaluations read unchanged."""
 
     key: str
     eval_key: str
-    fd: float
+    score: float
     cost: float
     nfe: int
     schedule: dict
@@ -107,14 +108,10 @@ class Record:
     note: str = ""  # why the score is inf: the first non-finite step and its cause (`sampler.first_nonfinite_step`)
     extras: dict = dataclasses.field(default_factory=dict)  # other metrics of the same samples (`Evaluator.also`)
 
-    @property
-    def score(self) -> float:
-        """The metric's value (the field `fd`)."""
-        return self.fd
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["fd"] = None if not np.isfinite(self.fd) else self.fd  # JSON has no inf
+        score = d.pop("score")  # JSON has no inf: null
+        d = {"key": d.pop("key"), "eval_key": d.pop("eval_key"), "fd": score if np.isfinite(score) else None, **d}
         d["extras"] = {k: None if not np.isfinite(v) else v for k, v in self.extras.items()}
         if not d["extras"]:
             del d["extras"]  # records without them keep their JSON
@@ -126,7 +123,8 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict) -> Record:
         """The record of an archive line's object; raises `ValueError` naming the field that is missing or of the
-        wrong type. `fd` is a number or null (inf: a diverged schedule); fields it does not know are ignored."""
+        wrong type. "fd" (the score) is a number or null (inf: a diverged schedule); fields it does not know are
+        ignored."""
         missing = [f for f in _REQUIRED if f not in d]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
@@ -135,8 +133,9 @@ class Record:
             types, what = _FIELDS[f]
             if isinstance(v, bool) or not isinstance(v, types):
                 raise ValueError(f"{f} is {v!r}, not {what}")
-        fd = math.inf if kw["fd"] is None else float(kw["fd"])
-        kw["fd"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst FD
+        fd = kw.pop("fd")
+        fd = math.inf if fd is None else float(fd)
+        kw["score"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst score
         kw.update({f: float(kw[f]) for f in ("cost", "seconds") if f in kw})
         if "extras" in kw:
             bad = [

@@ -97,7 +97,7 @@ class Evaluator:
     [t_end, t_start] must lie inside the noise schedule's [t_min, t_max] (`SearchSpace.check_times`).
 
     `metric(samples, x_T) -> float`, lower is better, on numpy arrays [num_samples, *sample_shape]: the score kept
-    in each `Record` (field `fd`, alias `score`); a metric with a third parameter, or a keyword `cond`, also gets
+    in each `Record` (field `score`; "fd" in the archive JSON); a metric with a third parameter, or a keyword `cond`, also gets
     the evaluator's `cond` (the rows sampled, numpy leaves; None without conditioning). NaN and -inf are errors; a
     diverged candidate (non-finite samples) scores inf without calling it. By default (`metric=None`) the digits FD
     `metrics.digits_fd`; it scores only samples of shape (8, 8, 1) (others: a ValueError asking for `metric=` when
@@ -325,7 +325,7 @@ class Evaluator:
                     rec = Record(
                         key=keys[i],
                         eval_key=self.eval_key,
-                        fd=fd,
+                        score=fd,
                         note=self._why_not_finite(s, keys[i]) if not np.all(np.isfinite(x)) else "",
                         cost=float(s.cost(latencies)),
                         nfe=int(s.nfe()),

@@ -168,7 +168,7 @@ def _training_set(space: SearchSpace, records: list[Record]) -> tuple[Genome, np
     # the same predictor) whether its presets were evaluated in this run, resumed from its archive or read from a
     # zoo's shipped evaluations.
     rs = sorted((r for r in records if r.genome is not None and fits(r.genome)), key=lambda r: r.key)
-    return _stack([genome_from_dict(r.genome) for r in rs]), np.asarray([r.fd for r in rs], np.float64)
+    return _stack([genome_from_dict(r.genome) for r in rs]), np.asarray([r.score for r in rs], np.float64)
 
 
 def _heldout_tau(space, ns, genomes, fds, key, cfg: LoopConfig) -> float:
@@ -226,7 +226,7 @@ def search(
         {
             "stage": 0,
             "evaluated": len(recs),
-            "best_score": min(r.fd for r in recs),
+            "best_score": min(r.score for r in recs),
             "seconds": time.perf_counter() - start,
         }
     )
@@ -261,11 +261,11 @@ def search(
         tau_new = float("nan")
         if len(new) >= 3:
             pred_new = np.asarray(predictor.score(space, ns, params, cand))
-            fd_new = np.asarray([r.fd for r in new])
+            fd_new = np.asarray([r.score for r in new])
             tau_new = predictor.kendall_tau(pred_new, fd_new) if np.ptp(pred_new) > 0 else float("nan")
-        fd_exploit = [r.fd for r in new[: len(exploit)]]
-        fd_explore = [r.fd for r in new[len(exploit) :]]
-        best = min([r.fd for r in records] + [r.fd for r in new])
+        fd_exploit = [r.score for r in new[: len(exploit)]]
+        fd_explore = [r.score for r in new[len(exploit) :]]
+        best = min([r.score for r in records] + [r.score for r in new])
         stages.append(
             {
                 "stage": s,
@@ -288,11 +288,11 @@ def search(
     pool = [r for r in records if budget is None or _record_fits(r, gcfg, budget)]
     if not pool:
         raise ValueError("no evaluated schedule fits the budget")
-    pool = sorted(pool, key=lambda r: r.fd)
+    pool = sorted(pool, key=lambda r: r.score)
     top = pool[: config.final_top]
     final_eval = final_evaluator or evaluator
     final = final_eval.evaluate_schedules([r.to_schedule() for r in top], stage=config.stages + 1)
-    final = sorted(final, key=lambda r: r.fd)
+    final = sorted(final, key=lambda r: r.score)
     tau = float("nan")
     if config.heldout_tau:
         genomes, fds = _training_set(space, records)
@@ -312,12 +312,12 @@ def check_noise(evaluator: Evaluator, other: Evaluator, presets: list[Record], r
     one draw to the other is the noise of a comparison. When the noise exceeds the spread, a warning names
     `num_samples`. Returns {"presets": [best, rank-th] keys, "scores": {key: [search, other]}, "spread",
     "noise", "ok"}."""
-    ranked = sorted({r.key: r for r in presets if math.isfinite(r.fd)}.values(), key=lambda r: r.fd)
+    ranked = sorted({r.key: r for r in presets if math.isfinite(r.score)}.values(), key=lambda r: r.score)
     if len(ranked) < 2:
         return {"presets": [], "scores": {}, "spread": None, "noise": None, "ok": None}
     pair = [ranked[0], ranked[min(rank, len(ranked)) - 1]]
-    again = [r.fd for r in other.evaluate_schedules([r.to_schedule() for r in pair], stage=0)]
-    spread = pair[1].fd - pair[0].fd
+    again = [r.score for r in other.evaluate_schedules([r.to_schedule() for r in pair], stage=0)]
+    spread = pair[1].score - pair[0].score
     noise = abs((again[1] - again[0]) - spread) if all(map(math.isfinite, again)) else math.inf
     ok = bool(noise <= spread)
     if not ok:
@@ -330,7 +330,7 @@ def check_noise(evaluator: Evaluator, other: Evaluator, presets: list[Record], r
         )
     return {
         "presets": [r.key for r in pair],
-        "scores": {r.key: [r.fd, a] for r, a in zip(pair, again, strict=True)},
+        "scores": {r.key: [r.score, a] for r, a in zip(pair, again, strict=True)},
         "spread": spread,
         "noise": noise,
         "ok": ok,

@@ -319,7 +319,7 @@ def _run(zoo_dir, out, config: StepsConfig, progress: bool) -> dict:
 
     def row(zoo_, sched, ev_, ref_):
         out_h = sampler.sample(zoo_, ns, sched, x_H, data_mean=mean)
-        return {"fd": ev_.evaluate_schedules([sched])[0].fd, "traj_rmse": metrics.reference_rmse(out_h, ref_)}
+        return {"fd": ev_.evaluate_schedules([sched])[0].score, "traj_rmse": metrics.reference_rmse(out_h, ref_)}
 
     for sp in SPACINGS:
         s = template._replace(ts=jnp.asarray(_spacing_ts(ns, template, sp), jnp.asarray(template.ts).dtype))
