@@ -97,14 +97,14 @@ class Evaluator:
     [t_end, t_start] must lie inside the noise schedule's [t_min, t_max] (`SearchSpace.check_times`).
 
     `metric(samples, x_T) -> float`, lower is better, on numpy arrays [num_samples, *sample_shape]: the score kept
-    in each `Record` (field `score`; "fd" in the archive JSON); a metric with a third parameter, or a keyword `cond`, also gets
-    the evaluator's `cond` (the rows sampled, numpy leaves; None without conditioning). NaN and -inf are errors; a
-    diverged candidate (non-finite samples) scores inf without calling it. By default (`metric=None`) the digits FD
-    `metrics.digits_fd`; it scores only samples of shape (8, 8, 1) (others: a ValueError asking for `metric=` when
-    it is first called). `metric_name` (default: the metric's `name` attribute
-    if it has one, else its `__qualname__`) is part of `eval_key` for a custom metric, so archives keep metrics
-    apart (give one to tell apart lambdas or partials); the default's keys are "seed{noise_seed}-n{num_samples}" as
-    before.
+    in each `Record` (field `score`; "fd" in the archive JSON); a metric with a third parameter, or a keyword
+    `cond`, also gets the evaluator's `cond` (the rows sampled, numpy leaves; None without conditioning). NaN and
+    -inf are errors; a diverged candidate (non-finite samples) scores inf without calling it. By default
+    (`metric=None`) the digits FD `metrics.digits_fd`; it scores only samples of shape (8, 8, 1) (others: a
+    ValueError asking for `metric=` when it is first called). `metric_name` (default: the metric's `name`
+    attribute if it has one, else its `__qualname__`) is part of `eval_key` for a custom metric, so archives keep
+    metrics apart (give one to tell apart lambdas or partials); the default's keys are
+    "seed{noise_seed}-n{num_samples}" as before.
 
     `sample_shape`: the shape of one sample, e.g. (16,), (T, D) or (H, W, C); by default the
     shape the models declare (`Model.sample_shape`, set on zoo members by `zoo.load_zoo`); a shape that differs

@@ -54,8 +54,18 @@ from omsjax.schedules import NoiseSchedule
 from omsjax.search import baselines, final, ga, loop
 from omsjax.search.evaluate import Archive, Evaluator
 from omsjax.search.plan import FindOptions, Plan, Seeds, plan, seed_of
+from omsjax.search.space import SearchSpace
 
-__all__ = ["FindOptions", "FindResult", "Outcome", "QUICK", "REFERENCE_METRICS", "find_schedule", "run_search"]
+__all__ = [
+    "FindOptions",
+    "FindResult",
+    "Outcome",
+    "QUICK",
+    "REFERENCE_METRICS",
+    "find_schedule",
+    "reference_metric",
+    "run_search",
+]
 
 REFERENCE_METRICS = ("reference-fd", "reference-rmse")
 
@@ -155,7 +165,8 @@ def find_schedule(
     cfg = opts.config if opts.config is not None else (QUICK if quick else loop.LoopConfig())
     opts = dataclasses.replace(opts, config=cfg)
     space = the_plan.space
-    metric = _metric(metric, zoo, noise_schedule, space, sampling)
+    if not callable(metric):
+        metric = reference_metric(metric, zoo, noise_schedule, space, sampling)
     ev_kw = dict(metric=metric, metric_name=opts.metric_name, sample_shape=sample_shape, sampling=sampling)
     if out is None:
         ev = Evaluator(zoo, noise_schedule, space, num_samples=opts.num_samples, noise_seed=seeds.search, **ev_kw)
@@ -230,12 +241,11 @@ def run_search(ev: Evaluator, the_plan: Plan, seeds: Seeds, options: FindOptions
     return Outcome(FindResult(fin.schedule, fin.score, report), fin, fcfg, res)
 
 
-def _metric(metric, zoo, ns, space, sampling: SampleOptions) -> Callable:
-    """The metric of `find_schedule`'s `metric`: a callable as given; "reference-fd" / "reference-rmse":
-    the distance to the target member's own converged samples (`metrics.ReferenceFD` / `ReferenceRMSE`), from
-    the same noise, conditioning and guidance, over the space's [t_start, t_end]."""
-    if callable(metric):
-        return metric
+def reference_metric(name: str, zoo, ns, space: SearchSpace, sampling: SampleOptions, **reference) -> Callable:
+    """The reference metric `name` ("reference-fd" or "reference-rmse"): the distance to the target member's own
+    converged samples (`metrics.ReferenceFD` / `ReferenceRMSE`; the target is solver mode's model, else the zoo's
+    last), from the same noise, conditioning and guidance, over the space's [t_start, t_end]. `reference`: more
+    options of `metrics.Reference` (its `sampler`, a `store`)."""
     member = space.model if space.mode == "solver" else len(zoo) - 1
     ref = metrics.Reference(
         zoo[member],
@@ -246,8 +256,9 @@ def _metric(metric, zoo, ns, space, sampling: SampleOptions) -> Callable:
         cond=sampling.cond,
         uncond=sampling.uncond,
         thresholding=sampling.thresholding,
+        **reference,
     )
-    return metrics.ReferenceFD(ref) if metric == "reference-fd" else metrics.ReferenceRMSE(ref)
+    return metrics.ReferenceFD(ref) if name == "reference-fd" else metrics.ReferenceRMSE(ref)
 
 
 def _plain(v):

@@ -43,7 +43,7 @@ from omsjax.schedule import AFS_NONE
 from omsjax.search import baselines, cache, final, guided, loop, seeding
 from omsjax.search.baselines import BASELINES
 from omsjax.search.evaluate import Archive, Evaluator
-from omsjax.search.find import run_search
+from omsjax.search.find import reference_metric, run_search
 from omsjax.search.plan import FindOptions, Plan, Seeds, plan
 from omsjax.search.space import default_guidance_choices
 
@@ -192,19 +192,9 @@ def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, 
             also = {}  # the metric is the FD to data itself
         return kw, also, labels
     store = metrics.ReferenceStore(out / REFERENCES, cache.fingerprint(zoo_dir), shipped=Path(zoo_dir) / REFERENCES)
-    target = space.model if space.mode == "solver" else len(models) - 1
-    ref = metrics.Reference(
-        models[target],
-        ns,
-        sampler=objective.reference,
-        t_start=space.t_start,
-        t_end=space.t_end,
-        guidance=objective.w,
-        cond=cond,
-        uncond=uncond,
-        store=store,
+    kw["metric"] = reference_metric(
+        objective.metric, models, ns, space, kw["sampling"], sampler=objective.reference, store=store
     )
-    kw["metric"] = metrics.ReferenceFD(ref) if objective.metric == "reference-fd" else metrics.ReferenceRMSE(ref)
     return kw, also, labels
 
 
