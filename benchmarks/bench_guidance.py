@@ -23,8 +23,9 @@ import time
 import numpy as np
 from common import FIGURES, machine, save_json, write_section
 
+import omsjax
 from omsjax import conditional, plots, presets, sampler, zoo
-from omsjax.search.evaluate import sample_candidates
+from omsjax.search.candidates import sample_candidates
 
 SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 SOLVERS = ("DDIM", "DPM-Solver-3", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 (bh2)", "UniPC-3 (bh2)")
@@ -43,8 +44,8 @@ def scored(models, ns, scheds, k, n, seeds, mean):
     for j, seed in enumerate(seeds):
         x_T = float(ns.prior_std(float(scheds[0].ts[0]))) * sampler.noise(seed, n, (8, 8, 1))
         same = all(np.array_equal(s.guidance, scheds[0].guidance) for s in scheds)
-        xs = sample_candidates(models, ns, scheds, x_T, data_mean=mean, cond=cond, uncond=uncond,
-                               chunk=len(scheds) if same else 1)  # fmt: skip
+        sampling = omsjax.SampleOptions(cond=cond, uncond=uncond, data_mean=mean)
+        xs = sample_candidates(models, ns, scheds, x_T, sampling=sampling, chunk=len(scheds) if same else 1)
         for i, x in enumerate(xs):
             s = conditional.scores(x, labels)
             fd[i, j], acc[i, j] = s["fd"], s["accuracy"]

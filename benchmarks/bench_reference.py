@@ -30,7 +30,8 @@ from common import machine, save_json, write_section
 from omsjax import metrics, verdict, zoo
 from omsjax.schedule import Schedule
 from omsjax.search import baselines, cache
-from omsjax.search.evaluate import Archive, Evaluator
+from omsjax.search.archive import Archive
+from omsjax.search.evaluate import Evaluator
 from omsjax.search.space import SearchSpace
 from omsjax.workflows.search_job import REFERENCES
 

@@ -27,7 +27,7 @@ from common import machine, write_section
 
 from omsjax import schedules, zoo
 from omsjax.search import ga, predictor, seeding
-from omsjax.search.evaluate import Archive, genome_from_dict
+from omsjax.search.archive import Archive, genome_from_dict
 from omsjax.search.space import SearchSpace
 
 

@@ -11,6 +11,7 @@ import pytest
 import omsjax
 from omsjax import integrate, oracles, presets, sampler, schedules
 from omsjax.schedule import Schedule
+from omsjax.search.archive import Archive
 
 NS = schedules.vp_linear()
 GMM = oracles.GaussianMixture.create(np.zeros((1, 3)), np.ones(1), np.ones(1))
@@ -120,7 +121,7 @@ def test_the_search_scores_a_nan_model_inf_and_says_why(tmp_path, caplog):
     assert rec.score == float("inf")
     assert "model returned non-finite values at step 2" in rec.note and "'broken'" in rec.note
     assert rec.note in caplog.text and "scored FD = inf" in caplog.text
-    assert EV.Archive(tmp_path / "a.jsonl").get(rec.key, rec.eval_key).note == rec.note  # kept on disk
+    assert Archive(tmp_path / "a.jsonl").get(rec.key, rec.eval_key).note == rec.note  # kept on disk
 
 
 def test_an_overflowing_update_is_told_apart_from_the_model():

@@ -19,6 +19,7 @@ import pytest
 import omsjax
 from omsjax import cli, files, plots, presets, schedules, zoo
 from omsjax.search import evaluate as EV
+from omsjax.search.archive import Archive, Record, schedule_key
 
 REPO = Path(__file__).resolve().parent.parent
 NS = schedules.vp_linear()
@@ -28,9 +29,9 @@ def _messages(rec) -> list[str]:
     return [str(w.message) for w in rec]
 
 
-def _record(i, **kw) -> EV.Record:
+def _record(i, **kw) -> Record:
     d = dict(key=f"k{i}", eval_key="seed0-n12", score=float(i), cost=1.0, nfe=3, schedule={"i": i})
-    return EV.Record(**{**d, **kw})
+    return Record(**{**d, **kw})
 
 
 # ------------------------------------------------------------------------------------------------ files.py
@@ -119,7 +120,7 @@ def test_archive_skips_invalid_records_with_file_and_line(tmp_path):
     text += [json.dumps({**good, "key": "inf_null", "fd": None}), json.dumps({**good, "key": "inf", "fd": math.inf})]
     path.write_bytes("\n".join(text).encode() + b"\n\x00\x00\xff\xd8 binary\n" + b'{"key": "torn", "eval')
     with pytest.warns(UserWarning) as rec:
-        arch = EV.Archive(path)
+        arch = Archive(path)
     assert [r.key for r in arch.records] == ["k0", "inf_null", "inf"]
     assert arch.get("inf", "seed0-n12").score == math.inf and arch.get("inf_null", "seed0-n12").score == math.inf
     msgs = _messages(rec)
@@ -129,10 +130,10 @@ def test_archive_skips_invalid_records_with_file_and_line(tmp_path):
     # The archive still opens and takes new records: appended after the torn line, nothing is glued onto it.
     arch.append(_record(5))
     with pytest.warns(UserWarning) as rec:
-        again = EV.Archive(path)
+        again = Archive(path)
     assert [r.key for r in again.records] == ["k0", "inf_null", "inf", "k5"] and len(rec) == 6
     r = _record(6, score=math.inf, genome={"u": [0.5]})  # an infinite score round-trips
-    assert EV.Record.from_json(r.to_json()) == r
+    assert Record.from_json(r.to_json()) == r
 
 
 def test_evaluator_resumes_from_an_archive_with_bad_lines(tmp_path):
@@ -140,7 +141,7 @@ def test_evaluator_resumes_from_an_archive_with_bad_lines(tmp_path):
     model = omsjax.Model(lambda p, x, t: 0.0 * x, None, latency=1.0)
     s = presets.ddim(NS, 3)
     path = tmp_path / "archive.jsonl"
-    rec = EV.Record(key=EV.schedule_key(s), eval_key="seed0-n12", score=1.25, cost=3.0, nfe=3,
+    rec = Record(key=schedule_key(s), eval_key="seed0-n12", score=1.25, cost=3.0, nfe=3,
                     schedule=json.loads(s.to_json(indent=None)))  # fmt: skip
     path.write_bytes(b'{"key": 1}\n\xfe\xff\n' + rec.to_json().encode() + b'\n{"key": "x", "fd": [')
     with pytest.warns(UserWarning) as warned:
@@ -152,7 +153,7 @@ def test_evaluator_resumes_from_an_archive_with_bad_lines(tmp_path):
 
 KILLED_WRITER = """
 import sys
-from omsjax.search.evaluate import Archive, Record
+from omsjax.search.archive import Archive, Record
 
 arch = Archive(sys.argv[1])
 pad = "x" * 2_000_000  # a large record: a kill may land inside its write (a torn line)
@@ -184,10 +185,10 @@ def test_kill_9_mid_append_loses_no_reported_record(tmp_path):
     new = [f"new{i}" for i in range(3)]
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        arch = EV.Archive(path)  # the resumed run
+        arch = Archive(path)  # the resumed run
         for k in new:
-            arch.append(EV.Record(key=k, eval_key="e", score=0.5, cost=1.0, nfe=3, schedule={}))
-        keys = [r.key for r in EV.Archive(path).records]
+            arch.append(Record(key=k, eval_key="e", score=0.5, cost=1.0, nfe=3, schedule={}))
+        keys = [r.key for r in Archive(path).records]
     in_flight = f"k{len(reported)}"  # killed after its write but before its print, or torn
     assert keys in ([f"k{i}" for i in reported] + new, [f"k{i}" for i in reported] + [in_flight] + new)
     torn = f"{path}: line {len(reported) + 1} skipped"

@@ -153,7 +153,7 @@ def test_a_concrete_schedule_compiles_only_the_members_it_calls(env):
 
 
 def test_sample_candidates_compiles_one_member_for_one_member_chunks(env):
-    from omsjax.search.evaluate import sample_candidates
+    from omsjax.search.candidates import sample_candidates
 
     ns, gmm, x_T = env
     traces = [[], [], []]

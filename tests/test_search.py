@@ -21,6 +21,8 @@ from omsjax.search import candidates as CAND
 from omsjax.search import encoding as E
 from omsjax.search import evaluate as EV
 from omsjax.search import ga, loop, predictor, seeding
+from omsjax.search.archive import genome_from_dict, schedule_key
+from omsjax.search.candidates import sample_candidates
 from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
@@ -347,11 +349,11 @@ def test_sample_candidates_matches_sample(tiny):
               presets.dpm_solver_pp(NS, 2, 2, model=1, afs="zero_x0")]  # fmt: skip
     mixed = [s._replace(model=jnp.asarray([0, 1, 0], jnp.int32)) for s in scheds]
     for group, method in ((scheds, "vmap"), (mixed, "map")):
-        out = EV.sample_candidates(tiny, NS, group, x_T, method=method, chunk=2)
+        out = sample_candidates(tiny, NS, group, x_T, method=method, chunk=2)
         for s, x in zip(group, out, strict=True):
             np.testing.assert_allclose(x, np.asarray(omsjax.sample(tiny, NS, s, x_T)), rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="candidate 1: Schedule.model"):
-        EV.sample_candidates(tiny, NS, [scheds[0], scheds[0]._replace(model=jnp.asarray([0, 5, 0]))], x_T)
+        sample_candidates(tiny, NS, [scheds[0], scheds[0]._replace(model=jnp.asarray([0, 5, 0]))], x_T)
 
 
 def test_sample_candidates_one_program_per_length_whatever_the_count(tiny):
@@ -362,7 +364,7 @@ def test_sample_candidates_one_program_per_length_whatever_the_count(tiny):
               presets.dpm_solver_pp(NS, 3, 2, model=1), presets.ddim(NS, 3, model=1, skip="logSNR"),
               presets.dpm_solver_pp(NS, 3, 3, model=1)]  # fmt: skip
     before = CAND.sample_jit._cache_size()
-    outs = [EV.sample_candidates(tiny, NS, scheds[:n], x_T, chunk=4) for n in (1, 3, 5)]
+    outs = [sample_candidates(tiny, NS, scheds[:n], x_T, chunk=4) for n in (1, 3, 5)]
     assert CAND.sample_jit._cache_size() == before + 1
     for out in outs:
         np.testing.assert_array_equal(out, outs[-1][: len(out)])
@@ -378,10 +380,10 @@ def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
     assert ev.evaluated == n_unique and len(path.read_text().splitlines()) == n_unique
     for i, r in enumerate(recs):
         s = E.to_schedule(space, NS, _one(pop, i))
-        assert r.key == EV.schedule_key(s) and r.nfe == int(s.nfe())
+        assert r.key == schedule_key(s) and r.nfe == int(s.nfe())
         assert r.cost == pytest.approx(float(s.cost(space.latencies)))
-        g = EV.genome_from_dict(r.genome)
-        assert EV.schedule_key(E.to_schedule(space, NS, g)) == r.key
+        g = genome_from_dict(r.genome)
+        assert schedule_key(E.to_schedule(space, NS, g)) == r.key
     # Interrupted mid-write: a partial last line is ignored; a new evaluator on the same file evaluates nothing.
     with open(path, "a") as fh:
         fh.write('{"key": "abc", "eval_')
@@ -426,7 +428,7 @@ def test_evaluation_splits_samples_over_devices(tmp_path):
     # Conditioning is split with the samples: 6 guided samples, padded to 8.
     import test_guidance as G
     guided = [presets.ddim(G.NS, 4, guidance=3.0), presets.unipc(G.NS, 4, 2, guidance=2.0)]
-    out_g = CAND.sample_candidates(G.NOISE_MODEL, G.NS, guided, G.X_T, cond=G.COND, uncond=G.UNCOND)
+    out_g = CAND.sample_candidates(G.NOISE_MODEL, G.NS, guided, G.X_T, sampling=omsjax.SampleOptions(G.COND, G.UNCOND))
     for s, x in zip(guided, out_g):
         want = omsjax.sample(G.NOISE_MODEL, G.NS, s, G.X_T, cond=G.COND, uncond=G.UNCOND)
         np.testing.assert_allclose(x, np.asarray(want), rtol=1e-10, atol=1e-10)

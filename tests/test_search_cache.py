@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from omsjax.search import cache
-from omsjax.search.evaluate import Archive, Record
+from omsjax.search.archive import Archive, Record
 
 
 def _zoo(tmp_path):

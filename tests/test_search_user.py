@@ -7,6 +7,7 @@ import pytest
 import omsjax
 from omsjax import metrics, oracles, presets, schedules
 from omsjax.search import evaluate as EV
+from omsjax.search.archive import Archive
 from omsjax.search.space import SearchSpace
 
 NS = schedules.vp_linear()
@@ -49,7 +50,7 @@ def test_a_custom_metric_on_a_vector_model_ranks_few_steps_worse(tmp_path):
     coarse, fine = ev.evaluate_schedules([presets.ddim(NS, 2), presets.unipc(NS, 8, 2)])
     assert 0 < fine.score < coarse.score and coarse.score == coarse.score
     assert fine.score == pytest.approx(metric(ev.samples(presets.unipc(NS, 8, 2)), np.asarray(x_T)), rel=1e-12)
-    again = EV.Archive(tmp_path / "a.jsonl").get(fine.key, ev.eval_key)
+    again = Archive(tmp_path / "a.jsonl").get(fine.key, ev.eval_key)
     assert again.score == fine.score and '"fd"' in fine.to_json()  # the archive keeps the field's name
     # A metric that fails names the schedule; the schedule's samples are the same program as above.
     bad = EV.Evaluator(MODEL, NS, num_samples=N, metric=lambda x, x_T: "bad")

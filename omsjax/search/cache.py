@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from omsjax import files
-from omsjax.search.evaluate import Record
+from omsjax.search.archive import Record
 
 __all__ = ["FILENAME", "fingerprint", "load", "write"]
 

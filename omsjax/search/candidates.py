@@ -20,9 +20,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from omsjax import checks, sampler
-from omsjax.checks import thresholding_option
 from omsjax.integrate import used_members
 from omsjax.models import Model, as_zoo
+from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule, check_schedule, stack
 
 __all__ = ["sample_candidates", "sample_jit"]
@@ -69,14 +69,12 @@ def sample_candidates(
     x_T: jax.Array,
     *,
     method: str = "vmap",
-    data_mean=None,
     chunk: int = 8,
-    cond=None,
-    uncond=None,
-    thresholding=None,
+    sampling: SampleOptions | None = None,
 ) -> np.ndarray:
-    """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T` (and `cond`, `uncond`,
-    `thresholding`, as in `sample`), `chunk` candidates per compiled call. A short chunk (the last one, or all of
+    """Samples [C, *x_T.shape] of C schedules of one length from the same `x_T` (and the same `sampling`, an
+    `omsjax.SampleOptions`: conditioning, data mean, thresholding, as in `sample`), `chunk` candidates per
+    compiled call. A short chunk (the last one, or all of
     fewer than `chunk` schedules) is padded by repeating a candidate, so every call of a length has one shape: a
     search compiles one program per schedule length and noise batch, not one per leftover count (the final
     re-evaluation of 3 and the held-out score of 1 would each compile their own). With D devices, the samples are
@@ -88,6 +86,8 @@ def sample_candidates(
     the program's `lax.switch`, so a model search compiles one program, not one per subset of members. A
     guidance array that every schedule shares is passed unbatched (one guided step: 2 half-calls, not 3)."""
     zoo = as_zoo(model_or_zoo)
+    o = SampleOptions() if sampling is None else sampling
+    data_mean, cond, uncond = o.data_mean, o.cond, o.uncond
     schedules = list(schedules)
     if not schedules:
         raise ValueError("no schedules to sample")
@@ -115,7 +115,7 @@ def sample_candidates(
         part = schedules[start : start + chunk]
         padded = stack(part + [part[-1]] * (chunk - len(part)))
         used, model, _ = used_members(zoo, padded.model, padded.afs)
-        kw = dict(cond=cond, uncond=uncond, thresholding=thresholding_option(thresholding))
+        kw = dict(cond=cond, uncond=uncond, thresholding=o.thresholding)
         if len(used) == 1:  # one member: compile it alone (one program per member, not one per subset of the zoo)
             res = sample_jit(used, noise_schedule, padded._replace(model=model, **shared), x_T, data_mean, method, **kw)
         else:

@@ -1,9 +1,10 @@
 """True evaluation of candidate schedules: a metric (and cost, NFE) on fixed noise, batched, archived on disk.
 
-- `sample_candidates` (`search.candidates`, re-exported here): the samples of C schedules of one length from the
-  same x_T, one compiled program per length.
-- `Archive` (`search.archive`, re-exported here): a JSONL file, one line per evaluated schedule, keyed by the
-  schedule's canonical JSON and the evaluation settings; an interrupted search that reopens it re-evaluates nothing.
+It samples with `search.candidates.sample_candidates` (the samples of C schedules of one length from the same
+x_T, one compiled program per length) and keeps what it scored in a `search.archive.Archive` (a JSONL file, one
+line per evaluated schedule, keyed by the schedule's canonical JSON and the evaluation settings; an interrupted
+search that reopens it re-evaluates nothing).
+
 - `Evaluator`: decodes genomes (or takes schedules), skips what the archive holds, groups the rest by length,
   samples them in chunks and scores each by its metric, `metric(samples, x_T) -> float` (lower is better; numpy
   arrays [n, *sample_shape]): the user's own, or by default the digits FD `omsjax.metrics.digits_fd`, which scores
@@ -31,14 +32,14 @@ from omsjax.models import as_zoo
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
 from omsjax.search import encoding
-from omsjax.search.archive import Archive, Record, genome_from_dict, genome_to_dict, schedule_key
+from omsjax.search.archive import Archive, Record, genome_to_dict, schedule_key
 from omsjax.search.candidates import sample_candidates
 from omsjax.search.encoding import Genome
 from omsjax.search.space import SearchSpace
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Record", "Archive", "Evaluator", "sample_candidates", "schedule_key", "genome_to_dict", "genome_from_dict"]
+__all__ = ["Evaluator", "DIGITS_SHAPE"]
 
 
 def _metric_name(metric) -> str:
@@ -311,11 +312,8 @@ class Evaluator:
                     part,
                     self.x_T,
                     method=self._method(part),
-                    data_mean=self.data_mean,
                     chunk=self.chunk,
-                    cond=self.cond,
-                    uncond=self.uncond,
-                    thresholding=self.thresholding,
+                    sampling=self.rows,
                 )
                 dt = (time.perf_counter() - t0) / len(part)
                 for i, s, x in zip(part_idx, part, xs, strict=True):
@@ -377,9 +375,6 @@ class Evaluator:
             [schedule],
             self.x_T,
             method=self._method([schedule]),
-            data_mean=self.data_mean,
             chunk=self.chunk if reuse_chunk else 1,
-            cond=self.cond,
-            uncond=self.uncond,
-            thresholding=self.thresholding,
+            sampling=self.rows,
         )[0]

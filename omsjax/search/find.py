@@ -52,7 +52,8 @@ from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
 from omsjax.schedules import NoiseSchedule
 from omsjax.search import baselines, final, ga, loop
-from omsjax.search.evaluate import Archive, Evaluator
+from omsjax.search.archive import Archive
+from omsjax.search.evaluate import Evaluator
 from omsjax.search.plan import FindOptions, Plan, Seeds, plan, seed_of
 from omsjax.search.space import SearchSpace
 

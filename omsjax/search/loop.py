@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 from omsjax import config as checks
 from omsjax.schedule import Schedule
 from omsjax.search import encoding, ga, predictor, seeding
+from omsjax.search.archive import Record, genome_from_dict, schedule_key
 from omsjax.search.encoding import Genome
-from omsjax.search.evaluate import Evaluator, Record, genome_from_dict, schedule_key
+from omsjax.search.evaluate import Evaluator
 from omsjax.search.space import SearchSpace
 
 __all__ = ["LoopConfig", "SearchResult", "search", "check_noise"]

@@ -41,8 +41,9 @@ from omsjax import files, metrics
 from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE
 from omsjax.search import baselines, cache, final, guided, loop, seeding
+from omsjax.search.archive import Archive
 from omsjax.search.baselines import BASELINES
-from omsjax.search.evaluate import Archive, Evaluator
+from omsjax.search.evaluate import Evaluator
 from omsjax.search.find import reference_metric, run_search
 from omsjax.search.plan import FindOptions, Plan, Seeds, plan
 from omsjax.search.space import default_guidance_choices
