@@ -207,6 +207,11 @@ def run_search(ev: Evaluator, the_plan: Plan, seeds: Seeds, options: FindOptions
     metrics of the held-out samples). The report: mode, nfe, budget and its kind, `final.Final.report` (the
     verdict, the scores, every baseline), the sample counts, the search noise's seed, the noise check, the
     evaluations, the stages and the seconds."""
+    if ev.noise_seed != seeds.search or ev.space != the_plan.space:
+        raise ValueError(
+            f"run_search: the evaluator's noise seed {ev.noise_seed} and space must be the search's "
+            f"(seed {seeds.search}, the plan's space)"
+        )
     space, limit = the_plan.space, the_plan.limit
     cfg = options.config if options.config is not None else loop.LoopConfig()
     cfg = dataclasses.replace(cfg, ga=dataclasses.replace(cfg.ga, budget_kind=the_plan.kind))
