@@ -168,22 +168,14 @@ def find_schedule(
     space = the_plan.space
     if not callable(metric):
         metric = reference_metric(metric, zoo, noise_schedule, space, sampling)
-    ev_kw = dict(metric=metric, metric_name=opts.metric_name, sample_shape=sample_shape, sampling=sampling)
+    ev_kw = dict(num_samples=opts.num_samples, noise_seed=seeds.search, metric=metric, metric_name=opts.metric_name)
+    ev_kw.update(sample_shape=sample_shape, sampling=sampling)
     if out is None:
-        ev = Evaluator(zoo, noise_schedule, space, num_samples=opts.num_samples, noise_seed=seeds.search, **ev_kw)
-        return run_search(ev, the_plan, seeds, opts).result
+        return run_search(Evaluator(zoo, noise_schedule, space, **ev_kw), the_plan, seeds, opts).result
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with files.FolderLock(out, what="find_schedule"):
-        ev = Evaluator(
-            zoo,
-            noise_schedule,
-            space,
-            num_samples=opts.num_samples,
-            noise_seed=seeds.search,
-            archive=Archive(out / "archive.jsonl"),
-            **ev_kw,
-        )
+        ev = Evaluator(zoo, noise_schedule, space, archive=Archive(out / "archive.jsonl"), **ev_kw)
         res = run_search(ev, the_plan, seeds, opts).result
         files.write_text(out / "schedule.json", res.schedule.to_json(score=res.score, mode=mode))
         files.write_json(out / "report.json", res.report)
@@ -192,12 +184,14 @@ def find_schedule(
 
 class Outcome(NamedTuple):
     """What `run_search` leaves: the result (its report the one schema of every search), the end of the search
-    (`final.Final`, with its `FinalConfig`), and the loop's result (every record, the stages, the noise check)."""
+    (`final.Final`, with its `FinalConfig`), the loop's result (every record, the stages, the noise check), and
+    the stage number the end's evaluations are recorded under (after the loop's own stages)."""
 
     result: FindResult
     final: final.Final
     final_config: final.FinalConfig
     search: loop.SearchResult
+    end_stage: int
 
 
 def run_search(ev: Evaluator, the_plan: Plan, seeds: Seeds, options: FindOptions, also=None) -> Outcome:
@@ -226,8 +220,9 @@ def run_search(ev: Evaluator, the_plan: Plan, seeds: Seeds, options: FindOptions
         noise_evaluator=ev.with_noise(seeds.check),
     )
     fcfg = seeds.final_config(options.heldout_samples, cfg.final_top)
+    end_stage = cfg.stages + 2
     fin = final.finish(
-        ev, res.pool, baselines.for_space(ev.ns, space, the_plan.kind, limit), fcfg, also=also, stage=cfg.stages + 2
+        ev, res.pool, baselines.for_space(ev.ns, space, the_plan.kind, limit), fcfg, also=also, stage=end_stage
     )
     report = {
         "mode": space.mode,
@@ -244,7 +239,7 @@ def run_search(ev: Evaluator, the_plan: Plan, seeds: Seeds, options: FindOptions
         "search_seconds": time.perf_counter() - t0,
     }
     report = json.loads(json.dumps(report, default=_plain))
-    return Outcome(FindResult(fin.schedule, fin.score, report), fin, fcfg, res)
+    return Outcome(FindResult(fin.schedule, fin.score, report), fin, fcfg, res, end_stage)
 
 
 def reference_metric(name: str, zoo, ns, space: SearchSpace, sampling: SampleOptions, **reference) -> Callable:

@@ -147,15 +147,19 @@ def run(
         return _search(zoo_dir, out, mode, (nfe, budget_seconds), seeds, options, objective, use_cache)
 
 
-def _plan(models, ns, mean, mode, nfe, budget_seconds, options: FindOptions, objective: Objective) -> Plan:
-    """`plan.plan` of a search on a zoo: the guidance of `objective`, a time budget in ms."""
-    gc = objective.guidance_choices
-    choices = () if gc is None else tuple(gc) or default_guidance_choices(objective.w)
-    options = dataclasses.replace(options, guidance=objective.w, guidance_choices=choices)
+def _plan(models, ns, mean, mode, nfe, budget_seconds, options: FindOptions) -> Plan:
+    """`plan.plan` of a search on a zoo, with a time budget in ms."""
     budget = None if budget_seconds is None else 1000.0 * budget_seconds
     return plan(
         ns, [m.latency for m in models], mode=mode, nfe=nfe, budget=budget, options=options, mean_afs=mean is not None
     )
+
+
+def _guided(options: FindOptions, objective: Objective) -> FindOptions:
+    """`options` with the guidance of `objective`: its scale W, and the searched scales (default 1, W/2, W, 3W/2)."""
+    gc = objective.guidance_choices
+    choices = () if gc is None else tuple(gc) or default_guidance_choices(objective.w)
+    return dataclasses.replace(options, guidance=objective.w, guidance_choices=choices)
 
 
 def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
@@ -207,9 +211,9 @@ def _search(
 
     nfe, budget_seconds = budgets
     models, ns, manifest = zoo.load_zoo(zoo_dir)
-    the_plan = _plan(models, ns, zoo.data_mean(manifest), mode, nfe, budget_seconds, options, objective)
+    options = _guided(options, objective)
+    the_plan = _plan(models, ns, zoo.data_mean(manifest), mode, nfe, budget_seconds, options)
     space = the_plan.space
-    options = dataclasses.replace(options, guidance=space.guidance, guidance_choices=space.guidance_choices)
     n = max(options.num_samples, options.heldout_samples)
     kw, also, labels = _objective(zoo_dir, out, models, ns, space, manifest, objective, n)
 
@@ -253,9 +257,8 @@ def _search(
             report["searched_guidance"] = np.asarray(fin.schedule.guidance).tolist()
             held = [ev.with_noise(s, fcfg.samples, chunk=1, also=also) for s in fcfg.seeds("heldout")]
             target = space.model if mode == "solver" else len(models) - 1
-            stage = (options.config or loop.LoopConfig()).stages + 2  # after the search's own stages, as `final`
             report["guidance_tradeoff"] = guided.tradeoff(
-                held, fin.schedule, ns, model=target, guidance=objective.w, stage=stage
+                held, fin.schedule, ns, model=target, guidance=objective.w, stage=done.end_stage
             )
     meta = dict(
         mode=mode,
@@ -309,11 +312,14 @@ def cache_presets(
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
     seeds = Seeds.of(seed)
-    options = dataclasses.replace(DEFAULTS, num_samples=num_samples, heldout_samples=final_samples, spacing=spacing)
+    options = _guided(
+        dataclasses.replace(DEFAULTS, num_samples=num_samples, heldout_samples=final_samples, spacing=spacing),
+        objective,
+    )
     archive = Archive()
     archive.remember(cache.load(zoo_dir)[0])
     for n in nfes:
-        the_plan = _plan(models, ns, mean, "solver", n, None, options, objective)
+        the_plan = _plan(models, ns, mean, "solver", n, None, options)
         space = the_plan.space
         kw, also, _ = _objective(
             zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective, max(num_samples, final_samples)
