@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from omsjax.checks import check_inputs
-from omsjax.integrate import Switches, run_jit, used_members
+from omsjax.integrate import Switches, run_used
 from omsjax.models import Model, as_zoo
 from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE, Schedule, is_traced
@@ -85,19 +85,9 @@ def first_nonfinite_step(
     if is_traced((schedule, x_T, data_mean, [m.params for m in zoo], cond, uncond)):
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
-    used, m, members = used_members(zoo, schedule.model, schedule.afs)
+    switches = Switches(diagnose=True, thresholding=o.thresholding)
     _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
-        run_jit(
-            used,
-            noise_schedule,
-            schedule._replace(model=m),
-            x_T,
-            data_mean,
-            cond=cond,
-            uncond=uncond,
-            members=members,
-            switches=Switches(diagnose=True, thresholding=o.thresholding),
-        )
+        run_used(zoo, noise_schedule, schedule, x_T, data_mean, cond=cond, uncond=uncond, switches=switches)
     )
     n, batch = schedule.num_steps, int(x_T.shape[0])
     ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))

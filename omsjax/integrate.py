@@ -31,7 +31,7 @@ from omsjax import usf
 from omsjax.models import Model, bcast, eval_zoo, guided_eps_x0
 from omsjax.schedule import AFS_MEAN_X0, AFS_NONE, AFS_ZERO_X0, Schedule, time_bounds
 
-__all__ = ["Trajectory", "Switches", "used_members", "run", "run_jit", "dynamic_threshold"]
+__all__ = ["Trajectory", "Switches", "used_members", "run", "run_jit", "run_used", "dynamic_threshold"]
 
 
 class Trajectory(NamedTuple):
@@ -325,3 +325,22 @@ def run(
 # The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes,
 # switches), so eager calls do not retrace the scan (inside a user's jit this simply inlines).
 run_jit = jax.jit(run, static_argnames=("members", "switches"))
+
+
+def run_used(
+    zoo, ns, schedule: Schedule, x_T, data_mean=None, *, cond=None, uncond=None, switches: Switches = Switches()
+):
+    """`run_jit` of a schedule that compiles only the zoo members it calls (`used_members`, when its model
+    indices are concrete): what `sampler.sample` and `diagnose.first_nonfinite_step` run."""
+    zoo, model, members = used_members(zoo, schedule.model, schedule.afs)
+    return run_jit(
+        zoo,
+        ns,
+        schedule._replace(model=model),
+        x_T,
+        data_mean,
+        cond=cond,
+        uncond=uncond,
+        members=members,
+        switches=switches,
+    )

@@ -34,7 +34,7 @@ from omsjax.checks import (
     thresholding_option,
 )
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
-from omsjax.integrate import Switches, Trajectory, run, run_jit, used_members
+from omsjax.integrate import Switches, Trajectory, run, run_used
 from omsjax.models import Model, as_zoo, to_eps_x0
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule, is_traced, time_bounds
@@ -94,21 +94,10 @@ def sample(
     """
     zoo = as_zoo(model_or_zoo)
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
-    zoo, model, members = used_members(zoo, schedule.model, schedule.afs)
     switches = Switches(
         trajectory=bool(return_trajectory), remat=bool(remat), thresholding=thresholding_option(thresholding)
     )
-    return run_jit(
-        zoo,
-        noise_schedule,
-        schedule._replace(model=model),
-        x_T,
-        data_mean,
-        cond=cond,
-        uncond=uncond,
-        members=members,
-        switches=switches,
-    )
+    return run_used(zoo, noise_schedule, schedule, x_T, data_mean, cond=cond, uncond=uncond, switches=switches)
 
 
 def sample_many(
