@@ -13,14 +13,6 @@ from omsjax.cli.common import check_out
 PRECOND_CHOICES = ("vp", "edm", "ve", "fdm_edm", "fdm_vp", "fdm_ve")
 
 
-def _is_multistage(d) -> bool:
-    """Whether a config dict is a `stages.StageTrainConfig.to_dict()` (its "stage_probs" field, or a net with
-    "decoder_channels") rather than a `train.TrainConfig.to_dict()`."""
-    return isinstance(d, dict) and (
-        "stage_probs" in d or (isinstance(d.get("net"), dict) and "decoder_channels" in d["net"])
-    )
-
-
 def train_config(args) -> tuple:
     """(config, member name) of `omsjax train`: the named config or JSON file `--config`, with the fields given on
     the command line (--steps, --precond, --fdm-m, --weight-clamp-warmup, --ema-warmup) replaced; ValueError names
@@ -30,7 +22,7 @@ def train_config(args) -> tuple:
     `omsjax stages config`, or a multi-stage run's config.json, whose {"omsjax_multistage", "config"} wrapper is
     unwrapped); a multi-stage config takes --steps and --ema-warmup only.
     """
-    from omsjax import files, stages, train, zoo
+    from omsjax import files, zoo
 
     src = args.config
     if src in zoo.CONFIGS:
@@ -44,9 +36,8 @@ def train_config(args) -> tuple:
         d = files.read_json(path, "the training config of --config")
         if isinstance(d, dict) and "omsjax_multistage" in d:  # a multi-stage run's config.json
             d = d.get("config")
-        kind = stages.StageTrainConfig if _is_multistage(d) else train.TrainConfig
         try:
-            cfg = kind.from_dict(d)
+            cfg = zoo.recipe(zoo.kind_of_dict(d)).config_class.from_dict(d)
         except TypeError as e:
             raise ValueError(f"--config {src}: {e}") from None
         name = path.stem if path.name != "config.json" else path.resolve().parent.name
@@ -58,13 +49,15 @@ def train_config(args) -> tuple:
         "ema_warmup": args.ema_warmup,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    if isinstance(cfg, stages.StageTrainConfig):
-        bad = [f"--{k.replace('_', '-')}" for k in given if k not in ("steps", "ema_warmup")]
+    allowed = zoo.recipe(zoo.kind_of(cfg)).cli_fields
+    if allowed is not None:
+        bad = [f"--{k.replace('_', '-')}" for k in given if k not in allowed]
         if bad:
             verb = "does" if len(bad) == 1 else "do"
+            flags = ", ".join("--" + f.replace("_", "-") for f in allowed)
             raise ValueError(
-                f"{', '.join(bad)} {verb} not apply to the multi-stage config {src} (continuous linear "
-                f"VP, noise prediction); only --steps and --ema-warmup do"
+                f"{', '.join(bad)} {verb} not apply to the config {src} "
+                f"({zoo.recipe(zoo.kind_of(cfg)).describe(cfg)}); only {flags} do"
             )
     if given:
         cfg = type(cfg).from_dict({**cfg.to_dict(), **given})
@@ -72,7 +65,7 @@ def train_config(args) -> tuple:
 
 
 def cmd_train(args) -> int:
-    from omsjax import data, files, stages, train, zoo
+    from omsjax import data, zoo
 
     check_out(args.out)
     if args.latency_batch is not None:
@@ -86,13 +79,8 @@ def cmd_train(args) -> int:
     if args.add_to_zoo:  # a zoo that cannot take the model fails now, not after the training
         zoo.check_member(args.add_to_zoo, name, cfg)
     images, labels = data.load_digits("train", return_labels=True)
-    if isinstance(cfg, stages.StageTrainConfig):
-        state = stages.run_training(cfg, images, args.out, resume=args.resume, progress=not args.quiet)
-    else:
-        labels = labels if cfg.net.num_classes else None  # a class-conditional net learns from the digits' labels
-        state = train.train(cfg, images, args.out, resume=args.resume, progress=not args.quiet, labels=labels)
-        train.save_params(Path(args.out) / "params", state.ema_params)
-        files.write_json(Path(args.out) / "config.json", cfg.to_dict())
+    run = zoo.recipe(zoo.kind_of(cfg)).run_training  # a class-conditional net learns from the digits' labels
+    state = run(cfg, images, args.out, resume=args.resume, progress=not args.quiet, labels=labels)
     if args.add_to_zoo:
         entry = zoo.add_member(
             args.add_to_zoo,

@@ -38,8 +38,7 @@ _DTYPE = jnp.float32  # the training dtype, as in omsjax.train
 
 
 class _Encoder(nn.Module):
-    """Time embedding, input conv, down path and middle block of `nets.UNet`:
-    (x [B, H, W, C], t [B]) -> (h, skips, emb)."""
+    """`nets.UNet`'s time embedding, input conv, down path and middle block: (x, t) -> (h, skips, emb)."""
 
     config: MultiStageConfig
     param_dtype: Any = None
@@ -47,33 +46,14 @@ class _Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array):
         cfg = self.config.unet_config()
-        dtype = x.dtype
-        kw = dict(dtype=dtype, param_dtype=self.param_dtype or dtype)
-        emb = nets.sinusoidal_embedding(t.astype(dtype) * cfg.time_scale, cfg.channels)
-        emb = nn.Dense(cfg.time_embed_dim, name="time_dense_0", **kw)(emb)
-        emb = nn.Dense(cfg.time_embed_dim, name="time_dense_1", **kw)(nn.silu(emb))
-        h = nn.Conv(cfg.channels, (3, 3), name="conv_in", **kw)(x)
-        skips = [h]
-        last = cfg.num_levels - 1
-        for level, mult in enumerate(cfg.channel_mults):
-            for i in range(cfg.num_res_blocks):
-                h = nets.ResBlock(cfg.channels * mult, cfg.groups, name=f"down_{level}_res_{i}", **kw)(h, emb)
-                if level in cfg.attention_levels:
-                    h = nets.AttentionBlock(cfg.groups, name=f"down_{level}_attn_{i}", **kw)(h)
-                skips.append(h)
-            if level != last:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), name=f"down_{level}_downsample", **kw)(h)
-                skips.append(h)
-        h = nets.ResBlock(h.shape[-1], cfg.groups, name="mid_res_0", **kw)(h, emb)
-        if last in cfg.attention_levels:
-            h = nets.AttentionBlock(cfg.groups, name="mid_attn", **kw)(h)
-        h = nets.ResBlock(h.shape[-1], cfg.groups, name="mid_res_1", **kw)(h, emb)
-        return h, tuple(skips), emb
+        kw = dict(dtype=x.dtype, param_dtype=self.param_dtype or x.dtype)
+        emb = nets.time_embedding(cfg, t, kw)
+        h, skips = nets.down_path(cfg, x, emb, kw)
+        return h, skips, emb
 
 
 class _Decoder(nn.Module):
-    """Up path and zero-initialised output head of `nets.UNet` at base width `width`:
-    (h, skips, emb) -> [B, H, W, out_channels]."""
+    """`nets.UNet`'s up path and output head at base width `width`: (h, skips, emb) -> [B, H, W, out_channels]."""
 
     config: MultiStageConfig
     width: int
@@ -82,42 +62,13 @@ class _Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, skips: tuple, emb: jax.Array) -> jax.Array:
-        cfg = self.config.unet_config(self.width)
-        dtype = h.dtype
-        kw = dict(dtype=dtype, param_dtype=self.param_dtype or dtype)
-        skips = list(skips)
-        for level in reversed(range(cfg.num_levels)):
-            for i in range(cfg.num_res_blocks + 1):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = nets.ResBlock(
-                    cfg.channels * cfg.channel_mults[level], cfg.groups, name=f"up_{level}_res_{i}", **kw
-                )(h, emb)
-                if level in cfg.attention_levels:
-                    h = nets.AttentionBlock(cfg.groups, name=f"up_{level}_attn_{i}", **kw)(h)
-            if level != 0:
-                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-                h = nn.Conv(h.shape[-1], (3, 3), name=f"up_{level}_upsample", **kw)(h)
-        assert not skips
-        h = nn.silu(nets.GroupNorm(cfg.groups, name="norm_out", **kw)(h))
-        zeros = nn.initializers.zeros
-        return nn.Conv(self.out_channels, (3, 3), kernel_init=zeros, bias_init=zeros, name="conv_out", **kw)(h)
+        kw = dict(dtype=h.dtype, param_dtype=self.param_dtype or h.dtype)
+        return nets.up_path(self.config.unet_config(self.width), h, skips, emb, self.out_channels, kw)
 
 
 def check_input(config: MultiStageConfig, x, t):
-    x = jnp.asarray(x)
-    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be a floating-point array [B, H, W, C] (NHWC), got {x.shape} {x.dtype}")
-    d = config.unet_config().spatial_divisor
-    if x.shape[1] % d or x.shape[2] % d:
-        raise ValueError(
-            f"spatial size {x.shape[1]}x{x.shape[2]} must be divisible by {d} for channel_mults={config.channel_mults}"
-        )
-    t = jnp.asarray(t)
-    if t.ndim == 0:
-        t = jnp.broadcast_to(t, x.shape[:1])
-    if t.shape != x.shape[:1]:
-        raise ValueError(f"t must have shape [B] = ({x.shape[0]},) or be a scalar, got shape {t.shape}")
-    return x, t.astype(x.dtype)
+    """`nets.check_input` for the network's shared encoder."""
+    return nets.check_input(config.unet_config(), x, t)
 
 
 def _cast(params: Any, dtype) -> Any:

@@ -65,30 +65,32 @@ def _group_tx(config: StageTrainConfig) -> optax.GradientTransformation:
     return optax.scale_by_adam()
 
 
-def _stage_tx(
-    config: StageTrainConfig, names: tuple[str, ...], stage: int, lr: jax.Array
-) -> optax.GradientTransformation:
-    """The optimiser of a step of stage `stage` on the (clipped) gradients {name: flat vector}:
-    `optax.multi_transform` with one Adam per group, the absent decoders' label "frozen" (`set_to_zero`, their
-    Adam states left out of the step), then the learning rate `lr`."""
-    active = ("encoder", f"decoder_{stage}")
-    transforms = {name: _group_tx(config) for name in active}
-    if len(names) > len(active):
-        transforms["frozen"] = optax.set_to_zero()
-    labels = {name: name if name in active else "frozen" for name in names}
-    return optax.chain(optax.multi_transform(transforms, labels), optax.scale(-lr))
+def _each_group(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` applied to each parameter group of a dict {name: flat vector} with a state of the group's own
+    ({name: tx's state}): a step over some groups moves only their states."""
+
+    def init(params):
+        return {name: tx.init(p) for name, p in params.items()}
+
+    def update(updates, state, params=None):
+        out, new = {}, dict(state)
+        for name, u in updates.items():
+            out[name], new[name] = tx.update(u, state[name], None if params is None else params[name])
+        return out, new
+
+    return optax.GradientTransformation(init, update)
 
 
-def _group_states(config: StageTrainConfig, flat: dict) -> dict:
-    """{name: the Adam state of group `name`} as `optax.multi_transform` keeps it (moments over the whole tree of
-    flat vectors, `optax.MaskedNode` but for the group's own)."""
-    tx = optax.multi_transform({name: _group_tx(config) for name in flat}, {name: name for name in flat})
-    return {name: s.inner_state for name, s in tx.init(flat).inner_states.items()}
+def _stage_tx(config: StageTrainConfig, lr: jax.Array) -> optax.GradientTransformation:
+    """The optimiser of one step on the step's groups (the encoder and one decoder, flat vectors): clipping to the
+    global norm (an absent decoder's gradient is zero, so the norm is the one over all groups), each group's own
+    Adam, the learning rate `lr`."""
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), _each_group(_group_tx(config)), optax.scale(-lr))
 
 
 def init_state(config: StageTrainConfig) -> _train.TrainState:
     """Step 0: fresh float32 parameters, EMA = parameters, and one Adam state per group ("encoder", "decoder_k"),
-    its moments flat vectors of the group's `ravel_pytree` order (in `optax.multi_transform`'s masked layout)."""
+    its moments flat vectors of the group's `ravel_pytree` order."""
     if not isinstance(config, StageTrainConfig):
         raise ValueError(f"config must be a StageTrainConfig, got {type(config).__name__}")
     k_init, _ = seed_keys(config)
@@ -97,7 +99,7 @@ def init_state(config: StageTrainConfig) -> _train.TrainState:
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=_group_states(config, {name: ravel_pytree(p)[0] for name, p in params.items()}),
+        opt_state=_each_group(_group_tx(config)).init({name: ravel_pytree(p)[0] for name, p in params.items()}),
     )
 
 
@@ -160,40 +162,35 @@ def _train_step(
     _, k_idx, k_loss = jax.random.split(step_key, 3)  # the first key draws the stage (`_draw_stages`)
     idx = jax.random.randint(k_idx, (config.batch_size,), 0, data.shape[0], dtype=jnp.int32)
     batch = jnp.asarray(data, _DTYPE)[idx]
+    # One flat vector per parameter group of the step (the encoder and the stage's decoder): a few large
+    # element-wise ops instead of a few per leaf (the step compiles much faster). Every other decoder's parameters,
+    # Adam state and EMA stay the same arrays.
     active = ("encoder", f"decoder_{stage}")
-    loss, grads = jax.value_and_grad(loss_fn, argnums=1)(
-        config, {name: state.params[name] for name in active}, batch, k_loss, stage
-    )
-    # One flat vector per parameter group: a few large element-wise ops instead of a few per leaf (the step
-    # compiles much faster). An absent decoder has a zero gradient (it adds nothing to the global norm) and the
-    # label "frozen": its parameters, Adam state and EMA stay the same arrays.
-    flat_grads = {name: ravel_pytree(g)[0] for name, g in grads.items()}
     flat, unravel = {}, {}
-    for name, p in state.params.items():
-        flat[name], unravel[name] = ravel_pytree(p)
-    # Clipping to the global norm as g * min(1, c / |g|) (optax's clip_by_global_norm rounds as (g / |g|) c).
-    grad_norm = optax.tree.norm(flat_grads)
-    clip = jnp.where(grad_norm < config.grad_clip, 1.0, config.grad_clip / grad_norm)
-    full_grads = {name: clip * flat_grads[name] if name in active else jnp.zeros_like(v) for name, v in flat.items()}
+    for name in active:
+        flat[name], unravel[name] = ravel_pytree(state.params[name])
+
+    def loss(flat_params):
+        return loss_fn(config, {n: unravel[n](v) for n, v in flat_params.items()}, batch, k_loss, stage)
+
     params, ema, opt_state = dict(state.params), dict(state.ema_params), dict(state.opt_state)
     # optax mixes Python floats with int32 counts (strict promotion rejects that); the results are float32.
     with jax.numpy_dtype_promotion("standard"):
         lr = _train.lr_schedule(config)(state.step)
-        tx = _stage_tx(config, tuple(flat), stage, lr)
-        part_state, scale_state = tx.init(flat)  # stateless but for the groups' Adam states
-        inner = dict(part_state.inner_states)
-        inner.update({name: optax.MaskedState(inner_state=state.opt_state[name]) for name in active})
-        tx_state = (part_state._replace(inner_states=inner), scale_state)
-        updates, (part_state, _) = tx.update(full_grads, tx_state, flat)
-        for name in active:
-            count = optax.tree_utils.tree_get(state.opt_state[name], "count")  # this group's updates so far
-            d = _train.ema_decay_at(config.ema_decay, config.ema_warmup, count)
-            new_p = optax.apply_updates(flat[name], updates[name])
-            e = ravel_pytree(state.ema_params[name])[0]
-            params[name], ema[name] = unravel[name](new_p), unravel[name](d * e + (1.0 - d) * new_p)
-            opt_state[name] = part_state.inner_states[name].inner_state
+        tx = _stage_tx(config, lr)
+        clip_state, _, scale_state = tx.init({})
+        groups = {name: state.opt_state[name] for name in active}
+        value, grads = jax.value_and_grad(loss)(flat)
+        updates, (_, groups, _) = tx.update(grads, (clip_state, groups, scale_state), flat)
+        new_flat = optax.apply_updates(flat, updates)
+    for name in active:
+        count = optax.tree_utils.tree_get(state.opt_state[name], "count")  # this group's updates so far
+        d = _train.ema_decay_at(config.ema_decay, config.ema_warmup, count)
+        e = ravel_pytree(state.ema_params[name])[0]
+        params[name], ema[name] = unravel[name](new_flat[name]), unravel[name](d * e + (1.0 - d) * new_flat[name])
+        opt_state[name] = groups[name]
     new = _train.TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    return new, {"loss": loss, "grad_norm": grad_norm, "lr": lr, "stage": jnp.int32(stage)}
+    return new, {"loss": value, "grad_norm": optax.tree.norm(grads), "lr": lr, "stage": jnp.int32(stage)}
 
 
 def train_step(
@@ -293,14 +290,15 @@ def train(
 
 
 def run_training(
-    config: StageTrainConfig, data, out_dir, *, resume: bool = False, progress: bool = True
+    config: StageTrainConfig, data, out_dir, *, resume: bool = False, progress: bool = True, labels=None
 ) -> _train.TrainState:
     """A resumable multi-stage training run in the folder `out_dir` (what `omsjax train` does with a multi-stage
     config): OUT/config.json, OUT/params (`save_checkpoint` of the EMA parameters, rewritten at every checkpoint),
     OUT/state (the full `TrainState`) every `config.checkpoint_every` steps and at the end, OUT/log.jsonl.
 
     An existing OUT/state needs `resume=True`, which continues that run after checking that its config matches
-    (`steps` and `checkpoint_every` may differ)."""
+    (`steps` and `checkpoint_every` may differ). `labels` are not used (the network is unconditional); the
+    argument makes the call `train.run_training`'s."""
     out = Path(out_dir)
     state_dir, log_path, meta_path = out / "state", out / "log.jsonl", out / "config.json"
     if state_dir.exists() and not resume:

@@ -24,8 +24,8 @@ from omsjax.precond import (
     precondition,
 )
 from omsjax.train.checkpoints import load_params, read_log, restore_state, save_params
-from omsjax.train.config import TrainConfig
-from omsjax.train.loop import Saving, check_labels, check_resume, mean_loss, reset_log, run, train
+from omsjax.train.config import OptimConfig, TrainConfig
+from omsjax.train.loop import Saving, check_labels, check_resume, mean_loss, reset_log, run, run_training, train
 from omsjax.train.losses import P_MEAN, P_STD, clamp_cap, loss_fn
 from omsjax.train.model import model_from_params
 from omsjax.train.step import (
@@ -43,6 +43,7 @@ from omsjax.train.step import (
 __all__ = [
     "PRECONDS",
     "FDM_SIGMA_RANGES",
+    "OptimConfig",
     "TrainConfig",
     "TrainState",
     "precondition",
@@ -58,6 +59,7 @@ __all__ = [
     "data_sharding",
     "replicated_sharding",
     "train",
+    "run_training",
     "restore_state",
     "read_log",
     "save_params",

@@ -10,20 +10,18 @@ from omsjax import config as _cfg
 from omsjax import nets
 from omsjax.precond import PRECONDS, base_of
 
-__all__ = ["TrainConfig", "DTYPE"]
+__all__ = ["OptimConfig", "TrainConfig", "DTYPE"]
 
 DTYPE = jnp.float32  # training runs in float32 whatever `jax_enable_x64` says
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of a training run (hashable; a static argument of `train_step`).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """The fields every training config shares, declared and checked once: the optimiser, the EMA, the seed, the
+    checkpoint interval and the image shape. `TrainConfig` and `omsjax.stages.StageTrainConfig` extend it (the
+    fields are keyword-only); each error names the field.
 
     Attributes:
-      net: the `UNetConfig` of the network.
-      steps: total optimiser steps.
-      precond: "vp" (continuous linear VP, noise prediction), "edm" (EDM preconditioning), "ve" (EDM's VE
-        preconditioning) or "fdm_edm" / "fdm_vp" / "fdm_ve" (Fast Diffusion Model: the base with c_in = s(sigma)).
       batch_size: global batch size (divisible by the number of devices).
       lr: peak learning rate: linear warm-up from 0 over `warmup` steps, then cosine decay to 0.1 lr at `steps`
         (if warmup >= steps the run ends during the warm-up).
@@ -35,8 +33,58 @@ class TrainConfig:
         (`ema_decay_at`), so the average forgets the random initialisation within a few hundred steps instead of
         keeping a share ema_decay^n of it (0.999^3000 = 5%). Off by default (the shipped zoo trained without it).
       seed: seeds the initialisation and every step's randomness.
-      checkpoint_every: `train` saves a checkpoint every this many steps (and at the end).
-      image_shape: (H, W, C) of the training images.
+      checkpoint_every: the run saves a checkpoint every this many steps (and at the end).
+      image_shape: (H, W, C) of the training images; H and W multiples of the network's `spatial_divisor`.
+    """
+
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 200
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = False
+    seed: int = 0
+    checkpoint_every: int = 1000
+    image_shape: tuple = (8, 8, 1)
+
+    def spatial_divisor(self) -> tuple[int, str]:
+        """(the divisor of the images' H and W, the end of the error message naming why): 1 here; each training
+        config returns its network's."""
+        return 1, ""
+
+    def __post_init__(self):
+        # Normalise numeric types so that equal configs hash equally (and JSON round trips are exact).
+        def _set(name, value):
+            object.__setattr__(self, name, value)
+
+        for name in ("batch_size", "checkpoint_every"):
+            _set(name, _cfg.positive_int(name, getattr(self, name)))
+        _set("warmup", _cfg.nonneg_int("warmup", self.warmup))
+        _set("seed", _cfg.integer("seed", self.seed))
+        _set("lr", _cfg.real("lr", self.lr, gt=0))
+        _set("grad_clip", _cfg.real("grad_clip", self.grad_clip, gt=0))
+        _set("weight_decay", _cfg.real("weight_decay", self.weight_decay, ge=0))
+        _set("ema_decay", _cfg.real("ema_decay", self.ema_decay, ge=0, lt=1))
+        _set("ema_warmup", _cfg.boolean("ema_warmup", self.ema_warmup))
+        shape = _cfg.image_shape("image_shape", self.image_shape)
+        _set("image_shape", shape)
+        divisor, detail = self.spatial_divisor()
+        if shape[0] % divisor or shape[1] % divisor:
+            raise ValueError(f"image_shape {shape}: H and W must be divisible by {divisor}{detail}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(OptimConfig):
+    """Hyperparameters of a training run (hashable; a static argument of `train_step`).
+
+    Attributes:
+      net: the `UNetConfig` of the network.
+      steps: total optimiser steps.
+      precond: "vp" (continuous linear VP, noise prediction), "edm" (EDM preconditioning), "ve" (EDM's VE
+        preconditioning) or "fdm_edm" / "fdm_vp" / "fdm_ve" (Fast Diffusion Model: the base with c_in = s(sigma)).
+      batch_size, lr, warmup, grad_clip, weight_decay, ema_decay, ema_warmup, seed, checkpoint_every,
+        image_shape: `OptimConfig`'s (keyword-only).
       focus_times: noise levels to weight the loss toward (VP times t; EDM / VE sigmas): fine-tuning on a sampler's
         steps (`omsjax.workflows.timesteps_run.finetune`). Empty: none.
       focus_prob: the share of each batch whose noise level is drawn uniformly from `focus_times` (the rest from the
@@ -53,16 +101,6 @@ class TrainConfig:
     net: nets.UNetConfig
     steps: int
     precond: str = "vp"
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup: int = 200
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = False
-    seed: int = 0
-    checkpoint_every: int = 1000
-    image_shape: tuple = (8, 8, 1)
     focus_times: tuple = ()
     focus_prob: float = 0.0
     fdm_m: float = 2.0
@@ -79,12 +117,8 @@ class TrainConfig:
         def _set(name, value):
             object.__setattr__(self, name, value)
 
-        check_training_fields(
-            self,
-            ("steps", "batch_size", "checkpoint_every"),
-            self.net.spatial_divisor,
-            f" for channel_mults={self.net.channel_mults}",
-        )
+        object.__setattr__(self, "steps", _cfg.positive_int("steps", self.steps))
+        super().__post_init__()
         focus = self.focus_times
         if not isinstance(focus, (tuple, list)) or not all(_cfg.is_real(v) and v > 0 for v in focus):
             raise ValueError(f"focus_times must be a sequence of finite noise levels > 0, got {focus!r}")
@@ -98,6 +132,9 @@ class TrainConfig:
         _set("weight_clamp_warmup", _cfg.nonneg_int("weight_clamp_warmup", self.weight_clamp_warmup))
         _set("label_dropout", _cfg.real("label_dropout", self.label_dropout, ge=0, lt=1))
 
+    def spatial_divisor(self) -> tuple[int, str]:
+        return self.net.spatial_divisor, f" for channel_mults={self.net.channel_mults}"
+
     def to_dict(self) -> dict:
         """JSON-friendly dict (the net config nested, tuples as lists)."""
         return _cfg.to_dict(self)
@@ -107,27 +144,3 @@ class TrainConfig:
         if not isinstance(d, dict) or "net" not in d:
             raise ValueError("TrainConfig.from_dict expects a dict with a 'net' entry")
         return _cfg.from_dict(cls, d, nested={"net": nets.UNetConfig}, tuples=("image_shape", "focus_times"))
-
-
-def check_training_fields(config, positive: tuple[str, ...], divisor: int, detail: str = "") -> None:
-    """Check and normalise (in place, on a frozen dataclass) the optimiser fields that every training config
-    shares: the positive ints `positive`, warmup, seed, lr, grad_clip, weight_decay, ema_decay, ema_warmup and
-    image_shape, whose H and W must be divisible by `divisor` (`detail` ends that message). Each error names
-    the field."""
-
-    def _set(name, value):
-        object.__setattr__(config, name, value)
-
-    for name in positive:
-        _set(name, _cfg.positive_int(name, getattr(config, name)))
-    _set("warmup", _cfg.nonneg_int("warmup", config.warmup))
-    _set("seed", _cfg.integer("seed", config.seed))
-    _set("lr", _cfg.real("lr", config.lr, gt=0))
-    _set("grad_clip", _cfg.real("grad_clip", config.grad_clip, gt=0))
-    _set("weight_decay", _cfg.real("weight_decay", config.weight_decay, ge=0))
-    _set("ema_decay", _cfg.real("ema_decay", config.ema_decay, ge=0, lt=1))
-    _set("ema_warmup", _cfg.boolean("ema_warmup", config.ema_warmup))
-    shape = _cfg.image_shape("image_shape", config.image_shape)
-    _set("image_shape", shape)
-    if shape[0] % divisor or shape[1] % divisor:
-        raise ValueError(f"image_shape {shape}: H and W must be divisible by {divisor}{detail}")

@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 
 from omsjax import config as _cfg
 from omsjax import files
-from omsjax.train.checkpoints import checkpoint_manager, restore_intact, set_aside, truncate_log
+from omsjax.train.checkpoints import checkpoint_manager, restore_intact, save_params, set_aside, truncate_log
 from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, check_batch, init_state, make_optimizer, replicated_sharding, seed_keys
 from omsjax.train.step import train_step as _train_step
 
-__all__ = ["Saving", "run", "train", "check_resume", "reset_log", "mean_loss", "check_labels"]
+__all__ = ["Saving", "run", "train", "run_training", "check_resume", "reset_log", "mean_loss", "check_labels"]
 
 
 def mean_loss(step: int, window: list[dict]) -> dict:
@@ -210,6 +210,16 @@ def train(
         mngr.wait_until_finished()
     finally:
         mngr.close()
+    return state
+
+
+def run_training(config: TrainConfig, data, out_dir, *, resume: bool = False, progress: bool = True, labels=None):
+    """A resumable U-Net training run in the folder `out_dir` (what `omsjax train` does with a `TrainConfig`):
+    `train` (OUT/ckpt, OUT/log.jsonl, OUT/config.json), then the EMA parameters in OUT/params. `labels`: the
+    images' classes, used by a class-conditional net only. Returns the final state."""
+    labels = labels if config.net.num_classes else None
+    state = train(config, data, out_dir, resume=resume, progress=progress, labels=labels)
+    save_params(Path(out_dir) / "params", state.ema_params)
     return state
 
 

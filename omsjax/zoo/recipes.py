@@ -15,7 +15,17 @@ from omsjax import nets, schedules
 from omsjax.models import Model
 from omsjax.zoo.latency import measure_latency
 
-__all__ = ["MULTISTAGE", "Recipe", "RECIPES", "recipe", "kind_of", "entry_kind", "entry_config", "latency_fields"]
+__all__ = [
+    "MULTISTAGE",
+    "Recipe",
+    "RECIPES",
+    "recipe",
+    "kind_of",
+    "kind_of_dict",
+    "entry_kind",
+    "entry_config",
+    "latency_fields",
+]
 
 
 MULTISTAGE = "multistage"  # the "kind" of a multi-stage entry
@@ -33,6 +43,10 @@ class Recipe:
       with "latency_ms_per_stage").
     entry_fields: (config, params) -> extra manifest fields.
     describe: config -> a few words naming the member's kind in error messages.
+    run_training: (config, images, out_dir, *, resume, progress, labels) -> the final `TrainState`: the kind's
+      resumable training run in a folder (`omsjax train`).
+    recognises: a config dict -> whether it is this kind's `to_dict()` (`omsjax train --config FILE`).
+    cli_fields: the config fields `omsjax train`'s flags may replace (None: all of them).
     """
 
     config_class: type
@@ -42,6 +56,9 @@ class Recipe:
     latency_times: Callable[[Any], list[float] | None]
     entry_fields: Callable[[Any, Any], dict]
     describe: Callable[[Any], str]
+    run_training: Callable[..., Any]
+    recognises: Callable[[Any], bool]
+    cli_fields: tuple[str, ...] | None = None
 
 
 def _unet_recipe(train_mod) -> Recipe:
@@ -55,6 +72,8 @@ def _unet_recipe(train_mod) -> Recipe:
         latency_times=lambda cfg: None,
         entry_fields=lambda cfg, params: {},
         describe=lambda cfg: f"precond {cfg.precond!r}",
+        run_training=train_mod.run_training,
+        recognises=lambda d: isinstance(d, dict) and isinstance(d.get("net"), dict),
     )
 
 
@@ -75,6 +94,17 @@ def _multistage_recipe(stages) -> Recipe:
             "active_params": [stages.active_params(params, k) for k in range(cfg.net.num_stages)]
         },
         describe=lambda cfg: "a multi-stage network",
+        run_training=stages.run_training,
+        recognises=_is_multistage,
+        cli_fields=("steps", "ema_warmup"),
+    )
+
+
+def _is_multistage(d) -> bool:
+    """Whether a config dict is a `stages.StageTrainConfig.to_dict()` (its "stage_probs" field, or a net with
+    "decoder_channels")."""
+    return isinstance(d, dict) and (
+        "stage_probs" in d or (isinstance(d.get("net"), dict) and "decoder_channels" in d["net"])
     )
 
 
@@ -93,6 +123,15 @@ def recipe(kind: str | None) -> Recipe:
         raise ValueError(f"unknown zoo member kind {kind!r}; expected one of {known}")
     module, build = RECIPES[kind]
     return build(importlib.import_module(module))
+
+
+def kind_of_dict(d) -> str | None:
+    """The kind of a config dict (a `to_dict()`): the first recipe, multi-stage first, that recognises it (a
+    U-Net's when none does, so that its `from_dict` names what is wrong)."""
+    for kind in sorted(RECIPES, key=lambda k: k is None):
+        if recipe(kind).recognises(d):
+            return kind
+    return None
 
 
 def kind_of(config) -> str | None:
