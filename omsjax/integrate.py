@@ -49,6 +49,10 @@ class Trajectory(NamedTuple):
     t: jax.Array
 
 
+# The per-step fields of the scan that make the predictor's `usf.StepDecisions`, in its field order.
+_PREDICTOR_FIELDS = ("order", "prediction", "start", "d1", "relax_type", "relax", "d2_scale")
+
+
 def used_members(zoo: tuple[Model, ...], model, afs=None, members: tuple[int, ...] | None = None):
     """Compile only what runs: (the members that `model` calls, `model` remapped to index them, their original
     indices) when the model indices are concrete; (zoo, model, members) unchanged when they are traced.
@@ -265,15 +269,7 @@ def run(
         hist = hist._replace(x=hist.x.at[0].set(x))
 
         la_s, sig_s = start_coeffs(hist, s["start"])
-        predictor = usf.StepDecisions(
-            order=s["order"],
-            prediction=s["prediction"],
-            start=s["start"],
-            d1_points=s["d1"],
-            relax_type=s["relax_type"],
-            relax=s["relax"],
-            d2_scale=s["d2_scale"],
-        )
+        predictor = usf.StepDecisions(*(s[k] for k in _PREDICTOR_FIELDS))
         target = (s["lam_next"], s["la_next"], s["sig_next"])
         cx, wF, okp = usf.step_weights(hist.lam, hist.count, target, (la_s, sig_s), predictor)
         x_next = usf.apply_weights(hist, cx, wF, s["start"], s["prediction"])

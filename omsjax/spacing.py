@@ -101,30 +101,39 @@ def _check_spacing(spacing: str) -> None:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
 
 
+def _xp(a):
+    """numpy for numpy input (and Python floats), jax.numpy otherwise."""
+    return np if isinstance(a, (np.ndarray, np.generic, float)) else jnp
+
+
+def _karras(ns: NoiseSchedule, t):
+    lam = ns.lam(t)
+    return _xp(lam).exp(-lam / KARRAS_RHO)
+
+
+def _karras_inverse(ns: NoiseSchedule, c):
+    return ns.t_of_lambda(-KARRAS_RHO * _xp(c).log(c))
+
+
+# Each spacing's coordinate of a time and its inverse: (t -> c, c -> t), both monotone.
+_COORDINATES = {
+    "logSNR": (lambda ns, t: ns.lam(t), lambda ns, c: ns.t_of_lambda(c)),
+    "time_uniform": (lambda ns, t: t, lambda ns, c: c),
+    "time_quadratic": (lambda ns, t: t**0.5, lambda ns, c: c**2),
+    "karras": (_karras, _karras_inverse),
+}
+
+
 def coordinate(ns: NoiseSchedule, t, spacing: str = "logSNR"):
     """The base spacing's coordinate of time t (monotone in t). numpy in, numpy out; jax in, jax out."""
     _check_spacing(spacing)
-    if spacing == "logSNR":
-        return ns.lam(t)
-    if spacing == "time_uniform":
-        return t
-    if spacing == "time_quadratic":
-        return t**0.5
-    lam = ns.lam(t)
-    return np.exp(-lam / KARRAS_RHO) if isinstance(lam, (np.ndarray, np.generic, float)) else jnp.exp(-lam / KARRAS_RHO)
+    return _COORDINATES[spacing][0](ns, t)
 
 
 def time_of_coordinate(ns: NoiseSchedule, c, spacing: str = "logSNR"):
     """The inverse of `coordinate`."""
     _check_spacing(spacing)
-    if spacing == "logSNR":
-        return ns.t_of_lambda(c)
-    if spacing == "time_uniform":
-        return c
-    if spacing == "time_quadratic":
-        return c**2
-    log = np.log if isinstance(c, (np.ndarray, np.generic, float)) else jnp.log
-    return ns.t_of_lambda(-KARRAS_RHO * log(c))
+    return _COORDINATES[spacing][1](ns, c)
 
 
 def times(ns: NoiseSchedule, u, t_start: float, t_end: float, spacing: str = "logSNR", *, valid=None):

@@ -1,5 +1,6 @@
 """Zoo folders (manifest, load_zoo) and the omsjax command on a tiny freshly trained zoo."""
 
+import dataclasses
 import json
 
 import jax
@@ -229,7 +230,12 @@ def test_cli_search_reads_the_zoos_cached_presets(tiny_zoo, capsys, tmp_path):
 
     zoo_dir = tmp_path / "zoo"
     shutil.copytree(tiny_zoo[0], zoo_dir)  # the cache is written into the zoo: not into the shared fixture
-    search_job.cache_presets(zoo_dir, [3], num_samples=12, final_samples=12, progress=False)
+    search_job.cache_presets(
+        zoo_dir,
+        [3],
+        options=dataclasses.replace(search_job.DEFAULTS, num_samples=12, heldout_samples=12),
+        progress=False,
+    )
     assert (zoo_dir / "evaluations.json").exists() and (zoo_dir / "references.npz").exists()
     argv = ["search", "--zoo", str(zoo_dir), "--nfe", "3", "--quick", "--num-samples", "12", "--final-samples", "12",
             "--quiet", "--json"]  # fmt: skip

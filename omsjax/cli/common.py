@@ -19,6 +19,12 @@ SOLVERS = (
 )
 
 
+def flags(args, names: str, **renamed: str) -> dict:
+    """The keywords of a call or config built from parsed flags: {name: args.name} for each space-separated name
+    in `names`, and {keyword: args.dest} for each `keyword=dest` in `renamed`."""
+    return {**{n: getattr(args, n) for n in names.split()}, **{k: getattr(args, d) for k, d in renamed.items()}}
+
+
 def solver_schedule(name, ns, nfe, skip, model=0):
     """The named solver (a key of presets.NAMED) as a schedule, or None where it has no schedule at this NFE."""
     from omsjax import presets

@@ -36,14 +36,17 @@ def cmd_search(args) -> int:
     given = {f: v for f, v in given.items() if v is not None}  # flags given on the command line win over the preset
     v = {"explore_fraction": 0.5, "population": 64, **preset, **given}
     pop = v["population"]
+    fields = (
+        "stages",
+        "initial_random",
+        "per_stage",
+        "explore_fraction",
+        "generations",
+        "predictor_epochs",
+        "final_top",
+    )
     cfg = loop.LoopConfig(
-        stages=v["stages"],
-        initial_random=v["initial_random"],
-        per_stage=v["per_stage"],
-        explore_fraction=v["explore_fraction"],
-        generations=v["generations"],
-        predictor_epochs=v["predictor_epochs"],
-        final_top=v["final_top"],
+        **{f: v[f] for f in fields},
         heldout_tau=preset is THOROUGH,
         ga=ga.GAConfig(pop_size=pop, num_children=pop),
     )
@@ -244,21 +247,24 @@ def add_search(sub) -> None:
         action="store_true",
         help=f"the full-size search (default / --thorough: {sizes}); about 3x the new evaluations",
     )
-    r.add_argument("--stages", type=int, default=None, help="predictor-guided stages after the first evaluations")
-    r.add_argument("--initial-random", type=int, default=None, help="random schedules evaluated with the presets")
-    r.add_argument("--per-stage", type=int, default=None, help="schedules evaluated per stage")
-    r.add_argument("--generations", type=int, default=None, help="GA generations per stage (on the predictor)")
+    # The loop's sizes: each replaces the preset's (--quick, default, --thorough) when given.
+    sizes = {
+        "--stages": "predictor-guided stages after the first evaluations",
+        "--initial-random": "random schedules evaluated with the presets",
+        "--per-stage": "schedules evaluated per stage",
+        "--generations": "GA generations per stage (on the predictor)",
+        "--population": "GA population and children (default 64)",
+        "--predictor-epochs": "predictor training epochs per stage",
+        "--num-samples": "samples per evaluation during the search (500)",
+        "--final-top": "best schedules re-evaluated on the held-out noise at the end",
+    }
+    for flag, text in sizes.items():
+        r.add_argument(flag, type=int, default=None, help=text)
     r.add_argument(
         "--explore-fraction",
         type=float,
         default=None,
         help="share of each stage's evaluations given to children of the best evaluated schedules (default 0.5)",
-    )
-    r.add_argument("--population", type=int, default=None, help="GA population and children (default 64)")
-    r.add_argument("--predictor-epochs", type=int, default=None)
-    r.add_argument("--num-samples", type=int, default=None, help="samples per evaluation during the search (500)")
-    r.add_argument(
-        "--final-top", type=int, default=None, help="best schedules re-evaluated on the held-out noise at the end"
     )
     r.add_argument("--final-samples", type=int, default=1000, help="samples of the held-out re-evaluation")
     r.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omsjax.cli.common import check_out
+from omsjax.cli.common import check_out, flags
 
 
 def cmd_stages_cluster(args) -> int:
@@ -20,16 +20,8 @@ def cmd_stages_cluster(args) -> int:
     from omsjax import data, files, stages
 
     images = data.load_digits("train", dtype=np.float64)
-    report = stages.clustering_report(
-        images,
-        grid_size=args.grid,
-        num_samples=args.samples,
-        alpha=args.alpha,
-        num_stages=args.partition,
-        prediction=args.prediction,
-        eta=args.eta,
-        seed=args.seed,
-    )
+    named = flags(args, "alpha prediction eta seed", grid_size="grid", num_samples="samples", num_stages="partition")
+    report = stages.clustering_report(images, **named)
     report["data"] = "digits train split"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -73,21 +65,9 @@ def cmd_stages_config(args) -> int:
 
     if args.out:
         check_out(args.out, suffixes=(".json",))
-    net = stages.MultiStageConfig(
-        boundaries=tuple(args.boundaries),
-        decoder_channels=tuple(args.decoders),
-        encoder_channels=args.encoder,
-        channel_mults=tuple(args.channel_mults),
-    )
-    cfg = stages.StageTrainConfig(
-        net=net,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        seed=args.seed,
-        ema_warmup=args.ema_warmup,
-    )
+    net = flags(args, "boundaries channel_mults", decoder_channels="decoders", encoder_channels="encoder")
+    net = stages.MultiStageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in net.items()})
+    cfg = stages.StageTrainConfig(net=net, **flags(args, "steps batch_size lr warmup seed ema_warmup"))
     text = json.dumps(cfg.to_dict(), indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

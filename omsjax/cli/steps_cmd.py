@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from omsjax.cli.common import SOLVERS, check_out
+from omsjax.cli.common import SOLVERS, check_out, flags
 
 
 def cmd_optimize_steps(args) -> int:
@@ -15,19 +15,9 @@ def cmd_optimize_steps(args) -> int:
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    names = "model solver nfe method train_samples heldout_samples seed finetune_steps distance"
     config = timesteps.StepsConfig(
-        model=args.model,
-        solver=args.solver,
-        nfe=args.nfe,
-        method=args.method,
-        rounds=args.rounds if args.finetune else 0,
-        train_samples=args.train_samples,
-        heldout_samples=args.heldout_samples,
-        fd_samples=args.num_samples,
-        seed=args.seed,
-        traj_steps=args.steps,
-        finetune_steps=args.finetune_steps,
-        distance=args.distance,
+        rounds=args.rounds if args.finetune else 0, **flags(args, names, fd_samples="num_samples", traj_steps="steps")
     )
     report = timesteps.run(args.zoo, args.out, config, progress=not args.quiet)
     if args.json:

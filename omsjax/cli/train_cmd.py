@@ -104,7 +104,7 @@ def add_train(sub) -> None:
         help="a named config (omsjax.zoo.CONFIGS, e.g. digits-m), or a TrainConfig or StageTrainConfig JSON file",
     )
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, final EMA params)")
-    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--steps", type=int, default=None, help="replace the config's number of optimiser steps")
     t.add_argument("--precond", choices=PRECOND_CHOICES, default=None, help="replace the config's preconditioning")
     t.add_argument("--fdm-m", type=float, default=None, help="FDM damping m (fdm_* preconds; default 2)")
     t.add_argument(

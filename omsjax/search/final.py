@@ -42,18 +42,16 @@ NO_BETTER = "no better schedule found"
 
 @dataclasses.dataclass(frozen=True)
 class FinalConfig:
-    """How a search's result is chosen and judged (`finish`): `draws` (>= 2) draws of `samples` each, of selection
-    noise (seeds `selection_seed` + k) and of held-out noise (`heldout_seed` + k); the finalists are the best
-    `candidates` searched schedules and the best `baseline_top` baselines on the search noise; the verdict's `z`
-    (`verdict.paired`)."""
+    """How a search's result is chosen and judged (`finish`): draws of selection noise pick among the finalists,
+    draws of held-out noise judge the pick (`verdict.paired`)."""
 
-    samples: int = 1000
-    candidates: int = 3
-    draws: int = 3
-    selection_seed: int = 3000
-    heldout_seed: int = 1000
-    baseline_top: int = 3
-    z: float = 2.0
+    samples: int = 1000  # samples per draw
+    candidates: int = 3  # the finalists: the best searched schedules on the search noise ...
+    draws: int = 3  # draws (>= 2) of selection noise and of held-out noise each
+    selection_seed: int = 3000  # the selection draws' noise seeds: selection_seed + k
+    heldout_seed: int = 1000  # the held-out draws': heldout_seed + k
+    baseline_top: int = 3  # ... and the best baselines on the search noise
+    z: float = 2.0  # the verdict's threshold, in standard errors of the paired difference
 
     def __post_init__(self):
         config.positive_int("FinalConfig.samples", self.samples)

@@ -33,18 +33,18 @@ BUDGET_KINDS = ("cost", "nfe")
 
 @dataclasses.dataclass(frozen=True)
 class GAConfig:
-    """Static settings of the genetic search (hashable)."""
+    """Static settings of the genetic search (hashable); see the module docstring for the generation."""
 
-    pop_size: int = 64
-    num_children: int = 64
-    tournament: int = 2
-    p_crossover: float = 0.5
-    p_mutate: float = 0.1
-    p_mutate_continuous: float = 0.3
-    sigma_u: float = 0.3
-    sigma_relax: float = 0.03
-    budget_kind: str = "cost"
-    repair_iters: int = 32
+    pop_size: int = 64  # the population kept from generation to generation
+    num_children: int = 64  # children made per generation
+    tournament: int = 2  # the size k of the tournament that picks each parent
+    p_crossover: float = 0.5  # the probability of a uniform crossover (else the child copies its first parent)
+    p_mutate: float = 0.1  # the probability that a categorical gene entry is resampled
+    p_mutate_continuous: float = 0.3  # the probability that an entry of `u` or `relax` gets Gaussian noise
+    sigma_u: float = 0.3  # that noise's standard deviation on the time logits `u`
+    sigma_relax: float = 0.03  # and on the relaxation values
+    budget_kind: str = "cost"  # what the budget bounds: "cost" (the sum of latencies) or "nfe" (model calls)
+    repair_iters: int = 32  # moves that repair a child over budget before it is dropped (fitness +inf)
 
     def __post_init__(self):
         check_positive_ints(self, ("pop_size", "num_children", "tournament", "repair_iters"))

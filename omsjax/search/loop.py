@@ -48,16 +48,18 @@ __all__ = ["LoopConfig", "SearchResult", "search", "check_noise"]
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    stages: int = 4
-    initial_random: int = 40
-    per_stage: int = 40
-    explore_fraction: float = 0.5
-    generations: int = 30
-    ga: ga.GAConfig = ga.GAConfig()
-    predictor_epochs: int = 300
-    predictor_loss: str = "hinge"
-    predictor_threshold: float = 0.25
-    final_top: int = 5
+    """The S3 loop's settings (see the module docstring)."""
+
+    stages: int = 4  # search stages after the initial one
+    initial_random: int = 40  # random genomes evaluated at the start (with the preset seeds)
+    per_stage: int = 40  # evaluations per stage
+    explore_fraction: float = 0.5  # the share of a stage's evaluations spent on children of the best evaluated
+    generations: int = 30  # GA generations on the predictor per stage
+    ga: ga.GAConfig = ga.GAConfig()  # the genetic search's settings
+    predictor_epochs: int = 300  # the predictor's training epochs per stage
+    predictor_loss: str = "hinge"  # its ranking loss (`predictor.LOSSES`)
+    predictor_threshold: float = 0.25  # the loss's threshold (`predictor.Training.threshold`)
+    final_top: int = 5  # the best schedules by search score evaluated again at the end
     heldout_tau: bool = True  # also train a predictor on half the archive and report tau on the other half
 
     def __post_init__(self):

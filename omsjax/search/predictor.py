@@ -49,13 +49,16 @@ LOSSES = ("hinge", "mse")
 
 @dataclasses.dataclass(frozen=True)
 class PredictorConfig:
-    model_dim: int = 32
-    order_dim: int = 16
-    small_dim: int = 8
-    time_dim: int = 32
-    step_dim: int = 64
-    hidden: int = 128
-    mlp: tuple = (200, 200, 200)
+    """The widths of the ranking predictor (`Predictor`): each step's decisions are embedded, with sinusoidal
+    features of its two half log-SNRs, encoded per step by a 2-layer MLP, read by an LSTM and scored by an MLP."""
+
+    model_dim: int = 32  # the embedding of the step's model index
+    order_dim: int = 16  # the embedding of its order
+    small_dim: int = 8  # the embeddings of prediction, corrector, stencil, relaxation type, AFS and guidance
+    time_dim: int = 32  # sinusoidal features of lambda_s and of lambda_t, each
+    step_dim: int = 64  # the per-step MLP's width
+    hidden: int = 128  # the LSTM's width
+    mlp: tuple = (200, 200, 200)  # the hidden widths of the scoring MLP
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,8 +60,7 @@ def run(
     state: Any,
     *,
     end: int,
-    total: int,
-    batch_size: int,
+    config: Any,
     log_every: int = 50,
     summarize: Callable[[int, list[dict]], dict] = mean_loss,
     log_file=None,
@@ -69,11 +68,12 @@ def run(
     progress: bool = True,
     desc: str = "train",
 ) -> tuple[Any, list[dict]]:
-    """Take the steps `int(state.step) + 1 .. end` (of a run of `total` steps); returns the state and the log rows.
+    """Take the steps `int(state.step) + 1 .. end` (of a run of `config.steps` steps, `config` any training config);
+    returns the state and the log rows.
 
     `step_fn(state, step)` takes optimiser step number `step` (1-based; `state.step == step - 1`). Every
     `log_every` steps and at `end`, `summarize(step, metrics of the window)` gives a row, to which the loop adds
-    "images_per_s" (`batch_size` images per step); it is appended to `log_file` as a JSON line (a path: whole,
+    "images_per_s" (`config.batch_size` images per step); it is appended to `log_file` as a JSON line (a path: whole,
     fsynced lines by `files.append_jsonl`, a torn last line ended first; or an open text file).
     `saving` (a `Saving`; None: never) saves after the step's row.
     """
@@ -81,14 +81,14 @@ def run(
         raise ValueError(f"log_every must be a positive int, got {log_every!r}")
     start = int(state.step)
     rows, window, running, t0 = [], [], None, time.perf_counter()
-    bar = tqdm(total=total, initial=start, disable=not progress, desc=desc, unit="step")
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=desc, unit="step")
     for step in range(start + 1, end + 1):
         state, metrics = step_fn(state, step)
         window.append(metrics)
         saves = saving is not None and (bool(saving.every and step % saving.every == 0) or step == end)
         if step % log_every == 0 or step == end or (saves and saving.log_rows):
             row = summarize(step, window)
-            row["images_per_s"] = len(window) * batch_size / max(time.perf_counter() - t0, 1e-9)
+            row["images_per_s"] = len(window) * config.batch_size / max(time.perf_counter() - t0, 1e-9)
             rows.append(row)
             if isinstance(log_file, (str, os.PathLike)):
                 files.append_jsonl(log_file, [row])
@@ -197,8 +197,7 @@ def train(
             lambda state, step: _train_step(config, state, data_dev, key, labels_dev),
             state,
             end=end,
-            total=config.steps,
-            batch_size=config.batch_size,
+            config=config,
             log_every=log_every,
             log_file=log_path,
             saving=Saving(

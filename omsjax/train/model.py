@@ -47,11 +47,4 @@ def model_from_params(config: TrainConfig, params: Any, latency: float = 1.0, na
     else:
         apply_fn = _preconditioned_apply_fn(precond, config.net, config.fdm_m)
         parameterization = "noise" if base_of(precond) == "vp" else "data"
-    return Model(
-        apply_fn=apply_fn,
-        params=params,
-        parameterization=parameterization,
-        latency=latency,
-        sigma_data=SIGMA_DATA,
-        name=name,
-    )
+    return Model(apply_fn, params, parameterization, latency=latency, sigma_data=SIGMA_DATA, name=name)

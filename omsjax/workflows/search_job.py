@@ -290,10 +290,8 @@ def cache_presets(
     zoo_dir,
     nfes,
     *,
-    num_samples: int = 500,
-    final_samples: int = 1000,
+    options: FindOptions = DEFAULTS,
     seed: int = 0,
-    spacing: str = "time_quadratic",
     objective: Objective = Objective(),
     progress: bool = True,
 ) -> Path:
@@ -302,7 +300,8 @@ def cache_presets(
     (`references.npz`): what `omsjax search --nfe N` with these settings evaluates without a searched candidate
     (the preset seeds and every baseline on the search noise, the noise check, the best baselines on the selection
     noise and the best one on the held-out noise, `search.final`). Adds to the records already cached for the same
-    zoo files; returns the cache's path."""
+    zoo files; returns the cache's path. `options`: the search's (`num_samples`, `heldout_samples`, `spacing` and
+    `max_steps` are the ones that matter)."""
     from omsjax import zoo
 
     nfes = list(nfes)
@@ -312,10 +311,8 @@ def cache_presets(
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
     seeds = Seeds.of(seed)
-    options = _guided(
-        dataclasses.replace(DEFAULTS, num_samples=num_samples, heldout_samples=final_samples, spacing=spacing),
-        objective,
-    )
+    options = _guided(options, objective)
+    num_samples, final_samples = options.num_samples, options.heldout_samples
     archive = Archive()
     archive.remember(cache.load(zoo_dir)[0])
     for n in nfes:
