@@ -8,6 +8,7 @@ shapes (no new programs); the `--out` cases stop before anything is loaded, samp
 import collections
 import json
 import shutil
+import types
 from pathlib import Path
 
 import jax
@@ -243,8 +244,9 @@ def test_log_append_after_a_torn_line_starts_a_new_line(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # a writer killed mid-line
     State = collections.namedtuple("State", "step")
-    state, rows = train.run(lambda s, step: (State(step), {"loss": 1.0}), State(2), end=4, total=4, batch_size=1,
-                            log_every=1, log_file=log, progress=False)  # fmt: skip
+    config = types.SimpleNamespace(steps=4, batch_size=1)
+    state, rows = train.run(lambda s, step: (State(step), {"loss": 1.0}), State(2), end=4, config=config, log_every=1,
+                            log_file=log, progress=False)  # fmt: skip
     assert int(state.step) == 4 and [r["step"] for r in rows] == [3, 4]
     lines = log.read_text().splitlines()
     assert lines[1] == '{"step": 2, "lo' and [json.loads(s)["step"] for s in lines[2:]] == [3, 4]
