@@ -1,8 +1,8 @@
 """Sample-quality metrics.
 
-- The digits metric (`metrics.classifier`): a Fréchet distance in the features of a small digits classifier
-  shipped in `checkpoints/digits/classifier/` (`fd`, `digits_fd`, `fd_floor`, the classifier itself;
-  `python -m omsjax.metrics --train` rebuilds it).
+- The digits metric (`metrics.digits`): a Fréchet distance (`metrics.frechet`) in the features of a small digits
+  classifier (`metrics.classifier`) shipped in `checkpoints/digits/classifier/` (`fd`, `digits_fd`, `fd_floor`;
+  `python -m omsjax.metrics --train` rebuilds the classifier, `metrics.ship`).
 - The reference metrics (`metrics.reference`): the distance from a sampler's output to the model's own converged
   samples from the same noise, labels and guidance (`reference_fd`, `reference_rmse`, the search metrics
   `ReferenceFD` and `ReferenceRMSE`, the diffrax endpoint `ode_reference`).
@@ -11,10 +11,12 @@
 """
 
 # Each submodule's public names, re-exported: listed once, in its own __all__.
-from omsjax.metrics import classifier, distribution, reference
+from omsjax.metrics import classifier, digits, distribution, frechet, reference
 from omsjax.metrics.classifier import *  # noqa: F403
+from omsjax.metrics.digits import *  # noqa: F403
 from omsjax.metrics.distribution import *  # noqa: F403
+from omsjax.metrics.frechet import *  # noqa: F403
 from omsjax.metrics.reference import *  # noqa: F403
 from omsjax.metrics.ship import main
 
-__all__ = [*classifier.__all__, *reference.__all__, *distribution.__all__, "main"]
+__all__ = [*classifier.__all__, *frechet.__all__, *digits.__all__, *reference.__all__, *distribution.__all__, "main"]

@@ -40,7 +40,9 @@ import numpy as np
 
 from omsjax import config, files, presets
 from omsjax.checks import thresholding_option
-from omsjax.metrics.classifier import IMAGE_SHAPE, feature_stats, features, frechet_distance, shipped_classifier
+from omsjax.metrics.classifier import IMAGE_SHAPE, features
+from omsjax.metrics.digits import shipped_classifier
+from omsjax.metrics.frechet import feature_stats, frechet_distance
 from omsjax.models import Model
 from omsjax.sampler import sample
 from omsjax.schedule import Schedule

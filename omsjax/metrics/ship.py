@@ -21,16 +21,14 @@ from omsjax.metrics.classifier import (
     DEFAULT_DIR,
     FEATURE_DIM,
     IMAGE_SHAPE,
-    RefStats,
     accuracy,
     classifier_dir,
-    fd,
-    fd_floor,
-    feature_stats,
     features,
     save_classifier,
     train_classifier,
 )
+from omsjax.metrics.digits import RefStats, fd, fd_floor
+from omsjax.metrics.frechet import feature_stats
 
 __all__ = ["main"]
 
