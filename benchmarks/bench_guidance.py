@@ -24,7 +24,8 @@ import numpy as np
 from common import FIGURES, machine, save_json, write_section
 
 import omsjax
-from omsjax import conditional, plots, presets, sampler, zoo
+from omsjax import plots, presets, sampler, zoo
+from omsjax.metrics import conditional
 from omsjax.search.candidates import sample_candidates
 
 SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)

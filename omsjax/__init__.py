@@ -16,7 +16,6 @@ __all__ = [
     "SampleOptions",
     "as_zoo",
     "check_schedule",
-    "conditional",
     "data",
     "generate",
     "load_zoo",
@@ -38,7 +37,7 @@ __all__ = [
     "zoo",
 ]
 
-# Training, data, metric (conditional too), zoo, stage and timestep modules pull in orbax, optax, scikit-learn and
+# Training, data, metric, zoo, stage and timestep modules pull in orbax, optax, scikit-learn and
 # scipy: import them on first use.
 _LAZY_MODULES = ("conditional", "data", "metrics", "stages", "timesteps", "train", "zoo")
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import cli, conditional, data, metrics, nets, presets, train, zoo
+from omsjax import cli, data, metrics, nets, presets, train, zoo
+from omsjax.metrics import conditional
 
 K = 3  # classes of the tiny conditional nets; 3 is their null label
 # 16 channels in 8 groups: with one channel per group (8 channels), GroupNorm would remove the embedding's shift.

@@ -92,8 +92,8 @@ PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsja
           "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.space", "omsjax.search.loop",
           "omsjax.search.ga", "omsjax.search.predictor", "omsjax.search.final", "omsjax.search.guided",
           "omsjax.search.baselines", "omsjax.verdict", "omsjax.metrics.reference", "omsjax.train", "omsjax.stages",
-          "omsjax.timesteps", "omsjax.zoo", "omsjax.metrics", "omsjax.conditional", "omsjax.nets", "omsjax.data",
-          "omsjax.optim"]  # fmt: skip
+          "omsjax.timesteps", "omsjax.zoo", "omsjax.metrics", "omsjax.metrics.conditional", "omsjax.nets",
+          "omsjax.data", "omsjax.optim"]  # fmt: skip
 
 
 def test_every_exported_function_and_class_has_a_docstring():

@@ -88,7 +88,7 @@ def test_gmm_command_has_a_heun_row(capsys):
     import json
 
     from omsjax import cli
-    from omsjax.cli.solvers import HEUN
+    from omsjax.cli.gmm_cmd import HEUN
 
     assert cli.main(["gmm", "--nfe", "5", "10", "--batch", "8", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["table"]

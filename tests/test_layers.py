@@ -53,6 +53,8 @@ NAMES = list(LAYERS)
 COMPAT_FORWARDS = {
     "omsjax.timesteps": "omsjax.workflows.timesteps_run",
     "omsjax.schedules": "omsjax.spacing",
+    "omsjax.config": "omsjax.checks.fields",
+    "omsjax.conditional": "omsjax.metrics.conditional",
 }
 MAX_LINES = 400
 MAX_PARAMS = 12
@@ -339,3 +341,20 @@ def test_deprecated_names_warn_naming_the_new_one_and_resolve_to_it(old, new):
     assert got is getattr(new_mod, new_name)
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         _ = mod.no_such_name
+
+
+@pytest.mark.parametrize(
+    "old,new,name",
+    [
+        ("omsjax.config", "omsjax.checks.fields", "to_dict"),
+        ("omsjax.conditional", "omsjax.metrics.conditional", "scores"),
+    ],
+)
+def test_a_moved_module_warns_on_import_and_forwards(old, new, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: use {new}"):
+        mod = importlib.import_module(old)
+    assert getattr(mod, name) is getattr(importlib.import_module(new), name)

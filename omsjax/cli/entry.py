@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from omsjax.cli.common import add_cache_args, enable_compile_cache, one_device_per_core
+from omsjax.cli.compare_cmd import add_compare
+from omsjax.cli.evaluate_sample_cmds import add_evaluate, add_sample
+from omsjax.cli.gmm_cmd import add_gmm
+from omsjax.cli.optimize_steps_cmd import add_optimize_steps
 from omsjax.cli.search_cmd import add_search
-from omsjax.cli.solvers import add_compare, add_gmm
 from omsjax.cli.stages_cmds import add_stages
-from omsjax.cli.steps_cmd import add_optimize_steps
 from omsjax.cli.train_cmd import add_train
-from omsjax.cli.zoo_cmds import add_evaluate, add_sample, add_zoo
+from omsjax.cli.zoo_cmd import add_zoo
 from omsjax.files import FolderLocked
 
 # The description of `omsjax --help`.

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import config, files, presets
+from omsjax import checks, files, presets
 from omsjax.checks import thresholding_option
 from omsjax.metrics.classifier import IMAGE_SHAPE, features
 from omsjax.metrics.digits import shipped_classifier
@@ -76,8 +76,8 @@ class ReferenceSampler:
     def __post_init__(self):
         if self.solver not in presets.NAMED:
             raise ValueError(f"ReferenceSampler.solver {self.solver!r} is not one of {sorted(presets.NAMED)}")
-        config.positive_int("ReferenceSampler.steps", self.steps)
-        config.positive_int("ReferenceSampler.batch_size", self.batch_size)
+        checks.positive_int("ReferenceSampler.steps", self.steps)
+        checks.positive_int("ReferenceSampler.batch_size", self.batch_size)
         if self.spacing not in SPACINGS:
             raise ValueError(f"ReferenceSampler.spacing {self.spacing!r} is not one of {SPACINGS}")
 
@@ -159,7 +159,7 @@ class Reference:
     def __post_init__(self):
         if not isinstance(self.model, Model):
             raise ValueError(f"Reference.model must be one omsjax.Model, got {type(self.model).__name__}")
-        config.real("Reference.guidance", self.guidance)
+        checks.real("Reference.guidance", self.guidance)
         ns = self.noise_schedule
         object.__setattr__(self, "t_start", float(ns.t_max if self.t_start is None else self.t_start))
         object.__setattr__(self, "t_end", float(ns.default_t_end if self.t_end is None else self.t_end))

@@ -27,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omsjax import config, metrics, sampler
+from omsjax import checks, metrics, sampler
 from omsjax.models import as_zoo
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
@@ -154,7 +154,7 @@ class Evaluator:
         self.sampling = sampling
         self.data_mean = sampling.data_mean
         self.archive = archive if isinstance(archive, Archive) else Archive(archive)
-        self.chunk = config.positive_int("chunk", chunk)
+        self.chunk = checks.positive_int("chunk", chunk)
         if method not in (None, "vmap", "map"):
             raise ValueError(f"method must be None (automatic), 'vmap' or 'map', got {method!r}")
         self.method = method
@@ -219,7 +219,7 @@ class Evaluator:
         if num_samples is not None:
             _check_num_samples(num_samples)
         other = copy.copy(self)
-        other.chunk = self.chunk if chunk is None else config.positive_int("chunk", chunk)
+        other.chunk = self.chunk if chunk is None else checks.positive_int("chunk", chunk)
         for cached in ("x_T", "_x_T_host", "_cond_host"):  # the noise (and its rows of cond) is this evaluator's own
             other.__dict__.pop(cached, None)
         other.noise_seed = int(noise_seed)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from omsjax import config, verdict
+from omsjax import checks, verdict
 from omsjax.schedule import Schedule
 from omsjax.search.archive import Record, same_schedule
 from omsjax.search.evaluate import Evaluator
@@ -54,14 +54,14 @@ class FinalConfig:
     z: float = 2.0  # the verdict's threshold, in standard errors of the paired difference
 
     def __post_init__(self):
-        config.positive_int("FinalConfig.samples", self.samples)
-        if config.positive_int("FinalConfig.draws", self.draws) < 2:
+        checks.positive_int("FinalConfig.samples", self.samples)
+        if checks.positive_int("FinalConfig.draws", self.draws) < 2:
             raise ValueError(f"FinalConfig.draws must be >= 2 (a standard error), got {self.draws}")
-        config.integer("FinalConfig.selection_seed", self.selection_seed)
-        config.integer("FinalConfig.heldout_seed", self.heldout_seed)
-        config.positive_int("FinalConfig.baseline_top", self.baseline_top)
-        config.positive_int("FinalConfig.candidates", self.candidates)
-        config.real("FinalConfig.z", self.z, gt=0)
+        checks.integer("FinalConfig.selection_seed", self.selection_seed)
+        checks.integer("FinalConfig.heldout_seed", self.heldout_seed)
+        checks.positive_int("FinalConfig.baseline_top", self.baseline_top)
+        checks.positive_int("FinalConfig.candidates", self.candidates)
+        checks.real("FinalConfig.z", self.z, gt=0)
         if abs(self.selection_seed - self.heldout_seed) < self.draws:
             raise ValueError(
                 f"FinalConfig: the selection seeds {self.selection_seed}.. and the held-out seeds "

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from omsjax import config as checks
+from omsjax import checks
 from omsjax.search import encoding
 from omsjax.search.encoding import Genome
 from omsjax.search.space import SearchSpace

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from omsjax import config as checks
+from omsjax import checks
 from omsjax.schedule import Schedule
 from omsjax.search import encoding, ga, predictor, seeding
 from omsjax.search.archive import Record, genome_from_dict, schedule_key

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import schedules
-from omsjax.config import is_int as _is_int
-from omsjax.config import is_real as _is_real
+from omsjax.checks import is_int as _is_int
+from omsjax.checks import is_real as _is_real
 from omsjax.oracles import EmpiricalDenoiser
 from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import time_steps

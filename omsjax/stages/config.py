@@ -1,5 +1,5 @@
 """The multi-stage configs: `MultiStageConfig` (the multi-decoder U-Net) and `StageTrainConfig` (its training run),
-validated on the host (`omsjax.config`'s field checks, shared with `train.TrainConfig`), with JSON round trips."""
+validated on the host (`omsjax.checks`' field checks, shared with `train.TrainConfig`), with JSON round trips."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import dataclasses
 import itertools
 import math
 
-from omsjax import config as _cfg
-from omsjax import nets
+from omsjax import checks, nets
 from omsjax.precond import T_EPS
 from omsjax.train.config import OptimConfig
 
@@ -19,7 +18,7 @@ def _positive_ints(name: str, values) -> tuple[int, ...]:
     if not isinstance(values, (tuple, list)) or not values:
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
     for v in values:
-        if not _cfg.is_int(v) or v <= 0:
+        if not checks.is_int(v) or v <= 0:
             raise ValueError(f"{name} entries must be positive ints, got {values!r}")
     return tuple(int(v) for v in values)
 
@@ -45,7 +44,7 @@ class MultiStageConfig(nets.UNetLayout):
 
     def __post_init__(self):
         b = self.boundaries
-        if not isinstance(b, (tuple, list)) or not all(_cfg.is_real(v) for v in b):
+        if not isinstance(b, (tuple, list)) or not all(checks.is_real(v) for v in b):
             raise ValueError(f"boundaries must be a sequence of finite times, got {b!r}")
         b = tuple(float(v) for v in b)
         if any(not 0 < v < 1 for v in b) or any(x >= y for x, y in itertools.pairwise(b)):
@@ -58,7 +57,7 @@ class MultiStageConfig(nets.UNetLayout):
                 f"{len(dec)} widths"
             )
         object.__setattr__(self, "decoder_channels", dec)
-        _cfg.positive_int("encoder_channels", self.encoder_channels)
+        checks.positive_int("encoder_channels", self.encoder_channels)
         super().__post_init__()
 
     @property
@@ -72,11 +71,11 @@ class MultiStageConfig(nets.UNetLayout):
         return nets.UNetConfig(channels=self.encoder_channels if width is None else width, **layout)
 
     def to_dict(self) -> dict:
-        return _cfg.to_dict(self)
+        return checks.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MultiStageConfig:
-        return _cfg.from_dict(cls, d)
+        return checks.from_dict(cls, d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +107,10 @@ class StageTrainConfig(OptimConfig):
                 f"net.boundaries must exceed the smallest training time {T_EPS}, got {self.net.boundaries}"
             )
 
-        object.__setattr__(self, "steps", _cfg.positive_int("steps", self.steps))
+        object.__setattr__(self, "steps", checks.positive_int("steps", self.steps))
         super().__post_init__()
         p = self.stage_probs
-        if not isinstance(p, (tuple, list)) or not all(_cfg.is_real(v) and v >= 0 for v in p):
+        if not isinstance(p, (tuple, list)) or not all(checks.is_real(v) and v >= 0 for v in p):
             raise ValueError(f"stage_probs must be a sequence of numbers >= 0, got {p!r}")
         if p and (len(p) != self.net.num_stages or not math.isclose(sum(p), 1.0, abs_tol=1e-9)):
             raise ValueError(f"stage_probs must have {self.net.num_stages} entries summing to 1, got {p!r}")
@@ -134,10 +133,10 @@ class StageTrainConfig(OptimConfig):
         return tuple((b - a) / (e[-1] - e[0]) for a, b in itertools.pairwise(e))
 
     def to_dict(self) -> dict:
-        return _cfg.to_dict(self)
+        return checks.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> StageTrainConfig:
         if not isinstance(d, dict) or not isinstance(d.get("net"), dict):
             raise ValueError("StageTrainConfig.from_dict expects a dict with a 'net' dict")
-        return _cfg.from_dict(cls, d, nested={"net": MultiStageConfig})
+        return checks.from_dict(cls, d, nested={"net": MultiStageConfig})

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import nets
-from omsjax.config import is_int as _is_int
+from omsjax.checks import is_int as _is_int
 from omsjax.models import Model
 from omsjax.stages.clustering import stage_of
 from omsjax.stages.config import MultiStageConfig, StageTrainConfig

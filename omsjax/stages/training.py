@@ -32,7 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from omsjax import files, schedules
 from omsjax import train as _train
-from omsjax.config import is_int as _is_int
+from omsjax.checks import is_int as _is_int
 from omsjax.stages.checkpoints import save_checkpoint
 from omsjax.stages.config import MultiStageConfig, StageTrainConfig
 from omsjax.stages.network import active_params, check_input, decode, encode, init_params, stage_apply_fn

@@ -6,8 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from omsjax import config as _cfg
-from omsjax import nets
+from omsjax import checks, nets
 from omsjax.precond import PRECONDS, base_of
 
 __all__ = ["OptimConfig", "TrainConfig", "DTYPE"]
@@ -59,15 +58,15 @@ class OptimConfig:
             object.__setattr__(self, name, value)
 
         for name in ("batch_size", "checkpoint_every"):
-            _set(name, _cfg.positive_int(name, getattr(self, name)))
-        _set("warmup", _cfg.nonneg_int("warmup", self.warmup))
-        _set("seed", _cfg.integer("seed", self.seed))
-        _set("lr", _cfg.real("lr", self.lr, gt=0))
-        _set("grad_clip", _cfg.real("grad_clip", self.grad_clip, gt=0))
-        _set("weight_decay", _cfg.real("weight_decay", self.weight_decay, ge=0))
-        _set("ema_decay", _cfg.real("ema_decay", self.ema_decay, ge=0, lt=1))
-        _set("ema_warmup", _cfg.boolean("ema_warmup", self.ema_warmup))
-        shape = _cfg.image_shape("image_shape", self.image_shape)
+            _set(name, checks.positive_int(name, getattr(self, name)))
+        _set("warmup", checks.nonneg_int("warmup", self.warmup))
+        _set("seed", checks.integer("seed", self.seed))
+        _set("lr", checks.real("lr", self.lr, gt=0))
+        _set("grad_clip", checks.real("grad_clip", self.grad_clip, gt=0))
+        _set("weight_decay", checks.real("weight_decay", self.weight_decay, ge=0))
+        _set("ema_decay", checks.real("ema_decay", self.ema_decay, ge=0, lt=1))
+        _set("ema_warmup", checks.boolean("ema_warmup", self.ema_warmup))
+        shape = checks.image_shape("image_shape", self.image_shape)
         _set("image_shape", shape)
         divisor, detail = self.spatial_divisor()
         if shape[0] % divisor or shape[1] % divisor:
@@ -117,30 +116,30 @@ class TrainConfig(OptimConfig):
         def _set(name, value):
             object.__setattr__(self, name, value)
 
-        object.__setattr__(self, "steps", _cfg.positive_int("steps", self.steps))
+        object.__setattr__(self, "steps", checks.positive_int("steps", self.steps))
         super().__post_init__()
         focus = self.focus_times
-        if not isinstance(focus, (tuple, list)) or not all(_cfg.is_real(v) and v > 0 for v in focus):
+        if not isinstance(focus, (tuple, list)) or not all(checks.is_real(v) and v > 0 for v in focus):
             raise ValueError(f"focus_times must be a sequence of finite noise levels > 0, got {focus!r}")
         _set("focus_times", tuple(float(v) for v in focus))
-        _set("focus_prob", _cfg.real("focus_prob", self.focus_prob, ge=0, le=1))
+        _set("focus_prob", checks.real("focus_prob", self.focus_prob, ge=0, le=1))
         if self.focus_prob > 0 and not self.focus_times:
             raise ValueError("focus_prob > 0 needs focus_times")
         if base_of(self.precond) == "vp" and any(v > 1 for v in self.focus_times):
             raise ValueError(f"{self.precond} focus_times are times in (0, 1], got {self.focus_times}")
-        _set("fdm_m", _cfg.real("fdm_m", self.fdm_m, gt=0))
-        _set("weight_clamp_warmup", _cfg.nonneg_int("weight_clamp_warmup", self.weight_clamp_warmup))
-        _set("label_dropout", _cfg.real("label_dropout", self.label_dropout, ge=0, lt=1))
+        _set("fdm_m", checks.real("fdm_m", self.fdm_m, gt=0))
+        _set("weight_clamp_warmup", checks.nonneg_int("weight_clamp_warmup", self.weight_clamp_warmup))
+        _set("label_dropout", checks.real("label_dropout", self.label_dropout, ge=0, lt=1))
 
     def spatial_divisor(self) -> tuple[int, str]:
         return self.net.spatial_divisor, f" for channel_mults={self.net.channel_mults}"
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (the net config nested, tuples as lists)."""
-        return _cfg.to_dict(self)
+        return checks.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         if not isinstance(d, dict) or "net" not in d:
             raise ValueError("TrainConfig.from_dict expects a dict with a 'net' entry")
-        return _cfg.from_dict(cls, d, nested={"net": nets.UNetConfig}, tuples=("image_shape", "focus_times"))
+        return checks.from_dict(cls, d, nested={"net": nets.UNetConfig}, tuples=("image_shape", "focus_times"))

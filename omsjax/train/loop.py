@@ -30,8 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from omsjax import config as _cfg
-from omsjax import files
+from omsjax import checks, files
 from omsjax.train.checkpoints import checkpoint_manager, restore_intact, save_params, set_aside, truncate_log
 from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, check_batch, init_state, make_optimizer, replicated_sharding, seed_keys
@@ -77,7 +76,7 @@ def run(
     fsynced lines by `files.append_jsonl`, a torn last line ended first; or an open text file).
     `saving` (a `Saving`; None: never) saves after the step's row.
     """
-    if not _cfg.is_int(log_every) or log_every < 1:
+    if not checks.is_int(log_every) or log_every < 1:
         raise ValueError(f"log_every must be a positive int, got {log_every!r}")
     start = int(state.step)
     rows, window, running, t0 = [], [], None, time.perf_counter()
@@ -153,7 +152,7 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not _cfg.is_int(log_every) or log_every < 1:
+    if not checks.is_int(log_every) or log_every < 1:
         raise ValueError(f"log_every must be a positive int, got {log_every!r}")
     end = config.steps if stop_at is None else min(int(stop_at), config.steps)
     check_batch(config)

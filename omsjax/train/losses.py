@@ -16,8 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from omsjax import config as _cfg
-from omsjax import nets, schedules
+from omsjax import checks, nets, schedules
 from omsjax.precond import SIGMA_DATA, T_EPS, VE_SIGMA_MAX, VE_SIGMA_MIN, base_of, loss_weight, precondition
 from omsjax.train.config import DTYPE, TrainConfig
 
@@ -37,7 +36,7 @@ def clamp_cap(step, warmup: int) -> jax.Array:
 
     float32 (the training dtype), shape of `step`.
     """
-    if not _cfg.is_int(warmup) or warmup < 0:
+    if not checks.is_int(warmup) or warmup < 0:
         raise ValueError(f"weight_clamp_warmup must be an int >= 0, got {warmup!r}")
     step = jnp.asarray(step)
     if warmup == 0:

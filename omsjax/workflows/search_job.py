@@ -166,7 +166,8 @@ def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, 
     """(evaluator keywords: metric, metric_name, sampling (the conditioning and the zoo's data mean); `also`: the
     report's other metrics of the held-out samples; labels or None) of a search with `objective` on the zoo (module
     docstring). `n`: the most samples of one noise (balanced labels for them on a class-conditional zoo)."""
-    from omsjax import conditional, zoo
+    from omsjax import zoo
+    from omsjax.metrics import conditional
 
     num_classes = zoo.num_classes(manifest)
     if num_classes == 0 and objective.guidance is not None:

@@ -1,5 +1,5 @@
-"""`omsjax evaluate`, `omsjax sample` and `omsjax zoo`: one schedule on a zoo (its FD or a grid of samples), and
-the zoo's models."""
+"""`omsjax evaluate` and `omsjax sample`: one schedule on a zoo, its FD (and trajectory error, accuracy) or a grid of
+its samples."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def _conditioning(args, manifest, sched):
     zoo, which refuses both flags."""
     import numpy as np
 
-    from omsjax import conditional, presets, zoo
+    from omsjax import presets, zoo
+    from omsjax.metrics import conditional
 
     k = zoo.num_classes(manifest)
     if k == 0:
@@ -120,7 +121,7 @@ def cmd_evaluate(args) -> int:
     if labels is None:
         result = {"fd": float(metrics.fd(x))}
     else:  # a class-conditional zoo: the conditional FD and the accuracy of the requested classes
-        from omsjax import conditional
+        from omsjax.metrics import conditional
 
         g = np.asarray(sched.guidance, np.float64)
         result = {
@@ -154,37 +155,6 @@ def cmd_sample(args) -> int:
     x, _, label, seconds, _, _, _ = _zoo_samples(args)
     path = plots.save_grid(x, args.out)
     print(f"wrote {path} ({args.num_samples} samples, {label}, {seconds:.1f} s)")
-    return 0
-
-
-def cmd_zoo(args) -> int:
-    from omsjax import zoo
-
-    if args.cache_presets:
-        from omsjax.workflows import search_job
-
-        if args.remeasure_latency:
-            raise ValueError("--remeasure-latency changes the zoo (and so voids its cache): run it first, alone")
-        path = search_job.cache_presets(args.zoo, args.cache_presets, progress=not args.json)
-        print(json.dumps({"cache": str(path)}) if args.json else f"wrote {path}")
-        return 0
-
-    manifest = zoo.remeasure_latency(args.zoo) if args.remeasure_latency else zoo.load_zoo(args.zoo)[2]
-    if args.json:
-        print(json.dumps(manifest["models"]))
-        return 0
-    print(
-        f"zoo {args.zoo}: {manifest.get('dataset', '?')}, images {manifest['image_shape']}, "
-        f"noise schedule {manifest['noise_schedule'].get('kind', '?')}"
-    )
-    print(f"{'index':>5}  {'name':<12}{'params':>12}{'steps':>8}{'latency (ms)':>14}  machine")
-    for i, m in enumerate(manifest["models"]):  # optional fields: "?" when an older manifest lacks them
-        count = "?" if m.get("param_count") is None else f"{m['param_count']:,}"
-        batch, machine = m.get("latency_batch", "?"), m.get("latency_machine", "?")
-        print(
-            f"{i:>5}  {m['name']:<12}{count:>12}{m.get('train_steps', '?'):>8}"
-            f"{m['latency_ms']:>14.2f}  batch {batch}, {machine}"
-        )
     return 0
 
 
@@ -253,26 +223,3 @@ def add_sample(sub) -> None:
     _add_schedule_args(s, 64)
     s.add_argument("--out", required=True, help=f"image path ({', '.join(IMAGE_SUFFIXES)}; PNG for a grid to view)")
     s.set_defaults(func=cmd_sample)
-
-
-def add_zoo(sub) -> None:
-    """The `omsjax zoo` parser."""
-    z = sub.add_parser("zoo", help="list a zoo's models (parameters, training steps, latency)")
-    z.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
-    z.add_argument(
-        "--remeasure-latency",
-        action="store_true",
-        help="measure every model's latency on this machine and rewrite manifest.json",
-    )
-    z.add_argument(
-        "--cache-presets",
-        type=int,
-        nargs="+",
-        metavar="NFE",
-        default=None,
-        help="evaluate the presets of `omsjax search --nfe NFE` (solver mode, largest model, default sizes, seed and "
-        "metric) once and store them in the zoo (evaluations.json), with the reference samples of its noise "
-        "(references.npz), so that such a search does not evaluate or sample them again",
-    )
-    z.add_argument("--json", action="store_true")
-    z.set_defaults(func=cmd_zoo)
