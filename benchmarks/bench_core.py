@@ -22,7 +22,7 @@ import numpy as np
 from common import machine, median_time, write_section
 
 import omsjax
-from omsjax import nets, presets, schedules, spacing
+from omsjax import nets, noise, presets, spacing
 from omsjax.schedule import stack
 
 
@@ -37,7 +37,7 @@ def make_model(channels, mults, seed, image=(8, 8, 1)):
 
 
 def bench_overhead(quick):
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     model, n_params = make_model(32, (1, 2), 0)
     batch, nfe = 256, 10
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, 8, 8, 1), jnp.float32)
@@ -61,7 +61,7 @@ def bench_overhead(quick):
 
 
 def bench_many_solver(quick):
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     model, _ = make_model(32, (1, 2), 0)
     batch, nfe, count = 32, 8, 64 if not quick else 16
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, 8, 8, 1), jnp.float32)
@@ -100,7 +100,7 @@ def bench_many_solver(quick):
 
 
 def bench_model_schedules(quick):
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     small, p_small = make_model(16, (1, 2), 3)
     big, p_big = make_model(64, (1, 2, 2), 5)
     zoo = (small, big)
@@ -139,7 +139,7 @@ def bench_model_schedules(quick):
 
 
 def bench_compile(quick):
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     model, _ = make_model(32, (1, 2), 0)
     x = jax.random.normal(jax.random.PRNGKey(3), (64, 8, 8, 1), jnp.float32)
     run = jax.jit(lambda s, x: omsjax.sample(model, ns, s, x))

@@ -69,7 +69,7 @@ def the_zoo(tiny: bool):
     if not tiny:
         models, ns, manifest = zoo.load_zoo()
         return models, ns, tuple(manifest["image_shape"]), zoo.named_config("digits-m")
-    ns = omsjax.schedules.vp_linear()
+    ns = omsjax.noise.vp_linear()
     models, cfg = [], None
     for k, ch in enumerate((8, 16)):
         cfg = nets.UNetConfig(channels=ch, channel_mults=(1,))

@@ -19,7 +19,7 @@ import numpy as np
 from common import machine, write_section
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 from omsjax.search import find_schedule
 
 jax.config.update("jax_enable_x64", True)  # the mixture's exact model in float64; the samples stay float32
@@ -80,8 +80,8 @@ def one(label, ns, parameterization):
 
 
 def main():
-    results = [one("linear VP, noise prediction", schedules.vp_linear(), "noise"),
-               one("rectified flow, velocity", schedules.flow(), "flow")]  # fmt: skip
+    results = [one("linear VP, noise prediction", noise.vp_linear(), "noise"),
+               one("rectified flow, velocity", noise.flow(), "flow")]  # fmt: skip
     text = [
         "## `find_schedule` on a user's model and metric (`benchmarks/bench_find.py`)",
         "",

@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from common import machine, write_section
 
-from omsjax import schedules, zoo
+from omsjax import noise, zoo
 from omsjax.search import ga, predictor, seeding
 from omsjax.search.archive import Archive, genome_from_dict
 from omsjax.search.space import SearchSpace
 
 
 def bench_ga(generations: int, lat):
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     space = SearchSpace.for_nfe(5, lat, model=len(lat) - 1, mean_afs=True)
     params = predictor.init_params(space, ns, jax.random.PRNGKey(0))
     cfg = ga.GAConfig(pop_size=64, num_children=64)

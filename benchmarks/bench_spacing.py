@@ -15,7 +15,7 @@ import numpy as np
 from common import machine, write_section
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing
+from omsjax import noise, oracles, presets, spacing
 
 jax.config.update("jax_enable_x64", True)
 
@@ -62,7 +62,7 @@ def main():
         "| noise schedule | NFE | " + " | ".join(spacing.SPACINGS) + " |",
         "|---|---|" + "---|" * len(spacing.SPACINGS),
     ]
-    for make in (schedules.vp_linear, schedules.vp_cosine, schedules.vp_discrete, schedules.edm, schedules.flow):
+    for make in (noise.vp_linear, noise.vp_cosine, noise.vp_discrete, noise.edm, noise.flow):
         text += table(make(), gmm)
     write_section("\n".join(text), "spacing")
 

@@ -61,7 +61,7 @@ from common import (
     write_section,
 )
 
-from omsjax import data, nets, presets, schedules, stages, train, zoo
+from omsjax import data, nets, noise, presets, stages, train, zoo
 
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 CURVES = {  # label: (preset name in presets.NAMED, NFE), logSNR spacing; the first is plotted
@@ -127,7 +127,7 @@ def costs(args, bounds: dict) -> dict:
 
 
 def evaluator(n: int, final_step: int):
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     scheds = {label: presets.preset(presets.NAMED[s][0], ns, k, **presets.NAMED[s][1])
               for label, (s, k) in {**CURVES, **FINAL}.items()}  # fmt: skip
 

@@ -10,7 +10,7 @@ import numpy as np
 from _common import args, mixture
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing
+from omsjax import noise, oracles, presets, spacing
 
 jax.config.update("jax_enable_x64", True)  # exact comparisons against the reference
 
@@ -18,7 +18,7 @@ jax.config.update("jax_enable_x64", True)  # exact comparisons against the refer
 def main():
     a = args(__doc__.splitlines()[0])
     n = 16 if a.small else 256
-    ns = schedules.edm()  # alpha = 1, sigma = t in [0.002, 80]
+    ns = noise.edm()  # alpha = 1, sigma = t in [0.002, 80]
     gmm = mixture()
 
     def denoiser(params, x, sigma):  # the exact D(x; sigma) = x - sigma eps(x, sigma) of the mixture

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from _common import args
 
 import omsjax
-from omsjax import presets, schedules
+from omsjax import noise, presets
 from omsjax.models import from_equinox
 
 
@@ -32,7 +32,7 @@ class Denoiser(eqx.Module):
 def main():
     a = args(__doc__.splitlines()[0])
     n = 64 if a.small else 4096
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     s = presets.dpm_solver_pp(ns, 8, 2)
     x_T = omsjax.prior(ns, jax.random.PRNGKey(0), n, (2,))
     for seed in (0, 1):  # two modules of one structure: the second call compiles nothing

@@ -12,7 +12,7 @@ import optax
 from _common import args, mixture
 
 import omsjax
-from omsjax import presets, schedules, spacing
+from omsjax import noise, presets, spacing
 
 
 class MLP(nn.Module):
@@ -29,7 +29,7 @@ class MLP(nn.Module):
 def main():
     a = args(__doc__.splitlines()[0])
     steps, n = (30, 64) if a.small else (2000, 1000)
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     data = mixture()
     net = MLP()
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from _common import args, mixture
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 
 jax.config.update("jax_enable_x64", True)
 
@@ -18,7 +18,7 @@ jax.config.update("jax_enable_x64", True)
 def main():
     a = args(__doc__.splitlines()[0])
     n = 16 if a.small else 256
-    ns = schedules.flow()  # t in [1e-3, 0.999]
+    ns = noise.flow()  # t in [1e-3, 0.999]
     gmm = mixture()
 
     def velocity(params, x, t):  # the exact v = eps - x0 of the mixture on this schedule

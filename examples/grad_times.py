@@ -11,13 +11,13 @@ import optax
 from _common import args, mixture
 
 import omsjax
-from omsjax import presets, schedules
+from omsjax import noise, presets
 
 
 def main():
     a = args(__doc__.splitlines()[0])
     steps, n = (3, 32) if a.small else (150, 512)
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gmm = mixture()
     model = omsjax.Model(lambda p, x, t: p.eps(ns, x, t), gmm, sample_shape=(2,))
     like = presets.dpm_solver_pp(ns, 5, 2)

@@ -10,13 +10,13 @@ import numpy as np
 from _common import args, mixture
 
 import omsjax
-from omsjax import presets, schedules
+from omsjax import noise, presets
 from omsjax.search import FindOptions, find_schedule, ga, loop
 
 
 def main():
     a = args(__doc__.splitlines()[0])
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gmm = mixture(dim=16)
     model = omsjax.Model(lambda p, x, t: p.eps(ns, x, t), gmm, sample_shape=(16,))
     reference = jax.jit(lambda x: omsjax.sample(model, ns, presets.unipc(ns, 100, 3), x))

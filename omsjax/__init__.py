@@ -2,7 +2,7 @@
 
 import importlib
 
-from omsjax import nets, oracles, presets, schedules, spacing, usf
+from omsjax import nets, noise, oracles, presets, spacing, usf
 from omsjax.models import Model, as_zoo
 from omsjax.options import SampleOptions
 from omsjax.sampler import generate, prior, sample, sample_heun, sample_many
@@ -27,7 +27,7 @@ __all__ = [
     "sample",
     "sample_heun",
     "sample_many",
-    "schedules",
+    "noise",
     "spacing",
     "stack",
     "stages",
@@ -38,8 +38,8 @@ __all__ = [
 ]
 
 # Training, data, metric, zoo, stage and timestep modules pull in orbax, optax, scikit-learn and
-# scipy: import them on first use.
-_LAZY_MODULES = ("conditional", "data", "metrics", "stages", "timesteps", "train", "zoo")
+# scipy: import them on first use (and the deprecated paths `conditional` and `schedules`, which warn).
+_LAZY_MODULES = ("conditional", "data", "metrics", "schedules", "stages", "timesteps", "train", "zoo")
 
 
 def __getattr__(name):

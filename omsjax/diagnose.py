@@ -13,9 +13,9 @@ import numpy as np
 from omsjax.checks import check_inputs
 from omsjax.integrate import Switches, run_used
 from omsjax.models import Model, as_zoo
+from omsjax.noise import NoiseSchedule
 from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE, Schedule, is_traced
-from omsjax.schedules import NoiseSchedule
 
 __all__ = ["NonFiniteStep", "first_nonfinite_step"]
 

@@ -114,7 +114,7 @@ class Model:
         `denoiser(params, y [B, ...], sigma [B]) -> x0 estimate [B, ...]` is D(y; sigma) of Karras et al. (2022):
         y = x0 + sigma n is the variance-exploding input. A sampler at time t of a noise schedule calls it with
         y = x / alpha_t and sigma = sigma_t / alpha_t = exp(-lambda_t) (`NoiseSchedule.edm_sigma`), and takes
-        eps = (x - alpha_t x0) / sigma_t. On `schedules.edm()` alpha = 1 and sigma = t. Pass a function of stable
+        eps = (x - alpha_t x0) / sigma_t. On `noise.edm()` alpha = 1 and sigma = t. Pass a function of stable
         identity (defined once, not a fresh lambda per call): it is part of the compiled program's cache key.
         """
         return cls(

@@ -23,7 +23,7 @@ import numpy as np
 from flax import struct
 
 from omsjax.models import Model
-from omsjax.schedules import NoiseSchedule
+from omsjax.noise import NoiseSchedule
 
 __all__ = ["GaussianMixture", "ConditionalGaussianMixture", "EmpiricalDenoiser", "reference_solution"]
 

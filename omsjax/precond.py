@@ -8,7 +8,7 @@ sampled on:
   lambda = (s^2 + sd^2) / (s sd)^2 (on x0).
 - "ve": (1, s, 1, ln(s/2)), lambda = 1 / s^2 (on x0).
 - "fdm_<base>" (Fast Diffusion Model): the base's coefficients with c_in = s(sigma) = `fdm_scale`.
-A core module: it imports only jax, numpy and `omsjax.schedules`.
+A core module: it imports only jax, numpy and `omsjax.noise`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import schedules
+from omsjax import noise
 
 __all__ = [
     "PRECONDS",
@@ -46,7 +46,7 @@ VE_SIGMA_MAX = 100.0
 
 # FDM: the sigma range normalising t' in `fdm_scale`, per base method (REFERENCE.md section 6). For VP it is the
 # EDM sigma (sigma/alpha) of the continuous linear VP schedule at t = T_EPS and t = 1 (about 0.001 and 152.17).
-_VP = schedules.vp_linear()
+_VP = noise.vp_linear()
 FDM_SIGMA_RANGES = {
     "edm": (0.002, 80.0),
     "vp": (float(_VP.edm_sigma(np.float64(T_EPS))), float(_VP.edm_sigma(np.float64(1.0)))),
@@ -136,13 +136,13 @@ def loss_weight(precond: str, sigma, sigma_data: float = SIGMA_DATA):
     return jnp.ones_like(level)
 
 
-def noise_schedule(precond: str) -> schedules.NoiseSchedule:
+def noise_schedule(precond: str) -> noise.NoiseSchedule:
     """The noise schedule a model trained with `precond` is sampled on (the times its model expects): vp, fdm_vp
     `vp_linear()`; edm, fdm_edm `edm()` (sigma in [0.002, 80]); ve, fdm_ve `edm(0.02, 100)`."""
     check(precond)
     base = base_of(precond)
     if base == "vp":
-        return schedules.vp_linear()
+        return noise.vp_linear()
     if base == "ve":
-        return schedules.edm(VE_SIGMA_MIN, VE_SIGMA_MAX)
-    return schedules.edm()
+        return noise.edm(VE_SIGMA_MIN, VE_SIGMA_MAX)
+    return noise.edm()

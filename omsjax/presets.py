@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
+from omsjax.noise import NoiseSchedule
 from omsjax.schedule import AFS_NAMES, Schedule, make
-from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import SPACINGS, time_steps
 
 __all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS", "preset", "NAMED", "with_guidance"]

@@ -36,9 +36,9 @@ from omsjax.checks import (
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
 from omsjax.integrate import Switches, Trajectory, run, run_used
 from omsjax.models import Model, as_zoo, to_eps_x0
+from omsjax.noise import NoiseSchedule
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule, is_traced, time_bounds
-from omsjax.schedules import NoiseSchedule
 
 __all__ = [
     "sample",
@@ -70,7 +70,7 @@ def sample(
 
     Args:
       model_or_zoo: an `omsjax.Model` or a sequence of them (dispatched per step by `schedule.model`).
-      noise_schedule: the forward process, e.g. `omsjax.schedules.vp_linear()`.
+      noise_schedule: the forward process, e.g. `omsjax.noise.vp_linear()`.
       schedule: an `omsjax.Schedule` (a pytree of arrays: jit/vmap/grad friendly).
       x_T: [batch, ...] starting noise at the prior's scale, N(0, prior_std(ts[0])^2 I) (`prior` draws it):
         unit variance for VP and flow schedules, sigma_max for EDM.

@@ -27,7 +27,7 @@ import numpy as np
 from omsjax.schedule import time_bounds
 
 if TYPE_CHECKING:
-    from omsjax.schedules import NoiseSchedule
+    from omsjax.noise import NoiseSchedule
 
 __all__ = [
     "SPACINGS",

@@ -85,10 +85,10 @@ def train_multistage(tmp: Path) -> dict:
 
 def timestep_bound_fit(tmp: Path) -> dict:
     """`timesteps.optimize_bound` on a fixed g table, 60 Adam steps from the time-uniform spacing."""
-    from omsjax import schedules, spacing
+    from omsjax import noise, spacing
     from omsjax import timesteps as T
 
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     grid = np.linspace(float(ns.lam(1.0)), float(ns.lam(1e-3)), 401)
     g = 0.3 + np.exp(-0.1 * (grid - 1.0) ** 2)
     res = T.optimize_bound(ns, spacing.time_steps(ns, 5, "time_uniform"), grid, g, steps=60, lr=0.05)
@@ -97,10 +97,10 @@ def timestep_bound_fit(tmp: Path) -> dict:
 
 def timestep_trajectory_fit(tmp: Path) -> dict:
     """`timesteps.optimize_trajectory` of DPM-Solver++(2M) NFE 3 on a 2-d Gaussian mixture, 25 steps."""
-    from omsjax import oracles, presets, schedules
+    from omsjax import noise, oracles, presets
     from omsjax import timesteps as T
 
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gm = oracles.GaussianMixture.create([[1.0, -0.5], [-1.0, 0.5]], [0.3, 0.2], [0.4, 0.6])
     x_T = jax.random.normal(jax.random.PRNGKey(0), (32, 2), jnp.float64)
     x_ref = jax.random.normal(jax.random.PRNGKey(1), (32, 2), jnp.float64) * 0.5
@@ -134,12 +134,12 @@ def ga_run(tmp: Path) -> dict:
 
 def predictor_fit(tmp: Path) -> dict:
     """`search.predictor.fit` on 64 random model-mode genomes with synthetic targets, 20 epochs."""
-    from omsjax import schedules
+    from omsjax import noise
     from omsjax.search import encoding as E
     from omsjax.search import predictor
     from omsjax.search.space import SearchSpace
 
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     space = SearchSpace(num_positions=6, latencies=(1.0, 2.0), mode="model")
     g = E.random_genomes(space, jax.random.PRNGKey(4), 64)
     y = np.asarray(jnp.sum(g.u**2, -1) + jnp.sum(g.model.astype(g.u.dtype), -1), np.float64)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import integrate, oracles, presets, sampler, schedules
+from omsjax import integrate, noise, oracles, presets, sampler
 from omsjax.schedule import Schedule
 from omsjax.search.archive import Archive
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 GMM = oracles.GaussianMixture.create(np.zeros((1, 3)), np.ones(1), np.ones(1))
 GOOD = GMM.model(NS)
 X_T = jnp.asarray(np.random.RandomState(0).randn(4, 3))

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 
 T_END = 1e-3
 # NFE = 2 mod 6 (see the module docstring), 62..230: the asymptotic regime for this mixture (below ~50 the
@@ -69,7 +69,7 @@ def errors():
     rng = np.random.RandomState(0)
     k, d = 3, 6
     gmm = oracles.GaussianMixture.create(1.5 * rng.randn(k, d), 0.2 + 0.4 * rng.rand(k), np.full(k, 1.0 / k))
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     x_T = jnp.asarray(rng.randn(4, d))
 
     def eps_fn(x, t):

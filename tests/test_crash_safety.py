@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import cli, files, plots, presets, schedules, zoo
+from omsjax import cli, files, noise, plots, presets, zoo
 from omsjax.search import evaluate as EV
 from omsjax.search.archive import Archive, Record, schedule_key
 
 REPO = Path(__file__).resolve().parent.parent
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 
 
 def _messages(rec) -> list[str]:

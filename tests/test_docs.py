@@ -87,7 +87,7 @@ def test_the_site_builds_and_documents_every_public_name_and_command(tmp_path):
 
 
 # The modules of the public API whose every exported function and class must say what it does.
-PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsjax.schedules", "omsjax.presets",
+PUBLIC = ["omsjax", "omsjax.sampler", "omsjax.schedule", "omsjax.models", "omsjax.noise", "omsjax.presets",
           "omsjax.usf", "omsjax.oracles", "omsjax.spacing", "omsjax.precond", "omsjax.search", "omsjax.search.find",
           "omsjax.search.evaluate", "omsjax.search.encoding", "omsjax.search.space", "omsjax.search.loop",
           "omsjax.search.ga", "omsjax.search.predictor", "omsjax.search.final", "omsjax.search.guided",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import cli, nets, presets, schedules, train, zoo
+from omsjax import cli, nets, noise, presets, train, zoo
 from omsjax.cli import train_cmd
 from omsjax.cli.train_cmd import train_config
 from omsjax.models import to_eps_x0
@@ -321,7 +321,7 @@ def test_fdm_zoo_member_samples_with_a_preset(tmp_path):
     zoo.add_member(tmp_path / "z", "f", config, params, train_steps=0, latency_batch=4)
     models, ns, manifest = zoo.load_zoo(tmp_path / "z")
     assert manifest["noise_schedule"] == {"kind": "edm", "sigma_min": 0.002, "sigma_max": 80.0}
-    assert schedules.to_dict(ns) == manifest["noise_schedule"]
+    assert noise.to_dict(ns) == manifest["noise_schedule"]
     assert manifest["models"][0]["config"]["fdm_m"] == 1.0 and manifest["models"][0]["config"]["precond"] == "fdm_edm"
     direct = train.model_from_params(config, params, latency=models[0].latency, name="f")  # same static fields
     assert models[0].apply_fn is direct.apply_fn and models[0].parameterization == "data"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, schedules
+from omsjax import noise, oracles
 from omsjax.search import baselines, encoding, final, loop, seeding
 from omsjax.search.archive import Record, same_schedule, schedule_key
 from omsjax.search.evaluate import Evaluator
 from omsjax.search.space import SearchSpace
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 RNG = np.random.RandomState(0)
 GMM = oracles.GaussianMixture.create(RNG.randn(3, 4), 0.2 + 0.3 * RNG.rand(3), np.full(3, 1.0 / 3))
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing
+from omsjax import noise, oracles, presets, spacing
 from omsjax.search import FindOptions, baselines, find_schedule, ga, loop
 from omsjax.search.space import SearchSpace
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 KEY = jax.random.PRNGKey(0)
 
 
@@ -159,8 +159,8 @@ def _range(rng, ns):
 @pytest.mark.slow(seconds=60)  # 5 quick searches: the first compiles the search (~45 s), then ~4 s a range
 # On some ranges the presets' sliced-Wasserstein scores lie within the noise of 1,024 samples: the search says so
 # (its warning is filtered in pyproject.toml).
-@pytest.mark.parametrize("make", [schedules.vp_linear, schedules.vp_cosine, schedules.vp_discrete, schedules.edm,
-                                  schedules.flow], ids=lambda f: f.__name__)  # fmt: skip
+@pytest.mark.parametrize("make", [noise.vp_linear, noise.vp_cosine, noise.vp_discrete, noise.edm,
+                                  noise.flow], ids=lambda f: f.__name__)  # fmt: skip
 def test_quick_search_runs_on_a_noise_schedule_at_its_defaults_and_on_random_time_ranges(make):
     """Issue 27's done-when, with its four siblings: `find_schedule(quick=True)` returns a schedule
     `check_schedule` accepts on each of the five noise schedule constructors with their defaults and on 20 random

@@ -11,12 +11,12 @@ import pytest
 from test_transcriptions import NumpyGMM, alpha, ddim_np, dpm_solver_pp_np, sigma, unipc_np
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 from omsjax.schedule import Schedule
 from omsjax.search import seeding
 from omsjax.search.space import SearchSpace
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 RNG = np.random.RandomState(11)
 K, D, B = 6, 4, 6
 MEANS = 1.5 * RNG.randn(K, D)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, schedules, spacing
+from omsjax import noise, oracles, spacing
 
 RNG = np.random.RandomState(3)
 GMM = oracles.GaussianMixture.create(RNG.randn(4, 6), 0.1 + 0.3 * RNG.rand(4), np.array([0.1, 0.2, 0.3, 0.4]))
@@ -36,7 +36,7 @@ def heun_np(x, sigmas):
 
 
 def test_matches_the_transcription_of_edm_algorithm_1():
-    ns = schedules.edm()
+    ns = noise.edm()
     ts = spacing.time_steps(ns, 7, "karras")
     x_T = 80.0 * np.random.RandomState(0).randn(16, 6)
     got = omsjax.sample_heun(GMM.model(ns), ns, ts, jnp.asarray(x_T))
@@ -45,7 +45,7 @@ def test_matches_the_transcription_of_edm_algorithm_1():
 
 def test_vp_schedule_runs_the_same_ode_in_edm_coordinates():
     # On the VP schedule the sampler steps y = x / alpha over s = sigma / alpha: the EDM sampler on those sigmas.
-    vp = schedules.vp_linear()
+    vp = noise.vp_linear()
     ts = spacing.time_steps(vp, 6, "karras")
     sig = vp.edm_sigma(ts)
     x_T = np.random.RandomState(1).randn(16, 6)
@@ -55,7 +55,7 @@ def test_vp_schedule_runs_the_same_ode_in_edm_coordinates():
 
 
 def test_second_order_convergence_to_the_ode_solution():
-    vp = schedules.vp_linear()
+    vp = noise.vp_linear()
     model = GMM.model(vp)
     x_T = jax.random.normal(jax.random.PRNGKey(2), (64, 6), jnp.float64)
     t_end = 0.05  # away from the data, where the mixture's sharp posterior makes the ODE stiff
@@ -69,7 +69,7 @@ def test_second_order_convergence_to_the_ode_solution():
 
 
 def test_rejects_bad_input():
-    vp = schedules.vp_linear()
+    vp = noise.vp_linear()
     model = GMM.model(vp)
     x = jnp.zeros((2, 6))
     with pytest.raises(ValueError, match="decreasing"):

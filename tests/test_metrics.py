@@ -129,8 +129,8 @@ def test_fd_heldout_small_noise_large_and_deterministic(params, heldout):
     fd_real = metrics.fd(x)
     assert fd_real == metrics.fd(x)  # deterministic
     assert metrics.fd(x, classifier=params, ref=metrics.reference_stats()) == pytest.approx(fd_real, rel=1e-12)
-    noise = np.clip(np.random.default_rng(0).standard_normal(x.shape), -1, 1).astype(np.float32)
-    fd_noise = metrics.fd(noise)
+    white = np.clip(np.random.default_rng(0).standard_normal(x.shape), -1, 1).astype(np.float32)
+    fd_noise = metrics.fd(white)
     assert 0 < fd_real < 50
     assert fd_noise > 10 * fd_real
 
@@ -182,11 +182,11 @@ def test_ode_reference_and_trajectory_error_on_exact_gmm():
     import jax.numpy as jnp
 
     import omsjax
-    from omsjax import oracles, presets, schedules
+    from omsjax import noise, oracles, presets
 
     rng = np.random.RandomState(0)
     gmm = oracles.GaussianMixture.create(rng.randn(3, 6), 0.1 + 0.2 * rng.rand(3), np.array([0.2, 0.3, 0.5]))
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     model = gmm.model(ns)
     x_T = jnp.asarray(rng.randn(5, 6))
     t_end = ns.default_t_end

@@ -14,11 +14,11 @@ import test_guidance as G
 from test_transcriptions import dpm_solver_pp_np
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 from omsjax.models import PARAMETERIZATIONS, Model, from_equinox, to_eps_x0
 from omsjax.precond import edm as edm_precond
 
-VP, EDM = schedules.vp_linear(), schedules.edm()
+VP, EDM = noise.vp_linear(), noise.edm()
 SCHEDULES = {"vp_linear": (VP, (0.05, 0.5, 0.95)), "edm": (EDM, (0.01, 1.0, 50.0))}
 GMM = oracles.GaussianMixture.create(
     np.random.RandomState(0).randn(3, 3), np.array([0.2, 0.4, 0.3]), np.array([0.5, 0.3, 0.2])

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from omsjax import optim, presets, schedules, spacing
+from omsjax import noise, optim, presets, spacing
 
 
 def test_minimize_equals_the_closed_form_gradient_descent_iterates():
@@ -37,7 +37,7 @@ def test_minimize_feeds_one_input_per_step_and_continues_from_a_state():
 
 
 def test_named_solvers_are_their_presets_and_the_grid_leaves_out_what_does_not_exist():
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     for name, (kind, kw) in presets.NAMED.items():
         got, want = presets.named(name, ns, 6, skip="karras"), presets.preset(kind, ns, 6, skip="karras", **kw)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

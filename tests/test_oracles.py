@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax.scipy.special import logsumexp
 
-from omsjax import oracles, schedules
+from omsjax import noise, oracles
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 RNG = np.random.RandomState(3)
 MEANS = 4.0 * RNG.randn(5, 3)
 STDS = 0.2 + 0.3 * RNG.rand(5)

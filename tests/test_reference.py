@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import metrics, oracles, presets, schedules
+from omsjax import metrics, noise, oracles, presets
 from omsjax.metrics import reference as R
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 RNG = np.random.RandomState(3)
 D = 3
 GMM = oracles.GaussianMixture.create(1.5 * RNG.randn(3, D), 0.3 + 0.3 * RNG.rand(3), np.full(3, 1 / 3))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 
 DATA = np.load(Path(__file__).parent / "data" / "solver_references.npz")
 KEYS = sorted(k for k in DATA.files if "/" in k)
@@ -18,7 +18,7 @@ KEYS = sorted(k for k in DATA.files if "/" in k)
 
 @pytest.fixture(scope="module")
 def setup():
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gmm = oracles.GaussianMixture.create(DATA["gmm_means"], DATA["gmm_stds"], DATA["gmm_weights"])
     return ns, gmm.model(ns), jnp.asarray(DATA["x_T"])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing
+from omsjax import noise, oracles, presets, spacing
 from omsjax.schedule import stack
 
 
@@ -18,7 +18,7 @@ def _gmm(dim=6, k=3, seed=0):
 
 @pytest.fixture(scope="module")
 def env():
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gmm = _gmm()
     x_T = jnp.asarray(np.random.RandomState(1).randn(5, 6))
     return ns, gmm, x_T
@@ -318,7 +318,7 @@ def test_generate_draws_the_prior_of_the_schedule():
     # VP: x_T ~ N(0, I); EDM: x_T ~ N(0, sigma_max^2 I). Unscaled noise at sigma_max = 80 would collapse every
     # sample onto the data mean.
     gmm = _gmm()
-    for ns, std in ((schedules.vp_linear(), 1.0), (schedules.edm(), 80.0)):
+    for ns, std in ((noise.vp_linear(), 1.0), (noise.edm(), 80.0)):
         assert float(ns.prior_std(ns.t_max)) == std
         model = gmm.model(ns)
         sched = presets.preset("dpm_solver_pp", ns, 20, order=2)
@@ -332,16 +332,16 @@ def test_generate_draws_the_prior_of_the_schedule():
 
 def test_prior_and_generate_with_a_key():
     key = jax.random.PRNGKey(7)
-    for ns, std in ((schedules.vp_linear(), 1.0), (schedules.edm(), 80.0)):
+    for ns, std in ((noise.vp_linear(), 1.0), (noise.edm(), 80.0)):
         x = omsjax.prior(ns, key, 5, (3,), dtype=jnp.float64)
         want = std * jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (3,), jnp.float64))(
             jnp.arange(5, dtype=jnp.int32)
         )
         np.testing.assert_allclose(np.asarray(x), np.asarray(want), rtol=1e-15)
-    assert float(omsjax.prior(schedules.edm(), key, 1, (1,), t=2.0, dtype=jnp.float64)[0, 0]) == pytest.approx(
-        2.0 * float(omsjax.prior(schedules.vp_linear(), key, 1, (1,), dtype=jnp.float64)[0, 0])
+    assert float(omsjax.prior(noise.edm(), key, 1, (1,), t=2.0, dtype=jnp.float64)[0, 0]) == pytest.approx(
+        2.0 * float(omsjax.prior(noise.vp_linear(), key, 1, (1,), dtype=jnp.float64)[0, 0])
     )
-    gmm, ns = _gmm(), schedules.edm()
+    gmm, ns = _gmm(), noise.edm()
     s = presets.ddim(ns, 4)
     got = omsjax.generate(gmm.model(ns), ns, s, 5, (6,), key=key, batch_size=2, dtype=jnp.float64)
     want = omsjax.sample(gmm.model(ns), ns, s, omsjax.prior(ns, key, 5, (6,), dtype=jnp.float64))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules
+from omsjax import noise, oracles, presets
 from omsjax.schedule import Schedule, check_schedule
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 
 
 def _base():
@@ -168,9 +168,9 @@ def test_nfe_and_cost():
 
 
 def test_from_times_keeps_the_decisions_and_checks_the_times():
-    from omsjax import presets, schedules
+    from omsjax import noise, presets
 
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     like = presets.unipc(ns, 4, 2)
     ts = np.asarray([1.0, 0.5, 0.2, 0.05, 1e-3])
     s = Schedule.from_times(ts, like=like)

@@ -15,7 +15,7 @@ import pytest
 import scipy.stats
 
 import omsjax
-from omsjax import presets, schedules, spacing
+from omsjax import noise, presets, spacing
 from omsjax.schedule import check_schedule
 from omsjax.search import candidates as CAND
 from omsjax.search import encoding as E
@@ -25,7 +25,7 @@ from omsjax.search.archive import genome_from_dict, schedule_key
 from omsjax.search.candidates import sample_candidates
 from omsjax.search.space import SearchSpace
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 REPO = Path(__file__).resolve().parent.parent
 LAT = (1.0, 3.0, 9.0)
 
@@ -270,9 +270,9 @@ def test_presets_encode_on_every_noise_schedule_with_float32_times(name):
     """Every noise schedule with its default arguments, and random valid time ranges: the presets seed the search,
     also from float32 times (a float32 session's presets; flow()'s t_start 0.999 is 0.99900001 in float32, which a
     float64 tolerance once rejected: "no preset fits this search space")."""
-    ns = {"vp_linear": schedules.vp_linear(), "vp_cosine": schedules.vp_cosine(), "edm": schedules.edm(),
-          "vp_discrete": schedules.vp_discrete(np.linspace(1e-4, 0.02, 1000)),
-          "flow": schedules.flow()}[name]  # fmt: skip
+    ns = {"vp_linear": noise.vp_linear(), "vp_cosine": noise.vp_cosine(), "edm": noise.edm(),
+          "vp_discrete": noise.vp_discrete(np.linspace(1e-4, 0.02, 1000)),
+          "flow": noise.flow()}[name]  # fmt: skip
     rng = np.random.RandomState(3)
     lo, hi = float(ns.default_t_end), float(ns.t_max)
     ranges = [{}] + [dict(zip(("t_end", "t_start"), np.sort(rng.uniform(lo, hi, 2)).tolist(), strict=True))

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import presets, schedules
+from omsjax import noise, presets
 from omsjax.search import encoding, ga, predictor, seeding
 from omsjax.search.archive import genome_from_dict, genome_to_dict
 from omsjax.search.space import SearchSpace, default_guidance_choices
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 LAT = [1.0, 2.5]
 CHOICES = (1.0, 2.0, 4.0, 6.0)
 

@@ -4,11 +4,11 @@ by `find_schedule` and `omsjax search`."""
 import jax
 import pytest
 
-from omsjax import schedules
+from omsjax import noise
 from omsjax.search.plan import FindOptions, Seeds, plan, seed_of
 from omsjax.workflows import search_job
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 LAT = (1.0, 2.0)  # ms per batch of a cheap and a dear member
 
 

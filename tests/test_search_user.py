@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import metrics, oracles, presets, schedules
+from omsjax import metrics, noise, oracles, presets
 from omsjax.search import evaluate as EV
 from omsjax.search.archive import Archive
 from omsjax.search.space import SearchSpace
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 N = 16  # samples per evaluation
 
 
@@ -160,7 +160,7 @@ def test_digits_fd_is_the_shipped_fd():
 
 
 def test_search_space_from_a_noise_schedule_and_the_evaluators_check():
-    edm = schedules.edm()
+    edm = noise.edm()
     space = SearchSpace.for_noise_schedule(edm, num_positions=5, latencies=(1.0,), mode="joint")
     assert (space.t_start, space.t_end) == (80.0, 0.002)
     s2 = SearchSpace.for_nfe(4, (1.0,), noise_schedule=edm)
@@ -177,4 +177,4 @@ def test_search_space_from_a_noise_schedule_and_the_evaluators_check():
                                          r"\(EDM\); build it with SearchSpace.for_noise_schedule"):  # fmt: skip
         EV.Evaluator(model, edm, default, metric=lambda x, x_T: 0.0)
     with pytest.raises(ValueError, match="SearchSpace.t_start = 1 is above the noise schedule's t_max = 0.9946"):
-        EV.Evaluator(MODEL, schedules.vp_cosine(), default, metric=lambda x, x_T: 0.0)
+        EV.Evaluator(MODEL, noise.vp_cosine(), default, metric=lambda x, x_T: 0.0)

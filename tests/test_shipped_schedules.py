@@ -97,14 +97,14 @@ def _check_learned_timesteps(path):
     """A learned-timesteps file keeps every decision of its solver's preset and moves only the inner times."""
     import numpy as np
 
-    from omsjax import presets, schedules
+    from omsjax import noise, presets
 
     text = path.read_text()
     meta = json.loads(text)["metadata"]
     report = json.loads((STEPS_DIR / f"{path.stem}.report.json").read_text())
     sched = Schedule.from_json(text, num_models=4)
     kind, kw = presets.NAMED[meta["solver"]]
-    base = presets.preset(kind, schedules.vp_linear(), meta["nfe"], model=report["model"], **kw)
+    base = presets.preset(kind, noise.vp_linear(), meta["nfe"], model=report["model"], **kw)
     for field in ("model", "order", "prediction", "start", "d1_points", "relax_type", "corrector", "afs"):
         np.testing.assert_array_equal(np.asarray(getattr(sched, field)), np.asarray(getattr(base, field)))
     ts = np.asarray(sched.ts, np.float64)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import metrics, nets, presets, sampler, schedules, train, zoo
+from omsjax import metrics, nets, noise, presets, sampler, train, zoo
 from omsjax.paths import checkpoints_dir
 
 
@@ -22,7 +22,7 @@ def test_manifest_describes_at_least_four_models_spanning_8x(shipped):
     assert len(models) >= 4
     counts = [m["param_count"] for m in manifest["models"]]
     assert counts == sorted(counts) and counts[-1] >= 8 * counts[0]
-    assert isinstance(ns, schedules.VPLinear) and manifest["image_shape"] == [8, 8, 1]
+    assert isinstance(ns, noise.VPLinear) and manifest["image_shape"] == [8, 8, 1]
     assert len(manifest["data_mean"]) == 8
     for model, entry in zip(models, manifest["models"], strict=True):
         cfg = train.TrainConfig.from_dict(entry["config"])
@@ -55,8 +55,8 @@ def test_restore_into_an_abstract_shape_is_bit_exact(shipped):
 def test_every_shipped_model_makes_digits(shipped):
     models, ns, manifest = shipped
     mean = jnp.asarray(np.asarray(manifest["data_mean"], np.float32))
-    noise = np.clip(np.random.default_rng(0).standard_normal((200, 8, 8, 1)), -1, 1).astype(np.float32)
-    fd_noise = metrics.fd(noise)
+    white = np.clip(np.random.default_rng(0).standard_normal((200, 8, 8, 1)), -1, 1).astype(np.float32)
+    fd_noise = metrics.fd(white)
     for k in range(len(models)):
         x = sampler.generate(models, ns, presets.dpm_solver_pp(ns, 10, 2, model=k), 200, (8, 8, 1), data_mean=mean)
         assert x.dtype == np.float32 and np.all(np.isfinite(x))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import nets, oracles, presets, schedules, stages
+from omsjax import nets, noise, oracles, presets, stages
 from omsjax import train as train_mod
 from omsjax.stages import clustering, training
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 KEY = jax.random.PRNGKey(0)
 
 # One small network for every network test, so that they share compiled programs.

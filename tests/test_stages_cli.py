@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omsjax import cli, data, nets, schedules, stages, train, zoo
+from omsjax import cli, data, nets, noise, stages, train, zoo
 from omsjax.cli.train_cmd import train_config
 
-NS = schedules.vp_linear()
+NS = noise.vp_linear()
 # One tiny multi-stage network for every test here (8x8 digits; GroupNorm's 8 groups need widths of 8).
 CONFIG_ARGV = ["--boundaries", "0.41", "0.64", "--decoders", "16", "8", "8", "--encoder", "8", "--channel-mults", "1",
                "--steps", "4", "--warmup", "0", "--batch-size", "16"]  # fmt: skip
@@ -166,7 +166,7 @@ def test_multistage_zoo_member(tmp_path, trained):
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     entry = manifest["models"][0]
     assert entry["kind"] == "multistage" and entry["train_steps"] == 4
-    assert schedules.to_dict(ns) == schedules.to_dict(NS)
+    assert noise.to_dict(ns) == noise.to_dict(NS)
     assert stages.StageTrainConfig.from_dict(entry["config"]) == cfg
     assert len(entry["latency_ms_per_stage"]) == 3 and entry["latency_ms"] == pytest.approx(
         np.mean(entry["latency_ms_per_stage"])

@@ -13,12 +13,12 @@ import scipy.integrate
 import scipy.special
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing
+from omsjax import noise, oracles, presets, spacing
 from omsjax import timesteps as T
 from omsjax.workflows import timesteps_run
 
-VP = schedules.vp_linear()
-EDM = schedules.edm()
+VP = noise.vp_linear()
+EDM = noise.edm()
 D, M, S = 4, 0.3, 0.5  # Gaussian data N(M, S^2 I) in D dimensions
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing, usf
+from omsjax import noise, oracles, presets, spacing, usf
 
 # --------------------------------------------------------------------------------------------------
 # Noise schedule: continuous linear VP, beta in [0.1, 20] (DPM-Solver's NoiseScheduleVP('linear')), in numpy.
@@ -308,7 +308,7 @@ def env():
     weights = rng.rand(k) + 0.5
     weights /= weights.sum()
     x_T = rng.randn(8, d)
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gmm = oracles.GaussianMixture.create(means, stds, weights)
     model = gmm.model(ns)
     f = NumpyGMM(means, stds, weights)

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax.models import Model
+from omsjax.noise import NoiseSchedule
 from omsjax.schedule import AFS_MEAN_X0, Schedule, check_schedule, is_traced
-from omsjax.schedules import NoiseSchedule
 
 __all__ = [
     "check_noise_schedule",
@@ -30,7 +30,7 @@ THRESHOLDING_DEFAULT = (0.995, 1.0)  # DPM-Solver's dynamic_thresholding_ratio a
 
 
 def check_noise_schedule(noise_schedule) -> None:
-    """`noise_schedule` must be an `omsjax.schedules.NoiseSchedule`."""
+    """`noise_schedule` must be an `omsjax.noise.NoiseSchedule`."""
     if not isinstance(noise_schedule, NoiseSchedule):
         raise ValueError(f"noise_schedule must be an omsjax noise schedule, got {type(noise_schedule).__name__}")
 

@@ -29,10 +29,10 @@ def cmd_gmm(args) -> int:
     import numpy as np
 
     import omsjax
-    from omsjax import oracles, schedules
+    from omsjax import noise, oracles
     from omsjax.spacing import time_steps
 
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     gmm = _default_gmm()
     model = gmm.model(ns)
     x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.batch, gmm.means.shape[1]), jnp.float64)

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
+from omsjax.noise import NoiseSchedule
 from omsjax.schedule import AFS_NONE, Schedule, check_schedule
-from omsjax.schedules import NoiseSchedule
 from omsjax.search.space import SearchSpace
 from omsjax.spacing import times
 

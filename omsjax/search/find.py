@@ -48,9 +48,9 @@ import numpy as np
 
 from omsjax import files, metrics
 from omsjax.models import Model, as_zoo
+from omsjax.noise import NoiseSchedule
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
-from omsjax.schedules import NoiseSchedule
 from omsjax.search import baselines, final, ga, loop
 from omsjax.search.archive import Archive
 from omsjax.search.evaluate import Evaluator

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import presets, usf
+from omsjax.noise import NoiseSchedule
 from omsjax.schedule import AFS_NONE, Schedule, check_schedule
-from omsjax.schedules import NoiseSchedule
 from omsjax.search.encoding import Genome
 from omsjax.search.space import SearchSpace
 from omsjax.spacing import SPACINGS, U_BOUND, coordinate

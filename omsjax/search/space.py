@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from omsjax import usf
-from omsjax.schedules import NoiseSchedule
+from omsjax.noise import NoiseSchedule
 from omsjax.spacing import SPACINGS
 
 __all__ = ["MODES", "BASE_SOLVERS", "SearchSpace", "default_guidance_choices"]

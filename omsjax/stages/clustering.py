@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import schedules
+from omsjax import noise
 from omsjax.checks import is_int as _is_int
 from omsjax.checks import is_real as _is_real
+from omsjax.noise import NoiseSchedule
 from omsjax.oracles import EmpiricalDenoiser
-from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import time_steps
 
 __all__ = [
@@ -320,7 +320,7 @@ def clustering_report(
     batch_size: int = 256,
 ) -> dict:
     """Timestep clustering of a data set [n, ...] with its own `EmpiricalDenoiser` on the continuous linear VP schedule
-    (`schedules.vp_linear()`), as a JSON-friendly dict.
+    (`noise.vp_linear()`), as a JSON-friendly dict.
 
     The similarity matrix (`similarity_matrix`, x0 uniform over `data`, key PRNGKey(seed), in data's dtype) over the
     grid of `grid_size` times linspace(1e-3, 1, G) (grid[0], the samplers' end time, stands for t ~ 0), then:
@@ -339,7 +339,7 @@ def clustering_report(
     if not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     data = jnp.asarray(data)
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     grid = np.linspace(ns.default_t_end, ns.t_max, int(grid_size))
     t0 = time.perf_counter()
     sim = similarity_matrix(
@@ -360,7 +360,7 @@ def clustering_report(
         threshold, threshold_error = None, str(e)
     part = partition(sim, int(num_stages), grid)
     return {
-        "schedule": schedules.to_dict(ns),
+        "schedule": noise.to_dict(ns),
         "num_data": int(data.shape[0]),
         "dtype": str(data.dtype),
         "grid": grid.tolist(),

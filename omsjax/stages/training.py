@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from omsjax import files, schedules
+from omsjax import files, noise
 from omsjax import train as _train
 from omsjax.checks import is_int as _is_int
 from omsjax.stages.checkpoints import save_checkpoint
@@ -129,7 +129,7 @@ def loss_fn(
     edges = jnp.asarray(config.edges, _DTYPE)
     t = jax.random.uniform(k_t, (b,), _DTYPE, minval=edges[stage], maxval=edges[stage + 1])
     eps = jax.random.normal(k_eps, batch.shape, _DTYPE)
-    ns = schedules.vp_linear()
+    ns = noise.vp_linear()
     shape = (b,) + (1,) * (batch.ndim - 1)
     x = jnp.exp(ns.log_alpha(t)).reshape(shape) * batch + ns.sigma(t).reshape(shape) * eps
     if _is_int(stage):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax.models import Model
-from omsjax.schedules import NoiseSchedule
+from omsjax.noise import NoiseSchedule
 from omsjax.timesteps.bound import check_data, data_prediction
 
 __all__ = ["ays_table", "ays_bound", "ays_schedule"]

@@ -48,7 +48,7 @@ import optax
 
 from omsjax import optim
 from omsjax.models import Model, to_eps_x0
-from omsjax.schedules import NoiseSchedule
+from omsjax.noise import NoiseSchedule
 from omsjax.spacing import logits, times
 from omsjax.timesteps.result import FitResult, check_fit
 

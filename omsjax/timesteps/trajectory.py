@@ -27,9 +27,9 @@ import optax
 from omsjax import optim
 from omsjax.checks import check_inputs
 from omsjax.models import as_zoo
+from omsjax.noise import NoiseSchedule
 from omsjax.sampler import sample
 from omsjax.schedule import Schedule
-from omsjax.schedules import NoiseSchedule
 from omsjax.spacing import logits, times
 from omsjax.timesteps.result import FitResult, check_fit
 

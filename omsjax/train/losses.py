@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from omsjax import checks, nets, schedules
+from omsjax import checks, nets, noise
 from omsjax.precond import SIGMA_DATA, T_EPS, VE_SIGMA_MAX, VE_SIGMA_MIN, base_of, loss_weight, precondition
 from omsjax.train.config import DTYPE, TrainConfig
 
@@ -26,7 +26,7 @@ __all__ = ["P_MEAN", "P_STD", "clamp_cap", "loss_fn"]
 P_MEAN = -1.2
 P_STD = 1.2
 
-_VP = schedules.vp_linear()
+_VP = noise.vp_linear()
 
 
 def clamp_cap(step, warmup: int) -> jax.Array:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from omsjax import nets, schedules
+from omsjax import nets, noise
 from omsjax.models import Model
 from omsjax.zoo.latency import measure_latency
 
@@ -52,7 +52,7 @@ class Recipe:
     config_class: type
     to_model: Callable[..., Model]
     init_params: Callable[..., Any]
-    noise_schedule: Callable[[Any], schedules.NoiseSchedule]
+    noise_schedule: Callable[[Any], noise.NoiseSchedule]
     latency_times: Callable[[Any], list[float] | None]
     entry_fields: Callable[[Any, Any], dict]
     describe: Callable[[Any], str]
@@ -88,7 +88,7 @@ def _multistage_recipe(stages) -> Recipe:
         config_class=stages.StageTrainConfig,
         to_model=lambda cfg, params, latency, name: stages.to_model(cfg, params, latency=latency, name=name),
         init_params=lambda cfg, key, shape: stages.init_params(cfg.net, key, shape),
-        noise_schedule=lambda cfg: schedules.vp_linear(),
+        noise_schedule=lambda cfg: noise.vp_linear(),
         latency_times=_stage_times,
         entry_fields=lambda cfg, params: {
             "active_params": [stages.active_params(params, k) for k in range(cfg.net.num_stages)]

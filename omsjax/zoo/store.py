@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import files, nets, schedules, train
+from omsjax import files, nets, noise, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
 from omsjax.zoo.latency import machine_name
@@ -55,7 +55,7 @@ def add_member(
     zoo_dir = Path(zoo_dir)
     zoo_dir.mkdir(parents=True, exist_ok=True)
     path = zoo_dir / "manifest.json"
-    ns = schedules.to_dict(rec.noise_schedule(config))
+    ns = noise.to_dict(rec.noise_schedule(config))
     if path.exists():
         manifest = read_manifest(zoo_dir)
     else:
@@ -102,7 +102,7 @@ def check_member(zoo_dir, name: str, config: Any) -> None:
 
 def _check_fits(manifest: dict, name: str, config: Any) -> None:
     rec = recipe(kind_of(config))
-    ns = schedules.to_dict(rec.noise_schedule(config))
+    ns = noise.to_dict(rec.noise_schedule(config))
     if list(config.image_shape) != manifest["image_shape"]:
         raise ValueError(f"member {name!r} has image shape {config.image_shape}, the zoo {manifest['image_shape']}")
     others = {_entry_classes(m) for m in manifest["models"] if m.get("name") != name}
@@ -126,7 +126,7 @@ def load_zoo(path=DEFAULT_ZOO):
     manifest = read_manifest(zoo_dir)
     where = zoo_dir / "manifest.json"
     try:
-        ns = schedules.from_dict(manifest["noise_schedule"])
+        ns = noise.from_dict(manifest["noise_schedule"])
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{where}: field 'noise_schedule' is not a noise schedule: {e}") from None
     image_shape = tuple(manifest["image_shape"])

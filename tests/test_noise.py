@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import omsjax
-from omsjax import oracles, presets, schedules, spacing
+from omsjax import noise, oracles, presets, spacing
 
-ALL = [schedules.vp_linear(), schedules.vp_cosine(), schedules.vp_discrete(), schedules.edm(), schedules.flow()]
+ALL = [noise.vp_linear(), noise.vp_cosine(), noise.vp_discrete(), noise.edm(), noise.flow()]
 
 
 @pytest.mark.parametrize("ns", ALL, ids=lambda ns: ns.kind)
@@ -26,7 +26,7 @@ def test_lambda_round_trip(ns):
 
 
 def test_vp_linear_closed_form():
-    ns = schedules.vp_linear(0.1, 20.0)
+    ns = noise.vp_linear(0.1, 20.0)
     t = np.linspace(1e-3, 1, 50)
     la = -0.25 * t**2 * 19.9 - 0.5 * t * 0.1
     np.testing.assert_allclose(ns.log_alpha(t), la, rtol=1e-15)
@@ -35,7 +35,7 @@ def test_vp_linear_closed_form():
 
 
 def test_vp_cosine_closed_form():
-    ns = schedules.vp_cosine()
+    ns = noise.vp_cosine()
     t = np.linspace(0.05, 0.99, 50)  # where the naive formula is accurate
     s = 0.008
     la = np.log(np.cos((t + s) / (1 + s) * math.pi / 2)) - np.log(np.cos(s / (1 + s) * math.pi / 2))
@@ -44,7 +44,7 @@ def test_vp_cosine_closed_form():
 
 def test_vp_discrete_matches_ddpm_betas():
     betas = np.linspace(1e-4, 0.02, 1000)
-    ns = schedules.vp_discrete(betas)
+    ns = noise.vp_discrete(betas)
     la = 0.5 * np.cumsum(np.log1p(-betas))
     n = np.arange(1000)
     np.testing.assert_allclose(ns.log_alpha((n + 1) / 1000), la, rtol=1e-13)
@@ -56,12 +56,12 @@ def test_vp_discrete_matches_ddpm_betas():
     ts = np.arange(1001) / 1000
     ab = np.cos((ts + 0.008) / 1.008 * math.pi / 2) ** 2
     cos_betas = np.clip(1 - ab[1:] / ab[:-1], 0, 0.999)
-    ns_cos = schedules.vp_discrete(cos_betas)
+    ns_cos = noise.vp_discrete(cos_betas)
     assert ns_cos.t_max < 1.0 and ns_cos.lam(ns_cos.t_max) >= -5.1
 
 
 def test_edm():
-    ns = schedules.edm()
+    ns = noise.edm()
     t = np.geomspace(0.002, 80, 20)
     np.testing.assert_allclose(ns.sigma(t), t, rtol=1e-15)
     np.testing.assert_allclose(ns.alpha(t), 1.0)
@@ -87,7 +87,7 @@ def test_spacings(ns, skip):
 
 
 def test_karras_on_edm_is_the_published_formula():
-    ns = schedules.edm()
+    ns = noise.edm()
     n = 18
     i = np.arange(n + 1)
     ref = (80 ** (1 / 7) + i / n * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
@@ -96,47 +96,47 @@ def test_karras_on_edm_is_the_published_formula():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="beta_min < beta_max"):
-        schedules.vp_linear(1.0, 0.5)
+        noise.vp_linear(1.0, 0.5)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
-        schedules.edm(1.0, 0.5)
+        noise.edm(1.0, 0.5)
     with pytest.raises(ValueError, match="every beta in"):
-        schedules.vp_discrete(np.array([0.1, 1.5]))
+        noise.vp_discrete(np.array([0.1, 1.5]))
     with pytest.raises(ValueError, match="integer number of steps"):
-        spacing.time_steps(schedules.vp_linear(), 0)
+        spacing.time_steps(noise.vp_linear(), 0)
     with pytest.raises(ValueError, match="t_end < t_start"):
-        spacing.time_steps(schedules.vp_linear(), 4, t_end=0.5, t_start=0.2)
+        spacing.time_steps(noise.vp_linear(), 4, t_end=0.5, t_start=0.2)
     with pytest.raises(ValueError, match="unknown skip"):
-        spacing.time_steps(schedules.vp_linear(), 4, "uniform")
+        spacing.time_steps(noise.vp_linear(), 4, "uniform")
 
 
 @pytest.mark.parametrize(
     "ns",
-    [schedules.vp_linear(0.2, 10.0), schedules.vp_cosine(), schedules.edm(0.01, 50.0), schedules.flow(0.01, 0.99)],
+    [noise.vp_linear(0.2, 10.0), noise.vp_cosine(), noise.edm(0.01, 50.0), noise.flow(0.01, 0.99)],
     ids=lambda ns: ns.kind,
 )
 def test_dict_round_trip(ns):
-    back = schedules.from_dict(schedules.to_dict(ns))
-    assert type(back) is type(ns) and schedules.to_dict(back) == schedules.to_dict(ns)
+    back = noise.from_dict(noise.to_dict(ns))
+    assert type(back) is type(ns) and noise.to_dict(back) == noise.to_dict(ns)
     t = np.linspace(ns.default_t_end, ns.t_max, 7)
     np.testing.assert_array_equal(back.lam(t), ns.lam(t))
 
 
 def test_dict_errors():
     with pytest.raises(ValueError, match="unknown noise schedule kind"):
-        schedules.from_dict({"kind": "ve"})
+        noise.from_dict({"kind": "ve"})
     with pytest.raises(ValueError, match="needs a 'kind'"):
-        schedules.from_dict({"beta_min": 0.1})
+        noise.from_dict({"beta_min": 0.1})
     with pytest.raises(ValueError, match="bad arguments"):
-        schedules.from_dict({"kind": "vp_linear", "beta": 3})
+        noise.from_dict({"kind": "vp_linear", "beta": 3})
     with pytest.raises(ValueError, match="betas"):
-        schedules.to_dict(schedules.vp_discrete())
+        noise.to_dict(noise.vp_discrete())
 
 
 # --- rectified flow ----------------------------------------------------------------------------------------------
 
 
 def test_flow_closed_form():
-    ns = schedules.flow()
+    ns = noise.flow()
     assert (ns.kind, ns.t_min, ns.t_max, ns.default_t_end) == ("flow", 1e-3, 0.999, 1e-3)
     t = np.concatenate([np.geomspace(1e-3, 0.5, 40), 1 - np.geomspace(0.5, 1e-3, 40)[1:]])
     for tt in (t, jnp.asarray(t)):
@@ -154,7 +154,7 @@ def test_flow_closed_form():
 
 
 def test_flow_t_of_lambda_is_stable_and_jits():
-    ns = schedules.flow()
+    ns = noise.flow()
     lam = np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0])
     np.testing.assert_allclose(ns.t_of_lambda(lam[1:-1]), 1 / (1 + np.exp(lam[1:-1])), rtol=1e-15, atol=0)
     assert ns.t_of_lambda(lam)[-1] == 0.0 and ns.t_of_lambda(lam)[0] == 1.0  # no overflow to NaN
@@ -169,21 +169,21 @@ def test_flow_t_of_lambda_is_stable_and_jits():
 
 def test_flow_bad_arguments():
     with pytest.raises(ValueError, match="0 < t_min < 1"):
-        schedules.flow(0.0, 0.5)
+        noise.flow(0.0, 0.5)
     with pytest.raises(ValueError, match="0 < t_min < 1"):
-        schedules.flow(float("nan"), 0.5)
+        noise.flow(float("nan"), 0.5)
     with pytest.raises(ValueError, match=r"0 < t_max < 1 \(at t = 1 alpha = 0"):
-        schedules.flow(1e-3, 1.0)
+        noise.flow(1e-3, 1.0)
     with pytest.raises(ValueError, match="t_min < t_max"):
-        schedules.flow(0.5, 0.1)
+        noise.flow(0.5, 0.1)
     with pytest.raises(ValueError, match="t_max"):
-        schedules.from_dict({"kind": "flow", "t_min": 1e-3, "t_max": 1.0})
+        noise.from_dict({"kind": "flow", "t_min": 1e-3, "t_max": 1.0})
     with pytest.raises(ValueError, match="bad arguments for noise schedule 'flow'"):
-        schedules.from_dict({"kind": "flow", "sigma_max": 3.0})
-    d = schedules.to_dict(schedules.flow(0.01, 0.9))
+        noise.from_dict({"kind": "flow", "sigma_max": 3.0})
+    d = noise.to_dict(noise.flow(0.01, 0.9))
     assert d == {"kind": "flow", "t_min": 0.01, "t_max": 0.9}
-    back = schedules.from_dict(d)
-    assert isinstance(back, schedules.Flow) and back.default_t_end == 0.01
+    back = noise.from_dict(d)
+    assert isinstance(back, noise.Flow) and back.default_t_end == 0.01
 
 
 def test_samplers_converge_on_flow():
@@ -191,7 +191,7 @@ def test_samplers_converge_on_flow():
     DDIM at order 1 against the Dopri8 solution of the probability-flow ODE of an exact Gaussian mixture."""
     rng = np.random.RandomState(0)
     gmm = oracles.GaussianMixture.create(rng.randn(3, 3), 0.2 + 0.3 * rng.rand(3), np.full(3, 1.0 / 3))
-    ns = schedules.flow()
+    ns = noise.flow()
     x_T = jnp.asarray(rng.randn(4, 3))
     ref = oracles.reference_solution(
         lambda x, t: gmm.eps(ns, x, t), ns, x_T, ns.t_max, ns.default_t_end, rtol=1e-10, atol=1e-10
@@ -221,8 +221,8 @@ def _cosine_betas():
 
 @pytest.mark.parametrize("betas", [np.linspace(1e-4, 0.02, 1000), _cosine_betas()], ids=["linear", "cosine"])
 def test_vp_discrete_alphas_cumprod_equals_betas(betas):
-    from_betas = schedules.vp_discrete(betas)
-    from_ac = schedules.vp_discrete(alphas_cumprod=np.cumprod(1 - betas))
+    from_betas = noise.vp_discrete(betas)
+    from_ac = noise.vp_discrete(alphas_cumprod=np.cumprod(1 - betas))
     assert (from_ac.num_train_steps, from_ac.t_min, from_ac.t_max, from_ac.default_t_end) == (
         from_betas.num_train_steps, from_betas.t_min, from_betas.t_max, from_betas.default_t_end)  # fmt: skip
     np.testing.assert_array_equal(from_ac.t_knots, from_betas.t_knots)
@@ -235,13 +235,13 @@ def test_vp_discrete_alphas_cumprod_equals_betas(betas):
 def test_vp_discrete_alphas_cumprod_errors():
     ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 10))
     with pytest.raises(ValueError, match="betas or alphas_cumprod, not both"):
-        schedules.vp_discrete(np.linspace(1e-4, 0.02, 10), alphas_cumprod=ac)
+        noise.vp_discrete(np.linspace(1e-4, 0.02, 10), alphas_cumprod=ac)
     with pytest.raises(ValueError, match="1-D array of at least 2 alphas_cumprod"):
-        schedules.vp_discrete(alphas_cumprod=ac[None])
+        noise.vp_discrete(alphas_cumprod=ac[None])
     with pytest.raises(ValueError, match=r"every alphas_cumprod in \(0, 1\)"):
-        schedules.vp_discrete(alphas_cumprod=np.array([1.0, 0.5]))
+        noise.vp_discrete(alphas_cumprod=np.array([1.0, 0.5]))
     with pytest.raises(ValueError, match=r"alphas_cumprod\[3\] = 0.5 >= alphas_cumprod\[2\] = 0.5"):
-        schedules.vp_discrete(alphas_cumprod=np.array([0.9, 0.7, 0.5, 0.5, 0.1]))
+        noise.vp_discrete(alphas_cumprod=np.array([0.9, 0.7, 0.5, 0.5, 0.1]))
 
 
 # --- EDM / Karras sigmas on any noise schedule -------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_karras_sigmas():
     np.testing.assert_allclose(sig, kd[:-1], rtol=1e-13)
     np.testing.assert_allclose(sig[[0, -1]], kd[[0, -2]], rtol=1e-13)
     # the same levels as the karras spacing of time_steps on edm (n - 1 steps)
-    np.testing.assert_allclose(spacing.time_steps(schedules.edm(s_min, s_max), n - 1, "karras"), sig, rtol=1e-14)
+    np.testing.assert_allclose(spacing.time_steps(noise.edm(s_min, s_max), n - 1, "karras"), sig, rtol=1e-14)
     np.testing.assert_allclose(spacing.karras_sigmas(2, 0.1, 10.0, rho=1.0), [10.0, 0.1])
 
 
@@ -284,10 +284,10 @@ def _vp_linear_edm_sigma(t, b0=0.1, b1=20.0):
 
 # noise schedule -> its edm_sigma(t) = sigma_t / alpha_t written out independently
 EDM_SIGMA = {
-    "edm": (schedules.edm(), lambda t: t),
-    "vp_linear": (schedules.vp_linear(), _vp_linear_edm_sigma),
-    "flow": (schedules.flow(), lambda t: t / (1 - t)),
-    "vp_discrete": (schedules.vp_discrete(), None),
+    "edm": (noise.edm(), lambda t: t),
+    "vp_linear": (noise.vp_linear(), _vp_linear_edm_sigma),
+    "flow": (noise.flow(), lambda t: t / (1 - t)),
+    "vp_discrete": (noise.vp_discrete(), None),
 }
 
 
@@ -311,7 +311,7 @@ def test_times_from_sigmas(kind):
 
 
 def test_times_from_sigmas_errors():
-    edm, vp, fl = schedules.edm(), schedules.vp_linear(), schedules.flow()
+    edm, vp, fl = noise.edm(), noise.vp_linear(), noise.flow()
     with pytest.raises(ValueError, match=r"sigmas\[4\] = 0.001 is outside the edm noise schedule's range"):
         spacing.times_from_sigmas(edm, spacing.karras_sigmas(5, 0.001, 80.0))
     with pytest.raises(ValueError, match=r"sigmas\[0\] = 1000.0 is outside the vp_linear noise schedule's range"):
@@ -320,7 +320,7 @@ def test_times_from_sigmas_errors():
         spacing.times_from_sigmas(fl, [1000.0, 1.0])
     # vp_discrete's inverse clamps outside its knots; the error still names the sigma (its sigma_min is ~0.01)
     with pytest.raises(ValueError, match=r"sigmas\[2\] = 0.002 is outside the vp_discrete"):
-        spacing.times_from_sigmas(schedules.vp_discrete(), [80.0, 1.0, 0.002])
+        spacing.times_from_sigmas(noise.vp_discrete(), [80.0, 1.0, 0.002])
     with pytest.raises(ValueError, match=r"finite positive sigmas, got sigmas\[1\] = nan"):
         spacing.times_from_sigmas(edm, [5.0, math.nan, 1.0])
     with pytest.raises(ValueError, match=r"finite positive sigmas, got sigmas\[2\] = -1.0"):
@@ -336,8 +336,8 @@ def test_times_from_sigmas_errors():
 
 @pytest.mark.parametrize(
     "make,default",
-    [(schedules.vp_linear, "logSNR"), (schedules.vp_cosine, "logSNR"), (schedules.vp_discrete, "logSNR"),
-     (schedules.edm, "karras"), (schedules.flow, "time_uniform")],
+    [(noise.vp_linear, "logSNR"), (noise.vp_cosine, "logSNR"), (noise.vp_discrete, "logSNR"),
+     (noise.edm, "karras"), (noise.flow, "time_uniform")],
 )  # fmt: skip
 def test_presets_without_skip_step_at_the_noise_schedules_default_spacing(make, default):
     from omsjax import presets
@@ -347,7 +347,7 @@ def test_presets_without_skip_step_at_the_noise_schedules_default_spacing(make, 
     ns = make()
     assert ns.default_spacing == default
     if ns.kind != "vp_discrete":  # stored with its betas, not as a dict
-        assert schedules.from_dict(schedules.to_dict(ns)).default_spacing == default
+        assert noise.from_dict(noise.to_dict(ns)).default_spacing == default
     for name in presets.NAMED:
         assert presets.named(name, ns, 6).to_json() == presets.named(name, ns, 6, skip=default).to_json(), name
     assert SearchSpace.for_noise_schedule(ns, num_positions=5, latencies=(1.0,), nfe=4).spacing == default
