@@ -33,6 +33,7 @@ __all__ = [
     "flow",
     "to_dict",
     "from_dict",
+    "time_range",
 ]
 
 
@@ -350,6 +351,22 @@ def flow(t_min: float = 1e-3, t_max: float = 0.999) -> Flow:
     if not t_min < t_max:
         raise ValueError(f"flow needs t_min < t_max, got {t_min=}, {t_max=}")
     return Flow(t_max=t_max, t_min=t_min, default_t_end=t_min)
+
+
+def time_range(noise_schedule: NoiseSchedule, t_start=None, t_end=None, *, who: str, hint: str = ""):
+    """(t_start, t_end) as floats, None read as the noise schedule's t_max and default_t_end, checked against it:
+    t_min <= t_end < t_start <= t_max (t_max with a relative 1e-12 of float rounding). The one check of a time
+    range, for `spacing.time_steps`, `find_schedule` and `SearchSpace`; the ValueError starts with `who`, names
+    the schedule's bounds and both times, and ends with `hint`."""
+    ns = noise_schedule
+    hi = float(ns.t_max if t_start is None else t_start)
+    lo = float(ns.default_t_end if t_end is None else t_end)
+    if not float(ns.t_min) <= lo < hi <= float(ns.t_max) * (1 + 1e-12):
+        raise ValueError(
+            f"{who}: need t_min = {float(ns.t_min):g} <= t_end < t_start <= t_max = {float(ns.t_max):g} "
+            f"({type(ns).__name__}), got t_start = {hi:g}, t_end = {lo:g}{hint}"
+        )
+    return hi, lo
 
 
 def to_dict(noise_schedule: NoiseSchedule) -> dict:

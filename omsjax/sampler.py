@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax.checks import (
+    check_batch,
     check_conditioning,
     check_inputs,
     check_noise_schedule,
@@ -140,17 +141,13 @@ def sample_many(
         return Schedule(**{f: (v if f in shared else v[c]) for f, v in schedules._asdict().items()})
 
     if not is_traced(schedules):
-        for c in range(num):
-            try:
-                check_inputs(zoo, noise_schedule, candidate(c), x_T, data_mean, cond, uncond)
-            except ValueError as e:
-                raise ValueError(f"candidate {c}: {e}") from None
+        check_batch(zoo, noise_schedule, [candidate(c) for c in range(num)], x_T, data_mean, cond, uncond)
         for name in ("model", "afs", "guidance"):
             v = np.asarray(getattr(schedules, name))
             if name not in shared and np.all(v == v[:1]):
                 schedules, shared = schedules._replace(**{name: getattr(schedules, name)[0]}), shared | {name}
-    else:
-        check_inputs(zoo, noise_schedule, candidate(0), x_T, data_mean, cond, uncond)
+    else:  # the search's chunks arrive here traced, checked on the host by `sample_candidates` (`check_batch`)
+        check_batch(zoo, noise_schedule, [candidate(0)], x_T, data_mean, cond, uncond)
 
     thr = thresholding_option(thresholding)
 

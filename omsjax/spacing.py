@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
+from omsjax.noise import NoiseSchedule, time_range
 from omsjax.schedule import time_bounds
-
-if TYPE_CHECKING:
-    from omsjax.noise import NoiseSchedule
 
 __all__ = [
     "SPACINGS",
@@ -67,13 +64,7 @@ def time_steps(
         raise ValueError(f"time_steps needs an integer number of steps n >= 1, got {n!r}")
     if skip is None:
         skip = noise_schedule.default_spacing
-    t_start = float(noise_schedule.t_max if t_start is None else t_start)
-    t_end = float(noise_schedule.default_t_end if t_end is None else t_end)
-    if not (noise_schedule.t_min <= t_end < t_start <= noise_schedule.t_max * (1 + 1e-12)):
-        raise ValueError(
-            f"time_steps needs t_min={noise_schedule.t_min} <= t_end < t_start <= T={noise_schedule.t_max}, "
-            f"got t_start={t_start}, t_end={t_end}"
-        )
+    t_start, t_end = time_range(noise_schedule, t_start, t_end, who="time_steps")
     if skip == "logSNR":
         lam = np.linspace(noise_schedule.lam(t_start), noise_schedule.lam(t_end), n + 1)
         ts = np.asarray(noise_schedule.t_of_lambda(lam), dtype=np.float64)

@@ -173,8 +173,10 @@ def test_search_space_from_a_noise_schedule_and_the_evaluators_check():
     default = SearchSpace.for_nfe(4, (1.0,))
     assert (default.t_start, default.t_end) == (1.0, 1e-3)
     EV.Evaluator(MODEL, NS, default, metric=lambda x, x_T: 0.0)  # VP: the defaults fit
-    with pytest.raises(ValueError, match=r"SearchSpace.t_end = 0.001 is below the noise schedule's t_min = 0.002 "
-                                         r"\(EDM\); build it with SearchSpace.for_noise_schedule"):  # fmt: skip
+    edm_msg = (
+        r"SearchSpace: need t_min = 0.002 <= t_end < t_start <= t_max = 80 \(EDM\), got t_start = 1, t_end = 0.001"
+    )
+    with pytest.raises(ValueError, match=edm_msg + "; build it with SearchSpace.for_noise_schedule"):
         EV.Evaluator(model, edm, default, metric=lambda x, x_T: 0.0)
-    with pytest.raises(ValueError, match="SearchSpace.t_start = 1 is above the noise schedule's t_max = 0.9946"):
+    with pytest.raises(ValueError, match=r"t_max = 0.9946 \(VPCosine\), got t_start = 1, t_end = 0.001"):
         EV.Evaluator(MODEL, noise.vp_cosine(), default, metric=lambda x, x_T: 0.0)

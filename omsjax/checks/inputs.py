@@ -24,6 +24,7 @@ __all__ = [
     "check_guidance",
     "thresholding_option",
     "check_inputs",
+    "check_batch",
 ]
 
 THRESHOLDING_DEFAULT = (0.995, 1.0)  # DPM-Solver's dynamic_thresholding_ratio and thresholding_max_val
@@ -140,9 +141,14 @@ def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mea
     """Everything `sample` can check on the host: the noise schedule, x_T (`check_x_T`, `check_sample_shape`),
     a concrete data_mean (shape against a sample, finite), the conditioning (`check_conditioning`), and a concrete
     schedule (`check_schedule` on this zoo and noise schedule; a guidance scale other than 1 needs `uncond`)."""
+    check_batch(zoo, noise_schedule, [schedule], x_T, data_mean, cond, uncond, name=None)
+
+
+def check_batch(zoo, noise_schedule, schedules, x_T, data_mean, cond=None, uncond=None, *, name="candidate") -> None:
+    """`check_inputs` of several schedules sampled from the same x_T, data_mean and conditioning, in one place (what
+    `sample_many` and the search's `sample_candidates` run on the way in): the shared inputs once, then each
+    schedule; an error about schedule i starts "{name} i: " (None: one schedule, no prefix)."""
     check_noise_schedule(noise_schedule)
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
     check_x_T(x_T)
     check_sample_shape(zoo, x_T)
     if data_mean is not None and not is_traced(data_mean):
@@ -157,8 +163,16 @@ def check_inputs(zoo: tuple[Model, ...], noise_schedule, schedule, x_T, data_mea
         if bad:
             raise ValueError(f"data_mean has {bad} non-finite value(s) (NaN or inf)")
     check_conditioning(cond, uncond, x_T.shape[0])
-    if not is_traced(schedule):
-        check_schedule(schedule, len(zoo), noise_schedule)
-        if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
-            raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")
-        check_guidance(schedule, uncond)
+    for i, schedule in enumerate(schedules):
+        try:
+            if not isinstance(schedule, Schedule):
+                raise ValueError(f"schedule must be an omsjax.Schedule, got {type(schedule).__name__}")
+            if not is_traced(schedule):
+                check_schedule(schedule, len(zoo), noise_schedule)
+                if int(np.asarray(schedule.afs)) == AFS_MEAN_X0 and data_mean is None:
+                    raise ValueError("Schedule.afs is 2 (mean x0) but no data_mean was given to sample")
+                check_guidance(schedule, uncond)
+        except ValueError as e:
+            if name is None:
+                raise
+            raise ValueError(f"{name} {i}: {e}") from None

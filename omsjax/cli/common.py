@@ -25,6 +25,14 @@ def flags(args, names: str, **renamed: str) -> dict:
     return {**{n: getattr(args, n) for n in names.split()}, **{k: getattr(args, d) for k, d in renamed.items()}}
 
 
+def add_zoo_arg(p, model: str | None = None) -> None:
+    """The `--zoo` flag of every command that reads a zoo; with `model` (its help), also `--model K`, a zoo index
+    (default None: the command's choice, e.g. the largest model)."""
+    p.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    if model is not None:
+        p.add_argument("--model", type=int, default=None, help=model)
+
+
 def solver_schedule(name, ns, nfe, skip, model=0):
     """The named solver (a key of presets.NAMED) as a schedule, or None where it has no schedule at this NFE."""
     from omsjax import presets

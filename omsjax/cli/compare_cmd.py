@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from omsjax.cli.common import SOLVERS, solver_schedule, zoo_from_arg
+from omsjax.cli.common import SOLVERS, add_zoo_arg, solver_schedule, zoo_from_arg
 
 
 def cmd_compare(args) -> int:
@@ -73,8 +73,7 @@ def add_compare(sub) -> None:
     from omsjax.spacing import SPACINGS
 
     c = sub.add_parser("compare", help="FD of every preset solver at several NFEs on one zoo model (the main job)")
-    c.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
-    c.add_argument("--model", type=int, default=None, help="zoo index (default: the largest model)")
+    add_zoo_arg(c, model="zoo index (default: the largest model)")
     c.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     c.add_argument(
         "--solvers",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from omsjax.cli.common import IMAGE_SUFFIXES, check_out, zoo_from_arg
+from omsjax.cli.common import IMAGE_SUFFIXES, add_zoo_arg, check_out, zoo_from_arg
 
 
 def _schedule_from_args(args, ns, num_models):
@@ -161,7 +161,7 @@ def cmd_sample(args) -> int:
 def _add_schedule_args(p, num_samples):
     from omsjax.spacing import SPACINGS
 
-    p.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    add_zoo_arg(p)
     p.add_argument("--model", type=int, default=0, help="zoo index used at every step of a preset")
     p.add_argument("--solver", choices=["ddim", "dpm_solver", "dpm_solver_pp", "unipc"])
     p.add_argument("--order", type=int, default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from omsjax.cli.common import SOLVERS, check_out, flags
+from omsjax.cli.common import SOLVERS, add_zoo_arg, check_out, flags
 
 
 def cmd_optimize_steps(args) -> int:
@@ -38,8 +38,7 @@ def cmd_optimize_steps(args) -> int:
 def add_optimize_steps(sub) -> None:
     """The `omsjax optimize-steps` parser."""
     o = sub.add_parser("optimize-steps", help="learn a solver's timesteps (and fine-tune on them)")
-    o.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
-    o.add_argument("--model", type=int, default=None, help="zoo index (default: the largest)")
+    add_zoo_arg(o, model="zoo index (default: the largest)")
     o.add_argument("--solver", default="DDIM", choices=list(SOLVERS))
     o.add_argument("--nfe", type=int, required=True)
     o.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from omsjax.cli.common import check_out
+from omsjax.cli.common import add_zoo_arg, check_out
 
 # The search's sizes: the default (a first result in a few minutes on a 2-core CPU), `--thorough` (the S3 loop at
 # full size) and `--quick` (a smoke test). Any of these flags given on the command line overrides its preset value.
@@ -180,7 +180,7 @@ def add_search(sub) -> None:
     from omsjax.spacing import SPACINGS
 
     r = sub.add_parser("search", help="search a schedule (solver, model or joint) under an NFE or a time budget")
-    r.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    add_zoo_arg(r)
     r.add_argument(
         "--nfe",
         type=int,

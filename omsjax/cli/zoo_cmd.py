@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from omsjax.cli.common import add_zoo_arg
+
 
 def cmd_zoo(args) -> int:
     from omsjax import zoo
@@ -39,7 +41,7 @@ def cmd_zoo(args) -> int:
 def add_zoo(sub) -> None:
     """The `omsjax zoo` parser."""
     z = sub.add_parser("zoo", help="list a zoo's models (parameters, training steps, latency)")
-    z.add_argument("--zoo", default=None, help="zoo folder with manifest.json (default: the shipped digits zoo)")
+    add_zoo_arg(z)
     z.add_argument(
         "--remeasure-latency",
         action="store_true",

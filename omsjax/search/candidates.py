@@ -23,7 +23,7 @@ from omsjax import checks, sampler
 from omsjax.integrate import used_members
 from omsjax.models import Model, as_zoo
 from omsjax.options import SampleOptions
-from omsjax.schedule import Schedule, check_schedule, stack
+from omsjax.schedule import Schedule, stack
 
 __all__ = ["sample_candidates", "sample_jit"]
 
@@ -95,13 +95,7 @@ def sample_candidates(
         raise ValueError(f"method must be 'vmap' or 'map', got {method!r}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    checks.check_conditioning(cond, uncond, x_T.shape[0])
-    for i, s in enumerate(schedules):
-        try:
-            check_schedule(s, len(zoo))
-            checks.check_guidance(s, uncond)
-        except ValueError as e:
-            raise ValueError(f"candidate {i}: {e}") from None
+    checks.check_batch(zoo, noise_schedule, schedules, x_T, data_mean, cond, uncond)  # the one host check
     n = x_T.shape[0]
     if len(jax.devices()) > 1:
         zoo, noise_schedule, data_mean, x_T, cond, uncond = _spread(zoo, noise_schedule, data_mean, x_T, cond, uncond)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from omsjax.noise import time_range
 from omsjax.search import final, loop
 from omsjax.search.baselines import largest_nfe
 from omsjax.search.space import MODES, SearchSpace
@@ -142,7 +143,7 @@ def plan(
         )
     if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1):
         raise ValueError(f"nfe must be an int >= 1, got {nfe!r}")
-    _check_times(noise_schedule, options.t_start, options.t_end)
+    time_range(noise_schedule, options.t_start, options.t_end, who="find_schedule")
     lat = [float(v) for v in latencies]
     w, choices = float(options.guidance), options.guidance_choices
     calls = 1 if w == 1 else 2
@@ -183,14 +184,3 @@ def _budget(budget, least: float, what: str) -> float:
     if not (ok and math.isfinite(budget) and budget >= least):
         raise ValueError(f"budget must pay for at least one step of {what} ({least}), got {budget!r}")
     return float(budget)
-
-
-def _check_times(ns, t_start, t_end) -> None:
-    """`FindOptions.t_start` / `t_end` (None: the noise schedule's default) inside the noise schedule's range."""
-    lo = float(ns.default_t_end) if t_end is None else float(t_end)
-    hi = float(ns.t_max) if t_start is None else float(t_start)
-    if not float(ns.t_min) <= lo < hi <= float(ns.t_max):
-        raise ValueError(
-            f"find_schedule: need t_min = {float(ns.t_min):g} <= t_end < t_start <= t_max = "
-            f"{float(ns.t_max):g} ({type(ns).__name__}), got t_start = {hi:g}, t_end = {lo:g}"
-        )

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from omsjax import usf
-from omsjax.noise import NoiseSchedule
+from omsjax.noise import NoiseSchedule, time_range
 from omsjax.spacing import SPACINGS
 
 __all__ = ["MODES", "BASE_SOLVERS", "SearchSpace", "default_guidance_choices"]
@@ -169,19 +169,9 @@ class SearchSpace:
         return cls(**{**own, **kw})
 
     def check_times(self, noise_schedule: NoiseSchedule) -> None:
-        """Raise `ValueError` naming the field unless t_min <= t_end < t_start <= t_max of `noise_schedule`."""
-        ns, name = noise_schedule, type(noise_schedule).__name__
-        hint = "build it with SearchSpace.for_noise_schedule(ns, ...) or SearchSpace.for_nfe(..., noise_schedule=ns)"
-        if self.t_start > float(ns.t_max):
-            raise ValueError(
-                f"SearchSpace.t_start = {self.t_start:g} is above the noise schedule's t_max = "
-                f"{float(ns.t_max):g} ({name}); {hint}"
-            )
-        if self.t_end < float(ns.t_min):
-            raise ValueError(
-                f"SearchSpace.t_end = {self.t_end:g} is below the noise schedule's t_min = "
-                f"{float(ns.t_min):g} ({name}); {hint}"
-            )
+        """Raise `ValueError` unless t_min <= t_end < t_start <= t_max of `noise_schedule` (`noise.time_range`)."""
+        hint = "; build it with SearchSpace.for_noise_schedule(ns, ...) or SearchSpace.for_nfe(..., noise_schedule=ns)"
+        time_range(noise_schedule, self.t_start, self.t_end, who="SearchSpace", hint=hint)
 
 
 def _is_int(v) -> bool:
