@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_guidance as G
-from test_transcriptions import dpm_solver_pp_np
+import test_models_guidance as G
+from test_presets import dpm_solver_pp_np
 
 import omsjax
 from omsjax import noise, oracles, presets
@@ -219,7 +219,7 @@ def test_from_equinox_compiles_once_per_structure():
 
 
 class _CondEps(eqx.Module):
-    """test_guidance's conditional mixture, its exact eps as a conditional equinox module: `(x, t, cond)` for the
+    """test_models_guidance's conditional mixture, its exact eps as a conditional equinox module: `(x, t, cond)` for the
     batch (x [B, D], t [B], labels [B]) or for one sample."""
 
     cg: object

@@ -148,7 +148,7 @@ def test_precondition_edm_matches_reference_formulas():
 # ---------------------------------------------------------------------------------------------- training
 
 
-# EDM's preconditioning in the slow tier (its training steps run in test_fdm's fdm_edm too): about 8 s.
+# EDM's preconditioning in the slow tier (its training steps run in test_precond's fdm_edm too): about 8 s.
 @pytest.mark.parametrize("precond", ["vp", pytest.param("edm", marks=pytest.mark.slow)])
 def test_loss_decreases(tmp_path, precond):
     cfg = train.TrainConfig(net=NET, steps=150, precond=precond, batch_size=16, lr=3e-3, warmup=10)

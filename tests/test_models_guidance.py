@@ -1,5 +1,5 @@
 """Conditioning and classifier-free guidance: guided presets against the float64 transcriptions of
-test_transcriptions.py driven by an independent numpy guided eps, guidance as schedule data (JSON, checks, cost,
+test_presets.py driven by an independent numpy guided eps, guidance as schedule data (JSON, checks, cost,
 vmap, grad), and the sampler's conditioning arguments."""
 
 import dataclasses
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_transcriptions import NumpyGMM, alpha, ddim_np, dpm_solver_pp_np, sigma, unipc_np
+from test_presets import NumpyGMM, alpha, ddim_np, dpm_solver_pp_np, sigma, unipc_np
 
 import omsjax
 from omsjax import noise, oracles, presets

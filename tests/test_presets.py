@@ -300,7 +300,7 @@ def _rel(a, b):
 def env():
     rng = np.random.RandomState(20240607)
     # Our own mixture, with the shapes of the authors' reference data (4 components in 12-D, 8 samples;
-    # test_reference_data.py): `omsjax.sample` compiles one program per schedule length and shapes, and the session's
+    # test_presets_authors.py): `omsjax.sample` compiles one program per schedule length and shapes, and the session's
     # compilation cache (conftest.py) serves those of the lengths both files run.
     k, d = 4, 12
     means = 1.5 * rng.randn(k, d)
@@ -392,43 +392,48 @@ def test_transcriptions_match_authors_outputs():
 # --------------------------------------------------------------------------------------------------
 # Presets against the transcriptions.
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("skip", SKIPS)
-@pytest.mark.parametrize("nfe", NFES)
-def test_ddim(env, nfe, skip):
-    out = env["run"](presets.ddim(env["ns"], nfe, skip=skip))
-    rel = _rel(out, ddim_np(env["f"], env["x_T"], nfe, skip))
-    _record("ddim", rel)
-    assert rel <= 1e-10
+# One row per preset family, order and variant: (label, the library's preset, its numpy transcription, the NFEs).
+TRANSCRIBED = [
+    ("ddim", lambda ns, n, sk: presets.ddim(ns, n, skip=sk), ddim_np, NFES),
+    *[
+        (
+            f"dpm_solver o{o}",
+            lambda ns, n, sk, o=o: presets.dpm_solver(ns, n, o, skip=sk),
+            lambda f, x, n, sk, o=o: dpm_solver_np(f, x, n, o, sk),
+            NFES + (12,),
+        )
+        for o in (1, 2, 3)
+    ],
+    *[
+        (
+            f"dpm_solver_pp o{o}",
+            lambda ns, n, sk, o=o: presets.dpm_solver_pp(ns, n, o, skip=sk),
+            lambda f, x, n, sk, o=o: dpm_solver_pp_np(f, x, n, o, sk),
+            NFES + (12,),
+        )
+        for o in (1, 2, 3)
+    ],
+    *[
+        (
+            f"unipc o{o} {v}",
+            lambda ns, n, sk, o=o, v=v: presets.unipc(ns, n, o, variant=v, skip=sk),
+            lambda f, x, n, sk, o=o, v=v: unipc_np(f, x, n, o, v, sk),
+            NFES + (12,),
+        )
+        for o in (1, 2, 3)
+        for v in ("bh1", "bh2")
+    ],
+]
+CASES = [
+    (label, build, numpy, nfe, skip) for label, build, numpy, nfes in TRANSCRIBED for nfe in nfes for skip in SKIPS
+]
 
 
-@pytest.mark.parametrize("skip", SKIPS)
-@pytest.mark.parametrize("nfe", NFES + (12,))
-@pytest.mark.parametrize("order", (1, 2, 3))
-def test_dpm_solver_singlestep(env, order, nfe, skip):
-    out = env["run"](presets.dpm_solver(env["ns"], nfe, order, skip=skip))
-    rel = _rel(out, dpm_solver_np(env["f"], env["x_T"], nfe, order, skip))
-    _record(f"dpm_solver o{order}", rel)
-    assert rel <= 1e-10
-
-
-@pytest.mark.parametrize("skip", SKIPS)
-@pytest.mark.parametrize("nfe", NFES + (12,))
-@pytest.mark.parametrize("order", (1, 2, 3))
-def test_dpm_solver_pp_multistep(env, order, nfe, skip):
-    out = env["run"](presets.dpm_solver_pp(env["ns"], nfe, order, skip=skip))
-    rel = _rel(out, dpm_solver_pp_np(env["f"], env["x_T"], nfe, order, skip))
-    _record(f"dpm_solver_pp o{order}", rel)
-    assert rel <= 1e-10
-
-
-@pytest.mark.parametrize("skip", SKIPS)
-@pytest.mark.parametrize("nfe", NFES + (12,))
-@pytest.mark.parametrize("variant", ("bh1", "bh2"))
-@pytest.mark.parametrize("order", (1, 2, 3))
-def test_unipc(env, order, variant, nfe, skip):
-    out = env["run"](presets.unipc(env["ns"], nfe, order, variant=variant, skip=skip))
-    rel = _rel(out, unipc_np(env["f"], env["x_T"], nfe, order, variant, skip))
-    _record(f"unipc o{order} {variant}", rel)
+@pytest.mark.parametrize("label,build,numpy,nfe,skip", CASES, ids=[f"{c[0]}-nfe{c[3]}-{c[4]}" for c in CASES])
+def test_preset_matches_its_transcription(env, label, build, numpy, nfe, skip):
+    out = env["run"](build(env["ns"], nfe, skip))
+    rel = _rel(out, numpy(env["f"], env["x_T"], nfe, skip))
+    _record(label, rel)
     assert rel <= 1e-10
 
 

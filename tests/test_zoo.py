@@ -76,7 +76,7 @@ def test_cli_evaluate_is_deterministic(tiny_zoo, capsys, tmp_path):
     assert rc == 0 and json.loads(out)["fd"] == a["fd"]
 
 
-@pytest.mark.slow  # the diffrax ODE endpoint through the CLI (about 11 s); test_metrics checks the metric itself
+@pytest.mark.slow  # the diffrax ODE endpoint through the CLI (about 11 s); test_metrics_reference checks the metric
 def test_cli_evaluate_trajectory_error(tiny_zoo, capsys):
     from omsjax import metrics, sampler
 

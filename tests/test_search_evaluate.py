@@ -1,13 +1,16 @@
 """The search's evaluator with a user's own model and metric: any sample shape, any score, any noise schedule."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from search_cases import one, tiny_zoo
 
 import omsjax
 from omsjax import metrics, noise, oracles, presets
+from omsjax.search import encoding as E
 from omsjax.search import evaluate as EV
-from omsjax.search.archive import Archive
+from omsjax.search.archive import Archive, genome_from_dict, schedule_key
 from omsjax.search.space import SearchSpace
 
 NS = noise.vp_linear()
@@ -180,3 +183,41 @@ def test_search_space_from_a_noise_schedule_and_the_evaluators_check():
         EV.Evaluator(model, edm, default, metric=lambda x, x_T: 0.0)
     with pytest.raises(ValueError, match=r"t_max = 0.9946 \(VPCosine\), got t_start = 1, t_end = 0.001"):
         EV.Evaluator(MODEL, noise.vp_cosine(), default, metric=lambda x, x_T: 0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_zoo()
+
+
+def test_evaluator_archive_resume_reevaluates_nothing(tiny, tmp_path):
+    space = SearchSpace(num_positions=4, latencies=[m.latency for m in tiny], mode="joint")
+    pop = E.random_genomes(space, jax.random.PRNGKey(7), 6)
+    path = tmp_path / "archive.jsonl"
+    ev = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
+    recs = ev.evaluate(pop)
+    n_unique = len({r.key for r in recs})
+    assert ev.evaluated == n_unique and len(path.read_text().splitlines()) == n_unique
+    for i, r in enumerate(recs):
+        s = E.to_schedule(space, NS, one(pop, i))
+        assert r.key == schedule_key(s) and r.nfe == int(s.nfe())
+        assert r.cost == pytest.approx(float(s.cost(space.latencies)))
+        g = genome_from_dict(r.genome)
+        assert schedule_key(E.to_schedule(space, NS, g)) == r.key
+    # Interrupted mid-write: a partial last line is ignored; a new evaluator on the same file evaluates nothing.
+    with open(path, "a") as fh:
+        fh.write('{"key": "abc", "eval_')
+    with pytest.warns(UserWarning, match="line 7 skipped, not a valid record"):
+        ev2 = EV.Evaluator(tiny, NS, space, num_samples=12, archive=path, chunk=4, sample_shape=(8, 8, 1))
+    recs2 = ev2.evaluate(pop)
+    assert ev2.evaluated == 0 and [r.score for r in recs2] == [r.score for r in recs]
+    # Other noise is another evaluation.
+    with pytest.warns(UserWarning, match="skipped"):
+        ev3 = EV.Evaluator(tiny, NS, space, num_samples=12, noise_seed=1, archive=path, chunk=4,
+                           sample_shape=(8, 8, 1))  # fmt: skip
+    ev3.evaluate(jax.tree.map(lambda a: a[:1], pop))
+    assert ev3.evaluated == 1
+    # A recorded FD equals metrics.fd of the evaluator's samples.
+    s0 = recs[0].to_schedule()
+    x = ev.samples(s0)
+    assert recs[0].score == pytest.approx(omsjax.metrics.fd(x), rel=1e-9) or not np.all(np.isfinite(x))
