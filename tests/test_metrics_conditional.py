@@ -209,11 +209,6 @@ def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
         assert all(0 <= e <= 100 for e in rep["also"]["error_pct"][part])
     sched = omsjax.Schedule.load(tmp_path / "solver" / "schedule.json", num_models=2)
     assert np.all(np.asarray(sched.guidance) == 2.0)
-    # --metric fd: the FD to data plus the accuracy weight, as before.
-    out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "2", "--metric", "fd",
-                        "--out", str(tmp_path / "fd"), *small])  # fmt: skip
-    rep = json.loads(out.strip().splitlines()[-1])
-    assert rep["objective"].startswith("cond_fd+1x_err_pct") and rep["metric"] == "cond_fd+1x_err_pct"
     # Model mode with the per-step guidance gene: the budget of 3 guided steps (6 calls) may buy up to 6 steps.
     out = _run(capsys, ["search", "--zoo", str(cond_zoo), "--guidance", "2", "--nfe", "3", "--mode", "model",
                         "--search-guidance", "--out", str(tmp_path / "model"), *small])  # fmt: skip
@@ -223,3 +218,21 @@ def test_search_under_guidance_on_a_conditional_zoo(cond_zoo, tmp_path, capsys):
     sched = omsjax.Schedule.load(tmp_path / "model" / "schedule.json", num_models=2)
     np.testing.assert_array_equal(sched.guidance, rep["searched_guidance"])
     assert set(rep["searched_guidance"]) <= {1.0, 2.0, 3.0} and sched.nfe() == rep["searched"]["nfe"]
+
+
+def test_metric_fd_on_a_conditional_zoo_is_the_conditional_fd_with_its_accuracy_weight(cond_zoo, tmp_path):
+    """`omsjax search --metric fd` on a class-conditional zoo: the evaluator's metric is the conditional FD to data
+    plus the accuracy weight, on class-balanced labels, and the report keeps the FD and the error rate beside it.
+    The searches themselves run in the slow tier's test above."""
+    from omsjax.search.space import SearchSpace
+    from omsjax.workflows import search_job
+
+    models, ns, manifest = zoo.load_zoo(cond_zoo)
+    space = SearchSpace.for_nfe(2, [m.latency for m in models], noise_schedule=ns, guidance=2.0)
+    for weight, name in ((1.0, "cond_fd+1x_err_pct"), (0.0, "cond_fd")):
+        objective = search_job.Objective(metric="fd", guidance=2.0, accuracy_weight=weight)
+        kw, also, labels = search_job.objective_setup(cond_zoo, tmp_path, models, ns, space, manifest, objective, 12)
+        assert isinstance(kw["metric"], conditional.ConditionalFD) and kw["metric_name"] == kw["metric"].name == name
+        np.testing.assert_array_equal(labels, np.arange(12) % K)
+        np.testing.assert_array_equal(kw["sampling"].cond, labels)
+        assert set(also) == {"fd", "error_pct"}

@@ -51,7 +51,7 @@ from omsjax.search.space import default_guidance_choices
 METRICS = ("reference-fd", "reference-rmse", "fd")
 REFERENCES = "references.npz"  # a zoo's shipped reference samples, and a run's own
 
-__all__ = ["BASELINES", "DEFAULTS", "METRICS", "Objective", "run", "cache_presets"]
+__all__ = ["BASELINES", "DEFAULTS", "METRICS", "Objective", "objective_setup", "run", "cache_presets"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +162,7 @@ def _guided(options: FindOptions, objective: Objective) -> FindOptions:
     return dataclasses.replace(options, guidance=objective.w, guidance_choices=choices)
 
 
-def _objective(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
+def objective_setup(zoo_dir, out, models, ns, space, manifest, objective: Objective, n: int):
     """(evaluator keywords: metric, metric_name, sampling (the conditioning and the zoo's data mean); `also`: the
     report's other metrics of the held-out samples; labels or None) of a search with `objective` on the zoo (module
     docstring). `n`: the most samples of one noise (balanced labels for them on a class-conditional zoo)."""
@@ -216,7 +216,7 @@ def _search(
     the_plan = _plan(models, ns, zoo.data_mean(manifest), mode, nfe, budget_seconds, options)
     space = the_plan.space
     n = max(options.num_samples, options.heldout_samples)
-    kw, also, labels = _objective(zoo_dir, out, models, ns, space, manifest, objective, n)
+    kw, also, labels = objective_setup(zoo_dir, out, models, ns, space, manifest, objective, n)
 
     archive = Archive(out / "archive.jsonl")  # one archive for every evaluator: read (and checked) once
     cached, cache_machine = cache.load(zoo_dir) if use_cache else ([], None)
@@ -319,7 +319,7 @@ def cache_presets(
     for n in nfes:
         the_plan = _plan(models, ns, mean, "solver", n, None, options)
         space = the_plan.space
-        kw, also, _ = _objective(
+        kw, also, _ = objective_setup(
             zoo_dir, Path(zoo_dir), models, ns, space, manifest, objective, max(num_samples, final_samples)
         )
         ev = Evaluator(
