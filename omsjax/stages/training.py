@@ -173,6 +173,7 @@ def _train_step(
     def loss(flat_params):
         return loss_fn(config, {n: unravel[n](v) for n, v in flat_params.items()}, batch, k_loss, stage)
 
+    value, grads = jax.value_and_grad(loss)(flat)
     params, ema, opt_state = dict(state.params), dict(state.ema_params), dict(state.opt_state)
     # optax mixes Python floats with int32 counts (strict promotion rejects that); the results are float32.
     with jax.numpy_dtype_promotion("standard"):
@@ -180,7 +181,6 @@ def _train_step(
         tx = _stage_tx(config, lr)
         clip_state, _, scale_state = tx.init({})
         groups = {name: state.opt_state[name] for name in active}
-        value, grads = jax.value_and_grad(loss)(flat)
         updates, (_, groups, _) = tx.update(grads, (clip_state, groups, scale_state), flat)
         new_flat = optax.apply_updates(flat, updates)
     for name in active:
