@@ -5,9 +5,8 @@ log alpha_t, sigma_t and the half log-SNR lambda_t = log alpha_t - log sigma_t (
 the inverse t(lambda). Every schedule is a pytree (its numbers are leaves, so they can be traced) and every
 method works on numpy input (host side, float64) as well as on jax arrays (inside jit).
 
-Where the steps go (`time_steps`, `SPACINGS`, and EDM / k-diffusion noise levels on any noise schedule:
-`karras_sigmas`, `times_from_sigmas`) is `omsjax.spacing`'s. This module was `omsjax.schedules` before 0.2.0 (that
-path still forwards here, with a DeprecationWarning).
+Where the steps go (`time_steps`, `SPACINGS`, `karras_sigmas`, `times_from_sigmas`) is `omsjax.spacing`'s. This
+module was `omsjax.schedules` before 0.2.0 (that path forwards here, with a DeprecationWarning).
 """
 
 from __future__ import annotations
@@ -34,11 +33,12 @@ __all__ = [
     "to_dict",
     "from_dict",
     "time_range",
+    "array_module",
 ]
 
 
-def _xp(*args):
-    """numpy for host values, jax.numpy as soon as one argument is a jax array or tracer."""
+def array_module(*args):
+    """numpy for host values, jax.numpy as soon as one argument is a jax array or tracer (numpy in, numpy out)."""
     return jnp if any(isinstance(a, jax.Array) for a in args) else np
 
 
@@ -74,22 +74,22 @@ class NoiseSchedule:
         raise NotImplementedError
 
     def alpha(self, t):
-        return _xp(t).exp(self.log_alpha(t))
+        return array_module(t).exp(self.log_alpha(t))
 
     def log_sigma(self, t):
         # VP: sigma^2 = 1 - alpha^2, computed as -expm1(2 log alpha) (no cancellation near t = 0).
-        xp = _xp(t)
+        xp = array_module(t)
         return 0.5 * xp.log(-xp.expm1(2.0 * self.log_alpha(t)))
 
     def sigma(self, t):
-        return _xp(t).exp(self.log_sigma(t))
+        return array_module(t).exp(self.log_sigma(t))
 
     def edm_sigma(self, t):
         """The equivalent variance-exploding noise level sigma_t / alpha_t = exp(-lambda_t)."""
-        return _xp(t).exp(-self.lam(t))
+        return array_module(t).exp(-self.lam(t))
 
     def t_of_edm_sigma(self, s):
-        return self.t_of_lambda(-_xp(s).log(s))
+        return self.t_of_lambda(-array_module(s).log(s))
 
 
 def _vp_lambda_from_log_alpha(xp, log_alpha):
@@ -120,11 +120,11 @@ class VPLinear(NoiseSchedule):
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def lam(self, t):
-        return _vp_lambda_from_log_alpha(_xp(t, self.beta_min), self.log_alpha(t))
+        return _vp_lambda_from_log_alpha(array_module(t, self.beta_min), self.log_alpha(t))
 
     def t_of_lambda(self, lam):
         # u = 2 (b1 - b0) logaddexp(-2 lambda, 0), Delta = b0^2 + u, t = u / ((sqrt(Delta) + b0)(b1 - b0)).
-        xp = _xp(lam, self.beta_min)
+        xp = array_module(lam, self.beta_min)
         db = self.beta_max - self.beta_min
         u = 2.0 * db * xp.logaddexp(-2.0 * lam, 0.0)
         delta = self.beta_min**2 + u
@@ -147,18 +147,18 @@ class VPCosine(NoiseSchedule):
     def log_alpha(self, t):
         # cos(theta0 + d)/cos(theta0) = 1 - 2 sin(d/2)^2 - tan(theta0) sin(d), with d = t/(1 + s) pi/2: no
         # cancellation for small t, where log alpha is tiny.
-        xp = _xp(t, self.s)
+        xp = array_module(t, self.s)
         theta0 = self.s / (1.0 + self.s) * (math.pi / 2)
         d = t / (1.0 + self.s) * (math.pi / 2)
         return xp.log1p(-2.0 * xp.sin(0.5 * d) ** 2 - xp.tan(theta0) * xp.sin(d))
 
     def lam(self, t):
-        return _vp_lambda_from_log_alpha(_xp(t, self.s), self.log_alpha(t))
+        return _vp_lambda_from_log_alpha(array_module(t, self.s), self.log_alpha(t))
 
     def t_of_lambda(self, lam):
         # cos(theta) = alpha c0 and sin(theta)^2 = sin(theta0)^2 + c0^2 sigma^2, with alpha^2 = sigmoid(2 lambda),
         # sigma^2 = sigmoid(-2 lambda); atan2 is well conditioned everywhere (arccos is not near 1).
-        xp = _xp(lam, self.s)
+        xp = array_module(lam, self.s)
         theta0 = self.s / (1.0 + self.s) * (math.pi / 2)
         c0 = math.cos(theta0) if xp is np else xp.cos(theta0)
         s0 = math.sin(theta0) if xp is np else xp.sin(theta0)
@@ -186,13 +186,13 @@ class VPDiscrete(NoiseSchedule):
     default_t_end: float = struct.field(pytree_node=False, default=1e-3)
 
     def log_alpha(self, t):
-        return _xp(t, self.t_knots).interp(t, self.t_knots, self.log_alpha_knots)
+        return array_module(t, self.t_knots).interp(t, self.t_knots, self.log_alpha_knots)
 
     def lam(self, t):
-        return _vp_lambda_from_log_alpha(_xp(t, self.t_knots), self.log_alpha(t))
+        return _vp_lambda_from_log_alpha(array_module(t, self.t_knots), self.log_alpha(t))
 
     def t_of_lambda(self, lam):
-        xp = _xp(lam, self.t_knots)
+        xp = array_module(lam, self.t_knots)
         log_alpha = _log_alpha_from_lambda(xp, lam)
         return xp.interp(log_alpha, self.log_alpha_knots[::-1], self.t_knots[::-1])
 
@@ -217,16 +217,16 @@ class EDM(NoiseSchedule):
         return 0.0 * t
 
     def log_sigma(self, t):
-        return _xp(t).log(t)
+        return array_module(t).log(t)
 
     def lam(self, t):
-        return -_xp(t).log(t)
+        return -array_module(t).log(t)
 
     def prior_std(self, t):
         return t
 
     def t_of_lambda(self, lam):
-        return _xp(lam).exp(-lam)
+        return array_module(lam).exp(-lam)
 
 
 @struct.dataclass
@@ -247,24 +247,24 @@ class Flow(NoiseSchedule):
     default_t_end: float = struct.field(pytree_node=False, default=1e-3)
 
     def log_alpha(self, t):
-        return _xp(t).log1p(-t)
+        return array_module(t).log1p(-t)
 
     def alpha(self, t):
         return 1.0 - t
 
     def log_sigma(self, t):
-        return _xp(t).log(t)
+        return array_module(t).log(t)
 
     def sigma(self, t):
         return 1.0 * t
 
     def lam(self, t):
-        xp = _xp(t)
+        xp = array_module(t)
         return xp.log1p(-t) - xp.log(t)
 
     def t_of_lambda(self, lam):
         # 1/(1 + e^lambda) = exp(-log(1 + e^lambda)): no overflow for large |lambda|.
-        xp = _xp(lam)
+        xp = array_module(lam)
         return xp.exp(-xp.logaddexp(0.0, lam))
 
 

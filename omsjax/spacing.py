@@ -23,7 +23,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax.noise import NoiseSchedule, time_range
+from omsjax.noise import NoiseSchedule, array_module, time_range
 from omsjax.schedule import time_bounds
 
 __all__ = [
@@ -92,18 +92,13 @@ def _check_spacing(spacing: str) -> None:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
 
 
-def _xp(a):
-    """numpy for numpy input (and Python floats), jax.numpy otherwise."""
-    return np if isinstance(a, (np.ndarray, np.generic, float)) else jnp
-
-
 def _karras(ns: NoiseSchedule, t):
     lam = ns.lam(t)
-    return _xp(lam).exp(-lam / KARRAS_RHO)
+    return array_module(lam).exp(-lam / KARRAS_RHO)
 
 
 def _karras_inverse(ns: NoiseSchedule, c):
-    return ns.t_of_lambda(-KARRAS_RHO * _xp(c).log(c))
+    return ns.t_of_lambda(-KARRAS_RHO * array_module(c).log(c))
 
 
 # Each spacing's coordinate of a time and its inverse: (t -> c, c -> t), both monotone.

@@ -49,15 +49,15 @@ def train_config(args) -> tuple:
         "ema_warmup": args.ema_warmup,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    allowed = zoo.recipe(zoo.kind_of(cfg)).cli_fields
+    recipe = zoo.recipe(zoo.kind_of(cfg))
+    allowed = recipe.cli_fields
     if allowed is not None:
         bad = [f"--{k.replace('_', '-')}" for k in given if k not in allowed]
         if bad:
             verb = "does" if len(bad) == 1 else "do"
             flags = ", ".join("--" + f.replace("_", "-") for f in allowed)
             raise ValueError(
-                f"{', '.join(bad)} {verb} not apply to the config {src} "
-                f"({zoo.recipe(zoo.kind_of(cfg)).describe(cfg)}); only {flags} do"
+                f"{', '.join(bad)} {verb} not apply to the config {src} ({recipe.describe(cfg)}); only {flags} do"
             )
     if given:
         cfg = type(cfg).from_dict({**cfg.to_dict(), **given})

@@ -116,9 +116,6 @@ class StageTrainConfig(OptimConfig):
             raise ValueError(f"stage_probs must have {self.net.num_stages} entries summing to 1, got {p!r}")
         object.__setattr__(self, "stage_probs", tuple(float(v) for v in p))
 
-    def spatial_divisor(self) -> tuple[int, str]:
-        return self.net.spatial_divisor, ""
-
     @property
     def edges(self) -> tuple[float, ...]:
         """The K + 1 edges (T_EPS, b_1, ..., b_{K-1}, 1) of the stages' training intervals."""

@@ -18,7 +18,8 @@ DTYPE = jnp.float32  # training runs in float32 whatever `jax_enable_x64` says
 class OptimConfig:
     """The fields every training config shares, declared and checked once: the optimiser, the EMA, the seed, the
     checkpoint interval and the image shape. `TrainConfig` and `omsjax.stages.StageTrainConfig` extend it (the
-    fields are keyword-only); each error names the field.
+    fields are keyword-only) with their network `net`, a `nets.UNetLayout`, checked first; each error names the
+    field.
 
     Attributes:
       batch_size: global batch size (divisible by the number of devices).
@@ -47,11 +48,6 @@ class OptimConfig:
     checkpoint_every: int = 1000
     image_shape: tuple = (8, 8, 1)
 
-    def spatial_divisor(self) -> tuple[int, str]:
-        """(the divisor of the images' H and W, the end of the error message naming why): 1 here; each training
-        config returns its network's."""
-        return 1, ""
-
     def __post_init__(self):
         # Normalise numeric types so that equal configs hash equally (and JSON round trips are exact).
         def _set(name, value):
@@ -68,9 +64,12 @@ class OptimConfig:
         _set("ema_warmup", checks.boolean("ema_warmup", self.ema_warmup))
         shape = checks.image_shape("image_shape", self.image_shape)
         _set("image_shape", shape)
-        divisor, detail = self.spatial_divisor()
-        if shape[0] % divisor or shape[1] % divisor:
-            raise ValueError(f"image_shape {shape}: H and W must be divisible by {divisor}{detail}")
+        net = self.net  # every training config's network, a `nets.UNetLayout`, sets the images' divisor
+        d = net.spatial_divisor
+        if shape[0] % d or shape[1] % d:
+            raise ValueError(
+                f"image_shape {shape}: H and W must be divisible by {d} for channel_mults={net.channel_mults}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +129,6 @@ class TrainConfig(OptimConfig):
         _set("fdm_m", checks.real("fdm_m", self.fdm_m, gt=0))
         _set("weight_clamp_warmup", checks.nonneg_int("weight_clamp_warmup", self.weight_clamp_warmup))
         _set("label_dropout", checks.real("label_dropout", self.label_dropout, ge=0, lt=1))
-
-    def spatial_divisor(self) -> tuple[int, str]:
-        return self.net.spatial_divisor, f" for channel_mults={self.net.channel_mults}"
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (the net config nested, tuples as lists)."""
