@@ -18,9 +18,12 @@ import numpy as np
 # Adam's first updates are lr * g / |g| element by element, so a parameter whose gradient is at float32 noise level
 # moves by a noise-signed fraction of lr: another CPU (or XLA's codegen flags) changes such elements by up to
 # ~3e-5 in the multi-stage run (lr 5e-3). Its tolerance is 1e-4 = 2% of one peak-lr step, still far below what
-# a changed loss, optimiser or parameter grouping moves.
+# a changed loss, optimiser or parameter grouping moves. The float32 samples of a 10-step preset through a U-Net
+# differ by up to 1.0e-5 of their peak on an AVX-512 CPU under the test suite's fast-compile flags (seen
+# 2026-12-07: one element of 512 at 1.01e-5); 5e-5 leaves room for other CPUs, and a changed step or model moves
+# samples by 1e-3 and more.
 TOLERANCES = {
-    "preset_samples": 1e-5,
+    "preset_samples": 5e-5,
     "train_plain": 1e-5,
     "train_multistage": 1e-4,
     "timestep_bound_fit": 1e-9,
