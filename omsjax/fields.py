@@ -70,8 +70,11 @@ def real(
     lt: float | None = None,
     le: float | None = None,
 ) -> float:
-    """`v` as a finite float within the given bounds; the message names the field and the range, e.g.
-    "lr must be a finite number > 0", "ema_decay must be in [0, 1)", "focus_prob must be in [0, 1]"."""
+    """`v` (a Python or numpy number, or a concrete 0-d real array) as a finite float within the given bounds; the
+    message names the field and the range, e.g. "lr must be a finite number > 0", "ema_decay must be in [0, 1)",
+    "focus_prob must be in [0, 1]"."""
+    if np.ndim(v) == 0 and getattr(v, "dtype", None) is not None and np.dtype(v.dtype).kind in "fiu":
+        v = v.item()  # a 0-d numpy or jax array (a traced one raises JAX's concretization error here)
     ok = is_real(v) and (gt is None or v > gt) and (ge is None or v >= ge)
     ok = ok and (lt is None or v < lt) and (le is None or v <= le)
     if not ok:

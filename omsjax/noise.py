@@ -5,8 +5,8 @@ log alpha_t, sigma_t and the half log-SNR lambda_t = log alpha_t - log sigma_t (
 the inverse t(lambda). Every schedule is a pytree (its numbers are leaves, so they can be traced) and every
 method works on numpy input (host side, float64) as well as on jax arrays (inside jit).
 
-Where the steps go (`time_steps`, `SPACINGS`, `karras_sigmas`, `times_from_sigmas`) is `omsjax.spacing`'s. This
-module was `omsjax.schedules` before 0.2.0 (that path forwards here, with a DeprecationWarning).
+Where the steps go is `omsjax.spacing`'s. This module was `omsjax.schedules` before 0.2.0 (that path forwards
+here, with a DeprecationWarning). The constructors check their parameters on the host, naming each.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from omsjax.fields import real
 
 __all__ = [
     "NoiseSchedule",
@@ -43,11 +45,8 @@ def array_module(*args):
 
 
 class NoiseSchedule:
-    """Interface shared by all noise schedules.
-
-    Subclasses define `log_alpha(t)`, `lam(t)`, `t_of_lambda(lam)` and the attributes `t_max` (the start T),
-    `t_min` (the smallest admissible time) and `default_t_end`.
-
+    """Interface shared by all noise schedules. Subclasses define `log_alpha(t)`, `lam(t)`, `t_of_lambda(lam)` and
+    the attributes `t_max` (the start T), `t_min` (the smallest admissible time) and `default_t_end`.
     `default_spacing` names the step spacing that `time_steps` and the presets use when no `skip` is given: the
     convention of each family's literature, 'logSNR' for VP (DPM-Solver), 'karras' for EDM (Karras et al.),
     'time_uniform' for flow (rectified flow / flow matching practice).
@@ -64,9 +63,8 @@ class NoiseSchedule:
         raise NotImplementedError
 
     def prior_std(self, t):
-        """Standard deviation of the starting noise of a sampler started at time t, x_T ~ N(0, prior_std(t)^2 I):
-        1 for the variance-preserving schedules (their convention: the marginal as alpha_t -> 0), sigma_t = t for
-        EDM (Karras et al.: x_0 ~ N(0, sigma_max^2 I))."""
+        """Standard deviation of the starting noise x_T ~ N(0, prior_std(t)^2 I) of a sampler started at t: 1 for VP
+        (the marginal as alpha_t -> 0), sigma_t = t for EDM (Karras et al.: x_0 ~ N(0, sigma_max^2 I))."""
         return 1.0 + 0.0 * t
 
     def t_of_lambda(self, lam):
@@ -231,8 +229,7 @@ class EDM(NoiseSchedule):
 
 @struct.dataclass
 class Flow(NoiseSchedule):
-    """Rectified flow / flow matching (Liu et al. 2023, Lipman et al. 2023): x_t = (1 - t) x_0 + t eps.
-
+    """Rectified flow / flow matching (Liu et al. 2023, Lipman et al. 2023): x_t = (1 - t) x_0 + t eps;
     alpha_t = 1 - t, sigma_t = t, lambda_t = log(1 - t) - log t, t(lambda) = 1/(1 + e^lambda), for
     0 < t_min <= t <= t_max < 1 (t = 1 has alpha = 0, lambda = -inf). The prior is N(0, I) (`prior_std` = 1), the
     flow convention at t -> 1. Every method acts elementwise on t (or lambda) of any shape, numpy or jax. Default
@@ -270,33 +267,24 @@ class Flow(NoiseSchedule):
 
 def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0) -> VPLinear:
     """Continuous linear VP schedule (score SDE / DPM-Solver defaults beta in [0.1, 20], T = 1)."""
-    if not (0.0 <= beta_min < beta_max) or not math.isfinite(beta_max):
-        raise ValueError(f"vp_linear needs 0 <= beta_min < beta_max < inf, got {beta_min=}, {beta_max=}")
-    return VPLinear(beta_min=float(beta_min), beta_max=float(beta_max))
+    beta_min = real("vp_linear: beta_min", beta_min, ge=0)
+    return _checked(VPLinear(beta_min=beta_min, beta_max=real("vp_linear: beta_max", beta_max, gt=beta_min)))
 
 
 def vp_cosine(s: float = 0.008, t_max: float = 0.9946) -> VPCosine:
     """Continuous cosine VP schedule with offset `s`; `t_max` < 1 keeps log alpha finite."""
-    if not s > 0 or not (0 < t_max < 1):
-        raise ValueError(f"vp_cosine needs s > 0 and 0 < t_max < 1, got {s=}, {t_max=}")
-    return VPCosine(s=float(s), t_max=float(t_max))
+    return _checked(VPCosine(s=real("vp_cosine: s", s, gt=0), t_max=real("vp_cosine: t_max", t_max, gt=0, lt=1)))
 
 
 def vp_discrete(betas=None, *, alphas_cumprod=None, clip_lambda: float = -5.1) -> VPDiscrete:
-    """Discrete DDPM schedule from `betas` [N] or `alphas_cumprod` [N] (not both; default: DDPM's
-    betas linspace(1e-4, 0.02, 1000)).
-
-    log alpha_n = 0.5 sum_{i<=n} log(1 - beta_i) = 0.5 log(alphas_cumprod_n), alphas_cumprod being the cumulative
-    product of diffusers / DDPM (strictly decreasing, in (0, 1)).
-    """
+    """Discrete DDPM schedule from `betas` [N] or `alphas_cumprod` [N] (not both; default: DDPM's betas
+    linspace(1e-4, 0.02, 1000)). log alpha_n = 0.5 sum_{i<=n} log(1 - beta_i) = 0.5 log(alphas_cumprod_n),
+    alphas_cumprod being the cumulative product of diffusers / DDPM (strictly decreasing, in (0, 1))."""
     if betas is not None and alphas_cumprod is not None:
         raise ValueError("vp_discrete takes betas or alphas_cumprod, not both")
+    clip_lambda = real("vp_discrete: clip_lambda", clip_lambda)
     if alphas_cumprod is not None:
-        ac = np.asarray(alphas_cumprod, dtype=np.float64)
-        if ac.ndim != 1 or ac.size < 2:
-            raise ValueError(f"vp_discrete needs a 1-D array of at least 2 alphas_cumprod, got shape {ac.shape}")
-        if not np.all((ac > 0) & (ac < 1)):
-            raise ValueError("vp_discrete needs every alphas_cumprod in (0, 1)")
+        ac = _floats("alphas_cumprod", alphas_cumprod)
         if np.any(np.diff(ac) >= 0):
             i = int(np.argmax(np.diff(ac) >= 0)) + 1
             raise ValueError(
@@ -305,14 +293,8 @@ def vp_discrete(betas=None, *, alphas_cumprod=None, clip_lambda: float = -5.1) -
             )
         log_alphas = 0.5 * np.log(ac)
     else:
-        if betas is None:
-            betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
-        betas = np.asarray(betas, dtype=np.float64)
-        if betas.ndim != 1 or betas.size < 2:
-            raise ValueError(f"vp_discrete needs a 1-D array of at least 2 betas, got shape {betas.shape}")
-        if not np.all((betas > 0) & (betas < 1)):
-            raise ValueError("vp_discrete needs every beta in (0, 1)")
-        log_alphas = 0.5 * np.cumsum(np.log1p(-betas))
+        default = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+        log_alphas = 0.5 * np.cumsum(np.log1p(-_floats("betas", default if betas is None else betas)))
     n = log_alphas.size
     lams = _vp_lambda_from_log_alpha(np, log_alphas)
     if np.any(np.diff(lams) >= 0):
@@ -333,9 +315,9 @@ def vp_discrete(betas=None, *, alphas_cumprod=None, clip_lambda: float = -5.1) -
 
 def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> EDM:
     """EDM / variance-exploding schedule with sigma = t in [sigma_min, sigma_max]."""
-    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
-        raise ValueError(f"edm needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")
-    return EDM(t_max=float(sigma_max), t_min=float(sigma_min), default_t_end=float(sigma_min))
+    sigma_min = real("edm: sigma_min", sigma_min, gt=0)
+    sigma_max = real("edm: sigma_max", sigma_max, gt=sigma_min)
+    return _checked(EDM(t_max=sigma_max, t_min=sigma_min, default_t_end=sigma_min))
 
 
 def flow(t_min: float = 1e-3, t_max: float = 0.999) -> Flow:
@@ -343,14 +325,33 @@ def flow(t_min: float = 1e-3, t_max: float = 0.999) -> Flow:
 
     t_max < 1: at t = 1, alpha = 0 and lambda = -inf, which an exponential integrator cannot start from.
     """
-    t_min, t_max = float(t_min), float(t_max)
-    if not 0 < t_min < 1:
-        raise ValueError(f"flow needs 0 < t_min < 1, got {t_min=}")
-    if not 0 < t_max < 1:
-        raise ValueError(f"flow needs 0 < t_max < 1 (at t = 1 alpha = 0 and lambda = -inf), got {t_max=}")
-    if not t_min < t_max:
-        raise ValueError(f"flow needs t_min < t_max, got {t_min=}, {t_max=}")
-    return Flow(t_max=t_max, t_min=t_min, default_t_end=t_min)
+    t_min = real("flow: t_min", t_min, gt=0, lt=1)
+    t_max = real("flow: t_max (at t = 1 alpha = 0 and lambda = -inf)", t_max, gt=t_min, lt=1)
+    return _checked(Flow(t_max=t_max, t_min=t_min, default_t_end=t_min))
+
+
+def _floats(name: str, values) -> np.ndarray:
+    """vp_discrete's `betas` or `alphas_cumprod`: a 1-D float64 array of at least 2 values, each in (0, 1)."""
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"vp_discrete: {name} must be an array of numbers ({e})") from None
+    if a.ndim != 1 or a.size < 2:
+        raise ValueError(f"vp_discrete needs a 1-D array of at least 2 {name}, got shape {a.shape}")
+    if not np.all((a > 0) & (a < 1)):
+        i = int(np.argmax(~((a > 0) & (a < 1))))
+        raise ValueError(f"vp_discrete needs every value of {name} in (0, 1), got {name}[{i}] = {float(a[i])!r}")
+    return a
+
+
+def _checked(ns: NoiseSchedule) -> NoiseSchedule:
+    """`ns` if its log-SNR is finite, decreases and inverts from t_min to t_max (finite parameters can still break
+    it, e.g. vp_cosine's s = 1e20 leaves alpha = 1 in float64)."""
+    with np.errstate(all="ignore"):  # the check itself says what is wrong
+        lam, back = ns.lam(ts := np.array([ns.t_min, ns.t_max], np.float64)), ns.t_of_lambda(ns.lam(ts))
+    if not (np.all(np.isfinite(lam)) and lam[0] > lam[1] and np.allclose(back, ts, rtol=1e-6)):
+        raise ValueError(f"{ns}: its log-SNR must be finite, decrease and invert from t_min to t_max, got {lam}")
+    return ns
 
 
 def time_range(noise_schedule: NoiseSchedule, t_start=None, t_end=None, *, who: str, hint: str = ""):
@@ -389,8 +390,7 @@ def from_dict(d: dict) -> NoiseSchedule:
     """Rebuild a noise schedule from `to_dict`'s description, with a clear error for unknown kinds."""
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"a noise schedule description needs a 'kind', got {d!r}")
-    kind = d["kind"]
-    args = {k: v for k, v in d.items() if k != "kind"}
+    kind, args = d["kind"], {k: v for k, v in d.items() if k != "kind"}
     makers = {"vp_linear": vp_linear, "vp_cosine": vp_cosine, "edm": edm, "flow": flow}
     if kind not in makers:
         raise ValueError(f"unknown noise schedule kind {kind!r}; expected one of {sorted(makers)}")

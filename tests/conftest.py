@@ -6,9 +6,10 @@ The tests mirror the package: `test_<module>.py` for a module of the package roo
 (`test_search_encoding.py`, `test_metrics_reference.py`, ...) or `test_<package>.py` for a whole one (`test_train.py`,
 `test_stages.py`, `test_zoo.py`), and `test_<module>_<topic>.py` for a module's large topic
 (`test_presets_convergence.py`, `test_presets_authors.py`, `test_sampler_heun.py`, `test_models_guidance.py`). What
-the whole package promises has its own file: `test_layers.py` (the layers), `test_checks.py` and `test_bad_files.py`
-(bad input), `test_crash_safety.py`, `test_regression.py` (the pins), `test_shipped_*.py`, `test_docs.py`,
-`test_examples.py`. Shared cases live in `regression_cases.py` and `search_cases.py`, shared fixtures here."""
+the whole package promises has its own file: `test_layers.py` (the layers), `test_checks.py`, `test_bad_files.py`
+and `test_bad_input_<class>.py` (bad input, a file per class of it), `test_crash_safety.py`, `test_regression.py`
+(the pins), `test_shipped_*.py`, `test_docs.py`, `test_examples.py`. Shared cases live in `regression_cases.py` and
+`search_cases.py`, shared fixtures here."""
 
 import os
 import shutil

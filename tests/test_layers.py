@@ -26,6 +26,7 @@ LAYERS = {
     "core": (
         "paths",
         "files",
+        "fields",
         "checks",
         "options",
         "noise",
@@ -55,7 +56,7 @@ NAMES = list(LAYERS)
 COMPAT_FORWARDS = {
     "omsjax.timesteps": "omsjax.workflows.timesteps_run",
     "omsjax.schedules": "omsjax.spacing",  # and, as a whole module, omsjax.noise
-    "omsjax.config": "omsjax.checks.fields",
+    "omsjax.config": "omsjax.fields",
     "omsjax.conditional": "omsjax.metrics.conditional",
 }
 MAX_LINES = 400
@@ -350,7 +351,7 @@ def test_deprecated_names_warn_naming_the_new_one_and_resolve_to_it(old, new):
 @pytest.mark.parametrize(
     "old,new,name",
     [
-        ("omsjax.config", "omsjax.checks.fields", "to_dict"),
+        ("omsjax.config", "omsjax.fields", "to_dict"),
         ("omsjax.conditional", "omsjax.metrics.conditional", "scores"),
         ("omsjax.schedules", "omsjax.noise", "vp_linear"),
     ],
