@@ -1,9 +1,9 @@
 """Host-side validation of typed config fields, and the JSON round trip of frozen config dataclasses.
 
 Each check raises a `ValueError` naming the field and returns the value normalised (Python int / float / bool /
-tuple), so that equal configs hash equally and JSON round trips are exact. `to_dict` / `from_dict` convert a
-frozen dataclass whose fields are JSON values, tuples or nested config dataclasses. It imports nothing above
-numpy.
+tuple), so that equal configs hash equally and JSON round trips are exact; `count` is the one check of a count,
+size, seed or index (a bool is not one). `to_dict` / `from_dict` convert a frozen dataclass whose fields are JSON
+values, tuples or nested config dataclasses. It imports nothing above numpy.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ import numpy as np
 __all__ = [
     "is_int",
     "is_real",
+    "count",
+    "seed",
+    "shape",
+    "SEED_LIMIT",
     "positive_int",
     "nonneg_int",
     "integer",
@@ -40,18 +44,39 @@ def is_real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def positive_int(name: str, v: Any) -> int:
-    """`v` as an int >= 1; else "`name` must be a positive int"."""
-    if not is_int(v) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
+def count(name: str, v: Any, minimum: int = 1, *, maximum: int | None = None) -> int:
+    """`v` (a Python or numpy int, not a bool) as an int >= `minimum` (and <= `maximum` when given): the one check
+    of a count, size, seed or index; else "`name` must be an int >= `minimum`" (or "an int in minimum..maximum")."""
+    if not is_int(v) or v < minimum or (maximum is not None and v > maximum):
+        what = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ValueError(f"{name} must be an int {what}, got {v!r}")
     return int(v)
+
+
+SEED_LIMIT = 2**31
+
+
+def seed(name: str, v: Any) -> int:
+    """`v` as a seed: an int in 0..2**31 - 1. JAX keeps only the low 32 bits of a larger seed (without x64, seed
+    and seed + 2**32 draw the same noise), and a search derives its other seeds from it by adding up to 4000."""
+    return count(name, v, 0, maximum=SEED_LIMIT - 1)
+
+
+def shape(name: str, v: Any) -> tuple[int, ...]:
+    """`v` as the shape of one sample: a tuple (or list) of positive ints."""
+    if not isinstance(v, (tuple, list)) or not all(is_int(d) and d > 0 for d in v):
+        raise ValueError(f"{name} must be a tuple of positive ints (the shape of one sample), got {v!r}")
+    return tuple(int(d) for d in v)
+
+
+def positive_int(name: str, v: Any) -> int:
+    """`v` as an int >= 1: `count(name, v, 1)`."""
+    return count(name, v, 1)
 
 
 def nonneg_int(name: str, v: Any) -> int:
-    """`v` as an int >= 0; else "`name` must be an int >= 0"."""
-    if not is_int(v) or v < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-    return int(v)
+    """`v` as an int >= 0: `count(name, v, 0)`."""
+    return count(name, v, 0)
 
 
 def integer(name: str, v: Any) -> int:

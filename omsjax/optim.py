@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import optax
 
+from omsjax.fields import count
+
 __all__ = ["step", "minimize"]
 
 
@@ -50,8 +52,8 @@ def minimize(
 
     Returns (params, opt_state, losses[steps]); `opt_state` defaults to `tx.init(params)`.
     """
-    if xs is None and (not isinstance(length, int) or length < 0):
-        raise ValueError(f"minimize needs per-step inputs xs or an int length >= 0, got length={length!r}")
+    if xs is None:
+        length = count("minimize: length (without per-step inputs xs)", length, 0)
 
     def run(params, opt_state, xs):
         if opt_state is None:

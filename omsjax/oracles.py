@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from omsjax.fields import count
 from omsjax.models import Model
 from omsjax.noise import NoiseSchedule
 
@@ -74,6 +75,7 @@ class GaussianMixture:
         return eps.reshape(shape).astype(x.dtype)
 
     def sample(self, key, n: int):
+        n = count("GaussianMixture.sample: n", n)
         k1, k2 = jax.random.split(key)
         comp = jax.random.choice(k1, self.weights.shape[0], (n,), p=self.weights)
         z = jax.random.normal(k2, (n, self.means.shape[1]), self.means.dtype)
@@ -112,8 +114,8 @@ class ConditionalGaussianMixture:
         k = mixture.weights.shape[0]
         if lab.shape != (k,) or lab.dtype.kind not in "iu":
             raise ValueError(f"ConditionalGaussianMixture labels must be [{k}] integers, got {lab.dtype} {lab.shape}")
-        c = int(lab.max()) + 1 if num_classes is None else num_classes
-        if isinstance(c, bool) or not isinstance(c, int) or c < 1 or lab.min() < 0 or lab.max() >= c:
+        c = int(lab.max()) + 1 if num_classes is None else count("ConditionalGaussianMixture: num_classes", num_classes)
+        if lab.min() < 0 or lab.max() >= c:
             raise ValueError(
                 f"ConditionalGaussianMixture labels must lie in 0..num_classes-1, got {lab.tolist()} "
                 f"with num_classes {c!r}"

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import usf
+from omsjax.fields import count
 from omsjax.noise import NoiseSchedule
 from omsjax.schedule import AFS_NAMES, Schedule, make
 from omsjax.spacing import SPACINGS, time_steps
@@ -30,10 +31,8 @@ _PRED = {"noise": usf.NOISE, "data": usf.DATA}
 def _check_common(noise_schedule, nfe, model, prediction, afs):
     if not isinstance(noise_schedule, NoiseSchedule):
         raise ValueError(f"noise_schedule must be an omsjax noise schedule, got {type(noise_schedule).__name__}")
-    if not isinstance(nfe, (int, np.integer)) or isinstance(nfe, bool) or nfe < 1:
-        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
-    if not isinstance(model, (int, np.integer)) or model < 0:
-        raise ValueError(f"model must be a zoo index >= 0, got {model!r}")
+    count("nfe", nfe)
+    count("model (a zoo index)", model, 0)
     if prediction not in _PRED:
         raise ValueError(f"prediction must be 'noise' or 'data', got {prediction!r}")
     if afs not in AFS_NAMES:

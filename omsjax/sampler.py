@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omsjax import fields
 from omsjax.checks import (
     check_batch,
     check_conditioning,
@@ -35,6 +36,7 @@ from omsjax.checks import (
     thresholding_option,
 )
 from omsjax.diagnose import NonFiniteStep, first_nonfinite_step
+from omsjax.fields import count, is_int
 from omsjax.integrate import Switches, Trajectory, run, run_used
 from omsjax.models import Model, as_zoo, to_eps_x0
 from omsjax.noise import NoiseSchedule
@@ -235,12 +237,14 @@ def noise(seed: int, n: int, shape: Sequence[int], dtype=jnp.float32, *, offset:
     """n standard normal draws of `shape` [n, *shape]; sample i uses the key fold_in(PRNGKey(seed), offset + i), so
     the same seed gives the same sample whatever the batch size or the batching. Unit variance: see `prior` for
     noise at a noise schedule's scale."""
-    return _noise(jax.random.PRNGKey(seed), n, shape, dtype, offset)
+    seed, offset = fields.seed("noise: seed", seed), count("noise: offset", offset, 0)
+    return _noise(jax.random.PRNGKey(seed), n, shape, dtype, offset, who="noise")
 
 
-def _noise(key, n, shape, dtype, offset=0):
-    if not (isinstance(n, (int, np.integer)) and n >= 1):
-        raise ValueError(f"noise needs n >= 1 samples (an int), got {n!r}")
+def _noise(key, n, shape, dtype, offset=0, who="noise"):
+    n, shape = count(f"{who}: n", n), fields.shape(f"{who}: shape", shape)
+    if not isinstance(key, jax.Array):
+        raise ValueError(f"{who}: key must be a jax.random key, got {key!r}")
     idx = jnp.arange(offset, offset + n, dtype=jnp.int32)
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape), dtype))(idx)
 
@@ -253,7 +257,7 @@ def prior(
     Sample i uses the key fold_in(key, i), so the draws do not depend on n."""
     t = noise_schedule.t_max if t is None else t
     scale = jnp.asarray(noise_schedule.prior_std(np.asarray(t, np.float64)), dtype)
-    return scale * _noise(key, n, shape, dtype)
+    return scale * _noise(key, n, shape, dtype, who="prior")
 
 
 def generate(
@@ -279,13 +283,15 @@ def generate(
     A batch with NaN or inf raises ValueError naming the step, its time and the model (`first_nonfinite_step`).
     `cond` and `uncond` (as in `sample`) hold one entry per sample, leading axis n; each batch takes its rows.
     `thresholding` as in `sample`."""
+    n, batch_size = count("generate: n", n), count("generate: batch_size", batch_size)
     zoo = as_zoo(model_or_zoo)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_conditioning(cond, uncond, n)
-    from_seed = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
-    if isinstance(key, bool) or not (from_seed or isinstance(key, jax.Array)):
+    fields.shape("generate: shape", shape)
+    from_seed = is_int(key)
+    if not (from_seed or isinstance(key, jax.Array)):
         raise ValueError(f"key must be a jax.random key or an int seed, got {key!r}")
+    if from_seed:
+        fields.seed("generate: key", key)
     seed, key = key, jax.random.PRNGKey(key) if from_seed else key
     scale = jnp.asarray(noise_schedule.prior_std(np.asarray(schedule.ts, np.float64)[0]), dtype)
     out = []

@@ -23,6 +23,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
+from omsjax.fields import count
 from omsjax.noise import NoiseSchedule, array_module, time_range
 from omsjax.schedule import time_bounds
 
@@ -60,8 +61,7 @@ def time_steps(
     karras: sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in the equivalent
     EDM noise level sigma = exp(-lambda).
     """
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"time_steps needs an integer number of steps n >= 1, got {n!r}")
+    n = count("time_steps: n", n)
     if skip is None:
         skip = noise_schedule.default_spacing
     t_start, t_end = time_range(noise_schedule, t_start, t_end, who="time_steps")
@@ -166,8 +166,7 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
 
     Unlike k-diffusion's `get_sigmas_karras`, no final 0 is appended. Map to times with `times_from_sigmas`.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"karras_sigmas needs an integer n >= 2, got n={n!r}")
+    n = count("karras_sigmas: n", n, 2)
     sigma_min, sigma_max, rho = float(sigma_min), float(sigma_max), float(rho)
     if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
         raise ValueError(f"karras_sigmas needs 0 < sigma_min < sigma_max < inf, got {sigma_min=}, {sigma_max=}")

@@ -346,7 +346,7 @@ def test_prior_and_generate_with_a_key():
     got = omsjax.generate(gmm.model(ns), ns, s, 5, (6,), key=key, batch_size=2, dtype=jnp.float64)
     want = omsjax.sample(gmm.model(ns), ns, s, omsjax.prior(ns, key, 5, (6,), dtype=jnp.float64))
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="noise needs n >= 1"):
+    with pytest.raises(ValueError, match="prior: n must be an int >= 1, got 0"):
         omsjax.prior(ns, key, 0, (6,))
 
 

@@ -73,14 +73,14 @@ def test_with_noise_is_the_same_evaluator_on_other_noise(tmp_path):
     assert r.score == fresh.evaluate_schedules([s])[0].score and (other.evaluated, ev.evaluated) == (1, 0)
     assert other.archive is ev.archive and ev.archive.get(r.key, other.eval_key) == r  # one archive, its own key
     assert ev.with_noise(7, 2 * N).x_T.shape == (2 * N, 4) and ev.x_T.shape == (N, 4)
-    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+    with pytest.raises(ValueError, match="with_noise: num_samples must be an int >= 2, got 1"):
         ev.with_noise(1, 1)
     one = ev.with_noise(7, chunk=1)
     assert (one.chunk, other.chunk, ev.chunk) == (1, 8, 8) and one.eval_key == other.eval_key
     s3 = presets.ddim(NS, 3)  # not in the archive: sampled one candidate per call, the same score as at chunk 8
     assert one.evaluate_schedules([s3])[0].score == fresh.evaluate_schedules([s3])[0].score and one.evaluated == 1
     for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match="chunk must be a positive int"):
+        with pytest.raises(ValueError, match="chunk must be an int >= 1"):
             ev.with_noise(7, chunk=bad)
 
 

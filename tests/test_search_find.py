@@ -49,7 +49,7 @@ def _mse_to_reference(model):
         (dict(nfe=3, budget=2.0), "solver mode needs exactly one of nfe="),
         (dict(nfe=0), "nfe must be an int >= 1"),
         (dict(budget=0.5), r"budget must pay for at least one step of model 0 \(1.0\)"),
-        (dict(nfe=3, key=-1), "seed must be an int >= 0"),
+        (dict(nfe=3, key=-1), r"seed must be an int in 0\.\.2147483647, got -1"),
         (dict(nfe=3, options=FindOptions(model=3)), "model 3 is not in the zoo of 1 models"),
         (dict(mode="model"), "exactly one of nfe="),
         (dict(mode="joint", nfe=3, budget=3.0), "exactly one of nfe="),

@@ -71,9 +71,9 @@ def test_ga_and_loop_config_errors():
         ga.GAConfig(p_mutate=1.5)
     with pytest.raises(ValueError, match="budget_kind"):
         ga.GAConfig(budget_kind="seconds")
-    with pytest.raises(ValueError, match="GAConfig.pop_size must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="GAConfig.pop_size must be an int >= 1, got 0"):
         ga.GAConfig(pop_size=0)
-    with pytest.raises(ValueError, match="LoopConfig.per_stage must be a positive int, got True"):
+    with pytest.raises(ValueError, match="LoopConfig.per_stage must be an int >= 1, got True"):
         loop.LoopConfig(per_stage=True)
     with pytest.raises(ValueError, match="explore_fraction must be in"):
         loop.LoopConfig(explore_fraction=1.2)

@@ -68,8 +68,9 @@ def test_stages_cluster(tmp_path):
     rc, out, _ = run(["stages", "cluster", "--grid", "16", "--samples", "48", "--alpha", "0.6", "--json"])
     short = json.loads(out)
     assert rc == 0 and "similarity" not in short and short["threshold"]["t"] == r["threshold"]["t"]  # same seed
-    for argv, msg in [(["--grid", "2"], "grid_size"), (["--alpha", "1.5"], "alpha"),
-                      (["--partition", "0"], "num_stages"), (["--samples", "0"], "num_samples")]:  # fmt: skip
+    for argv, msg in [(["--grid", "2"], "--grid must be an int >= 3, got 2"), (["--alpha", "1.5"], "alpha"),
+                      (["--partition", "0"], "--partition must be an int >= 1, got 0"),
+                      (["--samples", "0"], "--samples must be an int >= 1, got 0")]:  # fmt: skip
         rc, _, err = run(["stages", "cluster", *argv])
         assert rc == 2 and msg in err, (argv, err)
 

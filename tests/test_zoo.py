@@ -136,7 +136,7 @@ def test_remeasure_latency(tiny_zoo, tmp_path):
             k: v for k, v in b.items() if not k.startswith("latency")
         }
     assert zoo.load_zoo(copy)[0][1].latency == after["models"][1]["latency_ms"]
-    with pytest.raises(ValueError, match="batch must be a positive int"):
+    with pytest.raises(ValueError, match="remeasure_latency: batch must be an int >= 1, got 0"):
         zoo.remeasure_latency(copy, batch=0)
 
 
@@ -163,7 +163,10 @@ def test_cli_search_argument_errors(tiny_zoo, capsys, tmp_path):
     out = tmp_path / "search"
     rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--budget", "1", "--out", str(out)])
     assert rc == 2 and "not both" in err
-    for flag, value, named in (("--num-samples", "1", "--num-samples"), ("--final-top", "0", "final_top")):
+    for flag, value, named in (
+        ("--num-samples", "1", "--num-samples"),
+        ("--final-top", "0", "--final-top must be an int >= 1"),
+    ):
         # a size flag given on the command line is checked, not dropped in favour of the preset's value
         rc, _, err = _run(capsys, ["search", "--zoo", str(path), "--nfe", "3", "--out", str(out), flag, value])
         assert rc == 2 and named in err, err

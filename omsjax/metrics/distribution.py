@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from omsjax.fields import count
+
 __all__ = ["sliced_wasserstein", "energy_distance", "SlicedWasserstein", "EnergyDistance"]
 
 
@@ -52,12 +54,12 @@ def sliced_wasserstein(x, y, *, num_projections: int = 256, p: float = 2.0, seed
 
     The directions are normal draws of `np.random.default_rng(seed)`, normalised (for 1-D samples every
     direction is +-1 and the result is the exact W_p); `names` name x and y in errors."""
-    if not isinstance(num_projections, (int, np.integer)) or num_projections < 1:
-        raise ValueError(f"num_projections must be an int >= 1, got {num_projections!r}")
+    num_projections = count("sliced_wasserstein: num_projections", num_projections)
+    seed = count("sliced_wasserstein: seed", seed, 0, maximum=2**32 - 1)  # numpy's generator takes any
     if not p >= 1:
         raise ValueError(f"p must be >= 1, got {p!r}")
     x, y = _pair(x, y, names)
-    theta = np.random.default_rng(seed).standard_normal((x.shape[1], int(num_projections)))
+    theta = np.random.default_rng(seed).standard_normal((x.shape[1], num_projections))
     theta /= np.linalg.norm(theta, axis=0, keepdims=True)
     px, py = np.sort(x @ theta, axis=0), np.sort(y @ theta, axis=0)  # [n, L], [m, L]
     w, i, j = _quantile_pieces(x.shape[0], y.shape[0])

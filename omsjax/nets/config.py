@@ -4,9 +4,8 @@ host."""
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-from typing import Any
+
+from omsjax.fields import count, real
 
 __all__ = ["UNetLayout", "UNetConfig"]
 
@@ -43,23 +42,24 @@ class UNetLayout:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.channel_mults) == 0:
             raise ValueError("channel_mults must be non-empty")
-        for m in self.channel_mults:
-            _check_positive_int("channel_mults entries", m)
-        _check_positive_int("num_res_blocks", self.num_res_blocks)
+        # Store Python ints (a numpy int is accepted), so that the config hashes and round-trips through JSON.
+        mults = tuple(count(f"channel_mults[{i}]", m) for i, m in enumerate(self.channel_mults))
+        object.__setattr__(self, "channel_mults", mults)
+        object.__setattr__(self, "num_res_blocks", count("num_res_blocks", self.num_res_blocks))
         n = len(self.channel_mults)
-        for level in self.attention_levels:
-            if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < n:
+        levels = tuple(count(f"attention_levels[{i}]", v, 0) for i, v in enumerate(self.attention_levels))
+        for level in levels:
+            if level >= n:
                 raise ValueError(
                     f"attention_levels entry {level!r} is out of range: levels are 0..{n - 1} "
                     f"(one per channel_mults entry)"
                 )
-        if self.out_channels is not None:
-            _check_positive_int("out_channels", self.out_channels)
-        if self.time_embed_dim is not None:
-            _check_positive_int("time_embed_dim", self.time_embed_dim)
-        if not (isinstance(self.time_scale, numbers.Real) and math.isfinite(self.time_scale)):
-            raise ValueError(f"time_scale must be a finite number, got {self.time_scale!r}")
-        _check_positive_int("groups", self.groups)
+        object.__setattr__(self, "attention_levels", levels)
+        for name in ("out_channels", "time_embed_dim"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, count(name, getattr(self, name)))
+        real("time_scale", self.time_scale)
+        object.__setattr__(self, "groups", count("groups", self.groups))
 
     @property
     def num_levels(self) -> int:
@@ -87,12 +87,6 @@ class UNetConfig(UNetLayout):
     num_classes: int = 0
 
     def __post_init__(self):
-        _check_positive_int("channels", self.channels)
+        object.__setattr__(self, "channels", count("channels", self.channels))
         super().__post_init__()
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0: unconditional), got {self.num_classes!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        object.__setattr__(self, "num_classes", count("num_classes", self.num_classes, 0))  # 0: unconditional

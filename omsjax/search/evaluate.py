@@ -56,7 +56,7 @@ def _sample_shape(zoo, sample_shape) -> tuple[int, ...] | None:
     None when nothing says it."""
     given = {} if sample_shape is None else {"sample_shape": tuple(sample_shape)}
     for name, v in given.items():
-        if not v or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in v):
+        if not v or not all(checks.is_int(d) and d > 0 for d in v):
             raise ValueError(f"{name} must be a tuple of positive ints, got {v!r}")
     shape, source = None, None
     if given:
@@ -81,11 +81,6 @@ def _cond_argument(metric) -> str | None:
         return "cond"
     positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
     return "third" if len(positional) >= 3 else None
-
-
-def _check_num_samples(n) -> None:
-    if n < 2:
-        raise ValueError(f"num_samples must be >= 2 (a metric of a sample set), got {n}")
 
 
 DIGITS_SHAPE = metrics.IMAGE_SHAPE  # the one sample shape the default metric, the digits FD, scores
@@ -140,14 +135,13 @@ class Evaluator:
         method: str | None = None,
         sampling: SampleOptions | None = None,
     ):
-        _check_num_samples(num_samples)
+        self.num_samples = checks.count("Evaluator: num_samples", num_samples, 2)  # a metric of a sample set
+        self.noise_seed = checks.seed("Evaluator: noise_seed", noise_seed)
         self.zoo = as_zoo(zoo)
         self.ns = noise_schedule
         if space is not None:
             space.check_times(noise_schedule)
         self.space = space
-        self.num_samples = int(num_samples)
-        self.noise_seed = int(noise_seed)
         sampling = SampleOptions() if sampling is None else sampling
         if not isinstance(sampling, SampleOptions):
             raise ValueError(f"sampling must be an omsjax.SampleOptions, got {type(sampling).__name__}")
@@ -216,14 +210,15 @@ class Evaluator:
         `also`: {name: metric(samples, x_T) -> float} scored on the same samples as the evaluator's own metric (e.g.
         the FD to data beside a reference metric) and kept in each record's `extras` (inf for diverged samples);
         an archived record without them is evaluated again."""
+        noise_seed = checks.seed("with_noise: noise_seed", noise_seed)
         if num_samples is not None:
-            _check_num_samples(num_samples)
+            num_samples = checks.count("with_noise: num_samples", num_samples, 2)
         other = copy.copy(self)
         other.chunk = self.chunk if chunk is None else checks.positive_int("chunk", chunk)
         for cached in ("x_T", "_x_T_host", "_cond_host"):  # the noise (and its rows of cond) is this evaluator's own
             other.__dict__.pop(cached, None)
-        other.noise_seed = int(noise_seed)
-        other.num_samples = self.num_samples if num_samples is None else int(num_samples)
+        other.noise_seed = noise_seed
+        other.num_samples = self.num_samples if num_samples is None else num_samples
         other._set_conditioning()
         other.eval_key = other._eval_key()
         other.evaluated = 0

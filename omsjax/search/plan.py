@@ -20,10 +20,13 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from omsjax import fields
+from omsjax.fields import count, is_int
 from omsjax.noise import time_range
 from omsjax.search import final, loop
 from omsjax.search.baselines import largest_nfe
 from omsjax.search.space import MODES, SearchSpace
+from omsjax.spacing import SPACINGS
 
 __all__ = ["FindOptions", "Seeds", "seed_of", "Plan", "plan"]
 
@@ -66,18 +69,20 @@ class FindOptions:
 
     def __post_init__(self):
         for name in ("t_start", "t_end"):
-            v = getattr(self, name)
-            if v is not None and (
-                isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v)
-            ):
-                raise ValueError(f"FindOptions.{name} must be a finite number, got {v!r}")
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, fields.real(f"FindOptions.{name}", getattr(self, name)))
         for name in ("num_samples", "heldout_samples", "max_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
-                raise ValueError(f"FindOptions.{name} must be an int >= 2, got {v!r}")
+            object.__setattr__(self, name, count(f"FindOptions.{name}", getattr(self, name), 2))
+        if self.model is not None:
+            object.__setattr__(self, "model", count("FindOptions.model", self.model, 0))
         if self.config is not None and not isinstance(self.config, loop.LoopConfig):
             raise ValueError(f"FindOptions.config must be a loop.LoopConfig, got {type(self.config).__name__}")
-        object.__setattr__(self, "guidance_choices", tuple(self.guidance_choices))
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ValueError(f"FindOptions.spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        object.__setattr__(self, "guidance", fields.real("FindOptions.guidance", self.guidance))
+        choices = tuple(fields.real("FindOptions.guidance_choices entries", w) for w in self.guidance_choices)
+        object.__setattr__(self, "guidance_choices", choices)
+        object.__setattr__(self, "progress", fields.boolean("FindOptions.progress", self.progress))
 
 
 class Seeds(NamedTuple):
@@ -90,9 +95,7 @@ class Seeds(NamedTuple):
 
     @classmethod
     def of(cls, seed: int) -> Seeds:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        s = int(seed)
+        s = fields.seed("seed", seed)
         return cls(s, s + HELDOUT_OFFSET, s + SELECTION_OFFSET, s + CHECK_OFFSET)
 
     @property
@@ -110,7 +113,7 @@ class Seeds(NamedTuple):
 
 def seed_of(key) -> int:
     """A search's int seed: `key` itself (an int >= 0), or one drawn from a `jax.random` key, below 2**30."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    if is_int(key):
         return Seeds.of(key).search
     if not isinstance(key, jax.Array):
         raise ValueError(f"find_schedule: key must be a jax.random key or an int seed >= 0, got {key!r}")
@@ -141,8 +144,8 @@ def plan(
             f"{mode} mode needs exactly one of nfe= (an NFE budget) and budget= (a latency budget), "
             f"got nfe={nfe!r}, budget={budget!r}"
         )
-    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1):
-        raise ValueError(f"nfe must be an int >= 1, got {nfe!r}")
+    if nfe is not None:
+        nfe = count("nfe", nfe)
     time_range(noise_schedule, options.t_start, options.t_end, who="find_schedule")
     lat = [float(v) for v in latencies]
     w, choices = float(options.guidance), options.guidance_choices
@@ -157,8 +160,8 @@ def plan(
     )
     common = {k: v for k, v in common.items() if v is not None}
     if mode == "solver":
-        k = len(lat) - 1 if options.model is None else options.model
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(lat):
+        k = len(lat) - 1 if options.model is None else count("FindOptions.model", options.model, 0)
+        if k >= len(lat):
             raise ValueError(f"model {k!r} is not in the zoo of {len(lat)} models (0..{len(lat) - 1})")
         least = calls * lat[k]
         n = nfe if nfe is not None else largest_nfe(least, _budget(budget, least, f"model {k}"), 10**6)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from omsjax import usf
+from omsjax.fields import count
 from omsjax.noise import NoiseSchedule, time_range
 from omsjax.spacing import SPACINGS
 
@@ -65,25 +66,23 @@ class SearchSpace:
 
     def __post_init__(self):
         object.__setattr__(self, "latencies", tuple(float(v) for v in self.latencies))
-        if not _is_int(self.num_positions) or self.num_positions < 1:
-            raise ValueError(f"num_positions must be an int >= 1, got {self.num_positions!r}")
+        object.__setattr__(self, "num_positions", count("SearchSpace.num_positions", self.num_positions, 2))
         if not self.latencies or not all(math.isfinite(v) and v >= 0 for v in self.latencies):
             raise ValueError(f"latencies must be a non-empty sequence of finite numbers >= 0, got {self.latencies}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not _is_int(self.model) or not 0 <= self.model < self.num_models:
+        object.__setattr__(self, "model", count("SearchSpace.model", self.model, 0))
+        if self.model >= self.num_models:
             raise ValueError(f"model {self.model!r} is not in the zoo of {self.num_models} model(s)")
         if self.mode == "solver":
-            if not _is_int(self.nfe) or self.nfe < 1:
-                raise ValueError(f"solver mode needs nfe >= 1, got {self.nfe!r}")
+            object.__setattr__(self, "nfe", count("SearchSpace.nfe (solver mode)", self.nfe))
             if self.num_positions != self.nfe + 1:
                 raise ValueError(
                     f"solver mode: num_positions must be nfe + 1 = {self.nfe + 1}, got {self.num_positions}"
                 )
         elif self.nfe is not None:
             raise ValueError(f"nfe is fixed only in solver mode; {self.mode} mode has a budget instead")
-        if not _is_int(self.max_order) or not 1 <= self.max_order <= usf.MAX_ORDER:
-            raise ValueError(f"max_order must be in 1..{usf.MAX_ORDER}, got {self.max_order!r}")
+        object.__setattr__(self, "max_order", count("SearchSpace.max_order", self.max_order, maximum=usf.MAX_ORDER))
         if self.base_solver not in BASE_SOLVERS:
             raise ValueError(f"base_solver must be one of {BASE_SOLVERS}, got {self.base_solver!r}")
         if self.spacing not in SPACINGS:
@@ -172,10 +171,6 @@ class SearchSpace:
         """Raise `ValueError` unless t_min <= t_end < t_start <= t_max of `noise_schedule` (`noise.time_range`)."""
         hint = "; build it with SearchSpace.for_noise_schedule(ns, ...) or SearchSpace.for_nfe(..., noise_schedule=ns)"
         time_range(noise_schedule, self.t_start, self.t_end, who="SearchSpace", hint=hint)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def default_guidance_choices(w: float) -> tuple[float, ...]:

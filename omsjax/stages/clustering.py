@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import noise
-from omsjax.checks import is_int as _is_int
+from omsjax.checks import count, integer
 from omsjax.checks import is_real as _is_real
 from omsjax.noise import NoiseSchedule
 from omsjax.oracles import EmpiricalDenoiser
@@ -138,9 +138,8 @@ def similarity(
         raise ValueError(f"data must be a floating-point array [n, ...] with n >= 1, got {data.shape} {data.dtype}")
     if math.prod(data.shape[1:]) != math.prod(denoiser.data.shape[1:]):
         raise ValueError(f"data samples {data.shape[1:]} do not match the denoiser's {denoiser.data.shape[1:]}")
-    for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    count("num_samples", num_samples)
+    count("batch_size", batch_size)
     if not _is_real(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     if prediction not in PREDICTIONS:
@@ -246,8 +245,7 @@ def partition(sim, num_stages: int, grid=None) -> Partition:
     """
     s = _check_sim(sim)
     n = s.shape[0]
-    if not _is_int(num_stages) or not 1 <= num_stages <= n:
-        raise ValueError(f"num_stages must be an int in [1, G = {n}], got {num_stages!r}")
+    num_stages = count("num_stages", num_stages, maximum=n)  # at most G
     c = np.zeros((n + 1, n + 1))
     c[1:, 1:] = np.cumsum(np.cumsum(s, axis=0), axis=1)
     i = np.arange(n + 1)
@@ -287,9 +285,7 @@ def uniform_boundaries(
     """Ablation baselines: the K - 1 interior points of `omsjax.spacing.time_steps(ns, K, spacing)` in increasing order,
     i.e. stages of equal length in t ("time_uniform") or in log-SNR ("logSNR") between t_end (default: the
     schedule's default end time) and t_start (default T)."""
-    if not _is_int(num_stages) or num_stages < 1:
-        raise ValueError(f"num_stages must be a positive int, got {num_stages!r}")
-    ts = time_steps(noise_schedule, int(num_stages), spacing, t_start=t_start, t_end=t_end)
+    ts = time_steps(noise_schedule, count("num_stages", num_stages), spacing, t_start=t_start, t_end=t_end)
     return tuple(float(t) for t in ts[1:-1][::-1])
 
 
@@ -330,14 +326,11 @@ def clustering_report(
     "lambda" (half log-SNR) and "sigma" (EDM sigma = exp(-lambda)), with the `partition_score` of the stages it
     induces on the grid ("score"). Also "grid", "similarity" [G, G] and the settings.
     """
-    if not _is_int(grid_size) or grid_size < 3:
-        raise ValueError(f"grid_size must be an int >= 3, got {grid_size!r}")
-    if not _is_int(num_stages) or not 1 <= num_stages <= grid_size:
-        raise ValueError(f"num_stages must be an int in [1, grid_size = {grid_size}], got {num_stages!r}")
+    grid_size = count("grid_size", grid_size, 3)
+    count("num_stages", num_stages, maximum=grid_size)
     if not _is_real(alpha) or not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-    if not _is_int(seed):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    integer("seed", seed)
     data = jnp.asarray(data)
     ns = noise.vp_linear()
     grid = np.linspace(ns.default_t_end, ns.t_max, int(grid_size))

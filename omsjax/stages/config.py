@@ -17,10 +17,7 @@ __all__ = ["MultiStageConfig", "StageTrainConfig"]
 def _positive_ints(name: str, values) -> tuple[int, ...]:
     if not isinstance(values, (tuple, list)) or not values:
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
-    for v in values:
-        if not checks.is_int(v) or v <= 0:
-            raise ValueError(f"{name} entries must be positive ints, got {values!r}")
-    return tuple(int(v) for v in values)
+    return tuple(checks.count(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omsjax import nets
-from omsjax.checks import is_int as _is_int
+from omsjax.checks import count
 from omsjax.models import Model
 from omsjax.stages.clustering import stage_of
 from omsjax.stages.config import MultiStageConfig, StageTrainConfig
@@ -210,8 +210,7 @@ def forward_flops(config, params: Any, image_shape, *, stage: int | None = None,
     if isinstance(config, nets.UNetConfig):
         fn = nets.unet_apply_fn(config)
     elif isinstance(config, MultiStageConfig):
-        if not _is_int(stage) or not 0 <= stage < config.num_stages:
-            raise ValueError(f"stage must be an int in [0, {config.num_stages}), got {stage!r}")
+        count("stage", stage, 0, maximum=config.num_stages - 1)
 
         def fn(p, x, t):
             h, skips, emb = encode(config, p, x, t)

@@ -32,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from omsjax import files, noise
 from omsjax import train as _train
+from omsjax.checks import count
 from omsjax.checks import is_int as _is_int
 from omsjax.stages.checkpoints import save_checkpoint
 from omsjax.stages.config import MultiStageConfig, StageTrainConfig
@@ -216,9 +217,7 @@ def train_step(
             stage = int(stage)
         except (jax.errors.ConcretizationTypeError, TypeError):
             raise ValueError(f"stage must be a concrete int (the step is compiled per stage), got {stage!r}") from None
-    if not _is_int(stage) or not 0 <= stage < config.net.num_stages:
-        raise ValueError(f"stage must be an int in [0, {config.net.num_stages}), got {stage!r}")
-    return _train_step(config, state, data, key, int(stage))
+    return _train_step(config, state, data, key, count("stage", stage, 0, maximum=config.net.num_stages - 1))
 
 
 def train(
@@ -241,11 +240,8 @@ def train(
     (an open text file) gets the rows as JSON lines, and `saving` (a `train.Saving`) saves the state."""
     if not isinstance(config, StageTrainConfig):
         raise ValueError(f"config must be a StageTrainConfig, got {type(config).__name__}")
-    if not _is_int(log_every) or log_every < 1:
-        raise ValueError(f"log_every must be a positive int, got {log_every!r}")
-    if stop_at is not None and (not _is_int(stop_at) or stop_at < 0):
-        raise ValueError(f"stop_at must be an int >= 0 or None, got {stop_at!r}")
-    end = config.steps if stop_at is None else min(int(stop_at), config.steps)
+    count("log_every", log_every)
+    end = config.steps if stop_at is None else min(count("stop_at (or None)", stop_at, 0), config.steps)
     data = np.asarray(data, np.float32)
     if data.ndim != 4 or tuple(data.shape[1:]) != config.image_shape or data.shape[0] < 1:
         raise ValueError(f"data must have shape [N, *image_shape] = [N, {config.image_shape}], got {data.shape}")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omsjax.fields import count
 from omsjax.models import Model
 from omsjax.noise import NoiseSchedule
 from omsjax.timesteps.bound import check_data, data_prediction
@@ -27,6 +28,7 @@ def ays_table(model: Model, ns: NoiseSchedule, data, lam_grid, key, num_samples:
     `lam_grid` (ascending): [G, num_samples, ...]. y = x0 + nu eps on each path (nu = e^-lambda), coupled by
     independent increments from the smallest nu up."""
     check_data(data)
+    num_samples = count("ays_table: num_samples", num_samples)
     data = jnp.asarray(data)
     lam_grid = jnp.asarray(lam_grid, data.dtype)
     if not bool(jnp.all(jnp.diff(lam_grid) > 0)):
@@ -93,7 +95,8 @@ def ays_schedule(
     Returns the N + 1 times (float64, decreasing, the end points exact)."""
     lam_grid = np.asarray(lam_grid, np.float64)
     G = len(lam_grid)
-    if not isinstance(nfe, int) or not 1 <= nfe < G:
+    nfe, sweeps = count("ays_schedule: nfe", nfe), count("ays_schedule: sweeps", sweeps, 0)
+    if nfe >= G:
         raise ValueError(f"nfe must be an int in 1..{G - 1} (the grid has {G} points), got {nfe!r}")
     ends = np.asarray(ns.lam(np.asarray([t_start, t_end], np.float64)), np.float64)
     if not np.allclose(ends, lam_grid[[0, -1]], rtol=1e-6, atol=1e-9):

@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from omsjax import optim
+from omsjax.fields import count
 from omsjax.models import Model, to_eps_x0
 from omsjax.noise import NoiseSchedule
 from omsjax.spacing import logits, times
@@ -91,8 +92,7 @@ def estimate_g(model: Model, ns: NoiseSchedule, data, lam_grid, key, num_samples
     """g(lambda) = E ||dD/dlambda|| (RMS over pixels) at every point of `lam_grid`, by Monte Carlo over x0 drawn
     from `data` [n, ...] and fresh noise: an unbiased estimate at every grid point. Returns (mean, std error)."""
     check_data(data)
-    if not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+    num_samples, batch = count("estimate_g: num_samples", num_samples, 2), count("estimate_g: batch", batch)
     data = jnp.asarray(data)
     lam_grid = jnp.asarray(lam_grid, data.dtype)
     b = min(batch, num_samples)
@@ -119,6 +119,7 @@ def _lams(ns, ts):
 def bound(ns: NoiseSchedule, ts, lam_grid, g, *, nodes: int = 16):
     """B of the times `ts` (module docstring) with g the linear interpolation of the table (lam_grid, g), by
     Gauss-Legendre quadrature with `nodes` points per interval; differentiable in `ts`."""
+    nodes = count("bound: nodes", nodes)
     lam = _lams(ns, ts)
     f = lam.dtype
     xg, wg = np.polynomial.legendre.leggauss(nodes)
@@ -136,6 +137,7 @@ def bound_mc(model: Model, ns: NoiseSchedule, ts, data, key, num_samples: int = 
     """The unbiased Monte-Carlo estimate of B for the times `ts`: (mean, std error) over `num_samples` draws of one
     (mu_i, x0, eps) per interval."""
     check_data(data)
+    num_samples = count("bound_mc: num_samples", num_samples, 2)
     data = jnp.asarray(data)
     lam = _lams(ns, ts).astype(data.dtype)
     sigma_n = ns.sigma(jnp.asarray(ts, data.dtype)[-1])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
+
+from omsjax.fields import count, real
 
 __all__ = ["FitResult"]
 
@@ -20,7 +21,6 @@ class FitResult(NamedTuple):
 
 
 def check_fit(steps, lr):
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    """The optimiser settings of a fit: `steps` an int >= 1, `lr` a finite number > 0."""
+    count("steps", steps)
+    real("lr", lr, gt=0)

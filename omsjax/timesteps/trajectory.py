@@ -26,6 +26,7 @@ import optax
 
 from omsjax import optim
 from omsjax.checks import check_inputs
+from omsjax.fields import count
 from omsjax.models import as_zoo
 from omsjax.noise import NoiseSchedule
 from omsjax.sampler import sample
@@ -75,8 +76,8 @@ def optimize_trajectory(
     if x_T.shape != x_ref.shape:
         raise ValueError(f"x_T {x_T.shape} and x_ref {x_ref.shape} must have the same shape")
     n = x_T.shape[0]
-    if batch is not None and not (isinstance(batch, int) and 1 <= batch <= n):
-        raise ValueError(f"batch must be an int in 1..{n}, got {batch!r}")
+    if batch is not None:
+        batch = count("optimize_trajectory: batch", batch, maximum=n)
     ts0 = np.asarray(schedule.ts, np.float64)
     u0 = jnp.asarray(logits(ns, ts0, spacing), jnp.asarray(schedule.ts).dtype)
     t0, t1 = float(ts0[0]), float(ts0[-1])
@@ -140,8 +141,7 @@ def optimize_fd(
     needed; every step draws new x_T (a stochastic gradient of the FD of the sampler's distribution)."""
     check_fit(steps, lr)
     zoo = as_zoo(zoo)
-    if not (isinstance(batch, int) and batch >= 2):
-        raise ValueError(f"batch must be an int >= 2, got {batch!r}")
+    batch = count("optimize_fd: batch", batch, 2)
     f = jnp.asarray(schedule.ts).dtype
     check_inputs(zoo, ns, schedule, jnp.zeros((1, *image_shape), f), data_mean)
     mu_r, cov_r = (np.asarray(a, np.float64) for a in ref[:2])

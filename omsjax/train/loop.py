@@ -76,8 +76,7 @@ def run(
     fsynced lines by `files.append_jsonl`, a torn last line ended first; or an open text file).
     `saving` (a `Saving`; None: never) saves after the step's row.
     """
-    if not checks.is_int(log_every) or log_every < 1:
-        raise ValueError(f"log_every must be a positive int, got {log_every!r}")
+    checks.count("log_every", log_every)
     start = int(state.step)
     rows, window, running, t0 = [], [], None, time.perf_counter()
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=desc, unit="step")
@@ -152,9 +151,8 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not checks.is_int(log_every) or log_every < 1:
-        raise ValueError(f"log_every must be a positive int, got {log_every!r}")
-    end = config.steps if stop_at is None else min(int(stop_at), config.steps)
+    checks.count("log_every", log_every)
+    end = config.steps if stop_at is None else min(checks.count("stop_at (or None)", stop_at, 0), config.steps)
     check_batch(config)
     data = np.asarray(data, np.float32)
     if data.ndim != 4 or tuple(data.shape[1:]) != config.image_shape:

@@ -36,8 +36,7 @@ def clamp_cap(step, warmup: int) -> jax.Array:
 
     float32 (the training dtype), shape of `step`.
     """
-    if not checks.is_int(warmup) or warmup < 0:
-        raise ValueError(f"weight_clamp_warmup must be an int >= 0, got {warmup!r}")
+    warmup = checks.count("weight_clamp_warmup", warmup, 0)
     step = jnp.asarray(step)
     if warmup == 0:
         return jnp.full(step.shape, jnp.inf, DTYPE)

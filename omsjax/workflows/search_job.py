@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omsjax import files, metrics
+from omsjax import fields, files, metrics
 from omsjax.options import SampleOptions
 from omsjax.schedule import AFS_NONE
 from omsjax.search import baselines, cache, final, guided, loop, seeding
@@ -305,13 +305,13 @@ def cache_presets(
     `max_steps` are the ones that matter)."""
     from omsjax import zoo
 
-    nfes = list(nfes)
-    if not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfes):
-        raise ValueError(f"the NFEs to cache must be integers >= 1, got {nfes}")
+    nfes = [fields.count(f"cache_presets: nfes[{i}]", n) for i, n in enumerate(nfes)]
+    if not nfes:
+        raise ValueError("cache_presets: nfes must list at least one NFE, got none")
+    seeds = Seeds.of(seed)
     models, ns, manifest = zoo.load_zoo(zoo_dir)
     mean = zoo.data_mean(manifest)
     shape = tuple(manifest["image_shape"])
-    seeds = Seeds.of(seed)
     options = _guided(options, objective)
     num_samples, final_samples = options.num_samples, options.heldout_samples
     archive = Archive()

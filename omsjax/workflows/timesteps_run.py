@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import files
+from omsjax import fields, files
 from omsjax.models import Model
 from omsjax.sampler import sample
 from omsjax.spacing import SPACINGS, time_steps
@@ -60,8 +60,9 @@ def finetune(
     from omsjax import data as data_mod
     from omsjax import train, zoo
 
+    model, steps = fields.count("finetune: model", model, 0), fields.count("finetune: steps", steps)
     models, _, manifest = zoo.load_zoo(zoo_dir)
-    if not (isinstance(model, int) and 0 <= model < len(models)):
+    if model >= len(models):
         raise ValueError(f"model {model!r} is not in the zoo of {len(models)} models")
     entry = manifest["models"][model]
     if data is None:
@@ -72,12 +73,12 @@ def finetune(
     focus = tuple(float(t) for t in focus_times)
     cfg = dataclasses.replace(
         base,
-        steps=int(steps),
+        steps=steps,
         lr=float(lr),
-        warmup=max(1, min(50, int(steps) // 10)),
+        warmup=max(1, min(50, steps // 10)),
         ema_decay=float(ema_decay),
-        seed=int(seed),
-        checkpoint_every=int(steps),
+        seed=seed,  # checked by TrainConfig
+        checkpoint_every=steps,
         focus_times=focus,
         focus_prob=float(focus_prob),
     )
@@ -216,10 +217,11 @@ class StepsConfig:
             ("fd_samples", 2),
             ("traj_steps", 1),
             ("finetune_steps", 1),
+            ("seed", 0),
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+            object.__setattr__(self, name, fields.count(f"StepsConfig.{name}", getattr(self, name), lo))
+        if self.model is not None:
+            object.__setattr__(self, "model", fields.count("StepsConfig.model", self.model, 0))
 
 
 def run(zoo_dir, out_dir, config: StepsConfig = StepsConfig(), *, progress: bool = True) -> dict:
@@ -253,8 +255,8 @@ def _run(zoo_dir, out, config: StepsConfig, progress: bool) -> dict:
     from omsjax.search.evaluate import Evaluator
 
     models, ns, manifest = zoo.load_zoo(zoo_dir)
-    k = len(models) - 1 if model is None else model
-    if not (isinstance(k, int) and 0 <= k < len(models)):
+    k = len(models) - 1 if model is None else model  # an int >= 0 (StepsConfig)
+    if k >= len(models):
         raise ValueError(f"model {k!r} is not in the zoo of {len(models)} models (0..{len(models) - 1})")
     kind, kw = presets.NAMED[solver]
     template = presets.preset(kind, ns, nfe, model=k, **kw)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import files, nets, noise, train
+from omsjax import fields, files, nets, noise, train
 from omsjax.models import Model
 from omsjax.paths import checkpoints_dir
 from omsjax.zoo.latency import machine_name
@@ -190,10 +190,11 @@ def _load_member(zoo_dir: Path, i: int, entry: dict, image_shape: tuple) -> Mode
 def remeasure_latency(path=DEFAULT_ZOO, *, batch: int | None = None, repeats: int = 20) -> dict:
     """Measure every model's latency again (e.g. on a quiet machine, or on the machine that will sample) and
     rewrite `manifest.json`; returns the manifest. `batch` defaults to each entry's `latency_batch`."""
+    if batch is not None:
+        batch = fields.count("remeasure_latency: batch", batch)
+    repeats = fields.count("remeasure_latency: repeats", repeats)
     zoo_dir = Path(path)
     models, _, manifest = load_zoo(zoo_dir)
-    if batch is not None and (not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
     shape = tuple(manifest["image_shape"])
     name = machine_name()
     for model, entry in zip(models, manifest["models"], strict=True):
