@@ -34,8 +34,10 @@ __all__ = [
     "read_json",
     "json_object",
     "json_type",
+    "unique_keys",
     "append_jsonl",
     "read_jsonl",
+    "make_folder",
     "FolderLock",
     "FolderLocked",
 ]
@@ -85,10 +87,27 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
     UTF-8 JSON (binary, truncated, overwritten)."""
     path = Path(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         what = f" ({what})" if what else ""
         raise ValueError(f"{path}{what} is not valid JSON: {_short(e)}") from None
+    except _RepeatedKey as e:
+        raise ValueError(f"{path}{f' ({what})' if what else ''}: {e}") from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """`json.loads`'s `object_pairs_hook` that refuses a key repeated in one object (JSON itself allows it, and
+    keeps the last value silently): "the key 'ts' appears twice in one object"."""
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise _RepeatedKey(f"the key {k!r} appears twice in one object")
+        d[k] = v
+    return d
 
 
 def json_type(v) -> str:
@@ -108,9 +127,11 @@ def json_object(text, what: str, shape: str = "") -> dict:
             raise ValueError(f"{what} is not UTF-8 text (byte {e.start} is {bad!r}: a binary file?)") from None
     if isinstance(text, str):
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as e:
             raise ValueError(f"{what} is not valid JSON: {e}") from None
+        except _RepeatedKey as e:
+            raise ValueError(f"{what}: {e}") from None
         except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
             raise ValueError(f"{what} cannot be read: {type(e).__name__}: {e}") from None
     elif isinstance(text, Mapping):
@@ -154,7 +175,7 @@ def read_jsonl(path: str | os.PathLike, *, check: Callable[[dict], None] | None 
             if not raw.strip():
                 continue
             try:
-                rec = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+                rec = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=unique_keys)
                 if not isinstance(rec, dict):
                     raise ValueError(f"a JSON {type(rec).__name__}, not an object")
                 if check is not None:
@@ -179,6 +200,21 @@ def _short(e: Exception) -> str:
 
 class FolderLocked(RuntimeError):
     """Another process holds the folder's lock."""
+
+
+def make_folder(path: str | os.PathLike, what: str) -> Path:
+    """`path` as an existing folder, created with its parents; else a `ValueError` that starts with `what` (the
+    argument or flag that named it, e.g. "--out" or "find_schedule: out=") and says which part is a file, or why
+    the folder cannot be made."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{what} {path}: {'it' if p == path else p} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot create the folder ({e.strerror or e})") from None
+    return path
 
 
 class FolderLock:
@@ -210,7 +246,7 @@ class FolderLock:
                 f"cannot lock {self.folder} here (no fcntl); two runs on it at once are not refused", stacklevel=2
             )
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder, f"the folder of {self.what}")
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -29,8 +29,11 @@ def _messages(rec) -> list[str]:
     return [str(w.message) for w in rec]
 
 
+SCHED = json.loads(presets.ddim(NS, 3).to_json(indent=None))  # a valid schedule: the archive checks the content
+
+
 def _record(i, **kw) -> Record:
-    d = dict(key=f"k{i}", eval_key="seed0-n12", score=float(i), cost=1.0, nfe=3, schedule={"i": i})
+    d = dict(key=f"k{i}", eval_key="seed0-n12", score=float(i), cost=1.0, nfe=3, schedule=SCHED)
     return Record(**{**d, **kw})
 
 
@@ -132,7 +135,8 @@ def test_archive_skips_invalid_records_with_file_and_line(tmp_path):
     with pytest.warns(UserWarning) as rec:
         again = Archive(path)
     assert [r.key for r in again.records] == ["k0", "inf_null", "inf", "k5"] and len(rec) == 6
-    r = _record(6, score=math.inf, genome={"u": [0.5]})  # an infinite score round-trips
+    genome = {g: [0] for g in ("model", "order", "prediction", "corrector", "d1", "relax_type", "d2_half")}
+    r = _record(6, score=math.inf, genome={**genome, "afs": 0, "u": [0.5], "relax": [0.0]})  # inf round-trips
     assert Record.from_json(r.to_json()) == r
 
 
@@ -152,14 +156,16 @@ def test_evaluator_resumes_from_an_archive_with_bad_lines(tmp_path):
 
 
 KILLED_WRITER = """
-import sys
+import json, sys
+from omsjax import noise, presets
 from omsjax.search.archive import Archive, Record
 
+SCHED = json.loads(presets.ddim(noise.vp_linear(), 3).to_json(indent=None))
 arch = Archive(sys.argv[1])
 pad = "x" * 2_000_000  # a large record: a kill may land inside its write (a torn line)
 i = 0
 while True:
-    arch.append(Record(key=f"k{i}", eval_key="e", score=float(i), cost=1.0, nfe=3, schedule={"pad": pad}))
+    arch.append(Record(key=f"k{i}", eval_key="e", score=float(i), cost=1.0, nfe=3, schedule=SCHED, note=pad))
     print(i, flush=True)  # record i is fully written
     i += 1
 """
@@ -187,7 +193,7 @@ def test_kill_9_mid_append_loses_no_reported_record(tmp_path):
         warnings.simplefilter("always")
         arch = Archive(path)  # the resumed run
         for k in new:
-            arch.append(Record(key=k, eval_key="e", score=0.5, cost=1.0, nfe=3, schedule={}))
+            arch.append(Record(key=k, eval_key="e", score=0.5, cost=1.0, nfe=3, schedule=SCHED))
         keys = [r.key for r in Archive(path).records]
     in_flight = f"k{len(reported)}"  # killed after its write but before its print, or torn
     assert keys in ([f"k{i}" for i in reported] + new, [f"k{i}" for i in reported] + [in_flight] + new)

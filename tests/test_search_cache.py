@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from omsjax import noise, presets
 from omsjax.search import cache
 from omsjax.search.archive import Archive, Record
 
@@ -18,14 +19,17 @@ def _zoo(tmp_path):
     return z
 
 
+SCHED = json.loads(presets.ddim(noise.vp_linear(), 5).to_json(indent=None))  # the cache checks the content
+
+
 def _rec(i, eval_key="seed0-n500"):
-    return Record(key=f"k{i}", eval_key=eval_key, score=1.0 + i, cost=3.0, nfe=5, schedule={"ts": [1.0, 0.5]})
+    return Record(key=f"k{i}", eval_key=eval_key, score=1.0 + i, cost=3.0, nfe=5, schedule=SCHED)
 
 
 def test_cache_round_trip_and_what_voids_it(tmp_path, caplog):
     z = _zoo(tmp_path)
     recs = [_rec(0), _rec(1, "seed1000-n1000"), Record(key="k2", eval_key="e", score=float("inf"), cost=1, nfe=1,
-                                                       schedule={})]  # fmt: skip
+                                                       schedule=SCHED)]  # fmt: skip
     path = cache.write(z, recs, "test machine")
     assert path == z / cache.FILENAME
     got, machine = cache.load(z)

@@ -90,6 +90,31 @@ _FIELDS = {
 _REQUIRED = ("key", "eval_key", "fd", "cost", "nfe", "schedule")
 
 
+def _check_content(kw: dict) -> None:
+    """A record's fields of the right JSON types must also hold what they name: `schedule` a valid schedule,
+    `genome` (when given) every required gene, each a list of numbers of one length (`afs` one number). Raises
+    `ValueError` naming the field. (`key` is not recomputed: a later version may write a schedule's JSON, and so
+    its key, differently, and its records must still read.)"""
+    try:
+        Schedule.from_json(kw["schedule"])
+    except ValueError as e:
+        raise ValueError(f"schedule is not a schedule: {e}") from None
+    g = kw.get("genome")
+    if g is None:
+        return
+    missing = [k for k in Genome._fields if k not in g and k not in Genome._field_defaults]
+    if missing:
+        raise ValueError(f"genome misses the genes {', '.join(missing)}")
+    if set(g) - set(Genome._fields):
+        raise ValueError(f"genome has unknown genes {', '.join(sorted(set(g) - set(Genome._fields)))}")
+    for k, v in g.items():
+        vals = [v] if k == "afs" else v if isinstance(v, list) and v else [None]
+        if any(isinstance(x, bool) or not isinstance(x, _NUMBER) or not math.isfinite(x) for x in vals):
+            raise ValueError(f"genome gene {k} is {v!r}, not {'a number' if k == 'afs' else 'a list of numbers'}")
+    if len({len(v) for k, v in g.items() if k != "afs"}) != 1:
+        raise ValueError(f"genome genes differ in length: { {k: len(v) for k, v in g.items() if k != 'afs'} }")
+
+
 @dataclasses.dataclass
 class Record:
     """One evaluated schedule. `score` is the evaluator's metric value, lower is better (the digits FD by default;
@@ -133,6 +158,7 @@ class Record:
             types, what = _FIELDS[f]
             if isinstance(v, bool) or not isinstance(v, types):
                 raise ValueError(f"{f} is {v!r}, not {what}")
+        _check_content(kw)
         fd = kw.pop("fd")
         fd = math.inf if fd is None else float(fd)
         kw["score"] = math.inf if math.isnan(fd) else fd  # null or NaN: diverged, the worst score
@@ -150,7 +176,7 @@ class Record:
 
     @classmethod
     def from_json(cls, line: str) -> Record:
-        return cls.from_dict(json.loads(line))
+        return cls.from_dict(json.loads(line, object_pairs_hook=files.unique_keys))
 
     def to_schedule(self) -> Schedule:
         return Schedule.from_json(self.schedule)
@@ -167,6 +193,8 @@ class Archive:
         self._index: dict[tuple[str, str], Record] = {}
         self._cached: set[tuple[str, str]] = set()  # remembered (`remember`), not in the file
         self._unused: set[tuple[str, str]] = set()  # remembered and not yet returned by `get`
+        if self.path is not None and self.path.is_dir():
+            raise ValueError(f"archive {self.path} is a folder, not a JSON-lines file (give the file's path)")
         if self.path is not None:
             for d in files.read_jsonl(self.path, check=Record.from_dict):
                 self._add(Record.from_dict(d))

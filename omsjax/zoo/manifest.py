@@ -4,12 +4,11 @@ data mean, and every member entry's fields and their types), each error naming t
 from __future__ import annotations
 
 import math
-import numbers
 from pathlib import Path
 
 import numpy as np
 
-from omsjax import files
+from omsjax import fields, files
 
 __all__ = ["VERSION", "read_manifest"]
 
@@ -33,7 +32,7 @@ def read_manifest(zoo_dir: Path) -> dict:
         if key not in m:
             raise ValueError(f"{path}: the manifest lacks {key!r}")
     shape = m["image_shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(d) and d > 0 for d in shape)):
+    if not (isinstance(shape, list) and len(shape) == 3 and all(fields.is_int(d) and d > 0 for d in shape)):
         raise ValueError(f"{path}: field 'image_shape' must be [H, W, C] (positive ints), got {shape!r}")
     if not isinstance(m["noise_schedule"], dict):
         raise ValueError(
@@ -49,13 +48,13 @@ def read_manifest(zoo_dir: Path) -> dict:
             ) from None
     if not isinstance(m["models"], list):
         raise ValueError(f"{path}: field 'models' must be a list of members, got {files.json_type(m['models'])}")
+    first: dict[str, int] = {}
     for i, entry in enumerate(m["models"]):
         _check_entry(entry, i, path)
+        j = first.setdefault(entry["name"], i)
+        if j != i:
+            raise ValueError(f"{path}: members {j} and {i} are both named {entry['name']!r} (a member listed twice?)")
     return m
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_ms(v) -> bool:
@@ -69,10 +68,10 @@ _ENTRY_FIELDS = {
     "params": (True, lambda v: isinstance(v, str) and v != "", "a folder name relative to the zoo"),
     "latency_ms": (True, _is_ms, "a number >= 0 (ms per batch)"),
     "latency_ms_per_stage": (False, lambda v: isinstance(v, list) and all(map(_is_ms, v)), "a list of numbers >= 0"),
-    "latency_batch": (False, lambda v: _is_int(v) and v > 0, "a positive int"),
+    "latency_batch": (False, lambda v: fields.is_int(v) and v > 0, "a positive int"),
     "latency_machine": (False, lambda v: isinstance(v, str), "a string"),
-    "param_count": (False, lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "train_steps": (False, lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "param_count": (False, lambda v: fields.is_int(v) and v >= 0, "an int >= 0"),
+    "train_steps": (False, lambda v: fields.is_int(v) and v >= 0, "an int >= 0"),
 }
 
 
