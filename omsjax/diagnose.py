@@ -28,11 +28,14 @@ class NonFiniteStep(NamedTuple):
     cause:   "model": the zoo member called at step i returned NaN/inf on a finite input;
              "update": x_step became non-finite in the update of step - 1, every model output before was finite;
              "guess": the analytical first step's (eps, x0) from its x0 guess is non-finite (an overflow);
-             "schedule": the decisions of step i are invalid for the sampler (its output is NaN by design).
-    model:   the zoo index called at the step ("model"), else None.
+             "schedule": the decisions of step i are invalid for the sampler (its output is NaN by design);
+             "guidance": the member's conditional and unconditional outputs at step i are finite, their guided
+             combination out(uncond) + w (out(cond) - out(uncond)) is not (an enormous scale w).
+    model:   the zoo index called at the step ("model", "guidance"), else None.
     name:    that member's name ("" if none).
     samples: the batch indices affected at that step.
     batch:   the batch size.
+    guidance: the guidance scale of the step's call.
     """
 
     step: int
@@ -42,6 +45,7 @@ class NonFiniteStep(NamedTuple):
     name: str
     samples: tuple[int, ...]
     batch: int
+    guidance: float = 1.0
 
     @property
     def message(self) -> str:
@@ -56,6 +60,8 @@ class NonFiniteStep(NamedTuple):
             f"although every model output before was finite, {some}",
             "guess": f"the analytical first step's guess became non-finite at step 0 ({t}), {some}",
             "schedule": f"step {i} ({t}) of the schedule is not a valid update (the sampler returns NaN)",
+            "guidance": f"the guided combination out(uncond) + w (out(cond) - out(uncond)) at w = {self.guidance:g} "
+            f"became non-finite at step {i} ({t}): {who}'s conditional and unconditional outputs are finite, {some}",
         }[self.cause]
 
 
@@ -86,25 +92,31 @@ def first_nonfinite_step(
         raise ValueError("first_nonfinite_step runs on the host: call it with concrete arrays, outside jit/vmap")
     check_inputs(zoo, noise_schedule, schedule, x_T, data_mean, cond, uncond)
     switches = Switches(diagnose=True, thresholding=o.thresholding)
-    _, (x_ok, f_ok, ok), f0, ok0 = jax.device_get(
+    _, (x_ok, f_ok, ok, raw_ok), f0, ok0, raw0 = jax.device_get(
         run_used(zoo, noise_schedule, schedule, x_T, data_mean, cond=cond, uncond=uncond, switches=switches)
     )
     n, batch = schedule.num_steps, int(x_T.shape[0])
     ts, model, afs = np.asarray(schedule.ts, np.float64), np.asarray(schedule.model), int(np.asarray(schedule.afs))
 
+    w = np.asarray(schedule.guidance, np.float64)
+
     def found(i, cause, bad=None):
-        k = int(model[i]) if cause == "model" else None
+        k = int(model[i]) if cause in ("model", "guidance") else None
         samples = () if bad is None else tuple(int(j) for j in np.flatnonzero(bad))
         name = zoo[k].name if k is not None else ""
-        return NonFiniteStep(i, float(ts[i]), cause, k, name, samples, batch)
+        return NonFiniteStep(i, float(ts[i]), cause, k, name, samples, batch, float(w[min(i, n - 1)]))
 
     in_ok = np.concatenate([np.ones((1, batch), bool), x_ok[:-1]])  # x_i finite, i = 0..N-1
     out_ok = np.concatenate([f0[None], f_ok[:-1]])  # the model outputs at ts[i] finite
+    raw_in = np.concatenate([raw0[None], raw_ok[:-1]])  # the raw conditional and unconditional outputs finite
     for i in range(n):
         if not in_ok[i].all():
             return found(i, "update", ~in_ok[i])
         if not out_ok[i].all():
-            return found(i, "guess" if i == 0 and afs != AFS_NONE else "model", ~out_ok[i])
+            if i == 0 and afs != AFS_NONE:
+                return found(i, "guess", ~out_ok[i])
+            combined = w[i] != 1.0 and raw_in[i][~out_ok[i]].all()
+            return found(i, "guidance" if combined else "model", ~out_ok[i])
         if not (ok0 and ok[i]):
             return found(i, "schedule")
     if not x_ok[-1].all():

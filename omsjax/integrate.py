@@ -140,8 +140,9 @@ class Switches:
 
     arithmetic_first: choose the first call's AFS guess arithmetically instead of by `lax.switch` (under vmap).
     diagnose: a second program, for `first_nonfinite_step`: also, per step i, whether x_(i+1) and the model outputs
-      at ts[i+1] are finite [N, B] and the validity after step i [N], and for the first call the finiteness of its
-      outputs [B] and the validity of the schedule.
+      at ts[i+1] are finite [N, B], the validity after step i [N] and whether the raw conditional and unconditional
+      outputs there are finite [N, B] (two more calls per step); for the first call the finiteness of its outputs
+      [B], the validity of the schedule, and its raw outputs' finiteness [B].
     trajectory: also return a `Trajectory`.
     remat: recompute each step's activations in the backward pass instead of storing them.
     thresholding: None, or (ratio, max_val) for `dynamic_threshold` after every model call.
@@ -290,16 +291,19 @@ def run(
                 uncond=uncond,
                 w=s["guidance_next"],
             )
-            if thresholding is None:
+            if thresholding is not None:
+                eps, x0 = dynamic_threshold(x, x0, s["la_next"], s["sig_next"], thresholding)
+            if not diagnose:
                 return eps, x0
-            return dynamic_threshold(x, x0, s["la_next"], s["sig_next"], thresholding)
+            at = (s["t_next"], s["la_next"], s["sig_next"])
+            return eps, x0, _raw_finite(zoo, s["model_next"], x, at, members, cond, uncond)
 
         def skip(x):
-            return jnp.zeros_like(x), jnp.zeros_like(x)
+            return (jnp.zeros_like(x),) * 2 + ((jnp.ones(x.shape[:1], bool),) if diagnose else ())
 
         x0_i = hist.x0[0]  # the model's (or the AFS guess's) data prediction at (x_i, ts[i])
-        eps, x0 = jax.lax.cond(s["i"] < n - 1, evaluate, skip, x_next)
-        flags = (_finite(x_next), _finite(eps) & _finite(x0), ok) if diagnose else None
+        eps, x0, *raw = jax.lax.cond(s["i"] < n - 1, evaluate, skip, x_next)
+        flags = (_finite(x_next), _finite(eps) & _finite(x0), ok, *raw) if diagnose else None
         if trajectory:
             flags = (x, x0_i)  # x: x_i after the corrector
         return (x_next, eps, x0, hist, ok), flags
@@ -315,7 +319,23 @@ def run(
     if trajectory:
         states = jnp.concatenate([flags[0], out[None]])
         return out, Trajectory(jnp.where(ok, states, jnp.nan), jnp.where(ok, flags[1], jnp.nan), ts)
-    return (out, flags, _finite(eps0) & _finite(x00), ok0) if diagnose else out
+    if not diagnose:
+        return out
+    at0 = (ts[0], log_alpha[0], sigma[0])
+    return out, flags, _finite(eps0) & _finite(x00), ok0, _raw_finite(zoo, model[0], x_T, at0, members, cond, uncond)
+
+
+def _raw_finite(zoo, index, x, at, members, cond, uncond):
+    """[B], for the diagnosis: whether the called member's conditional and unconditional outputs at `at` = (t,
+    log alpha, sigma) are both finite (all True without `uncond`), so that a non-finite guided output whose two
+    halves are finite is the guided combination's doing, not the model's."""
+    if uncond is None:
+        return jnp.ones(x.shape[:1], bool)
+    ok = [
+        _finite(e) & _finite(x0)
+        for e, x0 in (eval_zoo(zoo, index, x, *at, members=members, cond=c) for c in (cond, uncond))
+    ]
+    return ok[0] & ok[1]
 
 
 # The whole point of `sample` is one compiled loop: keep a compiled program per (zoo, schedule length, shapes,

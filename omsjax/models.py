@@ -46,7 +46,9 @@ class Model:
     """A diffusion model: `apply_fn(params, x, t)` with its `params`.
 
     Attributes:
-      apply_fn: pure function (params, x [B, ...], t [B]) -> output [B, ...]; static (part of the program).
+      apply_fn: pure function (params, x [B, ...], t [B]) -> output [B, ...]; static (part of the program). A
+        floating output of another dtype than x (a bfloat16 or float16 network, a float64 one) is cast to x's dtype,
+        the sampler state's (float32 or float64, x_T's).
       params: parameter pytree (traced).
       parameterization: what apply_fn returns (module docstring): "noise" eps, "data" x0, "v" alpha eps - sigma x0,
         "score" grad_x log p_t(x) = -eps/sigma, "flow" the rectified-flow velocity eps - x0 (flow matching with
@@ -162,7 +164,7 @@ def _apply(model: Model, params, x, t, label: str | None = None, cond=None):
     """`model.apply_fn(params, x, t)` (with `cond`: `apply_fn(params, x, t, cond)`), checked while it is traced (no
     extra trace, nothing in the program): an error inside the call, or an output that is not a floating array of
     x's shape, becomes a ValueError naming the member (`label`), the shapes it was given and the signature expected
-    (`SIGNATURE`, `COND_SIGNATURE`)."""
+    (`SIGNATURE`, `COND_SIGNATURE`). A floating output of another precision is cast to x's dtype."""
     who = label or model.label()
     declared = "" if model.sample_shape is None else f"; it declares sample_shape {model.sample_shape}"
     sig = SIGNATURE if cond is None else COND_SIGNATURE
@@ -181,7 +183,7 @@ def _apply(model: Model, params, x, t, label: str | None = None, cond=None):
             f"{who} returned {_spec(out)} for x {_spec(x)}{declared}: expected a floating point "
             f"array of x's shape ({sig})"
         )
-    return out
+    return out.astype(x.dtype)  # bfloat16 / float16 / float64 output: the state's precision (`Model`)
 
 
 def to_eps_x0(model: Model, params, x, t, log_alpha, sigma, *, label: str | None = None, cond=None):

@@ -5,10 +5,9 @@ A schedule of N steps goes from ts[0] (usually T) to ts[N] (t_end). Step i evalu
 decided by `order[i]`, `prediction[i]`, `start[i]`, `d1_points[i]`, `relax_type[i]`, `relax[i]`, and, if
 `corrector[i]`, a pseudo-corrector that reuses the model call at ts[i+1]. See `omsjax.usf` for the semantics.
 `guidance[i]` is the classifier-free guidance scale w of the model call at ts[i] (1: the conditional model alone;
-`omsjax.sample`'s `cond` and `uncond`).
-
-Because all fields are arrays, one compiled sampler serves every schedule of the same N, and `jax.vmap` over a
-stacked batch of schedules works. Validation (`check_schedule`) runs on the host and names the field and step.
+`omsjax.sample`'s `cond` and `uncond`). Because all fields are arrays, one compiled sampler serves every schedule
+of the same N, and `jax.vmap` over a stacked batch of schedules works. Validation (`check_schedule`) runs on the
+host and names the field and step.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ _PREDICTION_NAMES = ("noise", "data")
 _RELAX_NAMES = ("linear", "dpm2", "bh1")
 _JSON_VERSION = 1
 
+_ARRAYS = "build a Schedule of arrays (np.asarray or jnp.asarray of each field), or with Schedule.from_json"
 _INT_FIELDS = ("model", "order", "prediction", "start", "d1_points", "relax_type")
 
 
@@ -307,16 +307,17 @@ def time_bounds(noise_schedule) -> tuple[float, float]:
 
 
 def check_schedule(schedule: Schedule, num_models: int | None = None, noise_schedule=None) -> None:
-    """Validate a concrete schedule on the host; raise ValueError naming the field and the step.
-
-    Checks shapes and dtypes, NaN/inf, strictly decreasing times (inside the noise schedule's range if given),
-    model indices below `num_models`, orders 1..4 within the available history, start points and D_1 stencils
-    within the history, prediction / relaxation codes, no corrector on the last step, and the AFS code.
-    """
+    """Validate a concrete schedule on the host; raise ValueError naming the field and the step. Checks that the
+    fields are arrays, their shapes and dtypes, NaN/inf, strictly decreasing times (inside the noise schedule's
+    range if given), model indices below `num_models`, orders 1..4 within the available history, start points and
+    D_1 stencils within the history, prediction / relaxation codes, no corrector on the last step, the AFS code."""
     if not isinstance(schedule, Schedule):
         raise ValueError(f"expected an omsjax.Schedule, got {type(schedule).__name__}")
     if is_traced(schedule):
         raise ValueError("check_schedule needs a concrete schedule (it was called under tracing)")
+    bad = next((k for k, v in schedule._asdict().items() if v is None or isinstance(v, (list, tuple, str, dict))), 0)
+    if bad:
+        raise ValueError(f"Schedule.{bad} is a {type(getattr(schedule, bad)).__name__}, not an array: {_ARRAYS}")
     a = {k: np.asarray(v) for k, v in schedule._asdict().items()}
     ts = a["ts"]
     if ts.ndim != 1 or ts.size < 2:

@@ -137,10 +137,11 @@ def test_an_overflowing_update_is_told_apart_from_the_model():
 def test_the_diagnosis_changes_no_output():
     s = presets.unipc(NS, 5, 2)
     x = omsjax.sample(GOOD, NS, s, X_T)
-    out, (x_ok, f_ok, ok), f0, ok0 = integrate.run_jit((GOOD,), NS, s, X_T, switches=integrate.Switches(diagnose=True))
+    switches = integrate.Switches(diagnose=True)
+    out, (x_ok, f_ok, ok, raw_ok), f0, ok0, raw0 = integrate.run_jit((GOOD,), NS, s, X_T, switches=switches)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
-    assert x_ok.shape == f_ok.shape == (5, 4) and ok.shape == (5,) and f0.shape == (4,)
-    assert bool(jnp.all(x_ok) & jnp.all(f_ok) & jnp.all(ok) & ok0)
+    assert x_ok.shape == f_ok.shape == raw_ok.shape == (5, 4) and ok.shape == (5,) and f0.shape == raw0.shape == (4,)
+    assert bool(jnp.all(x_ok) & jnp.all(f_ok) & jnp.all(ok) & ok0 & jnp.all(raw_ok) & jnp.all(raw0))
 
 
 # --- 4. a sample shape other than the model's ----------------------------------------------------------------

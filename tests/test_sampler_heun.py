@@ -80,7 +80,7 @@ def test_rejects_bad_input():
         omsjax.sample_heun(model, vp, np.array([1.0]), x)
     with pytest.raises(ValueError, match="Model"):
         omsjax.sample_heun([model], vp, np.array([1.0, 0.5]), x)
-    with pytest.raises(ValueError, match="floating"):
+    with pytest.raises(ValueError, match="x_T must be float32 or float64"):
         omsjax.sample_heun(model, vp, np.array([1.0, 0.5]), jnp.zeros((2, 6), jnp.int32))
 
 

@@ -89,7 +89,7 @@ def test_sample_rejects_bad_inputs():
         omsjax.sample(m, "vp", s, jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="schedule must be an omsjax.Schedule"):
         omsjax.sample(m, NS, dict(s._asdict()), jnp.zeros((2, 3)))
-    with pytest.raises(ValueError, match="x_T must be floating point"):
+    with pytest.raises(ValueError, match="x_T must be float32 or float64"):
         omsjax.sample(m, NS, s, jnp.zeros((2, 3), jnp.int32))
     with pytest.raises(ValueError, match="zoo entry 1 is a"):
         omsjax.sample((m, "not a model"), NS, s, jnp.zeros((2, 3)))
@@ -102,7 +102,7 @@ def test_sample_rejects_bad_inputs():
 
 
 def test_preset_argument_errors():
-    with pytest.raises(ValueError, match="nfe must be an integer >= 1"):
+    with pytest.raises(ValueError, match="nfe must be an int >= 1, got 0"):
         presets.ddim(NS, 0)
     with pytest.raises(ValueError, match="unknown skip"):
         presets.ddim(NS, 4, skip="cosine")

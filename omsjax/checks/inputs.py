@@ -37,14 +37,14 @@ def check_noise_schedule(noise_schedule) -> None:
 
 
 def check_x_T(x_T) -> None:
-    """x_T must be a floating jax or numpy array [batch >= 1, ...]; a concrete one must also be finite (the
+    """x_T must be a float32 or float64 jax or numpy array [batch >= 1, ...]; a concrete one must also be finite (the
     message says how many values are NaN or inf and where the first is). Traced noise is checked for shape only."""
     if not isinstance(x_T, (jax.Array, np.ndarray)):
         raise ValueError(f"x_T must be a jax or numpy array of shape [batch, ...], got {type(x_T).__name__}")
     if x_T.ndim < 1 or x_T.shape[0] < 1:
         raise ValueError(f"x_T must be an array [batch, ...] with batch >= 1, got shape {tuple(x_T.shape)}")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
+    if x_T.dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(f"x_T must be float32 or float64 (the dtype of the sampler's state), got {x_T.dtype}")
     if is_traced(x_T):
         return
     if isinstance(x_T, np.ndarray):
