@@ -49,25 +49,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", _min_secs)
 jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
-@pytest.hookimpl(trylast=True)  # after pytest's own plugin has installed its hook
-def pytest_configure(config):
-    """Drop the unraisable exceptions that orbax leaves behind: it reads a checkpoint with asyncio coroutines, and
-    when a test damages a checkpoint on purpose, the failed read leaves coroutines and loop callbacks that are
-    collected later, each reported (70 lines) as a warning of whatever test runs then. pytest's own hook
-    (installed before this one) gets every other one."""
-    import sys
-    import traceback
-
-    inner = sys.unraisablehook
-
-    def hook(u):
-        text = repr(u.object) + "".join(traceback.format_exception(u.exc_type, u.exc_value, u.exc_traceback))
-        if "orbax" not in text and "Event loop is closed" not in text:
-            inner(u)
-
-    sys.unraisablehook = hook
-
-
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -338,8 +338,10 @@ def test_train_checks_out_and_the_zoo_before_training(tmp_path, capsys, monkeypa
     rc, _, err = run_cli(capsys, ["train", "--config", "tiny", "--out", tmp_path / "run", "--add-to-zoo", zoo_copy])
     assert rc == 2 and "manifest.json" in err and err.count("\n") == 1
     run = ["train", "--config", "tiny", "--out", tmp_path / "run"]
-    cases = [(["--latency-batch", "8"], "--latency-batch sets the batch of the latency measured for --add-to-zoo"),
-             (["--latency-batch", "0", "--add-to-zoo", zoo_copy], "--latency-batch must be >= 1, got 0")]  # fmt: skip
+    cases = [
+        (["--latency-batch", "8"], "--latency-batch sets the batch of the latency measured for --add-to-zoo"),
+        (["--latency-batch", "0", "--add-to-zoo", zoo_copy], "--latency-batch must be an int >= 1, got 0"),
+    ]
     for extra, words in cases:
         rc, _, err = run_cli(capsys, [*run, *extra])
         assert rc == 2 and words in err and err.count("\n") == 1

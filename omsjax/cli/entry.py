@@ -100,22 +100,43 @@ def main(argv=None) -> int:
         from omsjax.zoo import DEFAULT_ZOO
 
         args.zoo = DEFAULT_ZOO
-    nfe = getattr(args, "nfe", None)
-    if nfe is not None and any(n < 1 for n in (nfe if isinstance(nfe, list) else [nfe])):
-        print("omsjax: error: --nfe values must be >= 1", file=sys.stderr)
-        return 2
-    if getattr(args, "num_samples", None) is not None and args.num_samples < 2:  # None: the command's default
-        print("omsjax: error: --num-samples must be >= 2", file=sys.stderr)
-        return 2
-    if getattr(args, "ref_samples", 0) < 0:
-        print("omsjax: error: --ref-samples must be >= 0", file=sys.stderr)
-        return 2
     try:
+        check_int_flags(args)
         enable_compile_cache(args)
         return args.func(args)
     except (ValueError, OSError, FolderLocked) as e:  # bad input or files: one line, exit code 2, no traceback
         print(f"omsjax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+# The least value of each integer flag (by its `dest`). Seeds are below 2**31: JAX keeps only the low 32 bits of
+# a larger seed (without x64), and the search derives other seeds as seed + 1000.., + 3000.., ...
+INT_MINIMUM = {
+    **dict.fromkeys(("model", "ref_model", "labels", "seed", "ref_samples", "weight_clamp_warmup", "warmup"), 0),
+    **dict.fromkeys(("stages", "rounds"), 0),
+    **dict.fromkeys(("order", "nfe", "steps", "batch", "batch_size", "latency_batch", "cache_presets"), 1),
+    **dict.fromkeys(("initial_random", "per_stage", "generations", "predictor_epochs", "final_top"), 1),
+    **dict.fromkeys(("finetune_steps", "samples", "partition", "decoders", "encoder", "channel_mults"), 1),
+    **dict.fromkeys(("num_samples", "final_samples", "train_samples", "heldout_samples", "population"), 2),
+    "grid": 3,
+}
+SEED_LIMIT = 2**31
+
+
+def check_int_flags(args) -> None:
+    """Every integer flag given: at least its `INT_MINIMUM`, below 2**63 (2**31 for a seed); else a ValueError
+    naming the flag as typed (e.g. "--final-samples must be an int >= 2, got 0"). Runs before any work."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if dest not in INT_MINIMUM or value is None or not all(isinstance(v, int) for v in values):
+            continue
+        lo, hi = INT_MINIMUM[dest], SEED_LIMIT if dest == "seed" else 2**63
+        for v in values:
+            flag = "--" + dest.replace("_", "-")
+            if v < lo:
+                raise ValueError(f"{flag} must be an int >= {lo}, got {v}")
+            if v >= hi:
+                raise ValueError(f"{flag} must be below {'2**31 (a seed)' if dest == 'seed' else '2**63'}, got {v}")
 
 
 def console() -> int:

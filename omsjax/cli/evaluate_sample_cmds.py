@@ -52,6 +52,13 @@ def _conditioning(args, manifest, sched):
                 f"{' and '.join(given)}: the zoo {where} is unconditional (its members take no "
                 f"labels); use a class-conditional zoo such as {zoo.COND_ZOO}"
             )
+        guided = np.flatnonzero(np.asarray(sched.guidance) != 1.0)
+        if guided.size:
+            raise ValueError(
+                f"--schedule {args.schedule}: step {int(guided[0])} is guided (scale "
+                f"{float(np.asarray(sched.guidance)[guided[0]])}), but the zoo {args.zoo or zoo.DEFAULT_ZOO} is "
+                f"unconditional (its members take no labels); use a class-conditional zoo such as {zoo.COND_ZOO}"
+            )
         return sched, None, None, None
     if getattr(args, "ref_samples", 0) > 0:
         raise ValueError(

@@ -71,8 +71,6 @@ def cmd_train(args) -> int:
     if args.latency_batch is not None:
         if not args.add_to_zoo:
             raise ValueError("--latency-batch sets the batch of the latency measured for --add-to-zoo: give both")
-        if args.latency_batch < 1:
-            raise ValueError(f"--latency-batch must be >= 1, got {args.latency_batch}")
     if args.add_to_zoo:
         check_out(args.add_to_zoo, flag="--add-to-zoo")
     cfg, name = train_config(args)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -141,6 +142,27 @@ def _fin(v):
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def _check_something_finite(ev: Evaluator, pool: Sequence[Record], base_recs: list[Record], names: list[str]):
+    """No finite score anywhere is an error; search candidates none of which scored finite (a finite baseline) are a
+    warning."""
+    finite_pool = any(math.isfinite(r.score) for r in pool)
+    finite_base = [n for n, r in zip(names, base_recs, strict=True) if math.isfinite(r.score)]
+    where = next((r.note for r in [*base_recs, *pool] if r.note), "")
+    why = f" (e.g. {where})" if where else ""
+    if not finite_pool and not finite_base:
+        raise ValueError(
+            f"no schedule scored finite on the metric {ev.metric_name}: the {len(names)} baselines and the "
+            f"{len(pool)} search candidates all scored NaN or inf{why}; check the metric and the models"
+        )
+    if pool and not finite_pool:  # an empty pool: a caller that judges the baselines alone (`search_job`'s cache)
+        warnings.warn(
+            f"no search candidate scored finite on the metric {ev.metric_name} ({len(pool)} evaluated, all NaN "
+            f"or inf{why}); only {len(finite_base)} of {len(names)} baselines did: the result is the best baseline",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _scores(evaluators: Sequence[Evaluator], schedules: list[Schedule], stage: int) -> np.ndarray:
     """[len(schedules), len(evaluators)] scores."""
     return np.asarray([[r.score for r in e.evaluate_schedules(schedules, stage=stage)] for e in evaluators]).T
@@ -178,6 +200,7 @@ def finish(
             known.append(s)
             cands.append(r)
             cand_scheds.append(s)
+    _check_something_finite(ev, pool, base_recs, names)
     sel = [ev.with_noise(s, cfg.samples, chunk=1) for s in cfg.seeds("selection")]
     sel_scores = _scores(sel, cand_scheds + [baselines[n] for n in top_base], stage)
     means = sel_scores.mean(axis=1)

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from omsjax import files, metrics
+from omsjax import checks, files, metrics
 from omsjax.models import Model, as_zoo
 from omsjax.noise import NoiseSchedule
 from omsjax.options import SampleOptions
@@ -153,6 +153,8 @@ def find_schedule(
         raise ValueError(
             f"metric must be callable as metric(samples, x_T) -> float or one of {REFERENCE_METRICS}, got {metric!r}"
         )
+    checks.check_noise_schedule(noise_schedule)
+    out = None if out is None else files.make_folder(out, "find_schedule: out=")
     seeds = Seeds.of(seed_of(key))
     the_plan = plan(
         noise_schedule,
@@ -172,8 +174,6 @@ def find_schedule(
     ev_kw.update(sample_shape=sample_shape, sampling=sampling)
     if out is None:
         return run_search(Evaluator(zoo, noise_schedule, space, **ev_kw), the_plan, seeds, opts).result
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with files.FolderLock(out, what="find_schedule"):
         ev = Evaluator(zoo, noise_schedule, space, archive=Archive(out / "archive.jsonl"), **ev_kw)
         res = run_search(ev, the_plan, seeds, opts).result

@@ -8,9 +8,12 @@ restores the newest step of a run that reads back, naming the newer steps that d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +66,48 @@ def restore_state(out_dir, config: TrainConfig, step: int | None = None) -> Trai
         mngr.close()
 
 
+@contextlib.contextmanager
+def _reading():
+    """Around an orbax read: its absl warnings about a missing or damaged metadata file are off (our error names the
+    folder), and a read that fails leaves no tracebacks behind. orbax closes its event loop when one array of a
+    damaged checkpoint fails while TensorStore still reads the others; each of those that finishes later wakes the
+    closed loop, and Python reports every one on stderr ("Event loop is closed", dozens after our one-line error).
+    From its first orbax read this process drops exactly those reports (`_drop_closed_loop_reports`), and asyncio's
+    log of those reads' uncollected failures, and passes every other report on."""
+    _drop_closed_loop_reports()  # before the read: a failed metadata read leaves them too, and orbax swallows it
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def _drop_closed_loop_reports() -> None:
+    inner = sys.unraisablehook
+    if getattr(inner, "_omsjax_drops_closed_loop", False):
+        return
+    # orbax's read tasks that failed with the rest, collected later: asyncio logs each ("never retrieved").
+    logging.getLogger("asyncio").addFilter(
+        lambda r: not (r.getMessage().startswith("Task exception was never retrieved") and "orbax" in r.getMessage())
+    )
+
+    def hook(u):
+        top = u.exc_traceback.tb_frame.f_code.co_name if u.exc_traceback is not None else ""
+        if not (
+            u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed" and top == "call_soon_threadsafe"
+        ):
+            inner(u)
+
+    hook._omsjax_drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
 def _restore_step(mngr: ocp.CheckpointManager, ckpt_dir: Path, step: int, config: TrainConfig) -> TrainState:
     try:
-        return mngr.restore(step, args=ocp.args.StandardRestore(_abstract_state(config)))
+        with _reading():
+            return mngr.restore(step, args=ocp.args.StandardRestore(_abstract_state(config)))
     except Exception as e:  # orbax raises anything from JSONDecodeError to a bare Exception on a damaged file
         raise ValueError(
             f"checkpoint step directory {_step_dir(ckpt_dir, step)} cannot be read (a truncated or "
@@ -184,7 +226,8 @@ def load_params(path, like: Any, *, expected_by: str = "the config") -> Any:
     expected = _shapes(like)
     with ocp.StandardCheckpointer() as ckptr:
         try:  # orbax logs a damaged _METADATA and returns None
-            tree = ckptr.metadata(path).item_metadata
+            with _reading():
+                tree = ckptr.metadata(path).item_metadata
             stored = {} if tree is None else _shapes(tree)
         except Exception:
             stored = {}
@@ -192,7 +235,8 @@ def load_params(path, like: Any, *, expected_by: str = "the config") -> Any:
         if wrong is not None:
             raise ValueError(f"parameters at {path}: {wrong}")
         try:
-            return ckptr.restore(path, _abstract(like))
+            with _reading():
+                return ckptr.restore(path, _abstract(like))
         except Exception as e:  # orbax raises anything from JSONDecodeError to a bare Exception on a damaged file
             wrong = _mismatch(stored, expected, missing=bool(stored), by=expected_by)
             if wrong is not None:
