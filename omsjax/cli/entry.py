@@ -72,8 +72,18 @@ _COMMANDS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown flag, an invalid choice, a value that is not a number) are one
+    line, "omsjax: error: argument --mode: invalid choice: ...", and exit code 2, as every other `omsjax` error;
+    `--help` shows the usage. Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("omsjax").strip()  # "search", "stages cluster"; "" for the top level
+        self.exit(2, f"omsjax: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="omsjax", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(prog="omsjax", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
