@@ -72,8 +72,8 @@ def _reading():
     folder), and a read that fails leaves no tracebacks behind. orbax closes its event loop when one array of a
     damaged checkpoint fails while TensorStore still reads the others; each of those that finishes later wakes the
     closed loop, and Python reports every one on stderr ("Event loop is closed", dozens after our one-line error).
-    From its first orbax read this process drops exactly those reports (`_drop_closed_loop_reports`), and asyncio's
-    log of those reads' uncollected failures, and passes every other report on."""
+    From its first orbax read this process drops exactly those reports, those of the abandoned read coroutines and
+    asyncio's log of their uncollected failures (`_drop_closed_loop_reports`), and passes every other one on."""
     _drop_closed_loop_reports()  # before the read: a failed metadata read leaves them too, and orbax swallows it
     absl = logging.getLogger("absl")
     level = absl.level
@@ -85,23 +85,34 @@ def _reading():
 
 
 def _drop_closed_loop_reports() -> None:
-    inner = sys.unraisablehook
-    if getattr(inner, "_omsjax_drops_closed_loop", False):
-        return
-    # orbax's read tasks that failed with the rest, collected later: asyncio logs each ("never retrieved").
-    logging.getLogger("asyncio").addFilter(
-        lambda r: not (r.getMessage().startswith("Task exception was never retrieved") and "orbax" in r.getMessage())
-    )
+    if not getattr(sys.unraisablehook, "_omsjax_orbax_leftovers", False):
+        inner = sys.unraisablehook
 
-    def hook(u):
-        top = u.exc_traceback.tb_frame.f_code.co_name if u.exc_traceback is not None else ""
-        if not (
-            u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed" and top == "call_soon_threadsafe"
-        ):
-            inner(u)
+        def hook(u):
+            if not _orbax_leftover(u):
+                inner(u)
 
-    hook._omsjax_drops_closed_loop = True
-    sys.unraisablehook = hook
+        hook._omsjax_orbax_leftovers = True
+        sys.unraisablehook = hook
+    log = logging.getLogger("asyncio")
+    if _not_never_retrieved not in log.filters:
+        log.addFilter(_not_never_retrieved)
+
+
+def _orbax_leftover(u) -> bool:
+    """An unraisable report that a failed orbax read leaves: TensorStore waking orbax's closed event loop, or one
+    of orbax's read coroutines, abandoned with the read, raising as the garbage collector closes it."""
+    top = u.exc_traceback.tb_frame.f_code.co_name if u.exc_traceback is not None else ""
+    if u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed" and top == "call_soon_threadsafe":
+        return True
+    code = getattr(u.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _not_never_retrieved(record) -> bool:
+    """asyncio's log of a failed orbax read task that nothing awaited ("Task exception was never retrieved")."""
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
 
 
 def _restore_step(mngr: ocp.CheckpointManager, ckpt_dir: Path, step: int, config: TrainConfig) -> TrainState:
