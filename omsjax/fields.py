@@ -23,6 +23,7 @@ __all__ = [
     "seed",
     "shape",
     "SEED_LIMIT",
+    "SEARCH_SEED_LIMIT",
     "positive_int",
     "nonneg_int",
     "integer",
@@ -53,13 +54,13 @@ def count(name: str, v: Any, minimum: int = 1, *, maximum: int | None = None) ->
     return int(v)
 
 
-SEED_LIMIT = 2**31
+SEED_LIMIT = 2**32  # JAX keeps only the low 32 bits of a larger seed (without x64, s and s + 2**32 draw alike)
+SEARCH_SEED_LIMIT = 2**31  # a search derives its other seeds from its own by adding up to 4000: all below 2**32
 
 
-def seed(name: str, v: Any) -> int:
-    """`v` as a seed: an int in 0..2**31 - 1. JAX keeps only the low 32 bits of a larger seed (without x64, seed
-    and seed + 2**32 draw the same noise), and a search derives its other seeds from it by adding up to 4000."""
-    return count(name, v, 0, maximum=SEED_LIMIT - 1)
+def seed(name: str, v: Any, limit: int = SEED_LIMIT) -> int:
+    """`v` as a seed: an int in 0..limit - 1 (default `SEED_LIMIT`; a search's own seed, `SEARCH_SEED_LIMIT`)."""
+    return count(name, v, 0, maximum=limit - 1)
 
 
 def shape(name: str, v: Any) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from omsjax import fields
 from omsjax.cli.common import add_cache_args, enable_compile_cache, one_device_per_core
 from omsjax.cli.compare_cmd import add_compare
 from omsjax.cli.evaluate_sample_cmds import add_evaluate, add_sample
@@ -119,8 +120,8 @@ def main(argv=None) -> int:
         return 2
 
 
-# The least value of each integer flag (by its `dest`). Seeds are below 2**31: JAX keeps only the low 32 bits of
-# a larger seed (without x64), and the search derives other seeds as seed + 1000.., + 3000.., ...
+# The least value of each integer flag (by its `dest`). A seed is below `fields.SEARCH_SEED_LIMIT` (2**31): JAX
+# keeps only the low 32 bits of a larger seed (without x64), and the search derives other seeds as seed + 1000..
 INT_MINIMUM = {
     **dict.fromkeys(("model", "ref_model", "labels", "seed", "ref_samples", "weight_clamp_warmup", "warmup"), 0),
     **dict.fromkeys(("stages", "rounds"), 0),
@@ -130,7 +131,6 @@ INT_MINIMUM = {
     **dict.fromkeys(("num_samples", "final_samples", "train_samples", "heldout_samples", "population"), 2),
     "grid": 3,
 }
-SEED_LIMIT = 2**31
 
 
 def check_int_flags(args) -> None:
@@ -140,7 +140,7 @@ def check_int_flags(args) -> None:
         values = value if isinstance(value, list) else [value]
         if dest not in INT_MINIMUM or value is None or not all(isinstance(v, int) for v in values):
             continue
-        lo, hi = INT_MINIMUM[dest], SEED_LIMIT if dest == "seed" else 2**63
+        lo, hi = INT_MINIMUM[dest], fields.SEARCH_SEED_LIMIT if dest == "seed" else 2**63
         for v in values:
             flag = "--" + dest.replace("_", "-")
             if v < lo:

@@ -95,7 +95,7 @@ class Seeds(NamedTuple):
 
     @classmethod
     def of(cls, seed: int) -> Seeds:
-        s = fields.seed("seed", seed)
+        s = fields.seed("seed", seed, fields.SEARCH_SEED_LIMIT)
         return cls(s, s + HELDOUT_OFFSET, s + SELECTION_OFFSET, s + CHECK_OFFSET)
 
     @property
