@@ -286,7 +286,6 @@ def generate(
     n, batch_size = count("generate: n", n), count("generate: batch_size", batch_size)
     zoo = as_zoo(model_or_zoo)
     check_conditioning(cond, uncond, n)
-    fields.shape("generate: shape", shape)
     from_seed = is_int(key)
     if not (from_seed or isinstance(key, jax.Array)):
         raise ValueError(f"key must be a jax.random key or an int seed, got {key!r}")
@@ -297,7 +296,7 @@ def generate(
     out = []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        x_T = scale * _noise(key, m, shape, dtype, offset=start)
+        x_T = scale * _noise(key, m, shape, dtype, offset=start, who="generate")  # checks `shape` before any sampling
         rows = {
             k: None if v is None else jax.tree.map(lambda a, s=start, m=m: a[s : s + m], v)
             for k, v in (("cond", cond), ("uncond", uncond))

@@ -143,8 +143,7 @@ def check_int_flags(args) -> None:
         lo, hi = INT_MINIMUM[dest], fields.SEARCH_SEED_LIMIT if dest == "seed" else 2**63
         for v in values:
             flag = "--" + dest.replace("_", "-")
-            if v < lo:
-                raise ValueError(f"{flag} must be an int >= {lo}, got {v}")
+            fields.count(flag, v, lo)
             if v >= hi:
                 raise ValueError(f"{flag} must be below {'2**31 (a seed)' if dest == 'seed' else '2**63'}, got {v}")
 

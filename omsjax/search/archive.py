@@ -193,9 +193,9 @@ class Archive:
         self._index: dict[tuple[str, str], Record] = {}
         self._cached: set[tuple[str, str]] = set()  # remembered (`remember`), not in the file
         self._unused: set[tuple[str, str]] = set()  # remembered and not yet returned by `get`
-        if self.path is not None and self.path.is_dir():
-            raise ValueError(f"archive {self.path} is a folder, not a JSON-lines file (give the file's path)")
         if self.path is not None:
+            if self.path.is_dir():
+                raise ValueError(f"archive {self.path} is a folder, not a JSON-lines file (give the file's path)")
             for d in files.read_jsonl(self.path, check=Record.from_dict):
                 self._add(Record.from_dict(d))
 

@@ -73,8 +73,8 @@ def _reading():
     damaged checkpoint fails while TensorStore still reads the others; each of those that finishes later wakes the
     closed loop, and Python reports every one on stderr ("Event loop is closed", dozens after our one-line error).
     From its first orbax read this process drops exactly those reports, those of the abandoned read coroutines and
-    asyncio's log of their uncollected failures (`_drop_closed_loop_reports`), and passes every other one on."""
-    _drop_closed_loop_reports()  # before the read: a failed metadata read leaves them too, and orbax swallows it
+    asyncio's log of their uncollected failures (`_drop_orbax_leftovers`), and passes every other one on."""
+    _drop_orbax_leftovers()  # before the read: a failed metadata read leaves them too, and orbax swallows it
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
@@ -84,7 +84,7 @@ def _reading():
         absl.setLevel(level)
 
 
-def _drop_closed_loop_reports() -> None:
+def _drop_orbax_leftovers() -> None:
     if not getattr(sys.unraisablehook, "_omsjax_orbax_leftovers", False):
         inner = sys.unraisablehook
 
