@@ -13,6 +13,10 @@ that line only.
 `FolderLock` takes an exclusive `fcntl.flock` on `<folder>/.omsjax.lock`: a second process (a second search on
 the same `--out`) is refused with an error naming the folder, and the kernel releases the lock when its holder
 dies, so a killed run never leaves a stale lock behind.
+
+In a run over several processes (`omsjax.distributed`), process 0 alone writes: on every other process the writes,
+appends, folder creations and locks here do nothing (they return as if done), so a shared file system never sees
+two writers and a per-host disk never gets a partial copy.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from omsjax.distributed import is_writer
 
 __all__ = [
     "write_bytes",
@@ -53,8 +59,11 @@ _NEW_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename). Returns the path."""
+    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename). Returns the path.
+    Only process 0 writes (`omsjax.distributed.is_writer`)."""
     path = Path(path)
+    if not is_writer():
+        return path
     mode = path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE  # mkstemp's file is 0600
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -147,7 +156,7 @@ def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
     """Append `records` to the JSON-lines file `path`, one whole line each, then flush and fsync. A file that does
     not end in a newline (a writer killed mid-line) is first ended with one, so the torn line stays one bad line
     and the new records stay whole."""
-    if not records:
+    if not records or not is_writer():
         return
     text = "".join(json.dumps(r) + "\n" for r in records)
     path = Path(path)
@@ -210,6 +219,8 @@ def make_folder(path: str | os.PathLike, what: str) -> Path:
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
             raise ValueError(f"{what} {path}: {'it' if p == path else p} is a file, not a folder")
+    if not is_writer():  # process 0 alone makes folders and writes (`omsjax.distributed`)
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -239,6 +250,8 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         if self._fh is not None:
             raise RuntimeError(f"{self.path} is already held by this FolderLock")
+        if not is_writer():  # process 0 holds the lock for every process of a multi-process run
+            return self
         try:
             import fcntl
         except ImportError:  # no flock (Windows): run unlocked, but say so

@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "omsjax"
 
 LAYERS = {
     "core": (
+        "distributed",
         "paths",
         "files",
         "fields",

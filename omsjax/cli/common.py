@@ -167,3 +167,56 @@ def enable_compile_cache(args) -> str | None:
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     return str(path)
+
+
+def add_distributed_args(p) -> None:
+    """The flags that join this process to the other processes of a multi-process run (`omsjax.distributed`)."""
+    g = p.add_argument_group("many processes (jax.distributed; every process runs the same command)")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the other processes of this job, found from the cluster's environment (SLURM, Open MPI, TPU pod)",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="join explicitly: process 0's address and a free port")
+    g.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator: how many processes join")
+    g.add_argument("--process-id", type=int, metavar="I", help="with --coordinator: this process's index, 0..N-1")
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="SECONDS",
+        default=None,
+        help="a process silent this long (dead, or never joined) fails the others with an error (default 100)",
+    )
+
+
+def join_processes(args) -> str | None:
+    """Join the other processes as the distributed flags say (`omsjax.distributed.initialize`, before any JAX
+    computation) and return `distributed.describe()`, which the command prints; None without those flags. A
+    ValueError names the flag that is missing or out of range."""
+    explicit = {f: getattr(args, f, None) for f in ("coordinator", "num_processes", "process_id")}
+    timeout = getattr(args, "heartbeat_timeout", None)
+    if not getattr(args, "distributed", False) and all(v is None for v in explicit.values()):
+        if timeout is not None:
+            raise ValueError("--heartbeat-timeout needs --distributed or --coordinator")
+        return None
+    from omsjax import distributed
+
+    given = {f: v for f, v in explicit.items() if v is not None}
+    if given and len(given) < 3:
+        missing = ", ".join("--" + f.replace("_", "-") for f in explicit if f not in given)
+        raise ValueError(f"--coordinator, --num-processes and --process-id go together: give {missing} too")
+    if given and getattr(args, "distributed", False):
+        raise ValueError("give either --distributed (found from the environment) or --coordinator ..., not both")
+    if given and not 0 <= args.process_id < args.num_processes:
+        raise ValueError(
+            f"--process-id must be in 0..{args.num_processes - 1} (--num-processes), got {args.process_id}"
+        )
+    seconds = 100 if timeout is None else timeout
+    distributed.initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        initialization_timeout=max(seconds, 30),
+        heartbeat_timeout_seconds=seconds,
+    )
+    return distributed.describe()

@@ -6,7 +6,13 @@ import argparse
 import sys
 
 from omsjax import fields
-from omsjax.cli.common import add_cache_args, enable_compile_cache, one_device_per_core
+from omsjax.cli.common import (
+    add_cache_args,
+    add_distributed_args,
+    enable_compile_cache,
+    join_processes,
+    one_device_per_core,
+)
 from omsjax.cli.compare_cmd import add_compare
 from omsjax.cli.evaluate_sample_cmds import add_evaluate, add_sample
 from omsjax.cli.gmm_cmd import add_gmm
@@ -54,6 +60,10 @@ omsjax gmm [--nfe 4 5 6 8 10] [--skip logSNR] [--json]
     Sample an exact Gaussian-mixture model with every preset and EDM's Heun sampler (even NFE) and print the error
     against the diffrax reference endpoint (one compiled program per schedule length serves every preset).
 
+Every command runs on several processes (a multi-host job: every process runs the same command) with
+--distributed (joined from SLURM, Open MPI or a TPU pod's environment) or --coordinator HOST:PORT --num-processes
+N --process-id I; process 0 alone writes files.
+
 Every command keeps the programs it compiles in JAX's persistent compilation cache (--compile-cache DIR; default
 $OMSJAX_COMPILE_CACHE, else ~/.cache/omsjax/jax), so a second run of the same command starts without compiling;
 --no-compile-cache turns it off.
@@ -90,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for leaf in _leaves(sub):
         add_cache_args(leaf)
+        add_distributed_args(leaf)
     return p
 
 
@@ -113,6 +124,9 @@ def main(argv=None) -> int:
         args.zoo = DEFAULT_ZOO
     try:
         check_int_flags(args)
+        joined = join_processes(args)
+        if joined is not None:
+            print(f"omsjax: {joined}", file=sys.stderr, flush=True)
         enable_compile_cache(args)
         return args.func(args)
     except (ValueError, OSError, FolderLocked) as e:  # bad input or files: one line, exit code 2, no traceback
@@ -130,6 +144,8 @@ INT_MINIMUM = {
     **dict.fromkeys(("finetune_steps", "samples", "partition", "decoders", "encoder", "channel_mults"), 1),
     **dict.fromkeys(("num_samples", "final_samples", "train_samples", "heldout_samples", "population"), 2),
     "grid": 3,
+    **dict.fromkeys(("num_processes", "heartbeat_timeout"), 1),
+    "process_id": 0,
 }
 
 

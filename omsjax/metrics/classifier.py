@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from omsjax import optim
+from omsjax import distributed, optim
 from omsjax.paths import checkpoints_dir
 
 __all__ = [
@@ -166,7 +165,7 @@ def train_classifier(
 
 
 def _abstract_params() -> Any:
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shapes = jax.eval_shape(_init_params, 0)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev), shapes)
 
@@ -183,8 +182,10 @@ def classifier_dir(path: Any = None) -> Path:
 def save_classifier(params: Any, path: Any = None) -> Path:
     """Save classifier parameters with orbax to `path/params` (default: the shipped folder), replacing them."""
     p = (DEFAULT_DIR if path is None else Path(path)).resolve()
+    if not distributed.is_writer():  # process 0 alone writes (`omsjax.distributed`)
+        return p
     p.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
+    with distributed.local_checkpointer() as ckptr:
         ckptr.save(p / "params", params, force=True)
         ckptr.wait_until_finished()
     return p
@@ -195,5 +196,5 @@ def load_classifier(path: Any = None) -> Any:
     p = classifier_dir(path) / "params"
     if not p.exists():
         raise FileNotFoundError(f"no classifier parameters at {p} {HOW_TO_BUILD}")
-    with ocp.StandardCheckpointer() as ckptr:
+    with distributed.local_checkpointer() as ckptr:
         return ckptr.restore(p, _abstract_params())

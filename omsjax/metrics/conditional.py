@@ -11,7 +11,8 @@ the model output is out(K) + w (out(y) - out(K)); w = 1 is the plain conditional
   are, against the train split, itself nearly balanced) and the accuracy, the share of samples that the shipped
   digits classifier labels as their requested class: the digits analogue of FID and CLIP score.
 - `ConditionalFD`: the search objective `metric(samples, x_T) -> float`: the conditional FD plus a stated
-  weight per percentage point of accuracy lost.
+  weight per percentage point of accuracy lost; it reduces on the devices (`metrics.device.FeatureMetric`: the
+  features' sums and the count of correct labels, not the samples, leave the devices).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from omsjax import checks
-from omsjax.metrics.classifier import accuracy
-from omsjax.metrics.digits import fd, shipped_classifier
+from omsjax.metrics.classifier import accuracy, apply_classifier
+from omsjax.metrics.device import FeatureSums
+from omsjax.metrics.digits import DigitsFD, fd, shipped_classifier
 
 __all__ = ["balanced_labels", "conditioning", "scores", "ConditionalFD"]
 
@@ -68,24 +71,39 @@ def scores(samples: Any, labels: Any, *, classifier: Any = None, ref: Any = None
     return {"fd": float(dist), "accuracy": float(acc)}
 
 
-class ConditionalFD:
-    """A search metric `metric(samples, x_T) -> float` (lower is better) for samples asked for `labels` (the
-    evaluator's `cond`, its first rows in order):
+class ConditionalFD(DigitsFD):
+    """A search metric `metric(samples, x_T, cond) -> float` (lower is better) for samples asked for labels
+    (the evaluator's `cond`: the rows sampled, in order; called without `cond`, the first rows of `labels`):
 
         score = FD + accuracy_weight * (100 - accuracy in %)
 
     the conditional FD, plus `accuracy_weight` FD points per percentage point of accuracy lost (0: the FD alone),
     so that a schedule cannot win on FD by drawing the wrong classes. `name` says which (the archive's metric
-    name); every call's {"fd", "accuracy"} is appended to `self.history`."""
+    name); every score's {"fd", "accuracy"} is appended to `self.history`. The features' sums and the number of
+    correct labels are computed on the devices (`DigitsFD`)."""
 
     def __init__(self, labels: Any, *, accuracy_weight: float = 0.0, classifier: Any = None, ref: Any = None):
+        super().__init__(ref=ref, classifier=classifier)
         self.labels = np.asarray(labels)
         self.accuracy_weight = checks.real("accuracy_weight", accuracy_weight, ge=0)
-        self.classifier, self.ref = classifier, ref
         self.history: list[dict[str, float]] = []
         self.name = "cond_fd" + (f"+{self.accuracy_weight:g}x_err_pct" if self.accuracy_weight else "")
 
-    def __call__(self, samples, x_T=None) -> float:
-        s = scores(samples, self.labels[: len(samples)], classifier=self.classifier, ref=self.ref)
+    @staticmethod
+    def per_sample(args, samples, cond):
+        params, center = args
+        x = jnp.clip(samples.astype(jnp.float32), -1.0, 1.0)
+        f = apply_classifier(params, x, True)
+        correct = jnp.argmax(apply_classifier(params, x, False), axis=-1) == jnp.asarray(cond).reshape(-1)
+        return f - center, correct.astype(f.dtype)[:, None]
+
+    def __call__(self, samples, x_T=None, cond=None) -> float:
+        y = self.labels[: len(samples)] if cond is None else np.asarray(cond)
+        if y.shape != (len(samples),):
+            raise ValueError(f"labels must have one entry per sample, shape ({len(samples)},), got {y.shape}")
+        return super().__call__(samples, x_T, y)
+
+    def finalize(self, sums: FeatureSums) -> float:
+        s = {"fd": super().finalize(sums), "accuracy": float(np.asarray(sums.extra)[0] / np.asarray(sums.n))}
         self.history.append(s)
         return s["fd"] + self.accuracy_weight * 100.0 * (1.0 - s["accuracy"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from omsjax import files, usf
+from omsjax import distributed, files, usf
 from omsjax.schedule import Schedule
 from omsjax.search.encoding import Genome
 
@@ -185,7 +185,8 @@ class Record:
 class Archive:
     """Append-only JSONL of `Record`s, written with `files.append_jsonl`: a record is one whole line, flushed and
     fsynced, and a line torn by a killed run is ended before the next record. Reading skips a line that is torn,
-    not JSON, or not a valid record (`Record.from_dict`) with a warning naming the file and the line number."""
+    not JSON, or not a valid record (`Record.from_dict`) with a warning naming the file and the line number.
+    Over several processes, process 0 alone reads and writes the file; the others get its records at start."""
 
     def __init__(self, path=None):
         self.path = None if path is None else Path(path)
@@ -194,10 +195,22 @@ class Archive:
         self._cached: set[tuple[str, str]] = set()  # remembered (`remember`), not in the file
         self._unused: set[tuple[str, str]] = set()  # remembered and not yet returned by `get`
         if self.path is not None:
-            if self.path.is_dir():
-                raise ValueError(f"archive {self.path} is a folder, not a JSON-lines file (give the file's path)")
-            for d in files.read_jsonl(self.path, check=Record.from_dict):
+            # Process 0 reads the file and sends its records to the other processes (`omsjax.distributed`): they
+            # need not see the file (a pod's hosts have their own disks), and they resume from the same records.
+            found = distributed.broadcast(self._read() if distributed.is_writer() else None)
+            if isinstance(found, Exception):  # process 0's error, raised on every process
+                raise found
+            for d in found:
                 self._add(Record.from_dict(d))
+
+    def _read(self) -> list[dict] | Exception:
+        """The file's valid records, or the error that reading it raised."""
+        if self.path.is_dir():
+            return ValueError(f"archive {self.path} is a folder, not a JSON-lines file (give the file's path)")
+        try:
+            return list(files.read_jsonl(self.path, check=Record.from_dict))
+        except (ValueError, OSError) as e:
+            return e
 
     def _add(self, r: Record) -> None:
         if (r.key, r.eval_key) not in self._index:
@@ -230,7 +243,7 @@ class Archive:
         """Add `r` and append it to the file (flushed and fsynced before this returns)."""
         self._add(r)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            files.make_folder(self.path.parent, f"the folder of the archive {self.path}")
             files.append_jsonl(self.path, [r.to_dict()])
 
     def select(self, eval_key: str) -> list[Record]:

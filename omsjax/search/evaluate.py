@@ -27,13 +27,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omsjax import checks, metrics, sampler
+from omsjax import checks, distributed, metrics, sampler
+from omsjax.metrics.device import FeatureMetric
 from omsjax.models import as_zoo
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
 from omsjax.search import encoding
 from omsjax.search.archive import Archive, Record, genome_to_dict, schedule_key
-from omsjax.search.candidates import sample_candidates
+from omsjax.search.candidates import Layout, choose_layout, place_noise, run_candidates
 from omsjax.search.encoding import Genome
 from omsjax.search.space import SearchSpace
 
@@ -174,6 +175,7 @@ class Evaluator:
                 f"shape of one sample (the digits: {DIGITS_SHAPE})"
             )
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
+        self.split: Layout | None = None  # the evaluation mesh's split when `on_mesh` chose it
         self.also: dict[str, Callable] = {}  # other metrics of the same samples, kept in `Record.extras`
 
     def _set_conditioning(self) -> None:
@@ -215,7 +217,12 @@ class Evaluator:
             num_samples = checks.count("with_noise: num_samples", num_samples, 2)
         other = copy.copy(self)
         other.chunk = self.chunk if chunk is None else checks.positive_int("chunk", chunk)
-        for cached in ("x_T", "_x_T_host", "_cond_host"):  # the noise (and its rows of cond) is this evaluator's own
+        for cached in (
+            "x_T",
+            "_placed",
+            "_x_T_host",
+            "_cond_host",
+        ):  # the noise (and its rows of cond) is this evaluator's own
             other.__dict__.pop(cached, None)
         other.noise_seed = noise_seed
         other.num_samples = self.num_samples if num_samples is None else num_samples
@@ -228,13 +235,32 @@ class Evaluator:
                 raise ValueError(f"also must map names to metrics metric(samples, x_T) -> float, got {name!r}: {fn!r}")
         return other
 
+    def on_mesh(self, cand: int, data: int) -> Evaluator:
+        """This evaluator with its evaluations on a `cand` x `data` mesh of all devices (`search.candidates.Layout`:
+        candidates split over `cand`, samples over `data`; their product must be `jax.device_count()`) instead of
+        the split `choose_layout` picks from the counts. The noise and the scores do not depend on the split."""
+        other = self.with_noise(self.noise_seed, chunk=self.chunk, also=self.also)
+        other.split = choose_layout(self.num_samples, Layout(cand, data))
+        return other
+
+    @property
+    def layout(self) -> Layout:
+        """The mesh of this evaluator's evaluations: `split` if set (`on_mesh`), else `choose_layout`'s."""
+        return choose_layout(self.num_samples, self.split)
+
+    @functools.cached_property
+    def _placed(self):
+        """The fixed noise and its conditioning on the evaluation mesh, each device drawing its own rows."""
+        t0 = self.space.t_start if self.space is not None else self.ns.t_max
+        scale = float(self.ns.prior_std(float(t0)))
+        return place_noise(self.noise_seed, self.num_samples, self.sample_shape, scale, self.rows, self.layout)
+
     @functools.cached_property
     def x_T(self) -> jax.Array:
         """The fixed noise [num_samples, *sample_shape] at the schedules' start (the space's t_start, else the noise
-        schedule's t_max): the prior there."""
-        t0 = self.space.t_start if self.space is not None else self.ns.t_max
-        scale = float(self.ns.prior_std(float(t0)))
-        return scale * sampler.noise(self.noise_seed, self.num_samples, self.sample_shape)
+        schedule's t_max): the prior there. Sample i is `sampler.noise`'s row i, scaled; the evaluations draw it on
+        the devices (`search.candidates.place_noise`), and this is its copy on this process's first device."""
+        return jax.numpy.asarray(distributed.allgather(self._placed.x_T)[: self.num_samples])
 
     def _method(self, schedules: Sequence[Schedule]) -> str:
         if self.method is not None:
@@ -247,12 +273,15 @@ class Evaluator:
         `Record`; the name is historical): inf if any sample is non-finite; `key` names the schedule in errors."""
         if not np.all(np.isfinite(x)):
             return float("inf")
-        if not self.custom_metric and tuple(x.shape[1:]) != DIGITS_SHAPE:
+        self._check_default_shape(tuple(x.shape[1:]))
+        return self._score(self.metric, self.metric_name, x, key)
+
+    def _check_default_shape(self, shape: tuple[int, ...]) -> None:
+        if not self.custom_metric and tuple(shape) != DIGITS_SHAPE:
             raise ValueError(
                 f"the default metric, the digits FD, scores samples of shape {DIGITS_SHAPE}, not "
-                f"{tuple(x.shape[1:])}: pass metric=, a metric(samples, x_T) -> float"
+                f"{tuple(shape)}: pass metric=, a metric(samples, x_T) -> float"
             )
-        return self._score(self.metric, self.metric_name, x, key)
 
     def _score(self, metric, name: str, x: np.ndarray, key: str) -> float:
         """`metric(x, x_T)` (or `metric(x, x_T, cond)`, `_cond_argument`) checked: a real number, finite or +inf;
@@ -285,7 +314,10 @@ class Evaluator:
         return np.asarray(self.x_T)
 
     def evaluate_schedules(self, schedules: Sequence[Schedule], *, genomes: Genome | None = None, stage: int = 0):
-        """A `Record` per schedule (from the archive where it has one); new results are appended as they come."""
+        """A `Record` per schedule (from the archive where it has one); new results are appended as they come.
+        Over several processes, every process evaluates process 0's `schedules` (and `genomes`), and gets the
+        scores process 0 computed (`omsjax.distributed.broadcast`)."""
+        schedules, genomes = distributed.broadcast((list(schedules), genomes))
         latencies = [m.latency for m in self.zoo]
         keys = [schedule_key(s) for s in schedules]
         out: list[Record | None] = [self._known(k) for k in keys]
@@ -296,30 +328,19 @@ class Evaluator:
                 seen[k] = i
                 todo.setdefault(schedules[i].num_steps, []).append(i)
         for _, idx in sorted(todo.items()):
-            group = [schedules[i] for i in idx]
-            for start in range(0, len(group), self.chunk):
+            for start in range(0, len(idx), self.chunk):
                 part_idx = idx[start : start + self.chunk]
-                part = group[start : start + self.chunk]
+                part = [schedules[i] for i in part_idx]
                 t0 = time.perf_counter()
-                xs = sample_candidates(
-                    self.zoo,
-                    self.ns,
-                    part,
-                    self.x_T,
-                    method=self._method(part),
-                    chunk=self.chunk,
-                    sampling=self.rows,
-                )
+                scored = self._score_part(part, [keys[i] for i in part_idx])
                 dt = (time.perf_counter() - t0) / len(part)
-                for i, s, x in zip(part_idx, part, xs, strict=True):
+                for i, s, (fd, extras, finite) in zip(part_idx, part, scored, strict=True):
                     g = None if genomes is None else genome_to_dict(jax.tree.map(lambda a, i=i: a[i], genomes))
-                    fd = self.fd_of_samples(x, keys[i])
-                    extras = {name: self._score(fn, name, x, keys[i]) for name, fn in self.also.items()}
                     rec = Record(
                         key=keys[i],
                         eval_key=self.eval_key,
                         score=fd,
-                        note=self._why_not_finite(s, keys[i]) if not np.all(np.isfinite(x)) else "",
+                        note="" if finite else self._why_not_finite(s, keys[i]),
                         cost=float(s.cost(latencies)),
                         nfe=int(s.nfe()),
                         schedule=json.loads(s.to_json(indent=None)),
@@ -335,6 +356,35 @@ class Evaluator:
             if out[i] is None:
                 out[i] = self._known(k)
         return out
+
+    def _score_part(self, part: list[Schedule], keys: list[str]) -> list[tuple[float, dict, bool]]:
+        """(score, extras, finite samples) of each schedule of one chunk. A `FeatureMetric` without `also` metrics
+        scores on the devices (only its feature sums come back); any other metric gets the samples, gathered from
+        every process. Process 0 computes the scores and sends them to the others."""
+        run = functools.partial(
+            run_candidates, self.zoo, self.ns, part, self._placed, method=self._method(part), chunk=self.chunk
+        )
+        writer = distributed.is_writer()
+        if isinstance(self.metric, FeatureMetric) and not self.also:
+            self._check_default_shape(self.sample_shape)
+            res = run(sampling=self.rows, metric=self.metric)
+            scored = [(self.metric.finalize(sums) if not bad else float("inf"), {}, not bad) for sums, bad in res]
+        else:
+            xs = run(sampling=self.rows)
+            self._x_T_host  # noqa: B018 (the noise on the host: a collective, so every process gathers it)
+            scored = (
+                [
+                    (
+                        self.fd_of_samples(x, k),
+                        {name: self._score(fn, name, x, k) for name, fn in self.also.items()},
+                        bool(np.all(np.isfinite(x))),
+                    )
+                    for x, k in zip(xs, keys, strict=True)
+                ]
+                if writer
+                else None
+            )
+        return distributed.broadcast(scored if writer else None)
 
     def _known(self, key: str) -> Record | None:
         """The archived record of a schedule on this noise and metric, if it has every metric of `also`."""
@@ -361,14 +411,14 @@ class Evaluator:
         return self.evaluate_schedules(scheds, genomes=genomes, stage=stage)
 
     def samples(self, schedule: Schedule, *, reuse_chunk: bool = False) -> np.ndarray:
-        """The evaluator's samples of one schedule (its fixed noise). `reuse_chunk`: run it in the evaluator's
-        program for `chunk` candidates (the schedule repeated), which the evaluations have compiled already: `chunk`
-        times the work of a program of its own, without compiling one."""
-        return sample_candidates(
+        """The evaluator's samples of one schedule (its fixed noise), on the host. `reuse_chunk`: run it in the
+        evaluator's program for `chunk` candidates (the schedule repeated), which the evaluations have compiled
+        already: `chunk` times the work of a program of its own, without compiling one."""
+        return run_candidates(
             self.zoo,
             self.ns,
             [schedule],
-            self.x_T,
+            self._placed,
             method=self._method([schedule]),
             chunk=self.chunk if reuse_chunk else 1,
             sampling=self.rows,

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from omsjax import files
+from omsjax import distributed, files
 from omsjax.train.config import TrainConfig
 from omsjax.train.step import TrainState, init_state, replicated_sharding
 
@@ -184,7 +184,7 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def _abstract(tree: Any) -> Any:
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def f(x):
         sharding = getattr(x, "sharding", None) or dev
@@ -194,9 +194,12 @@ def _abstract(tree: Any) -> Any:
 
 
 def save_params(path, params: Any) -> None:
-    """Save a parameter pytree with orbax to the directory `path` (replaced if it exists)."""
+    """Save a parameter pytree with orbax to the directory `path` (replaced if it exists); process 0 alone writes
+    (`omsjax.distributed`)."""
     path = Path(path).resolve()
-    with ocp.StandardCheckpointer() as ckptr:
+    if not distributed.is_writer():
+        return
+    with distributed.local_checkpointer() as ckptr:
         ckptr.save(path, params, force=True)
         ckptr.wait_until_finished()
 
@@ -235,7 +238,7 @@ def load_params(path, like: Any, *, expected_by: str = "the config") -> Any:
     if not path.exists():
         raise FileNotFoundError(f"no parameters at {path}")
     expected = _shapes(like)
-    with ocp.StandardCheckpointer() as ckptr:
+    with distributed.local_checkpointer() as ckptr:
         try:  # orbax logs a damaged _METADATA and returns None
             with _reading():
                 tree = ckptr.metadata(path).item_metadata

@@ -27,7 +27,7 @@ def machine_name() -> str:
                 break
     except OSError:
         pass
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]
     return f"{dev.platform}: {cpu}, {os.cpu_count()} cores"
 
 
