@@ -25,6 +25,7 @@ __all__ = [
     "thresholding_option",
     "check_inputs",
     "check_batch",
+    "check_each",
 ]
 
 THRESHOLDING_DEFAULT = (0.995, 1.0)  # DPM-Solver's dynamic_thresholding_ratio and thresholding_max_val
@@ -163,6 +164,12 @@ def check_batch(zoo, noise_schedule, schedules, x_T, data_mean, cond=None, uncon
         if bad:
             raise ValueError(f"data_mean has {bad} non-finite value(s) (NaN or inf)")
     check_conditioning(cond, uncond, x_T.shape[0])
+    check_each(zoo, noise_schedule, schedules, data_mean, uncond, name=name)
+
+
+def check_each(zoo, noise_schedule, schedules, data_mean, uncond=None, *, name="candidate") -> None:
+    """The per-schedule part of `check_batch` (the shared inputs checked already, e.g. a search's noise): each
+    schedule against the zoo, the noise schedule, the data mean and the guidance; "{name} i: " as there."""
     for i, schedule in enumerate(schedules):
         try:
             if not isinstance(schedule, Schedule):

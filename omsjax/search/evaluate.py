@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import inspect
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from omsjax.metrics.device import FeatureMetric
 from omsjax.models import as_zoo
 from omsjax.options import SampleOptions
 from omsjax.schedule import Schedule
-from omsjax.search import encoding
+from omsjax.search import encoding, host_metric
 from omsjax.search.archive import Archive, Record, genome_to_dict, schedule_key
 from omsjax.search.candidates import Layout, choose_layout, place_noise, run_candidates
 from omsjax.search.encoding import Genome
@@ -41,15 +40,6 @@ from omsjax.search.space import SearchSpace
 _log = logging.getLogger(__name__)
 
 __all__ = ["Evaluator", "DIGITS_SHAPE"]
-
-
-def _metric_name(metric) -> str:
-    """A metric's `name` attribute if it has one (`metrics.ReferenceFD`, `conditional.ConditionalFD`), else its
-    `__qualname__` (a partial's: its function's)."""
-    if isinstance(getattr(metric, "name", None), str) and metric.name:
-        return metric.name
-    f = metric.func if isinstance(metric, functools.partial) else metric
-    return getattr(f, "__qualname__", None) or type(f).__qualname__
 
 
 def _sample_shape(zoo, sample_shape) -> tuple[int, ...] | None:
@@ -69,19 +59,6 @@ def _sample_shape(zoo, sample_shape) -> tuple[int, ...] | None:
         elif m.sample_shape is not None and m.sample_shape != shape:
             raise ValueError(f"{source} {shape}, but zoo member {i} {m.name!r} declares sample_shape {m.sample_shape}")
     return shape
-
-
-def _cond_argument(metric) -> str | None:
-    """How `metric` takes the conditioning: "cond" (a parameter named `cond`, passed by name), "third" (a third
-    positional parameter), or None: `metric(samples, x_T)` (also a metric with `*args` or `**kwargs` only)."""
-    try:
-        params = list(inspect.signature(metric).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (some builtins): called as metric(samples, x_T)
-        return None
-    if any(q.name == "cond" and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD) for q in params):
-        return "cond"
-    positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
-    return "third" if len(positional) >= 3 else None
 
 
 DIGITS_SHAPE = metrics.IMAGE_SHAPE  # the one sample shape the default metric, the digits FD, scores
@@ -158,7 +135,7 @@ class Evaluator:
             if not callable(metric):
                 raise ValueError(f"metric must be callable as metric(samples, x_T) -> float, got {metric!r}")
             self.metric = metric
-            self.metric_name = _metric_name(metric) if metric_name is None else metric_name
+            self.metric_name = host_metric.name_of(metric) if metric_name is None else metric_name
             if not isinstance(self.metric_name, str) or not self.metric_name:
                 raise ValueError(f"metric_name must be a non-empty string, got {self.metric_name!r}")
         else:
@@ -273,36 +250,18 @@ class Evaluator:
         `Record`; the name is historical): inf if any sample is non-finite; `key` names the schedule in errors."""
         if not np.all(np.isfinite(x)):
             return float("inf")
-        self._check_default_shape(tuple(x.shape[1:]))
-        return self._score(self.metric, self.metric_name, x, key)
-
-    def _check_default_shape(self, shape: tuple[int, ...]) -> None:
-        if not self.custom_metric and tuple(shape) != DIGITS_SHAPE:
+        if not self.custom_metric and tuple(x.shape[1:]) != DIGITS_SHAPE:
             raise ValueError(
                 f"the default metric, the digits FD, scores samples of shape {DIGITS_SHAPE}, not "
-                f"{tuple(shape)}: pass metric=, a metric(samples, x_T) -> float"
+                f"{tuple(x.shape[1:])}: pass metric=, a metric(samples, x_T) -> float"
             )
+        return self._score(self.metric, self.metric_name, x, key)
 
     def _score(self, metric, name: str, x: np.ndarray, key: str) -> float:
-        """`metric(x, x_T)` (or `metric(x, x_T, cond)`, `_cond_argument`) checked: a real number, finite or +inf;
-        inf without calling it for non-finite x."""
+        """`metric(x, x_T)` (or with the cond, `host_metric.call`) checked; inf without calling it for non-finite x."""
         if not np.all(np.isfinite(x)):
             return float("inf")
-        try:
-            how, args = _cond_argument(metric), (np.asarray(x), self._x_T_host)
-            if how is None:
-                v = metric(*args)
-            else:
-                v = metric(*args, self._cond_host) if how == "third" else metric(*args, cond=self._cond_host)
-        except Exception as e:
-            raise ValueError(f"metric {name} raised on schedule {key}: {type(e).__name__}: {e}") from e
-        a = np.asarray(v) if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) else None
-        if a is None or a.shape != () or a.dtype.kind not in "iuf" or np.isnan(a) or a == -np.inf:
-            raise ValueError(
-                f"metric {name} returned {v!r} on schedule {key}: it must return a real number, "
-                "finite or +inf (lower is better)"
-            )
-        return float(a)
+        return host_metric.call(metric, name, x, self._x_T_host, self._cond_host, key)
 
     @functools.cached_property
     def _cond_host(self):
@@ -365,8 +324,9 @@ class Evaluator:
             run_candidates, self.zoo, self.ns, part, self._placed, method=self._method(part), chunk=self.chunk
         )
         writer = distributed.is_writer()
-        if isinstance(self.metric, FeatureMetric) and not self.also:
-            self._check_default_shape(self.sample_shape)
+        checks.check_each(self.zoo, self.ns, part, self.data_mean, self.uncond)
+        digits = self.custom_metric or self.sample_shape == DIGITS_SHAPE  # else the default metric raises if finite
+        if isinstance(self.metric, FeatureMetric) and not self.also and digits:
             res = run(sampling=self.rows, metric=self.metric)
             scored = [(self.metric.finalize(sums) if not bad else float("inf"), {}, not bad) for sums, bad in res]
         else:

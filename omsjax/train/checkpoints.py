@@ -110,9 +110,11 @@ def _orbax_leftover(u) -> bool:
 
 
 def _not_never_retrieved(record) -> bool:
-    """asyncio's log of a failed orbax read task that nothing awaited ("Task exception was never retrieved")."""
+    """asyncio's log of a failed orbax read task that nothing awaited ("Task exception was never retrieved"; a
+    TensorStore error, wrapped by orbax's own coroutine or, with a process-local checkpointer, asyncio's)."""
     message = record.getMessage()
-    return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+    ours = "orbax" in message or "tensorstore_spec" in message
+    return not (message.startswith("Task exception was never retrieved") and ours)
 
 
 def _restore_step(mngr: ocp.CheckpointManager, ckpt_dir: Path, step: int, config: TrainConfig) -> TrainState:

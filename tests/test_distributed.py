@@ -1,0 +1,202 @@
+"""Many processes (omsjax.distributed): 2 processes x 2 CPU devices on localhost, joined with gloo collectives
+(tests/multiprocess.py; a timeout kills them, so a hang fails), against the same code in one process on one
+device. Also the one-process behaviour of `omsjax.distributed` and of the writer rule in `omsjax.files`."""
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+from multiprocess import REPO, cli_commands, free_port, quiet, run_cli, run_script, start, wait
+
+import omsjax
+from omsjax import distributed, files
+from omsjax.cli.entry import main
+
+# Scores of 8 presets by the Evaluator: on the tiny zoo with the default digits FD (reduced on the devices) and a
+# host metric, on the exact Gaussian mixture with a host metric and a FeatureMetric of its own; then the tiny zoo
+# again on a 2 x 2 split of the devices chosen by hand (`on_mesh`), where there are 4 devices. The presets are
+# well-conditioned ones: float32 rounding differs with the batch each device runs, and a schedule that amplifies
+# it (singlestep DPM-Solver-2 at NFE 6 on this mixture) moves a score by 2e-5.
+EVALUATOR_SCRIPT = """
+import json
+import jax, numpy as np
+from search_cases import tiny_zoo, NS
+from omsjax import metrics, oracles, presets
+from omsjax.metrics.device import FeatureMetric, frechet_of_sums
+from omsjax.search.evaluate import Evaluator
+
+class MeanCovFD(FeatureMetric):  # the Fréchet distance of the samples' own coordinates to N(0, I)
+    name = "mean_cov_fd"
+    @staticmethod
+    def per_sample(args, x, cond):
+        return x.reshape(x.shape[0], -1), x[:, :1] * 0
+    def finalize(self, sums):
+        return frechet_of_sums(sums, np.zeros(2), np.eye(2), np.zeros(2))
+
+def eight(ns, model):
+    return [presets.ddim(ns, 4, model=model), presets.ddim(ns, 6, model=model, skip="logSNR"),
+            presets.dpm_solver_pp(ns, 4, 2, model=model), presets.dpm_solver_pp(ns, 6, 3, model=model),
+            presets.unipc(ns, 5, 2, model=model), presets.unipc(ns, 4, 3, model=model, skip="time_quadratic"),
+            presets.dpm_solver_pp(ns, 5, 2, model=model, skip="time_uniform"), presets.ddim(ns, 3, model=model)]
+
+host = lambda x, x_T: float(np.mean(np.abs(x - x_T)))
+zoo = tiny_zoo()
+gmm = oracles.GaussianMixture.create([[-1.0, 0.5], [1.5, -0.5]], [0.6, 0.8], [0.4, 0.6])
+out = {}
+for name, kw in [("tiny_fd", {}), ("tiny_host", {"metric": host})]:
+    ev = Evaluator(zoo, NS, num_samples=100, sample_shape=(8, 8, 1), chunk=4, **kw)
+    out[name] = [r.score for r in ev.evaluate_schedules(eight(NS, 1))]
+    if jax.device_count() == 4:
+        out[name + "_2x2"] = [r.score for r in ev.on_mesh(2, 2).evaluate_schedules(eight(NS, 1))]
+for name, metric in [("gmm_host", host), ("gmm_device", MeanCovFD())]:
+    ev = Evaluator(gmm.model(NS), NS, num_samples=99, sample_shape=(2,), chunk=3, metric=metric)
+    out[name] = [r.score for r in ev.evaluate_schedules(eight(NS, 0))]
+print("RESULT", json.dumps(out))
+"""
+
+
+def _result(finished) -> dict:
+    assert finished.returncode == 0, quiet(finished.stderr)[-4000:]
+    line = next(x for x in finished.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_evaluator_scores_on_two_processes_equal_one_device():
+    one = _result(run_script(EVALUATOR_SCRIPT, processes=1, devices=1)[0])
+    two = [_result(f) for f in run_script(EVALUATOR_SCRIPT, processes=2, devices=2)]
+    assert two[0] == two[1]  # process 0's scores, sent to process 1
+    for name in ("tiny_fd", "tiny_host", "gmm_host", "gmm_device"):
+        assert len(one[name]) == 8 and np.all(np.isfinite(one[name])), name
+        np.testing.assert_allclose(two[0][name], one[name], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(two[0]["tiny_fd_2x2"], one["tiny_fd"], rtol=1e-5)
+    np.testing.assert_allclose(two[0]["tiny_host_2x2"], one["tiny_host"], rtol=1e-5)
+
+
+FIND_SCRIPT = """
+import json, pathlib, sys
+import jax
+from search_cases import tiny_zoo, NS
+from omsjax.search import find_schedule
+res = find_schedule(tiny_zoo(), NS, metric=lambda x, x_T: float(abs(x).mean()), key=3, nfe=4, quick=True,
+                    sample_shape=(8, 8, 1), out=sys.argv[1] if len(sys.argv) > 1 else None)
+print("RESULT", json.dumps({"schedule": res.schedule.to_json(), "score": res.score}))
+"""
+
+
+@pytest.mark.slow(seconds=150)
+def test_find_schedule_on_two_processes(tmp_path):
+    """find_schedule(quick=True) on 2 x 2 devices: the same schedule on both processes, its score that of the
+    one-process run (the same search: every score is the same to float32 rounding), the archive's records once."""
+    script = FIND_SCRIPT.replace("sys.argv[1] if len(sys.argv) > 1 else None", repr(str(tmp_path / "run")))
+    two = [_result(f) for f in run_script(script, processes=2, devices=2, timeout=400)]
+    one = _result(run_script(FIND_SCRIPT, processes=1, devices=1, timeout=400)[0])
+    assert two[0] == two[1]
+    assert two[0]["schedule"] == one["schedule"]
+    np.testing.assert_allclose(two[0]["score"], one["score"], rtol=1e-5)
+    keys = [(r["key"], r["eval_key"]) for r in map(json.loads, (tmp_path / "run" / "archive.jsonl").open())]
+    assert len(keys) == len(set(keys)) > 8
+    assert (tmp_path / "run" / "schedule.json").exists() and (tmp_path / "run" / "report.json").exists()
+
+
+@pytest.mark.slow(seconds=200)
+def test_omsjax_search_on_two_processes_then_one_killed_then_resumed(tmp_path):
+    """`omsjax search --quick` on 2 processes writes its files once (process 0's lock, one archive line per
+    record) and prints what one process prints. Then a run with process 1 killed mid-search: process 0 exits with
+    an error within the heartbeat timeout, the archive keeps every finished record, and a rerun resumes from it."""
+    out = tmp_path / "run"
+    args = ["search", "--nfe", "5", "--quick", "--out", str(out), "--no-compile-cache"]
+    two = run_cli(args, processes=2, devices=1, timeout=400)
+    for f in two:
+        assert f.returncode == 0, quiet(f.stderr)[-4000:]
+    assert "process 0 of 2" in two[0].stderr and "process 1 of 2" in two[1].stderr
+    assert two[0].stdout.splitlines()[-3:] == two[1].stdout.splitlines()[-3:]
+    records = [json.loads(line) for line in (out / "archive.jsonl").open()]
+    assert len({(r["key"], r["eval_key"]) for r in records}) == len(records) > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".omsjax.lock", "archive.jsonl", "pareto.png", "report.json", "samples.png", "schedule.json"]
+    )
+    # Killed: a fresh folder, process 1 killed once the archive has a few records.
+    out2 = tmp_path / "killed"
+    args2 = [*args[:4], "--out", str(out2), "--no-compile-cache"]
+    coordinator = f"localhost:{free_port()}"
+    procs = start(cli_commands(args2, 2, coordinator, heartbeat=10), 1, coordinator, 10, REPO)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sum(1 for _ in _lines(out2 / "archive.jsonl")) < 4:
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    first = wait(procs[:1], timeout=120)[0]
+    assert first.returncode != 0 and time.monotonic() - killed_at < 90
+    kept = list(_lines(out2 / "archive.jsonl"))
+    assert len(kept) >= 4
+    again = run_cli(args2, processes=2, devices=1, timeout=400)
+    assert all(f.returncode == 0 for f in again), quiet(again[0].stderr)[-4000:]
+    assert list(_lines(out2 / "archive.jsonl"))[: len(kept)] == kept  # nothing lost, nothing evaluated twice
+    n_fresh = sum(1 for _ in _lines(out / "archive.jsonl"))
+    assert sum(1 for _ in _lines(out2 / "archive.jsonl")) == n_fresh
+
+
+def _lines(path):
+    if path.exists():
+        yield from (line for line in path.read_text().splitlines() if line.strip())
+
+
+# ------------------------------------------------------------------------------------------ one process
+
+
+def test_one_process_is_the_identity():
+    """Without joining: process 0 of 1, the writer; broadcast returns its argument; allgather is np.asarray."""
+    assert not distributed.is_initialized()
+    assert (distributed.process_index(), distributed.process_count(), distributed.is_writer()) == (0, 1, True)
+    obj = {"a": [1, 2], "b": np.arange(3)}
+    assert distributed.broadcast(obj) is obj
+    x = omsjax.sampler.noise(0, 4, (2,))
+    np.testing.assert_array_equal(distributed.allgather(x), np.asarray(x))
+    assert distributed.describe().startswith("process 0 of 1: ")
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    """On a process other than 0, every write of `omsjax.files` (atomic writes, appends, folders, the lock) does
+    nothing."""
+    monkeypatch.setattr(distributed, "process_index", lambda: 1)
+    assert not distributed.is_writer()
+    files.write_json(tmp_path / "a.json", {"x": 1})
+    files.write_text(tmp_path / "b.txt", "x")
+    files.append_jsonl(tmp_path / "c.jsonl", [{"x": 1}])
+    files.make_folder(tmp_path / "d" / "e", "--out")
+    with files.FolderLock(tmp_path / "f"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="is a file"):  # checks still run on every process
+        (tmp_path / "g").mkdir()
+        (tmp_path / "g" / "h").write_text("")
+        files.make_folder(tmp_path / "g" / "h" / "i", "--out")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--coordinator", "localhost:1"], "--num-processes, --process-id"),
+        (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be in 0..1"),
+        (
+            ["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0"],
+            "either --distributed",
+        ),
+        (["--heartbeat-timeout", "5"], "--heartbeat-timeout needs --distributed"),
+        (["--num-processes", "0"], "--num-processes must be an int >= 1"),
+    ],
+)
+def test_distributed_flags_are_checked_before_joining(flags, message, capsys):
+    assert main(["gmm", "--nfe", "4", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_layout_uses_every_device():
+    from omsjax.search import candidates as C
+
+    assert C.choose_layout(500) == C.Layout(1, 1)  # one device here
+    with pytest.raises(ValueError, match="must use every device: 1 in all"):
+        C.choose_layout(500, (2, 2))
