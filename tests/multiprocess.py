@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -44,8 +45,12 @@ def free_port() -> int:
 
 
 def _env(i: int, processes: int, devices: int, coordinator: str, heartbeat: int) -> dict:
+    # XLA's own optimisation, not tests/conftest.py's fast-compile flags: a digits search at -O0 runs 10x slower.
+    fast = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")
+    xla = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in fast)
     return {
         **os.environ,
+        "XLA_FLAGS": xla,
         "PYTHONPATH": str(REPO),
         "JAX_NUM_CPU_DEVICES": str(devices),
         "OMSJAX_TEST_DIR": str(REPO / "tests"),
@@ -57,35 +62,41 @@ def _env(i: int, processes: int, devices: int, coordinator: str, heartbeat: int)
 
 
 def start(commands: list[list[str]], devices: int, coordinator: str, heartbeat: int, cwd) -> list[subprocess.Popen]:
-    """Start one process per command (process i runs commands[i]); stdout and stderr are captured."""
+    """Start one process per command (process i runs commands[i]); stdout and stderr go to temporary files, not
+    pipes: a process blocked on a full pipe would stall the collectives of the others."""
     n = len(commands)
-    return [
-        subprocess.Popen(
-            cmd,
-            env=_env(i, n, devices, coordinator, heartbeat),
-            cwd=cwd,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for i, cmd in enumerate(commands)
-    ]
+    procs = []
+    for i, cmd in enumerate(commands):
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        env = _env(i, n, devices, coordinator, heartbeat)
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, text=True, stdout=out, stderr=err)
+        p.outputs = (out, err)
+        procs.append(p)
+    return procs
+
+
+def _read(p: subprocess.Popen) -> tuple[str, str]:
+    texts = []
+    for fh in p.outputs:
+        fh.seek(0)
+        texts.append(fh.read())
+        fh.close()
+    return texts[0], texts[1]
 
 
 def wait(procs: list[subprocess.Popen], timeout: float) -> list[Finished]:
     """Every process's result; after `timeout` seconds, kill them all and fail with their stderr."""
     deadline = time.monotonic() + timeout
-    out = []
     for p in procs:
         try:
-            stdout, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            tails = [quiet(q.communicate()[1])[-3000:] for q in procs]
+                q.wait()
+            tails = [quiet(_read(q)[1])[-3000:] for q in procs]
             raise AssertionError(f"processes still running after {timeout} s (a hang?); stderr: {tails}") from None
-        out.append(Finished(p.returncode, stdout, stderr))
-    return out
+    return [Finished(p.returncode, *_read(p)) for p in procs]
 
 
 def quiet(text: str) -> str:

@@ -25,8 +25,10 @@ TEMPLATES = {
     ("README.md", "find_schedule"),
     ("docs/index.md", "sample with a preset"),
     ("docs/your_model.md", "find_schedule for your model"),
+    ("docs/many_devices.md", "distributed search"),
 }
-EXPECT = {("README.md", 1): "omsjax_schedule"}  # what a runnable block prints, by (file, index of its blocks)
+# What a runnable block prints, by (file, index of its blocks).
+EXPECT = {("README.md", 1): "omsjax_schedule", ("docs/many_devices.md", 1): "coordinate FD of N(0, I) samples: 0.00"}
 
 
 def python_blocks() -> list[tuple[str, int, str | None, str]]:

@@ -199,6 +199,7 @@ def save_params(path, params: Any) -> None:
     """Save a parameter pytree with orbax to the directory `path` (replaced if it exists); process 0 alone writes
     (`omsjax.distributed`)."""
     path = Path(path).resolve()
+    params = jax.tree.map(distributed.allgather, params)  # host copies (a collective only for split arrays)
     if not distributed.is_writer():
         return
     with distributed.local_checkpointer() as ckptr:

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from omsjax import checks, files
+from omsjax import checks, distributed, files
 from omsjax.train.checkpoints import checkpoint_manager, restore_intact, save_params, set_aside, truncate_log
 from omsjax.train.config import DTYPE, TrainConfig
 from omsjax.train.step import TrainState, check_batch, init_state, make_optimizer, replicated_sharding, seed_keys
@@ -178,15 +178,13 @@ def train(
             pass
         check_resume(out_dir, old, config.to_dict(), ignore=("steps", "checkpoint_every"))
     state = _resume_state(ckpt_dir, config) if resume and ckpt_dir.exists() else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.make_folder(out_dir, "out_dir")
     files.write_json(config_path, config.to_dict())
 
     rep = replicated_sharding()
-    data_dev = jax.device_put(data, rep)
-    labels_dev = None if labels is None else jax.device_put(labels, rep)
-    key = jax.device_put(seed_keys(config)[1], rep)
+    data_dev, labels_dev, key = _everywhere((data, labels, seed_keys(config)[1]), rep)
     if state is None:
-        state = jax.device_put(_fresh_state(config, init_params), rep)
+        state = _everywhere(_fresh_state(config, init_params), rep)
     mngr = checkpoint_manager(ckpt_dir)
     try:
         truncate_log(log_path, int(state.step))
@@ -238,6 +236,15 @@ def check_labels(labels, n: int, num_classes: int) -> np.ndarray | None:
             f"label {int(y[bad[0]])} at row {int(bad[0])}"
         )
     return y.astype(np.int32)
+
+
+def _everywhere(tree: Any, sharding) -> Any:
+    """`tree` copied to every device of the training mesh. Over several processes (`omsjax.distributed`) each
+    process copies its own host values to its own devices (the same on every process: the data set, the seed, the
+    initial state), without a collective."""
+    if distributed.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda i: np.asarray(a)[i]), tree)
 
 
 def _resume_state(ckpt_dir: Path, config: TrainConfig) -> TrainState | None:
