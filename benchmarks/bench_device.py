@@ -11,6 +11,8 @@
 (e) Training throughput of digits-m (`train.train_step`), in images per second.
 (f) float32 against bfloat16: one forward pass and a DPM-Solver++(2M) NFE-10 sample with the network computing in
     bfloat16 (the solver itself stays in float32).
+Then (full sizes only) `bench_scale.py` on 1, 2, 4, ... of the machine's devices: the search's evaluations on a
+mesh, and the bytes they move to the host.
 
 Every timing compiles first, then takes the median of repeated runs with `block_until_ready`; the ratios come from
 measurements taken side by side in this one run. The networks are the digits U-Nets of the shipped zoo
@@ -28,6 +30,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -289,6 +293,10 @@ def main(argv=None) -> str:
     text = "\n".join(lines)
     if args.results is not None or not args.tiny:
         write_section(text, "device", path=args.results or RESULTS)
+    if not args.tiny:  # the evaluations on 1, 2, 4, ... of this machine's devices (`bench_scale.py`, its section)
+        counts = [str(2**k) for k in range(jax.device_count().bit_length()) if 2**k <= jax.device_count()]
+        scale = [sys.executable, str(Path(__file__).with_name("bench_scale.py")), "--devices", *counts]
+        subprocess.run(scale + (["--results", str(args.results)] if args.results else []), check=True)
     return text
 
 

@@ -1,7 +1,7 @@
 """Evaluations on 1, 2 and 4 devices: the search's true evaluation spread over a mesh, and what leaves the devices.
 
-For each device count D (one process of D forced CPU devices here; the GPUs or TPU chips of a host where there are
-several, `--devices`), a subprocess times `search.candidates.run_candidates`, the program of every search
+For each device count D (one process of D forced CPU devices here; the first D GPUs on a GPU host, where
+`bench_device.py` runs this script), a subprocess times `search.candidates.run_candidates`, the program of every search
 evaluation: 16 NFE-5 schedules of digits-m on 500 samples, 8 candidates per compiled call, on the mesh
 `choose_layout` picks, scored two ways:
 - device: the digits FD reduced on the devices (`metrics.digits_fd`, a `FeatureMetric`): only the feature sums
@@ -62,6 +62,7 @@ def worker() -> dict:
         return xs, [metrics.fd(x) for x in xs]
 
     out = {"devices": jax.device_count(), "layout": list(layout), "machine": machine()}
+    out["cpu"] = jax.default_backend() == "cpu"
     for name, fn in [("device", device), ("host", host)]:
         res = fn()  # compiles
         times = []
@@ -91,8 +92,14 @@ def table(rows: list[dict]) -> str:
     lines = [
         "## Evaluations on several devices (`benchmarks/bench_scale.py`)",
         "",
-        f"Machine: {rows[0]['machine']}; forced CPU devices of one process (2 cores: 4 devices share them, so this "
-        "measures overhead and bytes, not a speed-up). 16 NFE-5 schedules of digits-m, 500 samples, 8 per call.",
+        f"Machine: {rows[0]['machine']}; "
+        + (
+            f"forced CPU devices of one process ({os.cpu_count()} cores: more devices than cores share them, so this "
+            "measures overhead and bytes, not a speed-up). "
+            if rows[0]["cpu"]
+            else "the first D devices of one process. "
+        )
+        + "16 NFE-5 schedules of digits-m, 500 samples, 8 per call.",
         "",
         "| devices | mesh (cand x data) | device FD: evals/s | efficiency | host FD: evals/s | efficiency "
         "| bytes to host per evaluation: device FD | host FD | FD device vs host (max rel. diff) |",
@@ -125,9 +132,14 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker()))
         return
+    import jax
+
+    gpu = jax.default_backend() == "gpu"  # d GPUs: the first d visible to the run; CPUs: d forced devices
     rows = []
     for d in args.devices:
         env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(d), "PYTHONPATH": str(HERE.parent)}
+        if gpu:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(d)))
         res = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True, text=True, cwd=HERE)
         line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
         if res.returncode or not line:

@@ -75,7 +75,7 @@ def test_evaluator_scores_on_two_processes_equal_one_device():
     np.testing.assert_allclose(two[0]["tiny_host_2x2"], one["tiny_host"], rtol=1e-5)
 
 
-# find_schedule(quick=True) on the tiny zoo, archived in OUT; its metric takes 0.2 s a schedule (on process 0),
+# find_schedule(quick=True) on the tiny zoo, archived in OUT; its metric takes SLEEP s a schedule (on process 0),
 # so that a run can be killed mid-search.
 FIND_SCRIPT = """
 import json, time
@@ -83,7 +83,7 @@ from search_cases import tiny_zoo, NS
 from omsjax.search import find_schedule
 
 def slow_metric(x, x_T):
-    time.sleep(0.2)
+    time.sleep(SLEEP)
     return float(abs(x).mean())
 
 res = find_schedule(tiny_zoo(), NS, metric=slow_metric, key=3, nfe=4, quick=True, sample_shape=(8, 8, 1), out=OUT)
@@ -99,6 +99,7 @@ def test_find_schedule_on_two_processes_killed_and_resumed(tmp_path):
     before, and a rerun on 2 processes resumes from it: it evaluates only what is missing and ends with the
     uninterrupted run's schedule and archive."""
     script = {name: FIND_SCRIPT.replace("OUT", repr(str(tmp_path / name))) for name in ("one", "two", "killed")}
+    script = {name: code.replace("SLEEP", "0.25" if name == "killed" else "0") for name, code in script.items()}
     one = _result(run_script(script["one"], processes=1, devices=1, timeout=400)[0])
     two = [_result(f) for f in run_script(script["two"], processes=2, devices=2, timeout=400)]
     assert two[0] == two[1]
@@ -122,7 +123,7 @@ def test_find_schedule_on_two_processes_killed_and_resumed(tmp_path):
     assert "stopped sending heartbeats" in first.stderr and "\n1\n" in first.stderr  # names process 1
     kept = list(_lines(out / "archive.jsonl"))
     assert 3 <= len(kept) < len(records)
-    again = [_result(f) for f in run_script(script["killed"], processes=2, devices=2, timeout=400)]
+    again = [_result(f) for f in run_script(script["killed"].replace("0.25", "0"), processes=2, timeout=400)]
     whole = list(_lines(out / "archive.jsonl"))
     assert whole[: len(kept)] == kept  # nothing lost or rewritten
     assert again[0]["schedule"] == one["schedule"] and len(whole) == len(records)  # nothing evaluated twice
