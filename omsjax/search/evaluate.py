@@ -153,6 +153,7 @@ class Evaluator:
             )
         self.evaluated = 0  # schedules actually sampled (not found in the archive) by this evaluator
         self.split: Layout | None = None  # the evaluation mesh's split when `on_mesh` chose it
+        self._warned = False  # the warning of samples gathered for a host metric, logged once
         self.also: dict[str, Callable] = {}  # other metrics of the same samples, kept in `Record.extras`
 
     def _set_conditioning(self) -> None:
@@ -236,7 +237,8 @@ class Evaluator:
     def x_T(self) -> jax.Array:
         """The fixed noise [num_samples, *sample_shape] at the schedules' start (the space's t_start, else the noise
         schedule's t_max): the prior there. Sample i is `sampler.noise`'s row i, scaled; the evaluations draw it on
-        the devices (`search.candidates.place_noise`), and this is its copy on this process's first device."""
+        the devices (`search.candidates.place_noise`), and this is its copy on this process's first device (over
+        several processes, gathered from all of them: every process must ask for it, at the same point)."""
         return jax.numpy.asarray(distributed.allgather(self._placed.x_T)[: self.num_samples])
 
     def _method(self, schedules: Sequence[Schedule]) -> str:
@@ -331,6 +333,10 @@ class Evaluator:
             scored = [(self.metric.finalize(sums) if not bad else float("inf"), {}, not bad) for sums, bad in res]
         else:
             xs = run(sampling=self.rows)
+            warning = host_metric.gathered_warning(self.metric_name, xs.nbytes, distributed.process_count())
+            if warning is not None and writer and not self._warned:
+                self._warned = True
+                _log.warning(warning)
             self._x_T_host  # noqa: B018 (the noise on the host: a collective, so every process gathers it)
             scored = (
                 [

@@ -9,7 +9,9 @@ import inspect
 import jax
 import numpy as np
 
-__all__ = ["name_of", "cond_argument", "call"]
+__all__ = ["name_of", "cond_argument", "call", "gathered_warning", "GATHER_WARN_BYTES"]
+
+GATHER_WARN_BYTES = 256 << 20  # samples gathered from several processes for a host metric: warn above this
 
 
 def name_of(metric) -> str:
@@ -52,3 +54,14 @@ def call(metric, name: str, x: np.ndarray, x_T: np.ndarray, cond, key: str) -> f
             "finite or +inf (lower is better)"
         )
     return float(a)
+
+
+def gathered_warning(name: str, nbytes: int, processes: int) -> str | None:
+    """The one-line warning when a host metric's samples, `nbytes` of them, were gathered from several
+    `processes` and exceed `GATHER_WARN_BYTES`; else None."""
+    if processes < 2 or nbytes <= GATHER_WARN_BYTES:
+        return None
+    return (
+        f"metric {name} scores on the host: {nbytes / 2**20:.0f} MiB of samples were gathered from {processes} "
+        "processes for one chunk of candidates; a metrics.device.FeatureMetric would reduce them on the devices"
+    )
