@@ -195,12 +195,8 @@ class Evaluator:
             num_samples = checks.count("with_noise: num_samples", num_samples, 2)
         other = copy.copy(self)
         other.chunk = self.chunk if chunk is None else checks.positive_int("chunk", chunk)
-        for cached in (
-            "x_T",
-            "_placed",
-            "_x_T_host",
-            "_cond_host",
-        ):  # the noise (and its rows of cond) is this evaluator's own
+        # The noise (and its rows of cond) is this evaluator's own.
+        for cached in ("x_T", "_placed", "_x_T_host", "_cond_host"):
             other.__dict__.pop(cached, None)
         other.noise_seed = noise_seed
         other.num_samples = self.num_samples if num_samples is None else num_samples
@@ -338,18 +334,15 @@ class Evaluator:
                 self._warned = True
                 _log.warning(warning)
             self._x_T_host  # noqa: B018 (the noise on the host: a collective, so every process gathers it)
-            scored = (
-                [
-                    (
-                        self.fd_of_samples(x, k),
-                        {name: self._score(fn, name, x, k) for name, fn in self.also.items()},
-                        bool(np.all(np.isfinite(x))),
-                    )
-                    for x, k in zip(xs, keys, strict=True)
-                ]
-                if writer
-                else None
-            )
+            scored = [
+                (
+                    self.fd_of_samples(x, k),
+                    {name: self._score(fn, name, x, k) for name, fn in self.also.items()},
+                    bool(np.all(np.isfinite(x))),
+                )
+                for x, k in zip(xs, keys, strict=True)
+                if writer  # process 0 alone calls the metric
+            ]
         return distributed.broadcast(scored if writer else None)
 
     def _known(self, key: str) -> Record | None:
