@@ -75,16 +75,10 @@ def worker() -> dict:
             "evals_per_s": CANDIDATES / statistics.median(times),
             "bytes_per_eval": sum(np.asarray(a).nbytes for a in received) / CANDIDATES,
         }
-    fd_dev = [digits_fd_value(s) for s, _ in device()]
+    fd_dev = [metrics.digits_fd.finalize(s) for s, _ in device()]
     fd_host = host()[1]
     out["max_rel_diff"] = float(max(abs(a - b) / b for a, b in zip(fd_dev, fd_host, strict=True)))
     return out
-
-
-def digits_fd_value(sums) -> float:
-    from omsjax import metrics
-
-    return metrics.digits_fd.finalize(sums)
 
 
 def table(rows: list[dict]) -> str:

@@ -11,7 +11,7 @@ and the `omsjax` command does it for `--distributed` or `--coordinator ... --num
 - `process_index`, `process_count`, `is_writer` (process 0: the one process that writes files, `omsjax.files`),
   `describe` ("process 0 of 2: 2 local devices of 4 (cpu)").
 - `broadcast(obj)`: process 0's Python object (pickled) on every process; `allgather(a)`: a global array's value
-  on every process's host.
+  on every process's host; `put(tree, sharding)`: host values placed on a mesh, each process its own parts.
 
 Without `initialize`, every function here is the one-process identity (no collective, no backend started by
 `is_writer`), so the library runs unchanged in one process.
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 __all__ = ["initialize", "is_initialized", "process_index", "process_count", "is_writer", "describe"]
-__all__ += ["broadcast", "allgather"]
+__all__ += ["broadcast", "allgather", "put", "local_checkpointer"]
 
 
 def initialize(
@@ -99,6 +99,20 @@ def broadcast(obj: Any) -> Any:
     buf[: data.size] = data
     out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
     return obj if process_index() == 0 else pickle.loads(out.tobytes())
+
+
+def put(tree: Any, sharding) -> Any:
+    """`tree`'s leaves (host values, the same on every process) as arrays placed by `sharding`: `jax.device_put` in
+    one process; over several, each process copies only the parts its own devices hold, from its own values (no
+    collective: `device_put` would first check with the others that every value is the same)."""
+    if process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(a):
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
 def allgather(a: jax.Array) -> np.ndarray:

@@ -94,30 +94,25 @@ def _padded(n: int, layout: Layout) -> int:
     return -(-n // layout.data) * layout.data
 
 
-def _keep(n: int, layout: Layout) -> jax.Array:
-    return jax.jit(lambda: jnp.arange(_padded(n, layout)) < n, out_shardings=_sharding(layout, "data"))()
-
-
-def _global(a, sharding: NamedSharding) -> jax.Array:
-    """A host array (the same on every process) as an array placed by `sharding`: each process copies only the
-    parts its devices hold (no collective)."""
-    a = np.asarray(a)
-    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-
-
 def _place_rows(tree, n: int, layout: Layout):
     """Host or device leaves [n, ...] padded (the last row repeated) to the mesh's row count and split over it."""
     extra = _padded(n, layout) - n
     tree = jax.tree.map(lambda a: np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[-1:], extra, 0)]), tree)
-    return jax.tree.map(lambda a: _global(a, _sharding(layout, "data")), tree)
+    return distributed.put(tree, _sharding(layout, "data"))
+
+
+def _conditioning(sampling: SampleOptions | None, n: int, layout: Layout) -> tuple:
+    """(cond, uncond, keep) of `n` samples on the mesh: `sampling`'s first n rows, and keep (false on padding)."""
+    o = SampleOptions() if sampling is None else sampling
+    cond, uncond = (None if c is None else jax.tree.map(lambda a: np.asarray(a)[:n], c) for c in (o.cond, o.uncond))
+    keep = distributed.put(np.arange(_padded(n, layout)) < n, _sharding(layout, "data"))
+    return *_place_rows((cond, uncond), n, layout), keep
 
 
 def place(x_T, sampling: SampleOptions | None, layout: Layout) -> Placed:
     """`x_T` [n, ...] and `sampling`'s cond and uncond (at least their first n rows are used) on the mesh."""
-    o = SampleOptions() if sampling is None else sampling
     n = int(x_T.shape[0])
-    cond, uncond = (None if c is None else jax.tree.map(lambda a: np.asarray(a)[:n], c) for c in (o.cond, o.uncond))
-    return Placed(_place_rows(x_T, n, layout), *_place_rows((cond, uncond), n, layout), _keep(n, layout), n, layout)
+    return Placed(_place_rows(x_T, n, layout), *_conditioning(sampling, n, layout), n, layout)
 
 
 def place_noise(seed: int, n: int, shape, scale: float, sampling: SampleOptions | None, layout: Layout) -> Placed:
@@ -125,8 +120,7 @@ def place_noise(seed: int, n: int, shape, scale: float, sampling: SampleOptions 
     depend on the layout), with `sampling`'s cond and uncond as in `place`."""
     draw = functools.partial(sampler.noise, seed, _padded(n, layout), tuple(shape))
     x_T = jax.jit(lambda: scale * draw(), out_shardings=_sharding(layout, "data"))()
-    placed = place(np.zeros((n, 0), np.float32), sampling, layout)  # the conditioning (x_T here is a stand-in)
-    return placed._replace(x_T=x_T)
+    return Placed(x_T, *_conditioning(sampling, n, layout), n, layout)
 
 
 def _replicate(tree, layout: Layout):
@@ -136,7 +130,8 @@ def _replicate(tree, layout: Layout):
     if distributed.process_count() == 1:
         return jax.device_put(tree, _sharding(layout))
     every = _sharding(layout)
-    return jax.tree.map(lambda a: _global(a, every) if isinstance(a, jax.Array) and a.is_fully_addressable else a, tree)
+    own = lambda a: isinstance(a, jax.Array) and a.is_fully_addressable  # noqa: E731
+    return jax.tree.map(lambda a: distributed.put(a, every) if own(a) else a, tree)
 
 
 class _Static(NamedTuple):
@@ -144,7 +139,7 @@ class _Static(NamedTuple):
     thresholding: Any
     layout: Layout | None  # None: one device, no mesh
     per_sample: Any  # a FeatureMetric's per_sample, or None for the samples
-    shared_guidance: bool = False  # the stack's guidance is one schedule's [N], shared (not split over "cand")
+    specs: Any = None  # the stack's PartitionSpecs: every field split over "cand", a shared guidance replicated
 
 
 @functools.partial(jax.jit, static_argnames="static")
@@ -169,12 +164,10 @@ def _program(zoo, ns, stacked, x_T, data_mean, cond, uncond, keep, metric_args, 
     if static.layout is None:
         return run(stacked, x_T, cond, uncond, keep, metric_args)
     split, out = P("data"), (P("cand", "data") if static.per_sample is None else P())
-    specs = jax.tree.map(lambda _: P("cand"), stacked)
-    specs = specs._replace(guidance=P()) if static.shared_guidance else specs
     return jax.shard_map(
         run,
         mesh=_mesh(static.layout),
-        in_specs=(specs, split, split, split, split, P()),
+        in_specs=(static.specs, split, split, split, split, P()),
         out_specs=out,
         check_vma=False,
     )(stacked, x_T, cond, uncond, keep, metric_args)
@@ -224,7 +217,8 @@ def run_candidates(
     g0 = np.asarray(schedules[0].guidance)
     shared = {"guidance": g0} if all(np.array_equal(s.guidance, g0) for s in schedules) else {}
     per_sample = None if metric is None else metric.per_sample
-    static = _Static(method, o.thresholding, None if one else layout, per_sample, bool(shared))
+    specs = Schedule(*[P() if shared and f == "guidance" else P("cand") for f in Schedule._fields])
+    static = _Static(method, o.thresholding, None if one else layout, per_sample, None if one else specs)
     out = []
     for start in range(0, len(schedules), chunk):
         part = schedules[start : start + chunk]
@@ -233,9 +227,8 @@ def run_candidates(
         members, padded = (used, padded._replace(model=model)) if len(used) == 1 else (zoo, padded)
         padded = jax.tree.map(np.asarray, padded._replace(**shared))
         if not one:
-            specs = jax.tree.map(lambda _: _sharding(layout, "cand"), padded)
-            specs = specs._replace(guidance=_sharding(layout)) if shared else specs
-            padded = jax.tree.map(_global, padded, specs)
+            placed_fields = zip(padded, specs, strict=True)
+            padded = Schedule(*[distributed.put(v, _sharding(layout, *spec)) for v, spec in placed_fields])
         args = (place_all(members), ns, padded, placed.x_T, data_mean, placed.cond, placed.uncond, placed.keep, margs)
         res = _program(*args, static=static)
         if metric is None:

@@ -235,7 +235,7 @@ class Evaluator:
         schedule's t_max): the prior there. Sample i is `sampler.noise`'s row i, scaled; the evaluations draw it on
         the devices (`search.candidates.place_noise`), and this is its copy on this process's first device (over
         several processes, gathered from all of them: every process must ask for it, at the same point)."""
-        return jax.numpy.asarray(distributed.allgather(self._placed.x_T)[: self.num_samples])
+        return jax.numpy.asarray(self._x_T_host)
 
     def _method(self, schedules: Sequence[Schedule]) -> str:
         if self.method is not None:
@@ -268,7 +268,8 @@ class Evaluator:
 
     @functools.cached_property
     def _x_T_host(self) -> np.ndarray:
-        return np.asarray(self.x_T)
+        """The noise on this host (numpy), gathered from every process once: what a host metric gets."""
+        return distributed.allgather(self._placed.x_T)[: self.num_samples]
 
     def evaluate_schedules(self, schedules: Sequence[Schedule], *, genomes: Genome | None = None, stage: int = 0):
         """A `Record` per schedule (from the archive where it has one); new results are appended as they come.
@@ -325,6 +326,7 @@ class Evaluator:
         checks.check_each(self.zoo, self.ns, part, self.data_mean, self.uncond)
         digits = self.custom_metric or self.sample_shape == DIGITS_SHAPE  # else the default metric raises if finite
         if isinstance(self.metric, FeatureMetric) and not self.also and digits:
+            self.metric.check(self.sample_shape)  # what its host call checks (e.g. DigitsFD: 8x8x1 images)
             res = run(sampling=self.rows, metric=self.metric)
             scored = [(self.metric.finalize(sums) if not bad else float("inf"), {}, not bad) for sums, bad in res]
         else:

@@ -182,9 +182,10 @@ def train(
     files.write_json(config_path, config.to_dict())
 
     rep = replicated_sharding()
-    data_dev, labels_dev, key = _everywhere((data, labels, seed_keys(config)[1]), rep)
+    # On every device of every process, each process from its own copies (`distributed.put`: no collective).
+    data_dev, labels_dev, key = distributed.put((data, labels, seed_keys(config)[1]), rep)
     if state is None:
-        state = _everywhere(_fresh_state(config, init_params), rep)
+        state = distributed.put(_fresh_state(config, init_params), rep)
     mngr = checkpoint_manager(ckpt_dir)
     try:
         truncate_log(log_path, int(state.step))
@@ -236,15 +237,6 @@ def check_labels(labels, n: int, num_classes: int) -> np.ndarray | None:
             f"label {int(y[bad[0]])} at row {int(bad[0])}"
         )
     return y.astype(np.int32)
-
-
-def _everywhere(tree: Any, sharding) -> Any:
-    """`tree` copied to every device of the training mesh. Over several processes (`omsjax.distributed`) each
-    process copies its own host values to its own devices (the same on every process: the data set, the seed, the
-    initial state), without a collective."""
-    if distributed.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda i: np.asarray(a)[i]), tree)
 
 
 def _resume_state(ckpt_dir: Path, config: TrainConfig) -> TrainState | None:
